@@ -1,0 +1,377 @@
+//! Every protocol parameter, with its default and where the default comes
+//! from (the HyParView and Plumtree papers, or our own measurement).
+//!
+//! Presets: [`Config::lan`] (the default: one datacenter or region),
+//! [`Config::wan`] (servers spread over continents), [`Config::local`]
+//! (loopback clusters and tests: short timers). Call [`Config::validate`]
+//! on anything built by hand or read from a file.
+
+use core::time::Duration;
+use thiserror::Error;
+
+/// HyParView membership parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HyParViewConfig {
+    /// Active view size: neighbors with an open connection, over which
+    /// broadcasts travel. Default 5 (HyParView paper §5: log10(n)+c, 5 for
+    /// n = 10,000; the eager-push fanout of Plumtree is at most this).
+    pub active_view_capacity: usize,
+    /// Passive view size: known, unconnected peers used to replace failed
+    /// neighbors. Default 30 (paper §5: k·(log10(n)+c) with k = 6).
+    pub passive_view_capacity: usize,
+    /// Active random walk length (ARWL): hops a FORWARD_JOIN travels before
+    /// the new node is put in an active view. Default 6 (paper §5).
+    pub active_random_walk_length: u8,
+    /// Passive random walk length (PRWL): at this remaining TTL the walking
+    /// FORWARD_JOIN puts the new node in a passive view. Default 3 (paper).
+    pub passive_random_walk_length: u8,
+    /// Mean period between shuffles (jittered ±50%). Default 10 s (DESIGN:
+    /// 10–60 s; the paper's cycle-based simulation shuffles every cycle).
+    pub shuffle_interval: Duration,
+    /// Active-view entries in a SHUFFLE sample (ka). Default 3 (paper §4.4).
+    pub shuffle_active_count: usize,
+    /// Passive-view entries in a SHUFFLE sample (kp). Default 4 (paper §4.4).
+    pub shuffle_passive_count: usize,
+    /// Random-walk TTL of a SHUFFLE. Default 6 (= ARWL, as in the paper).
+    pub shuffle_ttl: u8,
+    /// How long to wait for a NEIGHBOR or JOIN answer before counting the
+    /// candidate as failed. Default 5 s: one QUIC handshake plus a round
+    /// trip on a congested WAN path, with margin.
+    pub neighbor_request_timeout: Duration,
+    /// Period of the repair tick that fills a non-full active view from the
+    /// passive view and expires unanswered requests. Default 1 s.
+    pub repair_interval: Duration,
+    /// First delay before a passive candidate that failed is tried again;
+    /// doubles per consecutive failure. Default 1 s.
+    pub candidate_backoff_base: Duration,
+    /// Upper bound of the per-candidate backoff. Default 60 s.
+    pub candidate_backoff_max: Duration,
+    /// A passive entry that failed this many times in a row is dropped.
+    /// Default 5 (with the backoff above: about a minute of failures).
+    pub candidate_max_failures: u8,
+    /// First delay between re-JOIN attempts of an isolated node (empty
+    /// active view); doubles per attempt. Default 500 ms.
+    pub rejoin_backoff_base: Duration,
+    /// Upper bound of the re-JOIN backoff. Default 30 s: an isolated node
+    /// keeps retrying its bootstrap contacts at least twice a minute, forever.
+    pub rejoin_backoff_max: Duration,
+}
+
+/// Plumtree broadcast parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlumtreeConfig {
+    /// How long IHAVE announcements are collected before being sent in one
+    /// batch per lazy peer. Default 10 ms (DESIGN: "every few ms"; batching
+    /// trades a little repair latency for far fewer packets).
+    pub ihave_interval: Duration,
+    /// Most entries in one IHAVE message; larger batches are split.
+    /// Default 256 (≈ 9 KiB, under one QUIC stream flush).
+    pub ihave_max_entries: usize,
+    /// How long after the first IHAVE for a missing message a GRAFT is sent.
+    /// Default 80 ms: ~2× the expected round trip inside a region (Plumtree
+    /// paper §3.2: "a timeout longer than the expected eager-push delay").
+    pub graft_timeout_1: Duration,
+    /// Timeout before grafting the next announcer if the first GRAFT did not
+    /// bring the message. Default 40 ms (paper: shorter second timeout).
+    pub graft_timeout_2: Duration,
+    /// Tree optimisation: when a lazy announcement shows a path at least
+    /// this many hops shorter than the one the message arrived on, graft the
+    /// announcer and prune the old parent (paper §3.7). Default 3 hops.
+    pub optimization_threshold: u16,
+    /// Most payloads kept to answer GRAFTs. Default 4096 messages.
+    pub message_cache_capacity: usize,
+    /// How long a payload stays in the cache. Default 30 s (a GRAFT later
+    /// than that means the link is broken anyway; anti-entropy takes over).
+    pub message_cache_retention: Duration,
+    /// Most message ids remembered to detect duplicates. Default 65,536.
+    pub seen_capacity: usize,
+    /// How long a message id is remembered. Default 120 s; must be at least
+    /// the cache retention, or a cached message could be delivered twice.
+    pub seen_retention: Duration,
+    /// Most distinct missing messages tracked for GRAFT at once. Default
+    /// 4096: bounds memory when a peer announces ids it never sends.
+    pub max_missing: usize,
+    /// Period of the cache/seen-set expiry sweep. Default 1 s.
+    pub expiry_interval: Duration,
+}
+
+/// Size limits on the wire (both directions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireLimits {
+    /// Largest broadcast payload in bytes. `broadcast` refuses larger ones
+    /// with an error and the decoder rejects them. Default 64 KiB.
+    pub max_payload_size: usize,
+    /// Largest frame (the length-prefixed unit on a stream), in bytes,
+    /// excluding the 4-byte prefix. Default 64 KiB + 1 KiB of headroom for
+    /// message headers. Must be at least `max_payload_size + 256`.
+    pub max_frame_size: usize,
+    /// Largest opaque peer data (addresses) in bytes. Default 512.
+    pub max_peer_data_size: usize,
+    /// Most peer entries in a SHUFFLE or SHUFFLE_REPLY. Default 64.
+    pub max_shuffle_entries: usize,
+}
+
+/// The complete overlay configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Membership (HyParView).
+    pub hyparview: HyParViewConfig,
+    /// Broadcast (Plumtree).
+    pub plumtree: PlumtreeConfig,
+    /// Wire size limits.
+    pub limits: WireLimits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::lan()
+    }
+}
+
+impl Config {
+    /// Servers in one region (round trips of a few to tens of ms).
+    pub fn lan() -> Self {
+        Config {
+            hyparview: HyParViewConfig {
+                active_view_capacity: 5,
+                passive_view_capacity: 30,
+                active_random_walk_length: 6,
+                passive_random_walk_length: 3,
+                shuffle_interval: Duration::from_secs(10),
+                shuffle_active_count: 3,
+                shuffle_passive_count: 4,
+                shuffle_ttl: 6,
+                neighbor_request_timeout: Duration::from_secs(5),
+                repair_interval: Duration::from_secs(1),
+                candidate_backoff_base: Duration::from_secs(1),
+                candidate_backoff_max: Duration::from_secs(60),
+                candidate_max_failures: 5,
+                rejoin_backoff_base: Duration::from_millis(500),
+                rejoin_backoff_max: Duration::from_secs(30),
+            },
+            plumtree: PlumtreeConfig {
+                ihave_interval: Duration::from_millis(10),
+                ihave_max_entries: 256,
+                graft_timeout_1: Duration::from_millis(80),
+                graft_timeout_2: Duration::from_millis(40),
+                optimization_threshold: 3,
+                message_cache_capacity: 4096,
+                message_cache_retention: Duration::from_secs(30),
+                seen_capacity: 65_536,
+                seen_retention: Duration::from_secs(120),
+                max_missing: 4096,
+                expiry_interval: Duration::from_secs(1),
+            },
+            limits: WireLimits {
+                max_payload_size: 64 * 1024,
+                max_frame_size: 65 * 1024,
+                max_peer_data_size: 512,
+                max_shuffle_entries: 64,
+            },
+        }
+    }
+
+    /// Servers across continents: round trips up to ~300 ms, so GRAFT and
+    /// request timeouts are longer and shuffles less frequent.
+    pub fn wan() -> Self {
+        let mut c = Config::lan();
+        c.hyparview.shuffle_interval = Duration::from_secs(30);
+        c.hyparview.neighbor_request_timeout = Duration::from_secs(10);
+        c.hyparview.repair_interval = Duration::from_secs(2);
+        c.plumtree.ihave_interval = Duration::from_millis(25);
+        c.plumtree.graft_timeout_1 = Duration::from_millis(500);
+        c.plumtree.graft_timeout_2 = Duration::from_millis(250);
+        c.plumtree.message_cache_retention = Duration::from_secs(60);
+        c.plumtree.seen_retention = Duration::from_secs(180);
+        c
+    }
+
+    /// Loopback clusters and tests: sub-millisecond round trips, so every
+    /// timer is short and a cluster converges in seconds.
+    pub fn local() -> Self {
+        let mut c = Config::lan();
+        c.hyparview.shuffle_interval = Duration::from_secs(2);
+        c.hyparview.neighbor_request_timeout = Duration::from_secs(2);
+        c.hyparview.repair_interval = Duration::from_millis(250);
+        c.hyparview.candidate_backoff_base = Duration::from_millis(250);
+        c.hyparview.candidate_backoff_max = Duration::from_secs(10);
+        c.hyparview.rejoin_backoff_base = Duration::from_millis(100);
+        c.hyparview.rejoin_backoff_max = Duration::from_secs(5);
+        c.plumtree.ihave_interval = Duration::from_millis(5);
+        c.plumtree.graft_timeout_1 = Duration::from_millis(30);
+        c.plumtree.graft_timeout_2 = Duration::from_millis(15);
+        c
+    }
+
+    /// Checks every parameter; the error names the first offending one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let h = &self.hyparview;
+        let p = &self.plumtree;
+        let l = &self.limits;
+        positive("hyparview.active_view_capacity", h.active_view_capacity)?;
+        positive("hyparview.passive_view_capacity", h.passive_view_capacity)?;
+        if h.active_view_capacity > 64 {
+            return Err(ConfigError::Range {
+                field: "hyparview.active_view_capacity",
+                reason: "at most 64 (each neighbor is an open connection)",
+            });
+        }
+        if h.passive_view_capacity > 1024 {
+            return Err(ConfigError::Range {
+                field: "hyparview.passive_view_capacity",
+                reason: "at most 1024",
+            });
+        }
+        if h.passive_random_walk_length > h.active_random_walk_length {
+            return Err(ConfigError::Range {
+                field: "hyparview.passive_random_walk_length",
+                reason: "must not exceed active_random_walk_length",
+            });
+        }
+        if h.shuffle_active_count + h.shuffle_passive_count + 1 > l.max_shuffle_entries {
+            return Err(ConfigError::Range {
+                field: "hyparview.shuffle_passive_count",
+                reason: "shuffle_active_count + shuffle_passive_count + 1 must fit in limits.max_shuffle_entries",
+            });
+        }
+        nonzero("hyparview.shuffle_interval", h.shuffle_interval)?;
+        nonzero(
+            "hyparview.neighbor_request_timeout",
+            h.neighbor_request_timeout,
+        )?;
+        nonzero("hyparview.repair_interval", h.repair_interval)?;
+        nonzero("hyparview.candidate_backoff_base", h.candidate_backoff_base)?;
+        nonzero("hyparview.rejoin_backoff_base", h.rejoin_backoff_base)?;
+        if h.candidate_backoff_max < h.candidate_backoff_base {
+            return Err(ConfigError::Range {
+                field: "hyparview.candidate_backoff_max",
+                reason: "must be at least candidate_backoff_base",
+            });
+        }
+        if h.rejoin_backoff_max < h.rejoin_backoff_base {
+            return Err(ConfigError::Range {
+                field: "hyparview.rejoin_backoff_max",
+                reason: "must be at least rejoin_backoff_base",
+            });
+        }
+        positive(
+            "hyparview.candidate_max_failures",
+            h.candidate_max_failures as usize,
+        )?;
+        nonzero("plumtree.ihave_interval", p.ihave_interval)?;
+        positive("plumtree.ihave_max_entries", p.ihave_max_entries)?;
+        nonzero("plumtree.graft_timeout_1", p.graft_timeout_1)?;
+        nonzero("plumtree.graft_timeout_2", p.graft_timeout_2)?;
+        positive(
+            "plumtree.optimization_threshold",
+            p.optimization_threshold as usize,
+        )?;
+        positive("plumtree.message_cache_capacity", p.message_cache_capacity)?;
+        positive("plumtree.seen_capacity", p.seen_capacity)?;
+        positive("plumtree.max_missing", p.max_missing)?;
+        nonzero("plumtree.expiry_interval", p.expiry_interval)?;
+        if p.seen_retention < p.message_cache_retention {
+            return Err(ConfigError::Range {
+                field: "plumtree.seen_retention",
+                reason: "must be at least message_cache_retention",
+            });
+        }
+        if p.seen_capacity < p.message_cache_capacity {
+            return Err(ConfigError::Range {
+                field: "plumtree.seen_capacity",
+                reason: "must be at least message_cache_capacity",
+            });
+        }
+        positive("limits.max_payload_size", l.max_payload_size)?;
+        positive("limits.max_shuffle_entries", l.max_shuffle_entries)?;
+        if l.max_frame_size < l.max_payload_size + crate::wire::MAX_GOSSIP_OVERHEAD {
+            return Err(ConfigError::Range {
+                field: "limits.max_frame_size",
+                reason: "must be at least max_payload_size + 256",
+            });
+        }
+        if l.max_frame_size > crate::wire::ABSOLUTE_MAX_FRAME {
+            return Err(ConfigError::Range {
+                field: "limits.max_frame_size",
+                reason: "at most 16 MiB",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`Config`] was rejected.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A count or size that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    /// A value outside its allowed range, or inconsistent with another.
+    #[error("{field}: {reason}")]
+    Range {
+        /// The parameter, as `section.name`.
+        field: &'static str,
+        /// What is allowed.
+        reason: &'static str,
+    },
+}
+
+fn positive(field: &'static str, v: usize) -> Result<(), ConfigError> {
+    if v == 0 {
+        Err(ConfigError::Zero(field))
+    } else {
+        Ok(())
+    }
+}
+
+fn nonzero(field: &'static str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        Err(ConfigError::Zero(field))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid() {
+        Config::lan().validate().unwrap();
+        Config::wan().validate().unwrap();
+        Config::local().validate().unwrap();
+        assert_eq!(Config::default(), Config::lan());
+    }
+
+    #[test]
+    fn validate_names_the_offending_field() {
+        let mut c = Config::lan();
+        c.hyparview.active_view_capacity = 0;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::Zero("hyparview.active_view_capacity"))
+        );
+        let mut c = Config::lan();
+        c.plumtree.seen_retention = Duration::from_secs(1);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Range {
+                field: "plumtree.seen_retention",
+                ..
+            })
+        ));
+        let mut c = Config::lan();
+        c.limits.max_frame_size = c.limits.max_payload_size;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Range {
+                field: "limits.max_frame_size",
+                ..
+            })
+        ));
+        let mut c = Config::lan();
+        c.hyparview.passive_random_walk_length = 9;
+        assert!(c.validate().is_err());
+    }
+}

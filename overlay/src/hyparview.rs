@@ -1,0 +1,792 @@
+//! HyParView membership (Leitão, Pereira, Rodrigues, DSN 2007).
+//!
+//! Owns the active view (neighbors with an open connection), the passive
+//! view (known peers kept as replacements), outstanding NEIGHBOR/JOIN
+//! requests, and the bootstrap contacts. It tells [`crate::State`] about
+//! neighbor changes through `changes`; it never touches broadcast state.
+//!
+//! Beyond the paper:
+//! - links are made with a two-phase NEIGHBOR / NEIGHBOR_REPLY handshake,
+//!   so both sides add each other only once both agree (symmetric views);
+//! - a failed passive candidate is retried after an exponential backoff and
+//!   dropped after `candidate_max_failures` consecutive failures;
+//! - the repair tick keeps filling a non-full active view from the passive
+//!   view, not only right after a failure;
+//! - **isolation recovery**: a node whose active view is empty re-JOINs
+//!   through its bootstrap contacts, round robin, with capped exponential
+//!   backoff, until it has neighbors again.
+
+use crate::id::{PeerData, PeerIdentity, PeerInfo};
+use crate::state::{Event, Io, Output, Timer};
+use crate::time::Time;
+use crate::util::{choose_filtered, jitter, random_index, sample};
+use crate::wire::{
+    Disconnect, ForwardJoin, Join, Message, Neighbor, NeighborReply, Priority, Shuffle,
+    ShuffleReply,
+};
+use core::time::Duration;
+use rand::Rng;
+
+/// A change of the active view, for the broadcast layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NeighborChange<PI> {
+    Up(PI),
+    Down(PI),
+}
+
+#[derive(Clone, Debug)]
+struct PassiveEntry<PI> {
+    info: PeerInfo<PI>,
+    /// Consecutive failures to connect.
+    failures: u8,
+    /// Not tried again before this instant.
+    retry_at: Time,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RequestKind {
+    Join,
+    Neighbor(Priority),
+}
+
+#[derive(Clone, Debug)]
+struct Pending<PI> {
+    info: PeerInfo<PI>,
+    kind: RequestKind,
+    deadline: Time,
+}
+
+/// HyParView state of one node.
+#[derive(Debug)]
+pub(crate) struct HyParView<PI> {
+    data: PeerData,
+    active: Vec<PeerInfo<PI>>,
+    passive: Vec<PassiveEntry<PI>>,
+    pending: Vec<Pending<PI>>,
+    contacts: Vec<PeerInfo<PI>>,
+    joined: bool,
+    left: bool,
+    had_neighbors: bool,
+    next_contact: usize,
+    rejoin_attempts: u32,
+    next_rejoin: Time,
+    isolated_since: Option<Time>,
+    repair_at: Option<Time>,
+    shuffle_running: bool,
+    last_shuffle: Vec<PI>,
+    /// Active-view changes not yet seen by the broadcast layer.
+    pub(crate) changes: Vec<NeighborChange<PI>>,
+}
+
+fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let factor = 1u32 << attempt.saturating_sub(1).min(20);
+    base.saturating_mul(factor).min(max)
+}
+
+impl<PI: PeerIdentity> HyParView<PI> {
+    pub(crate) fn new() -> Self {
+        HyParView {
+            data: PeerData::new(),
+            active: Vec::new(),
+            passive: Vec::new(),
+            pending: Vec::new(),
+            contacts: Vec::new(),
+            joined: false,
+            left: false,
+            had_neighbors: false,
+            next_contact: 0,
+            rejoin_attempts: 0,
+            next_rejoin: Time::ZERO,
+            isolated_since: None,
+            repair_at: None,
+            shuffle_running: false,
+            last_shuffle: Vec::new(),
+            changes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn set_data(&mut self, data: PeerData) {
+        self.data = data;
+    }
+
+    pub(crate) fn active(&self) -> impl Iterator<Item = PI> + '_ {
+        self.active.iter().map(|p| p.id)
+    }
+
+    pub(crate) fn active_len(&self) -> usize {
+        self.active.len()
+    }
+
+    pub(crate) fn passive(&self) -> impl Iterator<Item = PI> + '_ {
+        self.passive.iter().map(|p| p.info.id)
+    }
+
+    pub(crate) fn passive_len(&self) -> usize {
+        self.passive.len()
+    }
+
+    pub(crate) fn is_active(&self, peer: &PI) -> bool {
+        self.active.iter().any(|p| p.id == *peer)
+    }
+
+    pub(crate) fn has_left(&self) -> bool {
+        self.left
+    }
+
+    /// The most recent data known for `peer`, if any.
+    pub(crate) fn peer_data(&self, peer: &PI) -> Option<&PeerData> {
+        self.active
+            .iter()
+            .find(|p| p.id == *peer)
+            .or_else(|| self.passive.iter().map(|e| &e.info).find(|p| p.id == *peer))
+            .or_else(|| self.pending.iter().map(|e| &e.info).find(|p| p.id == *peer))
+            .or_else(|| self.contacts.iter().find(|p| p.id == *peer))
+            .map(|p| &p.data)
+    }
+
+    /// Reports peer data to the driver when it is new or changed.
+    fn learn<R: Rng>(&self, io: &mut Io<'_, PI, R>, info: &PeerInfo<PI>) {
+        if info.data.is_empty() || info.id == io.me {
+            return;
+        }
+        if self.peer_data(&info.id) != Some(&info.data) {
+            io.event(Event::PeerData {
+                peer: info.id,
+                data: info.data.clone(),
+            });
+        }
+    }
+
+    fn me_info<R>(&self, io: &Io<'_, PI, R>) -> PeerInfo<PI> {
+        PeerInfo {
+            id: io.me,
+            data: self.data.clone(),
+        }
+    }
+
+    fn take_pending(&mut self, peer: &PI) -> Option<Pending<PI>> {
+        let pos = self.pending.iter().position(|p| p.info.id == *peer)?;
+        Some(self.pending.remove(pos))
+    }
+
+    fn schedule_repair<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, at: Time) {
+        if self.repair_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        self.repair_at = Some(at);
+        io.timer_at(at, Timer::Repair);
+    }
+
+    // ----- inputs -----------------------------------------------------
+
+    /// Starts (or restarts) membership through `contacts`.
+    pub(crate) fn join<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, contacts: Vec<PeerInfo<PI>>) {
+        for c in contacts {
+            if c.id == io.me {
+                continue;
+            }
+            self.learn(io, &c);
+            match self.contacts.iter_mut().find(|x| x.id == c.id) {
+                Some(existing) => existing.data = c.data,
+                None => self.contacts.push(c),
+            }
+        }
+        self.left = false;
+        self.joined = true;
+        self.next_contact = random_index(io.rng, self.contacts.len()).unwrap_or(0);
+        self.next_rejoin = io.now;
+        if self.active.is_empty() {
+            self.isolated_since = Some(io.now);
+            if !self.contacts.is_empty()
+                && !self.pending.iter().any(|p| p.kind == RequestKind::Join)
+            {
+                self.send_join(io);
+            }
+        }
+        if !self.shuffle_running {
+            self.shuffle_running = true;
+            let after = jitter(io.rng, io.config.hyparview.shuffle_interval);
+            io.timer(after, Timer::Shuffle);
+        }
+        self.schedule_repair(io, io.now + io.config.hyparview.repair_interval);
+    }
+
+    /// Leaves for good: every neighbor is told to forget us.
+    pub(crate) fn leave<R: Rng>(&mut self, io: &mut Io<'_, PI, R>) {
+        self.left = true;
+        let ids: Vec<PI> = self.active().collect();
+        for id in ids {
+            self.remove_active(io, id, Some(false));
+        }
+        self.pending.clear();
+    }
+
+    /// The connection to `peer` failed or could not be established.
+    pub(crate) fn peer_down<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, peer: PI) {
+        io.stats.peer_failures += 1;
+        let was_active = self.remove_active(io, peer, None);
+        let pending = self.take_pending(&peer);
+        match (was_active, pending) {
+            (Some(info), _) => {
+                // Keep a failed neighbor as a candidate (it may have been a
+                // transient failure or a partition), but behind a backoff.
+                self.add_passive(io, info);
+                self.candidate_failed(io, &peer);
+            }
+            (None, Some(p)) => self.candidate_failed(io, &p.info.id),
+            (None, None) => self.candidate_failed(io, &peer),
+        }
+        self.schedule_repair(io, io.now);
+    }
+
+    pub(crate) fn on_join<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, from: PI, msg: Join) {
+        if from == io.me {
+            return;
+        }
+        io.stats.joins_received += 1;
+        let info = PeerInfo {
+            id: from,
+            data: msg.data,
+        };
+        self.learn(io, &info);
+        if self.left {
+            self.reply(io, from, false);
+            return;
+        }
+        self.add_active(io, info.clone(), true);
+        self.reply(io, from, true);
+        let ttl = io.config.hyparview.active_random_walk_length;
+        let others: Vec<PI> = self.active().filter(|p| *p != from).collect();
+        for peer in others {
+            io.send(
+                peer,
+                Message::ForwardJoin(ForwardJoin {
+                    peer: info.clone(),
+                    ttl,
+                }),
+            );
+        }
+    }
+
+    pub(crate) fn on_forward_join<R: Rng>(
+        &mut self,
+        io: &mut Io<'_, PI, R>,
+        from: PI,
+        msg: ForwardJoin<PI>,
+    ) {
+        let new = msg.peer;
+        if new.id == io.me || self.left {
+            return;
+        }
+        self.learn(io, &new);
+        if self.is_active(&new.id) {
+            return;
+        }
+        let cfg = &io.config.hyparview;
+        let ttl = msg.ttl.min(cfg.active_random_walk_length);
+        if ttl == 0 || self.active.len() <= 1 {
+            self.request_neighbor(io, new, Priority::High);
+            return;
+        }
+        if ttl == cfg.passive_random_walk_length {
+            self.add_passive(io, new.clone());
+        }
+        let next = choose_filtered(io.rng, self.active(), |p| *p == from || *p == new.id);
+        match next {
+            Some(next) => io.send(
+                next,
+                Message::ForwardJoin(ForwardJoin {
+                    peer: new,
+                    ttl: ttl - 1,
+                }),
+            ),
+            None => self.request_neighbor(io, new, Priority::High),
+        }
+    }
+
+    pub(crate) fn on_neighbor<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, from: PI, msg: Neighbor) {
+        if from == io.me {
+            return;
+        }
+        let info = PeerInfo {
+            id: from,
+            data: msg.data,
+        };
+        self.learn(io, &info);
+        if self.left {
+            self.reply(io, from, false);
+        } else if self.is_active(&from) {
+            self.reply(io, from, true);
+        } else if msg.priority == Priority::High
+            || self.active.len() < io.config.hyparview.active_view_capacity
+        {
+            self.add_active(io, info, true);
+            self.reply(io, from, true);
+        } else {
+            self.reply(io, from, false);
+            self.add_passive(io, info);
+        }
+    }
+
+    fn reply<R: Rng>(&self, io: &mut Io<'_, PI, R>, to: PI, accepted: bool) {
+        io.send(
+            to,
+            Message::NeighborReply(NeighborReply {
+                accepted,
+                data: self.data.clone(),
+            }),
+        );
+    }
+
+    pub(crate) fn on_neighbor_reply<R: Rng>(
+        &mut self,
+        io: &mut Io<'_, PI, R>,
+        from: PI,
+        msg: NeighborReply,
+    ) {
+        let info = PeerInfo {
+            id: from,
+            data: msg.data,
+        };
+        self.learn(io, &info);
+        let pending = self.take_pending(&from);
+        if !msg.accepted {
+            io.stats.neighbor_requests_refused += 1;
+            // Alive but full: try it again later, without counting a failure.
+            let retry = io.now + io.config.hyparview.candidate_backoff_base;
+            if let Some(e) = self.passive.iter_mut().find(|e| e.info.id == from) {
+                e.retry_at = e.retry_at.max(retry);
+            } else if pending.is_some() {
+                self.add_passive(io, info);
+                if let Some(e) = self.passive.iter_mut().find(|e| e.info.id == from) {
+                    e.retry_at = retry;
+                }
+            }
+            self.schedule_repair(io, io.now);
+            return;
+        }
+        if self.is_active(&from) || from == io.me {
+            return;
+        }
+        if self.left {
+            io.send(from, Message::Disconnect(Disconnect { alive: false }));
+            io.push(Output::Disconnect { peer: from });
+            return;
+        }
+        let must_accept = matches!(
+            pending.map(|p| p.kind),
+            Some(RequestKind::Join) | Some(RequestKind::Neighbor(Priority::High))
+        );
+        if must_accept
+            || self.active.is_empty()
+            || self.active.len() < io.config.hyparview.active_view_capacity
+        {
+            self.add_active(io, info, true);
+        } else {
+            // We filled up meanwhile: undo the link the peer just made.
+            io.send(from, Message::Disconnect(Disconnect { alive: true }));
+            io.push(Output::Disconnect { peer: from });
+            self.add_passive(io, info);
+        }
+    }
+
+    pub(crate) fn on_disconnect<R: Rng>(
+        &mut self,
+        io: &mut Io<'_, PI, R>,
+        from: PI,
+        msg: Disconnect,
+    ) {
+        let removed = self.remove_active(io, from, None);
+        self.take_pending(&from);
+        if msg.alive {
+            if let Some(info) = removed {
+                self.add_passive(io, info);
+            }
+        } else {
+            self.passive.retain(|e| e.info.id != from);
+        }
+    }
+
+    pub(crate) fn on_shuffle<R: Rng>(
+        &mut self,
+        io: &mut Io<'_, PI, R>,
+        from: PI,
+        msg: Shuffle<PI>,
+    ) {
+        if msg.origin.id == io.me || self.left {
+            return;
+        }
+        self.learn(io, &msg.origin);
+        let ttl = msg.ttl.min(io.config.hyparview.shuffle_ttl);
+        if ttl > 0 && self.active.len() > 1 {
+            let origin = msg.origin.id;
+            if let Some(next) =
+                choose_filtered(io.rng, self.active(), |p| *p == from || *p == origin)
+            {
+                io.send(
+                    next,
+                    Message::Shuffle(Shuffle {
+                        origin: msg.origin,
+                        ttl: ttl - 1,
+                        nodes: msg.nodes,
+                    }),
+                );
+                return;
+            }
+        }
+        // The walk ends here: answer with as many passive entries.
+        let excluded = |id: &PI| *id == msg.origin.id || msg.nodes.iter().any(|n| n.id == *id);
+        let candidates: Vec<PeerInfo<PI>> = self
+            .passive
+            .iter()
+            .filter(|e| !excluded(&e.info.id))
+            .map(|e| e.info.clone())
+            .collect();
+        let reply = sample(io.rng, candidates, msg.nodes.len().max(1));
+        let sent: Vec<PI> = reply.iter().map(|p| p.id).collect();
+        io.send(
+            msg.origin.id,
+            Message::ShuffleReply(ShuffleReply { nodes: reply }),
+        );
+        let mut incoming = msg.nodes;
+        incoming.push(msg.origin);
+        self.integrate(io, incoming, &sent);
+    }
+
+    pub(crate) fn on_shuffle_reply<R: Rng>(
+        &mut self,
+        io: &mut Io<'_, PI, R>,
+        _from: PI,
+        msg: ShuffleReply<PI>,
+    ) {
+        if self.left {
+            return;
+        }
+        let sent = core::mem::take(&mut self.last_shuffle);
+        self.integrate(io, msg.nodes, &sent);
+    }
+
+    // ----- timers -----------------------------------------------------
+
+    pub(crate) fn on_shuffle_timer<R: Rng>(&mut self, io: &mut Io<'_, PI, R>) {
+        let after = jitter(io.rng, io.config.hyparview.shuffle_interval);
+        io.timer(after, Timer::Shuffle);
+        if self.left {
+            return;
+        }
+        let Some(target) = random_index(io.rng, self.active.len()).map(|i| self.active[i].id)
+        else {
+            return;
+        };
+        let cfg = &io.config.hyparview;
+        let (ka, kp) = (cfg.shuffle_active_count, cfg.shuffle_passive_count);
+        let actives: Vec<PeerInfo<PI>> = self
+            .active
+            .iter()
+            .filter(|p| p.id != target)
+            .cloned()
+            .collect();
+        let passives: Vec<PeerInfo<PI>> = self.passive.iter().map(|e| e.info.clone()).collect();
+        let mut nodes = sample(io.rng, actives, ka);
+        nodes.extend(sample(io.rng, passives, kp));
+        self.last_shuffle = nodes.iter().map(|p| p.id).collect();
+        io.stats.shuffles_sent += 1;
+        let ttl = io.config.hyparview.shuffle_ttl;
+        let origin = self.me_info(io);
+        io.send(target, Message::Shuffle(Shuffle { origin, ttl, nodes }));
+    }
+
+    /// The repair tick: expire unanswered requests, fill the active view
+    /// from the passive view, and re-join if isolated.
+    pub(crate) fn on_repair_timer<R: Rng>(&mut self, io: &mut Io<'_, PI, R>) {
+        if self.repair_at.is_some_and(|t| t <= io.now) {
+            self.repair_at = None;
+        }
+        if self.left || !self.joined {
+            return;
+        }
+        let now = io.now;
+        let (expired, kept): (Vec<_>, Vec<_>) = core::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.deadline <= now);
+        self.pending = kept;
+        for p in expired {
+            io.stats.neighbor_requests_timed_out += 1;
+            self.candidate_failed(io, &p.info.id);
+        }
+        self.fill(io);
+        let cfg = &io.config.hyparview;
+        if self.active.is_empty() {
+            let since = *self.isolated_since.get_or_insert(now);
+            let join_pending = self.pending.iter().any(|p| p.kind == RequestKind::Join);
+            // Prefer the passive view first; fall back to the contacts when
+            // it has no candidate left or has not helped within one backoff.
+            let passive_exhausted = self.pending.is_empty();
+            let waited = now >= since + cfg.rejoin_backoff_base;
+            if !join_pending
+                && !self.contacts.is_empty()
+                && now >= self.next_rejoin
+                && (passive_exhausted || waited)
+            {
+                self.send_join(io);
+            }
+        }
+        let cfg = &io.config.hyparview;
+        if self.active.len() < cfg.active_view_capacity || !self.pending.is_empty() {
+            let mut at = now + cfg.repair_interval;
+            for p in &self.pending {
+                at = at.min(p.deadline);
+            }
+            if self.active.is_empty() && !self.contacts.is_empty() && self.next_rejoin > now {
+                at = at.min(self.next_rejoin);
+            }
+            self.schedule_repair(io, at);
+        }
+    }
+
+    // ----- internals --------------------------------------------------
+
+    fn send_join<R: Rng>(&mut self, io: &mut Io<'_, PI, R>) {
+        let Some(idx) = self.next_contact.checked_rem(self.contacts.len()) else {
+            return;
+        };
+        self.next_contact = self.next_contact.wrapping_add(1);
+        let contact = self.contacts[idx].clone();
+        let cfg = &io.config.hyparview;
+        if self.had_neighbors || self.rejoin_attempts > 0 {
+            io.stats.rejoin_attempts += 1;
+        }
+        io.stats.joins_sent += 1;
+        self.rejoin_attempts = self.rejoin_attempts.saturating_add(1);
+        let delay = backoff(
+            cfg.rejoin_backoff_base,
+            cfg.rejoin_backoff_max,
+            self.rejoin_attempts,
+        );
+        self.next_rejoin = io.now + jitter(io.rng, delay).min(cfg.rejoin_backoff_max);
+        let deadline = io.now + cfg.neighbor_request_timeout;
+        self.take_pending(&contact.id);
+        self.pending.push(Pending {
+            info: contact.clone(),
+            kind: RequestKind::Join,
+            deadline,
+        });
+        let data = self.data.clone();
+        io.send(contact.id, Message::Join(Join { data }));
+        self.schedule_repair(io, deadline.min(self.next_rejoin));
+    }
+
+    /// Sends NEIGHBOR requests to random ready passive candidates, as many
+    /// as there are free active slots not already being requested.
+    fn fill<R: Rng>(&mut self, io: &mut Io<'_, PI, R>) {
+        let cap = io.config.hyparview.active_view_capacity;
+        let requested = self
+            .pending
+            .iter()
+            .filter(|p| matches!(p.kind, RequestKind::Neighbor(_)))
+            .count();
+        let want = cap.saturating_sub(self.active.len() + requested);
+        if want == 0 {
+            return;
+        }
+        let now = io.now;
+        let candidates: Vec<PeerInfo<PI>> = self
+            .passive
+            .iter()
+            .filter(|e| e.retry_at <= now && !self.pending.iter().any(|p| p.info.id == e.info.id))
+            .map(|e| e.info.clone())
+            .collect();
+        let chosen = sample(io.rng, candidates, want);
+        for info in chosen {
+            let high_pending = self
+                .pending
+                .iter()
+                .any(|p| p.kind == RequestKind::Neighbor(Priority::High));
+            let priority = if self.active.is_empty() && !high_pending {
+                Priority::High
+            } else {
+                Priority::Low
+            };
+            self.request_neighbor(io, info, priority);
+        }
+    }
+
+    fn request_neighbor<R: Rng>(
+        &mut self,
+        io: &mut Io<'_, PI, R>,
+        info: PeerInfo<PI>,
+        priority: Priority,
+    ) {
+        if info.id == io.me
+            || self.is_active(&info.id)
+            || self.pending.iter().any(|p| p.info.id == info.id)
+        {
+            return;
+        }
+        let deadline = io.now + io.config.hyparview.neighbor_request_timeout;
+        let to = info.id;
+        self.pending.push(Pending {
+            info,
+            kind: RequestKind::Neighbor(priority),
+            deadline,
+        });
+        io.stats.neighbor_requests_sent += 1;
+        let data = self.data.clone();
+        io.send(to, Message::Neighbor(Neighbor { priority, data }));
+        self.schedule_repair(io, deadline);
+    }
+
+    /// Adds `info` to the active view, evicting a random neighbor if full
+    /// and `evict` is set. Returns whether it is now active.
+    fn add_active<R: Rng>(
+        &mut self,
+        io: &mut Io<'_, PI, R>,
+        info: PeerInfo<PI>,
+        evict: bool,
+    ) -> bool {
+        if info.id == io.me {
+            return false;
+        }
+        if let Some(existing) = self.active.iter_mut().find(|p| p.id == info.id) {
+            if !info.data.is_empty() {
+                existing.data = info.data;
+            }
+            return true;
+        }
+        let cap = io.config.hyparview.active_view_capacity;
+        if self.active.len() >= cap {
+            if !evict {
+                return false;
+            }
+            while self.active.len() >= cap {
+                let Some(i) = random_index(io.rng, self.active.len()) else {
+                    break;
+                };
+                let victim = self.active[i].id;
+                if let Some(v) = self.remove_active(io, victim, Some(true)) {
+                    self.add_passive(io, v);
+                }
+            }
+        }
+        self.passive.retain(|e| e.info.id != info.id);
+        self.take_pending(&info.id);
+        let id = info.id;
+        self.active.push(info);
+        self.changes.push(NeighborChange::Up(id));
+        io.stats.neighbors_up += 1;
+        io.event(Event::NeighborUp(id));
+        self.rejoin_attempts = 0;
+        self.isolated_since = None;
+        self.had_neighbors = true;
+        true
+    }
+
+    /// Removes `peer` from the active view, telling it why if `notify` is
+    /// `Some(alive)`. Returns its entry if it was active.
+    fn remove_active<R: Rng>(
+        &mut self,
+        io: &mut Io<'_, PI, R>,
+        peer: PI,
+        notify: Option<bool>,
+    ) -> Option<PeerInfo<PI>> {
+        let pos = self.active.iter().position(|p| p.id == peer)?;
+        let info = self.active.remove(pos);
+        if let Some(alive) = notify {
+            io.send(peer, Message::Disconnect(Disconnect { alive }));
+        }
+        io.push(Output::Disconnect { peer });
+        self.changes.push(NeighborChange::Down(peer));
+        io.stats.neighbors_down += 1;
+        io.event(Event::NeighborDown(peer));
+        if self.active.is_empty() && self.isolated_since.is_none() {
+            self.isolated_since = Some(io.now);
+        }
+        if !self.left {
+            self.schedule_repair(io, io.now);
+        }
+        Some(info)
+    }
+
+    fn add_passive<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, info: PeerInfo<PI>) {
+        self.integrate(io, vec![info], &[]);
+    }
+
+    /// Adds new entries to the passive view; when it is full, evicts first
+    /// the entries in `prefer_evict` (those we just sent away in a shuffle),
+    /// then random ones.
+    fn integrate<R: Rng>(
+        &mut self,
+        io: &mut Io<'_, PI, R>,
+        nodes: Vec<PeerInfo<PI>>,
+        prefer_evict: &[PI],
+    ) {
+        let cap = io.config.hyparview.passive_view_capacity;
+        for info in nodes {
+            if info.id == io.me || self.is_active(&info.id) {
+                continue;
+            }
+            self.learn(io, &info);
+            if let Some(e) = self.passive.iter_mut().find(|e| e.info.id == info.id) {
+                if !info.data.is_empty() {
+                    e.info.data = info.data;
+                }
+                continue;
+            }
+            if self.passive.len() >= cap {
+                let victim = self
+                    .passive
+                    .iter()
+                    .position(|e| prefer_evict.contains(&e.info.id))
+                    .or_else(|| random_index(io.rng, self.passive.len()));
+                match victim {
+                    Some(v) => {
+                        self.passive.swap_remove(v);
+                    }
+                    None => continue,
+                }
+            }
+            self.passive.push(PassiveEntry {
+                info,
+                failures: 0,
+                retry_at: Time::ZERO,
+            });
+        }
+    }
+
+    /// Counts a failed attempt to reach a passive candidate: back off, and
+    /// drop it after too many consecutive failures.
+    fn candidate_failed<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, peer: &PI) {
+        let cfg = &io.config.hyparview;
+        let Some(pos) = self.passive.iter().position(|e| e.info.id == *peer) else {
+            return;
+        };
+        let e = &mut self.passive[pos];
+        e.failures = e.failures.saturating_add(1);
+        if e.failures >= cfg.candidate_max_failures {
+            self.passive.remove(pos);
+        } else {
+            let delay = backoff(
+                cfg.candidate_backoff_base,
+                cfg.candidate_backoff_max,
+                u32::from(e.failures),
+            );
+            e.retry_at = io.now + delay;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Duration::from_millis(100);
+        let m = Duration::from_secs(1);
+        assert_eq!(backoff(b, m, 1), b);
+        assert_eq!(backoff(b, m, 2), b * 2);
+        assert_eq!(backoff(b, m, 4), b * 8);
+        assert_eq!(backoff(b, m, 5), m);
+        assert_eq!(backoff(b, m, 200), m);
+    }
+}

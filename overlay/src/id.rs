@@ -1,0 +1,129 @@
+//! Identities: who a peer is, what a message is, and how to reach a peer.
+//!
+//! The core is generic over the peer identity type (`PI`), so the daemon can
+//! use 32-byte ed25519 keys ([`PeerId`]) while the simulator uses compact
+//! `u32` indices. Anything `Copy + Ord + Hash + Debug + serde` qualifies.
+
+use bytes::Bytes;
+use core::fmt;
+use core::hash::Hash;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// What the core needs of a peer identity. Implemented for every type with
+/// these bounds; the wire encodes it with serde/postcard.
+pub trait PeerIdentity:
+    Copy + Ord + Hash + fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<T> PeerIdentity for T where
+    T: Copy + Ord + Hash + fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+/// A 32-byte peer identity: the daemon puts an ed25519 public key here.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PeerId(pub [u8; 32]);
+
+impl PeerId {
+    /// The raw key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId(")?;
+        for b in &self.0[..5] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+/// The identifier of one broadcast: `blake3(origin ‖ epoch ‖ seq)`.
+///
+/// It is unique per broadcast, never a hash of the payload alone, so two
+/// equal payloads sent twice are two messages. `epoch` is drawn from the
+/// node's RNG at start, so a restarted origin does not reuse old ids.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MessageId(pub [u8; 32]);
+
+impl MessageId {
+    /// Derives the id of broadcast number `seq` of `origin` in `epoch`.
+    pub fn derive<PI: PeerIdentity>(origin: &PI, epoch: u64, seq: u64) -> Self {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"chatd-overlay-msgid-v1");
+        // Encoding a PeerIdentity to a Vec cannot fail: serde errors only
+        // come from the output sink, and a Vec grows as needed.
+        let origin_bytes = postcard::to_allocvec(origin).unwrap_or_default();
+        hasher.update(&(origin_bytes.len() as u64).to_le_bytes());
+        hasher.update(&origin_bytes);
+        hasher.update(&epoch.to_le_bytes());
+        hasher.update(&seq.to_le_bytes());
+        MessageId(*hasher.finalize().as_bytes())
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId(")?;
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Opaque data a peer publishes about itself, typically its dialable
+/// addresses. The core stores and forwards it; the driver interprets it.
+pub type PeerData = Bytes;
+
+/// A peer identity with the data needed to reach it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo<PI> {
+    /// Who.
+    pub id: PI,
+    /// How to reach them (opaque to the core; may be empty).
+    pub data: PeerData,
+}
+
+impl<PI> PeerInfo<PI> {
+    /// A peer with no address data (the simulator's case).
+    pub fn bare(id: PI) -> Self {
+        PeerInfo {
+            id,
+            data: Bytes::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_differ_by_origin_epoch_and_sequence() {
+        let a = MessageId::derive(&1u32, 7, 0);
+        assert_ne!(a, MessageId::derive(&1u32, 7, 1));
+        assert_ne!(a, MessageId::derive(&2u32, 7, 0));
+        assert_ne!(a, MessageId::derive(&1u32, 8, 0));
+        assert_eq!(a, MessageId::derive(&1u32, 7, 0));
+    }
+}
