@@ -516,28 +516,41 @@ impl<PI: PeerIdentity> HyParView<PI> {
         }
         self.fill(io);
         let cfg = &io.config.hyparview;
-        if self.active.is_empty() {
-            let since = *self.isolated_since.get_or_insert(now);
-            let join_pending = self.pending.iter().any(|p| p.kind == RequestKind::Join);
-            // Prefer the passive view first; fall back to the contacts when
-            // it has no candidate left or has not helped within one backoff.
-            let passive_exhausted = self.pending.is_empty();
-            let waited = now >= since + cfg.rejoin_backoff_base;
-            if !join_pending
-                && !self.contacts.is_empty()
-                && now >= self.next_rejoin
-                && (passive_exhausted || waited)
-            {
-                self.send_join(io);
-            }
+        let cap = cfg.active_view_capacity;
+        let join_pending = self.pending.iter().any(|p| p.kind == RequestKind::Join);
+        // Isolated: no neighbor at all. Prefer the passive view first; fall
+        // back to the contacts when it has no candidate left or has not
+        // helped within one backoff. Starved: a free slot, nothing pending,
+        // and no passive entry known to be alive (only failed ones, or none)
+        // — a small island, e.g. two nodes that bootstrapped through each
+        // other, which shuffles cannot grow. Candidates that *refused* are
+        // alive and full: that is a healthy network, not starvation.
+        let isolated = self.active.is_empty();
+        let starved = self.active.len() < cap
+            && self.pending.is_empty()
+            && self.passive.iter().all(|e| e.failures > 0);
+        let since = if isolated || starved {
+            *self.isolated_since.get_or_insert(now)
+        } else {
+            self.isolated_since = None;
+            now
+        };
+        let waited = now >= since + cfg.rejoin_backoff_base;
+        if (starved || (isolated && waited))
+            && !join_pending
+            && !self.contacts.is_empty()
+            && now >= self.next_rejoin
+        {
+            self.send_join(io);
         }
         let cfg = &io.config.hyparview;
-        if self.active.len() < cfg.active_view_capacity || !self.pending.is_empty() {
+        if self.active.len() < cap || !self.pending.is_empty() {
             let mut at = now + cfg.repair_interval;
             for p in &self.pending {
                 at = at.min(p.deadline);
             }
-            if self.active.is_empty() && !self.contacts.is_empty() && self.next_rejoin > now {
+            if self.isolated_since.is_some() && !self.contacts.is_empty() && self.next_rejoin > now
+            {
                 at = at.min(self.next_rejoin);
             }
             self.schedule_repair(io, at);

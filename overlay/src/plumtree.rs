@@ -308,15 +308,14 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         self.push(io, msg.id, msg.origin, hops, msg.payload, Some(from));
         // An announcement that arrived before the payload may show a
         // shorter path than the one the payload took.
-        if let Some(m) = missing {
-            if let Some(&(best, best_hops)) = m
-                .announcers
-                .iter()
+        let best = missing.and_then(|m| {
+            m.announcers
+                .into_iter()
                 .filter(|(p, _)| self.is_neighbor(p))
                 .min_by_key(|(_, h)| *h)
-            {
-                self.maybe_optimize(io, msg.id, from, best, best_hops);
-            }
+        });
+        if let Some((best, best_hops)) = best {
+            self.maybe_optimize(io, msg.id, from, best, best_hops);
         }
     }
 

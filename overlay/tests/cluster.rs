@@ -1,0 +1,287 @@
+//! Cluster behaviour of the overlay core: 200 nodes in the deterministic
+//! harness (10–50 ms per-link latency, `Config::lan()`), checking
+//! membership convergence, broadcast delivery, tree formation, repair,
+//! mass failure, isolation recovery and reproducibility.
+
+#![allow(clippy::print_stderr)] // the tests report the figures they measured
+
+mod common;
+
+use common::Cluster;
+use overlay::{BroadcastError, Config, MessageId, Output};
+use std::time::Duration;
+
+const N: usize = 200;
+
+/// 200 nodes started 100 ms apart, each joining through one of the first
+/// five, then left alone for two minutes of simulated time.
+fn joined_cluster(seed: u64) -> Cluster {
+    let mut c = Cluster::new(N, Config::lan(), seed);
+    c.join_all(5, Duration::from_millis(100));
+    c.run_for(Duration::from_secs(120));
+    c
+}
+
+/// Broadcasts from `origin`, waits for it to spread, asserts that every
+/// live node got it exactly once (the harness panics on decode errors and
+/// `deliveries` keeps first receipts only), and returns its id.
+fn broadcast_to_all(c: &mut Cluster, origin: u32, payload: &[u8]) -> MessageId {
+    let id = c.broadcast(origin, payload);
+    c.run_for(Duration::from_secs(5));
+    let missed = c.missed(&id, origin);
+    assert!(
+        missed.is_empty(),
+        "broadcast from {origin} missed {missed:?}"
+    );
+    id
+}
+
+fn view_summary(c: &Cluster) -> (usize, usize, usize, f64) {
+    let cap = c.config.hyparview.active_view_capacity;
+    let actives: Vec<usize> = c
+        .alive_nodes()
+        .map(|n| c.nodes[n as usize].active_len())
+        .collect();
+    let passives: Vec<usize> = c
+        .alive_nodes()
+        .map(|n| c.nodes[n as usize].passive_len())
+        .collect();
+    let full = actives.iter().filter(|a| **a == cap).count();
+    let min_active = *actives.iter().min().unwrap_or(&0);
+    let min_passive = *passives.iter().min().unwrap_or(&0);
+    let mean_passive = passives.iter().sum::<usize>() as f64 / passives.len() as f64;
+    (full, min_active, min_passive, mean_passive)
+}
+
+#[test]
+fn two_hundred_nodes_join_and_converge() {
+    for seed in [1, 2, 3] {
+        let c = joined_cluster(seed);
+        let cap = c.config.hyparview.active_view_capacity;
+        assert_eq!(
+            c.asymmetric_links(),
+            vec![],
+            "seed {seed}: views must be symmetric"
+        );
+        assert_eq!(c.components(), 1, "seed {seed}: one connected overlay");
+        let (full, min_active, min_passive, mean_passive) = view_summary(&c);
+        eprintln!(
+            "seed {seed}: full active views {full}/{N}, min active {min_active}, passive min {min_passive} mean {mean_passive:.1}"
+        );
+        // Every node is within one link of full; a degree deficit can only
+        // be fixed by two deficit nodes finding each other.
+        assert!(
+            min_active >= cap - 1,
+            "seed {seed}: min active {min_active}"
+        );
+        assert!(full * 100 >= N * 97, "seed {seed}: only {full} full views");
+        // Shuffles fill passive views well beyond what joins alone give.
+        let stats = c.total_stats();
+        assert!(stats.shuffles_sent > N as u64 * 5);
+        assert!(min_passive >= 20, "seed {seed}: min passive {min_passive}");
+        assert!(
+            mean_passive >= 28.0,
+            "seed {seed}: mean passive {mean_passive}"
+        );
+        assert_eq!(stats.decode_errors, 0);
+    }
+}
+
+#[test]
+fn broadcast_reaches_every_node_and_tree_forms() {
+    let mut c = joined_cluster(11);
+    let first = broadcast_to_all(&mut c, 7, b"first");
+    let first_rmr = c.rmr(&first);
+    // Plumtree prunes redundant eager links on the first broadcasts; after
+    // a few the eager links form a tree and redundancy vanishes.
+    let mut last = first;
+    for i in 0..5u8 {
+        c.run_for(Duration::from_secs(1));
+        last = broadcast_to_all(&mut c, 7, &[b'x', i]);
+    }
+    let rmr = c.rmr(&last);
+    let ldh = c.ldh(&last);
+    eprintln!("single sender: first RMR {first_rmr:.3}, after 6 broadcasts RMR {rmr:.3} LDH {ldh}");
+    assert!(
+        first_rmr > 0.5,
+        "the first broadcast floods (RMR {first_rmr})"
+    );
+    assert!(rmr <= 0.05, "RMR {rmr} after the tree formed");
+
+    // Several senders share the tree.
+    let senders = [3u32, 50, 99, 150, 199];
+    let mut ids = Vec::new();
+    for round in 0..4 {
+        for &s in &senders {
+            ids.push((round, broadcast_to_all(&mut c, s, &[round, s as u8])));
+        }
+    }
+    let last_round: Vec<f64> = ids
+        .iter()
+        .filter(|(r, _)| *r == 3)
+        .map(|(_, id)| c.rmr(id))
+        .collect();
+    let mean = last_round.iter().sum::<f64>() / last_round.len() as f64;
+    eprintln!("multi sender: last round RMR {last_round:.3?} mean {mean:.3}");
+    assert!(mean <= 0.05, "multi-sender RMR {mean}");
+}
+
+#[test]
+fn cut_eager_links_are_repaired_by_graft_without_loss() {
+    let mut c = joined_cluster(12);
+    let mut last = MessageId([0; 32]);
+    for i in 0..5u8 {
+        last = broadcast_to_all(&mut c, 0, &[i]);
+        c.run_for(Duration::from_secs(1));
+    }
+    // Cut ten tree edges silently: the parent's eager pushes vanish and no
+    // one is told, so only IHAVE + GRAFT can bring the messages across.
+    let tree_edges: Vec<(u32, u32)> = c.deliveries[&last]
+        .iter()
+        .map(|(node, (_, parent))| (*parent, *node))
+        .filter(|(p, n)| *p != 0 && *n % 17 == 3)
+        .take(10)
+        .collect();
+    assert_eq!(tree_edges.len(), 10);
+    for &(p, n) in &tree_edges {
+        c.cut_silently(p, n);
+    }
+    let grafts_before = c.total_stats().grafts_sent;
+    for i in 0..3u8 {
+        let id = broadcast_to_all(&mut c, 0, &[b'c', i]);
+        for &(_, n) in &tree_edges {
+            assert!(c.deliveries[&id].contains_key(&n));
+        }
+    }
+    let grafts = c.total_stats().grafts_sent - grafts_before;
+    eprintln!("10 eager links cut: {grafts} grafts, delivery 100%");
+    assert!(grafts >= 10, "each cut child was grafted ({grafts})");
+}
+
+#[test]
+fn half_the_nodes_crash_and_the_rest_heal_to_one_component() {
+    let mut c = joined_cluster(13);
+    for i in 0..3u8 {
+        broadcast_to_all(&mut c, 1, &[i]);
+    }
+    // Crash every other node (100 of 200), keeping the sender.
+    for n in (0..N as u32).filter(|n| n % 2 == 0) {
+        c.crash(n);
+    }
+    // A broadcast right away, before anyone noticed: eager pushes into dead
+    // nodes vanish; IHAVE/GRAFT through live lazy links recovers the rest.
+    let immediate = c.broadcast(1, b"during");
+    c.run_for(Duration::from_secs(5));
+    let alive = c.alive_nodes().count() - 1;
+    let got = alive - c.missed(&immediate, 1).len();
+    eprintln!("50% crash: immediate delivery {got}/{alive}");
+    c.run_for(Duration::from_secs(60));
+    assert_eq!(c.components(), 1, "survivors form one overlay");
+    assert_eq!(c.asymmetric_links(), vec![]);
+    let (full, min_active, _, _) = view_summary(&c);
+    eprintln!("after 60 s: {full}/{alive} full views, min active {min_active}");
+    assert!(min_active >= 1);
+    for i in 0..3u8 {
+        broadcast_to_all(&mut c, 1, &[b'h', i]);
+        broadcast_to_all(&mut c, 99, &[b'h', i]);
+    }
+}
+
+#[test]
+fn an_isolated_node_rejoins_through_its_contacts() {
+    let mut c = joined_cluster(14);
+    let x = 150u32;
+    // Sever every link of x: all its neighbors and candidates fail.
+    for other in 0..N as u32 {
+        if other != x {
+            c.cut_loudly(x, other);
+        }
+    }
+    c.run_for(Duration::from_secs(90));
+    assert_eq!(
+        c.nodes[x as usize].active_len(),
+        0,
+        "x is isolated while cut off"
+    );
+    let attempts = c.nodes[x as usize].stats().rejoin_attempts;
+    // Capped exponential backoff: retried, but not in a tight loop.
+    assert!(attempts >= 3, "isolated node retried ({attempts})");
+    assert!(
+        attempts <= 15,
+        "rejoin attempts are backed off ({attempts})"
+    );
+    c.heal_all_cuts();
+    // Within two backoff caps it is back, with a full active view.
+    c.run_for(Duration::from_secs(60));
+    assert!(
+        c.nodes[x as usize].active_len() >= 4,
+        "x rejoined: {:?}",
+        c.active(x)
+    );
+    assert_eq!(c.components(), 1);
+    broadcast_to_all(&mut c, 0, b"welcome back");
+    broadcast_to_all(&mut c, x, b"hello again");
+}
+
+#[test]
+fn oversize_broadcast_is_refused_and_nothing_is_sent() {
+    let mut c = joined_cluster(15);
+    let max = c.config.limits.max_payload_size;
+    let node = &mut c.nodes[3];
+    node.drain_outputs().for_each(drop);
+    let err = node
+        .broadcast(c.now, vec![0u8; max + 1].into())
+        .expect_err("oversize payload must be refused");
+    assert_eq!(err, BroadcastError::PayloadTooLarge { size: max + 1, max });
+    assert!(
+        !node
+            .drain_outputs()
+            .any(|o| matches!(o, Output::Send { .. }))
+    );
+    assert_eq!(node.stats().broadcasts_refused, 1);
+    assert_eq!(node.stats().broadcasts, 0);
+    // Exactly the maximum is fine.
+    node.broadcast(c.now, vec![0u8; max].into())
+        .expect("max-size payload accepted");
+}
+
+#[test]
+fn lossy_links_still_deliver_everything() {
+    let mut c = Cluster::new(100, Config::lan(), 16);
+    c.join_all(5, Duration::from_millis(100));
+    c.run_for(Duration::from_secs(60));
+    // 2% of all messages vanish from now on (QUIC would retransmit; this is
+    // the harsher model). IHAVE/GRAFT must cover every lost GOSSIP.
+    c.loss = 0.02;
+    for i in 0..10u8 {
+        broadcast_to_all(&mut c, u32::from(i) * 9, &[i]);
+    }
+}
+
+fn traced_run(seed: u64) -> Vec<String> {
+    let mut c = Cluster::new(40, Config::lan(), seed);
+    c.trace = Some(Vec::new());
+    c.join_all(3, Duration::from_millis(50));
+    c.run_for(Duration::from_secs(30));
+    c.broadcast(5, b"a");
+    c.run_for(Duration::from_secs(2));
+    c.crash(9);
+    c.crash(10);
+    c.broadcast(20, b"b");
+    c.run_for(Duration::from_secs(30));
+    c.trace.take().unwrap_or_default()
+}
+
+#[test]
+fn the_same_seed_gives_the_same_event_trace() {
+    let a = traced_run(99);
+    let b = traced_run(99);
+    assert!(
+        a.len() > 10_000,
+        "trace covers a real run ({} outputs)",
+        a.len()
+    );
+    assert!(a == b, "same seed, different traces");
+    let c = traced_run(100);
+    assert!(a != c, "a different seed changes the run");
+}
