@@ -55,6 +55,16 @@ pub struct HyParViewConfig {
     /// Upper bound of the re-JOIN backoff. Default 30 s: an isolated node
     /// keeps retrying its bootstrap contacts at least twice a minute, forever.
     pub rejoin_backoff_max: Duration,
+    /// A neighbor lost to a failure (not a DISCONNECT) is retried this often
+    /// with a NEIGHBOR that must be accepted, even when both views have
+    /// refilled meanwhile: this is what merges the two halves of a healed
+    /// partition, which otherwise stay separate once their views are full.
+    /// Default 10 s (a healed partition merges within about this long).
+    pub restore_interval: Duration,
+    /// How long a lost neighbor is retried. Default 300 s: covers the
+    /// partitions operators see (a rack or link outage), and costs one dial
+    /// per `restore_interval` per lost link for a crashed peer.
+    pub restore_max_age: Duration,
 }
 
 /// Plumtree broadcast parameters.
@@ -154,6 +164,8 @@ impl Config {
                 candidate_max_failures: 5,
                 rejoin_backoff_base: Duration::from_millis(500),
                 rejoin_backoff_max: Duration::from_secs(30),
+                restore_interval: Duration::from_secs(10),
+                restore_max_age: Duration::from_secs(300),
             },
             plumtree: PlumtreeConfig {
                 ihave_interval: Duration::from_millis(10),
@@ -184,6 +196,7 @@ impl Config {
         c.hyparview.shuffle_interval = Duration::from_secs(30);
         c.hyparview.neighbor_request_timeout = Duration::from_secs(10);
         c.hyparview.repair_interval = Duration::from_secs(2);
+        c.hyparview.restore_interval = Duration::from_secs(20);
         c.plumtree.ihave_interval = Duration::from_millis(25);
         c.plumtree.graft_timeout_1 = Duration::from_secs(1);
         c.plumtree.graft_timeout_2 = Duration::from_millis(500);
@@ -203,6 +216,8 @@ impl Config {
         c.hyparview.candidate_backoff_max = Duration::from_secs(10);
         c.hyparview.rejoin_backoff_base = Duration::from_millis(100);
         c.hyparview.rejoin_backoff_max = Duration::from_secs(5);
+        c.hyparview.restore_interval = Duration::from_secs(2);
+        c.hyparview.restore_max_age = Duration::from_secs(60);
         c.plumtree.ihave_interval = Duration::from_millis(5);
         c.plumtree.graft_timeout_1 = Duration::from_millis(30);
         c.plumtree.graft_timeout_2 = Duration::from_millis(15);
@@ -248,6 +263,7 @@ impl Config {
         nonzero("hyparview.repair_interval", h.repair_interval)?;
         nonzero("hyparview.candidate_backoff_base", h.candidate_backoff_base)?;
         nonzero("hyparview.rejoin_backoff_base", h.rejoin_backoff_base)?;
+        nonzero("hyparview.restore_interval", h.restore_interval)?;
         if h.candidate_backoff_max < h.candidate_backoff_base {
             return Err(ConfigError::Range {
                 field: "hyparview.candidate_backoff_max",

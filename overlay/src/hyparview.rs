@@ -43,6 +43,14 @@ struct PassiveEntry<PI> {
     retry_at: Time,
 }
 
+/// A neighbor lost to a failure, retried until restored or too old.
+#[derive(Clone, Debug)]
+struct Lost<PI> {
+    info: PeerInfo<PI>,
+    since: Time,
+    next_try: Time,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RequestKind {
     Join,
@@ -63,6 +71,7 @@ pub(crate) struct HyParView<PI> {
     active: Vec<PeerInfo<PI>>,
     passive: Vec<PassiveEntry<PI>>,
     pending: Vec<Pending<PI>>,
+    lost: Vec<Lost<PI>>,
     contacts: Vec<PeerInfo<PI>>,
     joined: bool,
     left: bool,
@@ -90,6 +99,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
             active: Vec::new(),
             passive: Vec::new(),
             pending: Vec::new(),
+            lost: Vec::new(),
             contacts: Vec::new(),
             joined: false,
             left: false,
@@ -214,6 +224,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
     /// Leaves for good: every neighbor is told to forget us.
     pub(crate) fn leave<R: Rng>(&mut self, io: &mut Io<'_, PI, R>) {
         self.left = true;
+        self.lost.clear();
         let ids: Vec<PI> = self.active().collect();
         for id in ids {
             self.remove_active(io, id, Some(false));
@@ -229,7 +240,9 @@ impl<PI: PeerIdentity> HyParView<PI> {
         match (was_active, pending) {
             (Some(info), _) => {
                 // Keep a failed neighbor as a candidate (it may have been a
-                // transient failure or a partition), but behind a backoff.
+                // transient failure or a partition), but behind a backoff,
+                // and try to restore the link itself (see `restore`).
+                self.remember_lost(io, info.clone());
                 self.add_passive(io, info);
                 self.candidate_failed(io, &peer);
             }
@@ -352,6 +365,13 @@ impl<PI: PeerIdentity> HyParView<PI> {
         let pending = self.take_pending(&from);
         if !msg.accepted {
             io.stats.neighbor_requests_refused += 1;
+            // Only a node that left refuses a forcing request: stop restoring.
+            if matches!(
+                pending.as_ref().map(|p| p.kind),
+                Some(RequestKind::Neighbor(Priority::High))
+            ) {
+                self.lost.retain(|l| l.info.id != from);
+            }
             // Alive but full: try it again later, without counting a failure.
             let retry = io.now + io.config.hyparview.candidate_backoff_base;
             if let Some(e) = self.passive.iter_mut().find(|e| e.info.id == from) {
@@ -398,6 +418,8 @@ impl<PI: PeerIdentity> HyParView<PI> {
     ) {
         let removed = self.remove_active(io, from, None);
         self.take_pending(&from);
+        // It chose to drop us: nothing to restore.
+        self.lost.retain(|l| l.info.id != from);
         if msg.alive {
             if let Some(info) = removed {
                 self.add_passive(io, info);
@@ -515,6 +537,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
             self.candidate_failed(io, &p.info.id);
         }
         self.fill(io);
+        self.restore(io);
         let cfg = &io.config.hyparview;
         let cap = cfg.active_view_capacity;
         let join_pending = self.pending.iter().any(|p| p.kind == RequestKind::Join);
@@ -555,6 +578,9 @@ impl<PI: PeerIdentity> HyParView<PI> {
             }
             self.schedule_repair(io, at);
         }
+        if let Some(at) = self.lost.iter().map(|l| l.next_try).min() {
+            self.schedule_repair(io, at.max(now + Duration::from_millis(1)));
+        }
     }
 
     // ----- internals --------------------------------------------------
@@ -587,6 +613,47 @@ impl<PI: PeerIdentity> HyParView<PI> {
         let data = self.data.clone();
         io.send(contact.id, Message::Join(Join { data }));
         self.schedule_repair(io, deadline.min(self.next_rejoin));
+    }
+
+    fn remember_lost<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, info: PeerInfo<PI>) {
+        if self.left {
+            return;
+        }
+        self.lost.retain(|l| l.info.id != info.id);
+        let next_try = io.now + jitter(io.rng, io.config.hyparview.restore_interval);
+        self.lost.push(Lost {
+            info,
+            since: io.now,
+            next_try,
+        });
+        // Bounded: the oldest losses are the least likely to come back.
+        if self.lost.len() > io.config.hyparview.active_view_capacity {
+            self.lost.remove(0);
+        }
+    }
+
+    /// Retries neighbors lost to failures with a request that must be
+    /// accepted (priority High), so that two halves of a healed partition,
+    /// each with full active views again, get linked. Gives up after
+    /// `restore_max_age`, or when the peer is back or said goodbye.
+    fn restore<R: Rng>(&mut self, io: &mut Io<'_, PI, R>) {
+        let now = io.now;
+        let cfg = &io.config.hyparview;
+        let (max_age, interval) = (cfg.restore_max_age, cfg.restore_interval);
+        let active = &self.active;
+        self.lost.retain(|l| {
+            now.saturating_since(l.since) < max_age && !active.iter().any(|a| a.id == l.info.id)
+        });
+        let mut due = Vec::new();
+        for l in &mut self.lost {
+            if l.next_try <= now && !self.pending.iter().any(|p| p.info.id == l.info.id) {
+                l.next_try = now + interval;
+                due.push(l.info.clone());
+            }
+        }
+        for info in due {
+            self.request_neighbor(io, info, Priority::High);
+        }
     }
 
     /// Sends NEIGHBOR requests to random ready passive candidates, as many
@@ -682,6 +749,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
             }
         }
         self.passive.retain(|e| e.info.id != info.id);
+        self.lost.retain(|l| l.info.id != info.id);
         self.take_pending(&info.id);
         let id = info.id;
         self.active.push(info);

