@@ -96,6 +96,9 @@ pub struct PlumtreeConfig {
     pub optimization_threshold: u16,
     /// Most payloads kept to answer GRAFTs. Default 4096 messages.
     pub message_cache_capacity: usize,
+    /// Most payload bytes kept in the cache (oldest evicted first).
+    /// Default 64 MiB: 4096 maximum-size payloads would be 256 MiB.
+    pub message_cache_max_bytes: usize,
     /// How long a payload stays in the cache. Default 30 s (a GRAFT later
     /// than that means the link is broken anyway; anti-entropy takes over).
     pub message_cache_retention: Duration,
@@ -104,6 +107,10 @@ pub struct PlumtreeConfig {
     /// How long a message id is remembered. Default 120 s; must be at least
     /// the cache retention, or a cached message could be delivered twice.
     pub seen_retention: Duration,
+    /// Most origins with a broadcast tree of their own (8 bytes each plus
+    /// the id); beyond it the least recently used is forgotten and falls
+    /// back to the reference tree. Default 4096 senders.
+    pub max_origins: usize,
     /// Most distinct missing messages tracked for GRAFT at once. Default
     /// 4096: bounds memory when a peer announces ids it never sends.
     pub max_missing: usize,
@@ -125,6 +132,9 @@ pub struct WireLimits {
     pub max_peer_data_size: usize,
     /// Most peer entries in a SHUFFLE or SHUFFLE_REPLY. Default 64.
     pub max_shuffle_entries: usize,
+    /// Most entries in a received IHAVE. Default 1024 (senders batch at most
+    /// `plumtree.ihave_max_entries`, 256 by default).
+    pub max_ihave_entries: usize,
 }
 
 /// The complete overlay configuration.
@@ -174,9 +184,11 @@ impl Config {
                 graft_timeout_2: Duration::from_millis(80),
                 optimization_threshold: 2,
                 message_cache_capacity: 4096,
+                message_cache_max_bytes: 64 * 1024 * 1024,
                 message_cache_retention: Duration::from_secs(30),
                 seen_capacity: 65_536,
                 seen_retention: Duration::from_secs(120),
+                max_origins: 4096,
                 max_missing: 4096,
                 expiry_interval: Duration::from_secs(1),
             },
@@ -185,6 +197,7 @@ impl Config {
                 max_frame_size: 65 * 1024,
                 max_peer_data_size: 512,
                 max_shuffle_entries: 64,
+                max_ihave_entries: 1024,
             },
         }
     }
@@ -249,7 +262,11 @@ impl Config {
                 reason: "must not exceed active_random_walk_length",
             });
         }
-        if h.shuffle_active_count + h.shuffle_passive_count + 1 > l.max_shuffle_entries {
+        let shuffle_len = h
+            .shuffle_active_count
+            .saturating_add(h.shuffle_passive_count)
+            .saturating_add(1);
+        if shuffle_len > l.max_shuffle_entries {
             return Err(ConfigError::Range {
                 field: "hyparview.shuffle_passive_count",
                 reason: "shuffle_active_count + shuffle_passive_count + 1 must fit in limits.max_shuffle_entries",
@@ -291,6 +308,7 @@ impl Config {
         positive("plumtree.message_cache_capacity", p.message_cache_capacity)?;
         positive("plumtree.seen_capacity", p.seen_capacity)?;
         positive("plumtree.max_missing", p.max_missing)?;
+        positive("plumtree.max_origins", p.max_origins)?;
         nonzero("plumtree.expiry_interval", p.expiry_interval)?;
         if p.seen_retention < p.message_cache_retention {
             return Err(ConfigError::Range {
@@ -306,7 +324,21 @@ impl Config {
         }
         positive("limits.max_payload_size", l.max_payload_size)?;
         positive("limits.max_shuffle_entries", l.max_shuffle_entries)?;
-        if l.max_frame_size < l.max_payload_size + crate::wire::MAX_GOSSIP_OVERHEAD {
+        positive("limits.max_ihave_entries", l.max_ihave_entries)?;
+        if p.ihave_max_entries > l.max_ihave_entries {
+            return Err(ConfigError::Range {
+                field: "plumtree.ihave_max_entries",
+                reason: "must not exceed limits.max_ihave_entries",
+            });
+        }
+        positive(
+            "plumtree.message_cache_max_bytes",
+            p.message_cache_max_bytes,
+        )?;
+        if l.max_frame_size
+            < l.max_payload_size
+                .saturating_add(crate::wire::MAX_GOSSIP_OVERHEAD)
+        {
             return Err(ConfigError::Range {
                 field: "limits.max_frame_size",
                 reason: "must be at least max_payload_size + 256",
@@ -318,9 +350,56 @@ impl Config {
                 reason: "at most 16 MiB",
             });
         }
+        // The largest SHUFFLE and IHAVE we may send must fit in a frame
+        // (entries of up to 64 bytes of identity plus their data).
+        let shuffle_bytes = (l.max_shuffle_entries.saturating_add(1))
+            .saturating_mul(l.max_peer_data_size.saturating_add(72));
+        if shuffle_bytes > l.max_frame_size {
+            return Err(ConfigError::Range {
+                field: "limits.max_shuffle_entries",
+                reason: "(max_shuffle_entries + 1) × (max_peer_data_size + 72) must fit in max_frame_size",
+            });
+        }
+        if l.max_ihave_entries.saturating_mul(40).saturating_add(16) > l.max_frame_size {
+            return Err(ConfigError::Range {
+                field: "limits.max_ihave_entries",
+                reason: "max_ihave_entries × 40 bytes must fit in max_frame_size",
+            });
+        }
+        for (field, d) in [
+            ("hyparview.shuffle_interval", h.shuffle_interval),
+            (
+                "hyparview.neighbor_request_timeout",
+                h.neighbor_request_timeout,
+            ),
+            ("hyparview.repair_interval", h.repair_interval),
+            ("hyparview.candidate_backoff_max", h.candidate_backoff_max),
+            ("hyparview.rejoin_backoff_max", h.rejoin_backoff_max),
+            ("hyparview.restore_interval", h.restore_interval),
+            ("hyparview.restore_max_age", h.restore_max_age),
+            ("plumtree.ihave_interval", p.ihave_interval),
+            ("plumtree.graft_timeout_1", p.graft_timeout_1),
+            ("plumtree.graft_timeout_2", p.graft_timeout_2),
+            (
+                "plumtree.message_cache_retention",
+                p.message_cache_retention,
+            ),
+            ("plumtree.seen_retention", p.seen_retention),
+            ("plumtree.expiry_interval", p.expiry_interval),
+        ] {
+            if d > MAX_DURATION {
+                return Err(ConfigError::Range {
+                    field,
+                    reason: "at most one day",
+                });
+            }
+        }
         Ok(())
     }
 }
+
+/// No duration parameter may exceed one day.
+pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
 
 /// Why a [`Config`] was rejected.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -395,5 +474,134 @@ mod tests {
         let mut c = Config::lan();
         c.hyparview.passive_random_walk_length = 9;
         assert!(c.validate().is_err());
+    }
+}
+
+/// Why [`Config::set`] rejected a key or value.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SetError {
+    /// No parameter has this name.
+    #[error("unknown parameter {0:?} (expected section.name, e.g. plumtree.graft_timeout_1)")]
+    UnknownKey(String),
+    /// The value does not parse as the parameter's type.
+    #[error("{key}: cannot parse {value:?} as {expected}")]
+    BadValue {
+        /// The parameter.
+        key: String,
+        /// What was given.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+}
+
+/// Parses a duration such as `250ms`, `10s`, `1.5s`, `2m` or `1h`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && (0.0..=1e9).contains(&secs)).then(|| Duration::from_secs_f64(secs))
+}
+
+macro_rules! settable {
+    ($self:ident, $key:ident, $value:ident; $( $section:ident . $field:ident : $kind:ident ),* $(,)?) => {{
+        let bad = |expected: &'static str| SetError::BadValue {
+            key: $key.to_string(),
+            value: $value.to_string(),
+            expected,
+        };
+        match $key {
+            $( concat!(stringify!($section), ".", stringify!($field)) => {
+                $self.$section.$field = settable!(@parse $kind, $value, bad);
+                Ok(())
+            } )*
+            _ => Err(SetError::UnknownKey($key.to_string())),
+        }
+    }};
+    (@parse duration, $v:ident, $bad:ident) => { parse_duration($v).ok_or_else(|| $bad("a duration like 250ms or 10s"))? };
+    (@parse usize, $v:ident, $bad:ident) => { $v.trim().parse::<usize>().map_err(|_| $bad("a non-negative integer"))? };
+    (@parse u8, $v:ident, $bad:ident) => { $v.trim().parse::<u8>().map_err(|_| $bad("an integer 0-255"))? };
+    (@parse u16, $v:ident, $bad:ident) => { $v.trim().parse::<u16>().map_err(|_| $bad("an integer 0-65535"))? };
+}
+
+impl Config {
+    /// Sets one parameter by its dotted name (`hyparview.shuffle_interval`,
+    /// `plumtree.graft_timeout_1`, `limits.max_payload_size`, …) from text.
+    /// Call [`Config::validate`] afterwards.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), SetError> {
+        settable!(self, key, value;
+            hyparview.active_view_capacity: usize,
+            hyparview.passive_view_capacity: usize,
+            hyparview.active_random_walk_length: u8,
+            hyparview.passive_random_walk_length: u8,
+            hyparview.shuffle_interval: duration,
+            hyparview.shuffle_active_count: usize,
+            hyparview.shuffle_passive_count: usize,
+            hyparview.shuffle_ttl: u8,
+            hyparview.neighbor_request_timeout: duration,
+            hyparview.repair_interval: duration,
+            hyparview.candidate_backoff_base: duration,
+            hyparview.candidate_backoff_max: duration,
+            hyparview.candidate_max_failures: u8,
+            hyparview.rejoin_backoff_base: duration,
+            hyparview.rejoin_backoff_max: duration,
+            hyparview.restore_interval: duration,
+            hyparview.restore_max_age: duration,
+            plumtree.ihave_interval: duration,
+            plumtree.ihave_max_entries: usize,
+            plumtree.graft_timeout_1: duration,
+            plumtree.graft_timeout_2: duration,
+            plumtree.optimization_threshold: u16,
+            plumtree.message_cache_capacity: usize,
+            plumtree.message_cache_max_bytes: usize,
+            plumtree.message_cache_retention: duration,
+            plumtree.seen_capacity: usize,
+            plumtree.seen_retention: duration,
+            plumtree.max_origins: usize,
+            plumtree.max_missing: usize,
+            plumtree.expiry_interval: duration,
+            limits.max_payload_size: usize,
+            limits.max_frame_size: usize,
+            limits.max_peer_data_size: usize,
+            limits.max_shuffle_entries: usize,
+            limits.max_ihave_entries: usize,
+        )
+    }
+}
+
+#[cfg(test)]
+mod set_tests {
+    use super::*;
+
+    #[test]
+    fn set_parses_each_kind_and_names_errors() {
+        let mut c = Config::lan();
+        c.set("plumtree.graft_timeout_1", "1.5s").unwrap();
+        assert_eq!(c.plumtree.graft_timeout_1, Duration::from_millis(1500));
+        c.set("hyparview.active_view_capacity", "7").unwrap();
+        assert_eq!(c.hyparview.active_view_capacity, 7);
+        c.set("hyparview.shuffle_interval", "2m").unwrap();
+        assert_eq!(c.hyparview.shuffle_interval, Duration::from_secs(120));
+        assert_eq!(
+            c.set("plumtree.nope", "1"),
+            Err(SetError::UnknownKey("plumtree.nope".into()))
+        );
+        assert!(matches!(
+            c.set("plumtree.graft_timeout_1", "soon"),
+            Err(SetError::BadValue { .. })
+        ));
+        assert!(c.set("hyparview.shuffle_ttl", "300").is_err());
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("-1s"), None);
     }
 }

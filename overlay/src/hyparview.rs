@@ -81,7 +81,7 @@ pub(crate) struct HyParView<PI> {
     next_rejoin: Time,
     isolated_since: Option<Time>,
     repair_at: Option<Time>,
-    shuffle_running: bool,
+    next_shuffle: Option<Time>,
     last_shuffle: Vec<PI>,
     /// Active-view changes not yet seen by the broadcast layer.
     pub(crate) changes: Vec<NeighborChange<PI>>,
@@ -109,7 +109,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
             next_rejoin: Time::ZERO,
             isolated_since: None,
             repair_at: None,
-            shuffle_running: false,
+            next_shuffle: None,
             last_shuffle: Vec::new(),
             changes: Vec::new(),
         }
@@ -154,12 +154,16 @@ impl<PI: PeerIdentity> HyParView<PI> {
             .map(|p| &p.data)
     }
 
-    /// Reports peer data to the driver when it is new or changed.
-    fn learn<R: Rng>(&self, io: &mut Io<'_, PI, R>, info: &PeerInfo<PI>) {
+    /// Reports peer data to the driver when it is new, or changed and
+    /// `firsthand` (the peer said it itself). Data relayed by third parties
+    /// (FORWARD_JOIN, SHUFFLE) only fills in peers we know nothing about, so
+    /// a stale or forged relay cannot replace an address we learned directly.
+    fn learn<R: Rng>(&self, io: &mut Io<'_, PI, R>, info: &PeerInfo<PI>, firsthand: bool) {
         if info.data.is_empty() || info.id == io.me {
             return;
         }
-        if self.peer_data(&info.id) != Some(&info.data) {
+        let known = self.peer_data(&info.id);
+        if (firsthand && known != Some(&info.data)) || known.is_none_or(|d| d.is_empty()) {
             io.event(Event::PeerData {
                 peer: info.id,
                 data: info.data.clone(),
@@ -195,7 +199,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
             if c.id == io.me {
                 continue;
             }
-            self.learn(io, &c);
+            self.learn(io, &c, true);
             match self.contacts.iter_mut().find(|x| x.id == c.id) {
                 Some(existing) => existing.data = c.data,
                 None => self.contacts.push(c),
@@ -213,10 +217,10 @@ impl<PI: PeerIdentity> HyParView<PI> {
                 self.send_join(io);
             }
         }
-        if !self.shuffle_running {
-            self.shuffle_running = true;
-            let after = jitter(io.rng, io.config.hyparview.shuffle_interval);
-            io.timer(after, Timer::Shuffle);
+        if self.next_shuffle.is_none() {
+            let at = io.now + jitter(io.rng, io.config.hyparview.shuffle_interval);
+            self.next_shuffle = Some(at);
+            io.timer_at(at, Timer::Shuffle);
         }
         self.schedule_repair(io, io.now + io.config.hyparview.repair_interval);
     }
@@ -261,13 +265,25 @@ impl<PI: PeerIdentity> HyParView<PI> {
             id: from,
             data: msg.data,
         };
-        self.learn(io, &info);
+        self.learn(io, &info, true);
         if self.left {
             self.reply(io, from, false);
             return;
         }
-        self.add_active(io, info.clone(), true);
-        self.reply(io, from, true);
+        // A contact with a full view does not evict a neighbor for the
+        // joiner: under a burst of joins (a cluster restart) its view would
+        // churn to the latest joiners, the walks would start from them, and
+        // the overlay would grow into a long chain in join order (BFS depth
+        // 45 instead of 9 at n = 10,000, 1,000 joins/s). The walks below
+        // start from its stable neighbors and link the joiner anyway.
+        let accept =
+            self.is_active(&from) || self.active.len() < io.config.hyparview.active_view_capacity;
+        if accept {
+            self.add_active(io, info.clone(), false);
+        } else {
+            self.add_passive(io, info.clone());
+        }
+        self.reply(io, from, accept);
         let ttl = io.config.hyparview.active_random_walk_length;
         let others: Vec<PI> = self.active().filter(|p| *p != from).collect();
         for peer in others {
@@ -288,10 +304,11 @@ impl<PI: PeerIdentity> HyParView<PI> {
         msg: ForwardJoin<PI>,
     ) {
         let new = msg.peer;
-        if new.id == io.me || self.left {
+        // Walks travel over active links only; anything else is not a walk.
+        if new.id == io.me || self.left || !self.is_active(&from) {
             return;
         }
-        self.learn(io, &new);
+        self.learn(io, &new, false);
         if self.is_active(&new.id) {
             return;
         }
@@ -302,7 +319,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
             return;
         }
         if ttl == cfg.passive_random_walk_length {
-            self.add_passive(io, new.clone());
+            self.integrate(io, vec![new.clone()], &[], false);
         }
         let next = choose_filtered(io.rng, self.active(), |p| *p == from || *p == new.id);
         match next {
@@ -325,7 +342,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
             id: from,
             data: msg.data,
         };
-        self.learn(io, &info);
+        self.learn(io, &info, true);
         if self.left {
             self.reply(io, from, false);
         } else if self.is_active(&from) {
@@ -361,7 +378,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
             id: from,
             data: msg.data,
         };
-        self.learn(io, &info);
+        self.learn(io, &info, true);
         let pending = self.take_pending(&from);
         if !msg.accepted {
             io.stats.neighbor_requests_refused += 1;
@@ -382,7 +399,11 @@ impl<PI: PeerIdentity> HyParView<PI> {
                     e.retry_at = retry;
                 }
             }
-            self.schedule_repair(io, io.now);
+            // Try another candidate at the next repair tick, not at once:
+            // a node one short of full would otherwise walk its whole
+            // passive view every second (~30 refused requests/s).
+            let next = io.now + io.config.hyparview.repair_interval;
+            self.schedule_repair(io, next);
             return;
         }
         if self.is_active(&from) || from == io.me {
@@ -435,10 +456,10 @@ impl<PI: PeerIdentity> HyParView<PI> {
         from: PI,
         msg: Shuffle<PI>,
     ) {
-        if msg.origin.id == io.me || self.left {
+        if msg.origin.id == io.me || self.left || !self.is_active(&from) {
             return;
         }
-        self.learn(io, &msg.origin);
+        self.learn(io, &msg.origin, false);
         let ttl = msg.ttl.min(io.config.hyparview.shuffle_ttl);
         if ttl > 0 && self.active.len() > 1 {
             let origin = msg.origin.id;
@@ -472,7 +493,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
         );
         let mut incoming = msg.nodes;
         incoming.push(msg.origin);
-        self.integrate(io, incoming, &sent);
+        self.integrate(io, incoming, &sent, false);
     }
 
     pub(crate) fn on_shuffle_reply<R: Rng>(
@@ -485,14 +506,18 @@ impl<PI: PeerIdentity> HyParView<PI> {
             return;
         }
         let sent = core::mem::take(&mut self.last_shuffle);
-        self.integrate(io, msg.nodes, &sent);
+        self.integrate(io, msg.nodes, &sent, false);
     }
 
     // ----- timers -----------------------------------------------------
 
     pub(crate) fn on_shuffle_timer<R: Rng>(&mut self, io: &mut Io<'_, PI, R>) {
-        let after = jitter(io.rng, io.config.hyparview.shuffle_interval);
-        io.timer(after, Timer::Shuffle);
+        if self.next_shuffle.is_some_and(|at| io.now < at) {
+            return; // a stale or duplicate firing
+        }
+        let at = io.now + jitter(io.rng, io.config.hyparview.shuffle_interval);
+        self.next_shuffle = Some(at);
+        io.timer_at(at, Timer::Shuffle);
         if self.left {
             return;
         }
@@ -549,8 +574,13 @@ impl<PI: PeerIdentity> HyParView<PI> {
         // other, which shuffles cannot grow. Candidates that *refused* are
         // alive and full: that is a healthy network, not starvation.
         let isolated = self.active.is_empty();
+        // Joining through a contact we are already linked to adds nothing
+        // (in a cluster no larger than the view, every node is starved by
+        // this definition but linked to every contact).
+        let contact_elsewhere = self.contacts.iter().any(|c| !self.is_active(&c.id));
         let starved = self.active.len() < cap
             && self.pending.is_empty()
+            && contact_elsewhere
             && self.passive.iter().all(|e| e.failures > 0);
         let since = if isolated || starved {
             *self.isolated_since.get_or_insert(now)
@@ -586,10 +616,15 @@ impl<PI: PeerIdentity> HyParView<PI> {
     // ----- internals --------------------------------------------------
 
     fn send_join<R: Rng>(&mut self, io: &mut Io<'_, PI, R>) {
-        let Some(idx) = self.next_contact.checked_rem(self.contacts.len()) else {
+        // The next contact in round-robin order that is not a neighbor.
+        let n = self.contacts.len();
+        let Some(idx) = (0..n)
+            .map(|k| self.next_contact.wrapping_add(k) % n)
+            .find(|&i| !self.is_active(&self.contacts[i].id))
+        else {
             return;
         };
-        self.next_contact = self.next_contact.wrapping_add(1);
+        self.next_contact = idx.wrapping_add(1);
         let contact = self.contacts[idx].clone();
         let cfg = &io.config.hyparview;
         if self.had_neighbors || self.rejoin_attempts > 0 {
@@ -646,9 +681,13 @@ impl<PI: PeerIdentity> HyParView<PI> {
         });
         let mut due = Vec::new();
         for l in &mut self.lost {
-            if l.next_try <= now && !self.pending.iter().any(|p| p.info.id == l.info.id) {
+            if l.next_try <= now {
+                // Due: try again in one interval either way. If a request to
+                // it is already in flight, that one counts as this attempt.
                 l.next_try = now + interval;
-                due.push(l.info.clone());
+                if !self.pending.iter().any(|p| p.info.id == l.info.id) {
+                    due.push(l.info.clone());
+                }
             }
         }
         for info in due {
@@ -691,6 +730,13 @@ impl<PI: PeerIdentity> HyParView<PI> {
         }
     }
 
+    /// Most NEIGHBOR/JOIN requests in flight at once: enough to fill an
+    /// empty view twice over; beyond that a flood of FORWARD_JOINs could
+    /// make us send unbounded requests.
+    fn max_pending(cfg: &crate::config::HyParViewConfig) -> usize {
+        cfg.active_view_capacity.saturating_mul(2).saturating_add(1)
+    }
+
     fn request_neighbor<R: Rng>(
         &mut self,
         io: &mut Io<'_, PI, R>,
@@ -701,6 +747,10 @@ impl<PI: PeerIdentity> HyParView<PI> {
             || self.is_active(&info.id)
             || self.pending.iter().any(|p| p.info.id == info.id)
         {
+            return;
+        }
+        if self.pending.len() >= Self::max_pending(&io.config.hyparview) {
+            self.integrate(io, vec![info], &[], false);
             return;
         }
         let deadline = io.now + io.config.hyparview.neighbor_request_timeout;
@@ -788,8 +838,9 @@ impl<PI: PeerIdentity> HyParView<PI> {
         Some(info)
     }
 
+    /// Adds a peer we heard from directly (its data is authoritative).
     fn add_passive<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, info: PeerInfo<PI>) {
-        self.integrate(io, vec![info], &[]);
+        self.integrate(io, vec![info], &[], true);
     }
 
     /// Adds new entries to the passive view; when it is full, evicts first
@@ -800,15 +851,16 @@ impl<PI: PeerIdentity> HyParView<PI> {
         io: &mut Io<'_, PI, R>,
         nodes: Vec<PeerInfo<PI>>,
         prefer_evict: &[PI],
+        firsthand: bool,
     ) {
         let cap = io.config.hyparview.passive_view_capacity;
         for info in nodes {
             if info.id == io.me || self.is_active(&info.id) {
                 continue;
             }
-            self.learn(io, &info);
+            self.learn(io, &info, firsthand);
             if let Some(e) = self.passive.iter_mut().find(|e| e.info.id == info.id) {
-                if !info.data.is_empty() {
+                if !info.data.is_empty() && (firsthand || e.info.data.is_empty()) {
                     e.info.data = info.data;
                 }
                 continue;

@@ -45,7 +45,7 @@ pub mod time;
 mod util;
 pub mod wire;
 
-pub use config::{Config, ConfigError, HyParViewConfig, PlumtreeConfig, WireLimits};
+pub use config::{Config, ConfigError, HyParViewConfig, PlumtreeConfig, SetError, WireLimits};
 pub use id::{MessageId, PeerData, PeerId, PeerIdentity, PeerInfo};
 pub use plumtree::BroadcastError;
 pub use state::{Delivery, Event, Input, Output, State, Timer};

@@ -192,6 +192,7 @@ impl<PI: PeerIdentity, R: Rng> State<PI, R> {
     /// make it behave oddly. Everything random comes from `rng`.
     pub fn new(me: PI, config: Config, mut rng: R) -> Self {
         let epoch = rng.next_u64();
+        let hash_seed = rng.next_u64();
         State {
             me,
             config,
@@ -199,7 +200,7 @@ impl<PI: PeerIdentity, R: Rng> State<PI, R> {
             stats: Stats::default(),
             outputs: Vec::new(),
             hpv: HyParView::new(),
-            plum: Plumtree::new(epoch),
+            plum: Plumtree::new(epoch, hash_seed),
         }
     }
 
@@ -244,14 +245,25 @@ impl<PI: PeerIdentity, R: Rng> State<PI, R> {
         self.hpv.passive_len()
     }
 
-    /// Plumtree eager-push peers.
-    pub fn eager_peers(&self) -> &[PI] {
-        self.plum.eager()
+    /// Neighbors that `origin`'s broadcasts are pushed to eagerly (for an
+    /// origin not seen yet: the reference tree new origins start from).
+    pub fn eager_peers(&self, origin: &PI) -> Vec<PI> {
+        self.plum.eager_for(origin)
     }
 
-    /// Plumtree lazy-push peers.
-    pub fn lazy_peers(&self) -> &[PI] {
-        self.plum.lazy()
+    /// Neighbors that only get IHAVE announcements of `origin`'s broadcasts.
+    pub fn lazy_peers(&self, origin: &PI) -> Vec<PI> {
+        self.plum.lazy_for(origin)
+    }
+
+    /// Neighbors eager in the reference tree that new origins start from.
+    pub fn reference_eager_peers(&self) -> Vec<PI> {
+        self.plum.reference_eager()
+    }
+
+    /// Origins with a broadcast tree of their own at this node.
+    pub fn origins_len(&self) -> usize {
+        self.plum.origins_len()
     }
 
     /// Whether `peer` is in the active view.
@@ -367,6 +379,6 @@ fn dispatch<PI: PeerIdentity, R: Rng>(
         Message::Gossip(m) => plum.on_gossip(io, from, m),
         Message::IHave(m) => plum.on_ihave(io, from, m),
         Message::Graft(m) => plum.on_graft(io, from, m),
-        Message::Prune(_) => plum.on_prune(io, from),
+        Message::Prune(m) => plum.on_prune(io, from, m),
     }
 }

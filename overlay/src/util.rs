@@ -2,7 +2,6 @@
 //! maps keyed by [`MessageId`] that never depend on a process-random seed.
 
 use crate::MessageId;
-use core::hash::{BuildHasherDefault, Hasher};
 use rand::Rng;
 
 /// A uniformly random index in `0..n`; `None` when `n == 0`.
@@ -50,29 +49,16 @@ pub(crate) fn jitter<R: Rng + ?Sized>(
     core::time::Duration::from_micros(micros / 2 + offset)
 }
 
-/// Hashes a [`MessageId`] by its first eight bytes: the id is already a
-/// blake3 output, so no further mixing (or random seed) is needed.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct IdHasher(u64);
+/// A hash map keyed by message id. The hasher is foldhash with a seed
+/// drawn from the node's RNG: deterministic for a given seed (so runs
+/// reproduce), yet a peer cannot precompute ids that collide in it (ids
+/// come from peers, and colliding keys would make every lookup linear).
+pub(crate) type IdMap<V> = hashbrown::HashMap<MessageId, V, foldhash::quality::FixedState>;
 
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // MessageId hashes as its 32-byte array: a length prefix (usize)
-        // then the bytes. Fold everything so any key type still works.
-        for chunk in bytes.chunks(8) {
-            let mut buf = [0u8; 8];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(buf);
-        }
-    }
-    fn write_usize(&mut self, _: usize) {}
+/// An empty [`IdMap`] hashing with `seed`.
+pub(crate) fn id_map<V>(seed: u64) -> IdMap<V> {
+    IdMap::with_hasher(foldhash::quality::FixedState::with_seed(seed))
 }
-
-/// A hash map keyed by message id with a fixed, seedless hasher.
-pub(crate) type IdMap<V> = hashbrown::HashMap<MessageId, V, BuildHasherDefault<IdHasher>>;
 
 #[cfg(test)]
 mod tests {

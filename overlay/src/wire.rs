@@ -7,9 +7,13 @@
 //! ```
 //!
 //! Decoding is total: every input yields a message or a typed
-//! [`DecodeError`], never a panic. Allocation is bounded by the input,
-//! which is itself bounded by [`WireLimits::max_frame_size`] before any
-//! byte of the body is buffered. `proto-spec/SPEC.md` is the normative
+//! [`DecodeError`], never a panic. The frame length is checked against
+//! [`WireLimits::max_frame_size`] before any byte of the body is buffered;
+//! decoding then allocates at most a small multiple of the frame size (a
+//! sequence pre-allocates no more than the bytes present, capped by serde
+//! at 1 MiB). Encodings must be canonical (shortest varints): a body whose
+//! canonical re-encoding is shorter is rejected, so every accepted body has
+//! exactly one byte form. `proto-spec/SPEC.md` is the normative
 //! description and `proto-spec/vectors/` holds the test vectors.
 
 use crate::config::WireLimits;
@@ -211,16 +215,25 @@ pub struct IHave {
     pub entries: Vec<IHaveEntry>,
 }
 
-/// GRAFT (type 10): make the link eager again, and send a missing message.
+/// GRAFT (type 10): "push this message's origin to me eagerly", and send
+/// the message itself if `resend`. The receiver finds the origin from its
+/// cache of `id`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Graft {
-    /// The message to send, or none for a tree optimisation graft.
-    pub id: Option<MessageId>,
+    /// A message the receiver has (it announced it).
+    pub id: MessageId,
+    /// True to fetch a missing message; false for a tree optimisation,
+    /// which only makes the link eager for the message's origin.
+    pub resend: bool,
 }
 
-/// PRUNE (type 11): the receiver should push to the sender lazily only.
+/// PRUNE (type 11): the receiver should push `origin`'s messages to the
+/// sender lazily only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Prune;
+pub struct Prune<PI> {
+    /// Whose tree the link leaves.
+    pub origin: PI,
+}
 
 /// Every overlay message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,7 +249,7 @@ pub enum Message<PI> {
     Gossip(Gossip<PI>),
     IHave(IHave),
     Graft(Graft),
-    Prune(Prune),
+    Prune(Prune<PI>),
 }
 
 /// Why bytes could not be decoded into a [`Message`].
@@ -350,9 +363,10 @@ impl<PI> Message<PI> {
             }
             Message::ShuffleReply(m) => nodes(&m.nodes),
             Message::Gossip(m) => at_most("payload", m.payload.len(), limits.max_payload_size),
-            Message::Disconnect(_) | Message::IHave(_) | Message::Graft(_) | Message::Prune(_) => {
-                Ok(())
+            Message::IHave(m) => {
+                at_most("ihave entries", m.entries.len(), limits.max_ihave_entries)
             }
+            Message::Disconnect(_) | Message::Graft(_) | Message::Prune(_) => Ok(()),
         }
     }
 }
@@ -423,16 +437,24 @@ fn extend<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), postcard::Er
     Ok(())
 }
 
-fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+fn body<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (value, rest) = postcard::take_from_bytes::<T>(bytes)?;
-    if rest.is_empty() {
-        Ok(value)
-    } else {
-        Err(DecodeError::TrailingBytes(rest.len()))
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
     }
+    // The canonical form is the unique shortest one; a longer body that
+    // decoded must contain an over-long varint.
+    let size = postcard::serialize_with_flavor::<T, postcard::ser_flavors::Size, usize>(
+        &value,
+        postcard::ser_flavors::Size::default(),
+    );
+    if size.ok() != Some(bytes.len()) {
+        return Err(DecodeError::InvalidField("non-canonical varint"));
+    }
+    Ok(value)
 }
 
-impl<PI: DeserializeOwned> Message<PI> {
+impl<PI: DeserializeOwned + Serialize> Message<PI> {
     /// Decodes one body (type code + fields, without the length prefix),
     /// enforcing `limits`. Total: never panics, whatever the input.
     pub fn decode(bytes: &[u8], limits: &WireLimits) -> Result<Self, DecodeError> {
@@ -566,7 +588,10 @@ mod tests {
             Message::<u32>::decode(&[5, 1, 0], &l),
             Err(DecodeError::TrailingBytes(1))
         );
-        assert_eq!(Message::<u32>::decode(&[11], &l), Ok(Message::Prune(Prune)));
+        assert_eq!(
+            Message::<u32>::decode(&[11, 7], &l),
+            Ok(Message::Prune(Prune { origin: 7 }))
+        );
         assert!(matches!(
             split_frame(&[0xff, 0xff, 0xff, 0xff], l.max_frame_size),
             Err(DecodeError::TooLarge { what: "frame", .. })

@@ -181,19 +181,50 @@ fn a_duplicate_gossip_prunes_the_link_it_came_on() {
         .collect();
     assert_eq!(targets, vec![2, 3]);
     msg(&mut n, Time::ZERO, 2, gossip(1, 0));
-    assert_eq!(sends(&mut n), vec![(2, Message::Prune(Prune))]);
-    assert_eq!(n.lazy_peers(), &[2]);
+    assert_eq!(
+        sends(&mut n),
+        vec![(2, Message::Prune(Prune { origin: 99 }))]
+    );
+    assert_eq!(n.lazy_peers(&99), vec![2]);
     assert_eq!(n.stats().duplicates, 1);
     // A PRUNE makes the sender lazy on our side too.
-    msg(&mut n, Time::ZERO, 3, Message::Prune(Prune));
-    assert_eq!(n.eager_peers(), &[1]);
+    msg(&mut n, Time::ZERO, 3, Message::Prune(Prune { origin: 99 }));
+    assert_eq!(n.eager_peers(&99), vec![1]);
+}
+
+#[test]
+fn prunes_for_one_origin_leave_other_origins_trees_alone() {
+    let mut n = with_neighbors(3);
+    // Origin 7 gets a tree of its own first (copied from the reference,
+    // which before any broadcast is every neighbor).
+    let from_7 = Message::Gossip(Gossip {
+        id: MessageId([70; 32]),
+        origin: 7,
+        hops: 0,
+        payload: Bytes::new(),
+    });
+    msg(&mut n, Time::ZERO, 1, from_7);
+    msg(&mut n, Time::ZERO, 1, gossip(1, 0));
+    msg(&mut n, Time::ZERO, 2, gossip(1, 0));
+    msg(&mut n, Time::ZERO, 3, Message::Prune(Prune { origin: 99 }));
+    n.drain_outputs().for_each(drop);
+    assert_eq!(n.eager_peers(&99), vec![1]);
+    assert_eq!(
+        n.eager_peers(&7),
+        vec![1, 2, 3],
+        "origin 7's tree is untouched"
+    );
+    assert_eq!(n.origins_len(), 2);
+    // A new origin starts from the reference tree (smallest origin id: 7),
+    // not from a flood to every neighbor.
+    assert_eq!(n.eager_peers(&50), vec![1, 2, 3]);
+    msg(&mut n, Time::ZERO, 1, Message::Prune(Prune { origin: 7 }));
+    assert_eq!(n.eager_peers(&50), vec![2, 3]);
 }
 
 #[test]
 fn a_missing_message_is_grafted_from_each_announcer_in_turn() {
     let mut n = with_neighbors(3);
-    msg(&mut n, Time::ZERO, 2, Message::Prune(Prune));
-    msg(&mut n, Time::ZERO, 3, Message::Prune(Prune));
     let id = MessageId([5; 32]);
     let ihave = Message::IHave(IHave {
         entries: vec![IHaveEntry { id, hops: 1 }],
@@ -219,20 +250,18 @@ fn a_missing_message_is_grafted_from_each_announcer_in_turn() {
     n.handle(t1, Input::Timer(Timer::Graft(id)));
     assert_eq!(
         sends(&mut n),
-        vec![(2, Message::Graft(Graft { id: Some(id) }))]
-    );
-    assert!(
-        n.eager_peers().contains(&2),
-        "a graft makes the link eager again"
+        vec![(2, Message::Graft(Graft { id, resend: true }))]
     );
     let t2 = t1 + Config::lan().plumtree.graft_timeout_2;
     n.handle(t2, Input::Timer(Timer::Graft(id)));
     assert_eq!(
         sends(&mut n),
-        vec![(3, Message::Graft(Graft { id: Some(id) }))]
+        vec![(3, Message::Graft(Graft { id, resend: true }))]
     );
-    // The message arrives: no more grafts.
+    // The message arrives: no more grafts, and the link it came on is now
+    // eager for its origin.
     msg(&mut n, t2, 3, gossip(5, 1));
+    assert!(n.eager_peers(&99).contains(&3));
     n.drain_outputs().for_each(drop);
     n.handle(t2 + Duration::from_secs(1), Input::Timer(Timer::Graft(id)));
     assert_eq!(sends(&mut n), vec![]);
@@ -242,8 +271,6 @@ fn a_missing_message_is_grafted_from_each_announcer_in_turn() {
 #[test]
 fn losing_the_grafted_peer_regrafts_from_the_next_announcer_at_once() {
     let mut n = with_neighbors(3);
-    msg(&mut n, Time::ZERO, 2, Message::Prune(Prune));
-    msg(&mut n, Time::ZERO, 3, Message::Prune(Prune));
     let id = MessageId([6; 32]);
     for from in [2, 3] {
         msg(
@@ -270,7 +297,7 @@ fn losing_the_grafted_peer_regrafts_from_the_next_announcer_at_once() {
     n.handle(t1, Input::Timer(Timer::Graft(id)));
     assert_eq!(
         sends(&mut n),
-        vec![(3, Message::Graft(Graft { id: Some(id) }))]
+        vec![(3, Message::Graft(Graft { id, resend: true }))]
     );
 }
 
@@ -285,7 +312,7 @@ fn a_graft_is_answered_from_the_cache() {
         &mut n,
         Time::from_secs(1),
         2,
-        Message::Graft(Graft { id: Some(id) }),
+        Message::Graft(Graft { id, resend: true }),
     );
     let out = sends(&mut n);
     assert!(
@@ -295,7 +322,7 @@ fn a_graft_is_answered_from_the_cache() {
     let later =
         Time::ZERO + Config::lan().plumtree.message_cache_retention + Duration::from_secs(2);
     n.handle(later, Input::Timer(Timer::Expiry));
-    msg(&mut n, later, 2, Message::Graft(Graft { id: Some(id) }));
+    msg(&mut n, later, 2, Message::Graft(Graft { id, resend: true }));
     assert_eq!(sends(&mut n), vec![]);
     assert_eq!(n.stats().graft_misses, 1);
 }

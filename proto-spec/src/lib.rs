@@ -133,11 +133,18 @@ pub fn valid_vectors() -> Vec<(&'static str, Message<PeerId>)> {
         (
             "graft",
             Message::Graft(Graft {
-                id: Some(MessageId([0xCC; 32])),
+                id: MessageId([0xCC; 32]),
+                resend: true,
             }),
         ),
-        ("graft-optimization", Message::Graft(Graft { id: None })),
-        ("prune", Message::Prune(Prune)),
+        (
+            "graft-optimization",
+            Message::Graft(Graft {
+                id: MessageId([0xCD; 32]),
+                resend: false,
+            }),
+        ),
+        ("prune", Message::Prune(Prune { origin: peer(0x33) })),
     ]
 }
 

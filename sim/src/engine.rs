@@ -1,0 +1,465 @@
+//! The discrete-event engine: simulated time, a priority queue of message
+//! deliveries, timers and failure notices, and a network model — and
+//! nothing about scenarios or metrics.
+//!
+//! Network model:
+//! - each link {a, b} has a fixed one-way latency, drawn from the configured
+//!   uniform range by hashing (seed, a, b) — so each direction is FIFO, like
+//!   a QUIC stream — or one static latency for every link;
+//! - optional random loss of any message;
+//! - a crashed node drops everything; its neighbors, and anyone who sends
+//!   to it, are told `PeerDown` after `detect_delay` (the QUIC idle timeout
+//!   or dial timeout);
+//! - a partition splits nodes into two groups: messages across it are
+//!   dropped and the sender is told `PeerDown` after `detect_delay`; links
+//!   that crossed it break on both ends.
+//!
+//! Determinism: one seeded RNG for the network, one per node (derived from
+//! the seed and the node index), events ordered by (time, sequence number).
+//! Same arguments and seed → same run.
+
+use bytes::Bytes;
+use overlay::{
+    Config, Event, Input, Message, MessageId, MessageType, Output, PeerInfo, State, Time, Timer,
+};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{Rng, SeedableRng};
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::time::Duration;
+
+/// Node identity in the simulator: its index.
+pub type NodeId = u32;
+
+/// One simulated overlay node: the unchanged core.
+pub type Node = State<NodeId, Xoshiro256PlusPlus>;
+
+/// Per-link latency model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Latency {
+    /// Each link gets a fixed latency drawn uniformly from `min..=max`.
+    Uniform {
+        /// Lower bound.
+        min: Duration,
+        /// Upper bound.
+        max: Duration,
+    },
+    /// Every link has this latency.
+    Static(Duration),
+}
+
+/// The network the nodes live in.
+#[derive(Clone, Debug)]
+pub struct Network {
+    /// Latency model.
+    pub latency: Latency,
+    /// Probability in 0..1 that a message is lost.
+    pub loss: f64,
+    /// Time until a node notices a dead peer or a broken link.
+    pub detect_delay: Duration,
+}
+
+/// What happened to one broadcast, for the metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Broadcast {
+    /// Who sent it.
+    pub origin: NodeId,
+    /// When.
+    pub sent_at: Time,
+    /// GOSSIP payloads received by live nodes (duplicates included).
+    pub payloads: u64,
+    /// First deliveries: (node, hops, latency in µs).
+    pub deliveries: Vec<(NodeId, u16, u64)>,
+}
+
+/// Messages and bytes sent, by message type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Messages, indexed by `MessageType::index()`.
+    pub messages: [u64; MessageType::COUNT],
+    /// Encoded bytes (frame bodies plus the 4-byte prefix).
+    pub bytes: [u64; MessageType::COUNT],
+}
+
+impl Traffic {
+    /// Total messages.
+    pub fn total_messages(&self) -> u64 {
+        self.messages.iter().sum()
+    }
+
+    /// Total bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes.iter().sum()
+    }
+
+    /// `self - earlier`, per type.
+    pub fn since(&self, earlier: &Traffic) -> Traffic {
+        let mut t = *self;
+        for i in 0..MessageType::COUNT {
+            t.messages[i] -= earlier.messages[i];
+            t.bytes[i] -= earlier.bytes[i];
+        }
+        t
+    }
+}
+
+enum Ev {
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        msg: Message<NodeId>,
+    },
+    Timer {
+        node: NodeId,
+        timer: Timer,
+    },
+    Down {
+        node: NodeId,
+        peer: NodeId,
+    },
+}
+
+struct Entry {
+    at: Time,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    // Reversed: BinaryHeap is a max-heap and we want the earliest first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The simulation: nodes, network and event queue.
+pub struct Sim {
+    now: Time,
+    seed: u64,
+    config: Config,
+    net: Network,
+    nodes: Vec<Option<Node>>,
+    started: Vec<Time>,
+    group: Vec<u8>,
+    partitioned: bool,
+    queue: BinaryHeap<Entry>,
+    seq: u64,
+    rng: Xoshiro256PlusPlus,
+    pending_down: HashSet<(NodeId, NodeId)>,
+    broadcasts: HashMap<MessageId, Broadcast>,
+    traffic: Traffic,
+    scratch: Vec<u8>,
+    events: u64,
+}
+
+impl Sim {
+    /// An empty simulation.
+    pub fn new(config: Config, net: Network, seed: u64) -> Self {
+        Sim {
+            now: Time::ZERO,
+            seed,
+            config,
+            net,
+            nodes: Vec::new(),
+            started: Vec::new(),
+            group: Vec::new(),
+            partitioned: false,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng: Xoshiro256PlusPlus::seed_from_u64(splitmix(seed)),
+            pending_down: HashSet::new(),
+            broadcasts: HashMap::new(),
+            traffic: Traffic::default(),
+            scratch: Vec::new(),
+            events: 0,
+        }
+    }
+
+    /// Current simulated time.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// The overlay configuration every node uses.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Events processed so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Messages and bytes sent so far.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// The network RNG (for scenario choices, so they are seeded too).
+    pub fn rng(&mut self) -> &mut Xoshiro256PlusPlus {
+        &mut self.rng
+    }
+
+    /// Number of node slots (alive or not).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether no node was ever created.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Whether `n` is running.
+    pub fn is_alive(&self, n: NodeId) -> bool {
+        self.nodes.get(n as usize).is_some_and(|x| x.is_some())
+    }
+
+    /// When `n` was started.
+    pub fn started_at(&self, n: NodeId) -> Time {
+        self.started[n as usize]
+    }
+
+    /// The node, if running.
+    pub fn node(&self, n: NodeId) -> Option<&Node> {
+        self.nodes.get(n as usize).and_then(|x| x.as_ref())
+    }
+
+    /// Running nodes.
+    pub fn alive(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.is_some())
+            .map(|(i, _)| i as NodeId)
+    }
+
+    /// Partition group of `n` (meaningful while partitioned).
+    pub fn group(&self, n: NodeId) -> u8 {
+        self.group[n as usize]
+    }
+
+    /// Whether a partition is in effect.
+    pub fn is_partitioned(&self) -> bool {
+        self.partitioned
+    }
+
+    fn schedule(&mut self, at: Time, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Entry {
+            at: at.max(self.now),
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    /// The one-way latency of link {a, b}.
+    pub fn link_latency(&self, a: NodeId, b: NodeId) -> Duration {
+        match self.net.latency {
+            Latency::Static(d) => d,
+            Latency::Uniform { min, max } => {
+                let (x, y) = (a.min(b), a.max(b));
+                let h = splitmix(self.seed ^ splitmix(u64::from(x) << 32 | u64::from(y)));
+                let span = u64::try_from((max - min).as_micros()).unwrap_or(u64::MAX);
+                min + Duration::from_micros(if span == 0 { 0 } else { h % (span + 1) })
+            }
+        }
+    }
+
+    /// Creates a node and has it join through `contacts` now. Returns its id.
+    pub fn start_node(&mut self, contacts: &[NodeId]) -> NodeId {
+        let id = self.nodes.len() as NodeId;
+        let rng = Xoshiro256PlusPlus::seed_from_u64(splitmix(self.seed ^ (u64::from(id) << 24)));
+        self.nodes
+            .push(Some(State::new(id, self.config.clone(), rng)));
+        self.started.push(self.now);
+        self.group.push(0);
+        let contacts = contacts
+            .iter()
+            .copied()
+            .filter(|c| *c != id)
+            .map(PeerInfo::bare)
+            .collect();
+        self.input(id, Input::Join(contacts));
+        id
+    }
+
+    /// Crashes `n`: its state is dropped; its neighbors notice after the
+    /// detection delay.
+    pub fn crash(&mut self, n: NodeId) {
+        let Some(node) = self.nodes.get_mut(n as usize).and_then(|x| x.take()) else {
+            return;
+        };
+        let neighbors: Vec<NodeId> = node.active_view().collect();
+        for m in neighbors {
+            self.notice_down(m, n);
+        }
+    }
+
+    /// Splits the nodes into two groups (`side(n)` is 0 or 1). Links across
+    /// break on both ends; new ones cannot form until [`Sim::heal`].
+    pub fn partition(&mut self, side: impl Fn(NodeId) -> u8) {
+        for i in 0..self.nodes.len() {
+            self.group[i] = side(i as NodeId);
+        }
+        self.partitioned = true;
+        let alive: Vec<NodeId> = self.alive().collect();
+        for a in alive {
+            let crossing: Vec<NodeId> = self.nodes[a as usize]
+                .as_ref()
+                .map(|n| {
+                    n.active_view()
+                        .filter(|b| self.group[*b as usize] != self.group[a as usize])
+                        .collect()
+                })
+                .unwrap_or_default();
+            for b in crossing {
+                self.notice_down(a, b);
+            }
+        }
+    }
+
+    /// Ends the partition.
+    pub fn heal(&mut self) {
+        self.partitioned = false;
+    }
+
+    fn crosses(&self, a: NodeId, b: NodeId) -> bool {
+        self.partitioned && self.group[a as usize] != self.group[b as usize]
+    }
+
+    /// `node` will be told that `peer` is unreachable after the detection delay.
+    fn notice_down(&mut self, node: NodeId, peer: NodeId) {
+        if self.is_alive(node) && self.pending_down.insert((node, peer)) {
+            let at = self.now + self.net.detect_delay;
+            self.schedule(at, Ev::Down { node, peer });
+        }
+    }
+
+    /// Broadcasts `payload` from `origin` now.
+    pub fn broadcast(&mut self, origin: NodeId, payload: Bytes) -> Option<MessageId> {
+        let now = self.now;
+        let id = self
+            .nodes
+            .get_mut(origin as usize)?
+            .as_mut()?
+            .broadcast(now, payload)
+            .ok()?;
+        self.broadcasts.insert(
+            id,
+            Broadcast {
+                origin,
+                sent_at: now,
+                ..Broadcast::default()
+            },
+        );
+        self.flush(origin);
+        Some(id)
+    }
+
+    /// Takes the record of a broadcast (stop tracking it).
+    pub fn take_broadcast(&mut self, id: &MessageId) -> Option<Broadcast> {
+        self.broadcasts.remove(id)
+    }
+
+    /// Processes events up to and including `until`; time is then `until`.
+    pub fn run_until(&mut self, until: Time) {
+        while self.queue.peek().is_some_and(|e| e.at <= until) {
+            let Some(Entry { at, ev, .. }) = self.queue.pop() else {
+                break;
+            };
+            self.now = at;
+            self.events += 1;
+            self.step(ev);
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Runs for `d` of simulated time.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    fn step(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver { from, to, msg } => {
+                if !self.is_alive(to) || self.crosses(from, to) {
+                    self.notice_down(from, to);
+                    return;
+                }
+                if let Message::Gossip(g) = &msg
+                    && let Some(b) = self.broadcasts.get_mut(&g.id)
+                {
+                    b.payloads += 1;
+                }
+                self.input(to, Input::Message { from, message: msg });
+            }
+            Ev::Timer { node, timer } => self.input(node, Input::Timer(timer)),
+            Ev::Down { node, peer } => {
+                self.pending_down.remove(&(node, peer));
+                self.input(node, Input::PeerDown(peer));
+            }
+        }
+    }
+
+    fn input(&mut self, n: NodeId, input: Input<NodeId>) {
+        let now = self.now;
+        if let Some(node) = self.nodes.get_mut(n as usize).and_then(|x| x.as_mut()) {
+            node.handle(now, input);
+            self.flush(n);
+        }
+    }
+
+    fn flush(&mut self, n: NodeId) {
+        let Some(node) = self.nodes.get_mut(n as usize).and_then(|x| x.as_mut()) else {
+            return;
+        };
+        let outputs: Vec<Output<NodeId>> = node.drain_outputs().collect();
+        for out in outputs {
+            match out {
+                Output::Send { to, message } => self.send(n, to, message),
+                Output::SetTimer { at, timer } => self.schedule(at, Ev::Timer { node: n, timer }),
+                Output::Event(Event::Received(d)) => {
+                    let now = self.now;
+                    if let Some(b) = self.broadcasts.get_mut(&d.id) {
+                        let latency = now.saturating_since(b.sent_at).as_micros() as u64;
+                        b.deliveries.push((n, d.hops, latency));
+                    }
+                }
+                Output::Disconnect { .. } | Output::Event(_) => {}
+            }
+        }
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: Message<NodeId>) {
+        let t = msg.message_type().index();
+        self.scratch.clear();
+        msg.encode_body(&mut self.scratch);
+        self.traffic.messages[t] += 1;
+        self.traffic.bytes[t] += self.scratch.len() as u64 + 4;
+        if self.net.loss > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < self.net.loss {
+            return;
+        }
+        let at = self.now + self.link_latency(from, to);
+        self.schedule(at, Ev::Deliver { from, to, msg });
+    }
+}

@@ -1,0 +1,220 @@
+//! `sim` — run an overlay scenario and print what it measured.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a CLI reports on stdout/stderr
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use sim::engine::Latency;
+use sim::{Params, Preset, Scenario};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Simulate the chatd overlay (HyParView + Plumtree) at scale.
+///
+/// Every run starts NODES nodes over --join-secs, joining through the first
+/// --contacts nodes, lets the overlay settle, then runs --warmup + --rounds
+/// rounds of broadcasts. Per-round lines go to stderr (and stdout as JSON);
+/// the last line of stdout is a JSON summary (fields: sim/README.md).
+///
+/// Examples:
+///   sim single --nodes 1000
+///   sim multi --nodes 10000 --latency 10..50
+///   sim failure --kill 0.8 --rounds 8 --out target/sim-failure
+///   sim partition --for 60 --rounds 40
+#[derive(Parser, Debug)]
+#[command(name = "sim", version, verbatim_doc_comment)]
+struct Args {
+    /// What to simulate.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Nodes in the join phase.
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Seed of every random choice: the same arguments and seed give the same results.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Measured broadcast rounds.
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
+    /// Unmeasured rounds first (Plumtree prunes the initial flood into a tree).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Per-link latency drawn uniformly from MIN..MAX milliseconds.
+    #[arg(
+        long,
+        value_name = "MIN..MAX",
+        default_value = "10..50",
+        conflicts_with = "latency_static"
+    )]
+    latency: String,
+    /// The same latency on every link, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    latency_static: Option<u64>,
+    /// Percent of messages lost (0–100).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// failure: fraction of nodes crashed at once (0.1–0.95).
+    #[arg(long, default_value_t = 0.5)]
+    kill: f64,
+    /// churn: percent of nodes replaced per simulated second.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// partition: seconds before the halves are reconnected.
+    #[arg(long = "for", value_name = "SECS", default_value_t = 60.0)]
+    partition_for: f64,
+    /// multi: senders per round.
+    #[arg(long, default_value_t = 10)]
+    senders: usize,
+    /// Simulated seconds per round.
+    #[arg(long, default_value_t = 3.0)]
+    round_secs: f64,
+    /// Seconds over which the nodes start.
+    #[arg(long, default_value_t = 10.0)]
+    join_secs: f64,
+    /// Seconds the overlay settles before the first round.
+    #[arg(long, default_value_t = 20.0)]
+    settle_secs: f64,
+    /// Bootstrap contacts every node is given (the first nodes).
+    #[arg(long, default_value_t = 5)]
+    contacts: usize,
+    /// Seconds until a crashed peer or broken link is noticed (the QUIC idle timeout).
+    #[arg(long, default_value_t = 3.0)]
+    detect_secs: f64,
+    /// Overlay parameter preset.
+    #[arg(long, value_enum, default_value_t = Preset::Lan)]
+    preset: Preset,
+    /// Payload bytes per broadcast.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Override an overlay parameter, e.g. --set plumtree.graft_timeout_1=500ms
+    /// (names as in overlay::Config; repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Also write per-round CSV, the timeline, report.json and SVG plots here.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// No progress on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
+    let (a, b) = s
+        .split_once("..")
+        .context("--latency wants MIN..MAX in milliseconds, e.g. 10..50")?;
+    let (a, b): (u64, u64) = (
+        a.trim()
+            .parse()
+            .with_context(|| format!("--latency: bad minimum {a:?}"))?,
+        b.trim()
+            .parse()
+            .with_context(|| format!("--latency: bad maximum {b:?}"))?,
+    );
+    if a > b {
+        bail!("--latency: minimum {a} is above maximum {b}");
+    }
+    Ok((a, b))
+}
+
+fn params(a: &Args) -> anyhow::Result<Params> {
+    if a.nodes < 2 {
+        bail!("--nodes must be at least 2");
+    }
+    if a.nodes > 10_000_000 {
+        bail!("--nodes above 10,000,000 will not fit in memory");
+    }
+    if !(0.0..=100.0).contains(&a.loss) {
+        bail!("--loss is a percentage, 0 to 100");
+    }
+    if !(0.0..1.0).contains(&a.kill) {
+        bail!("--kill is a fraction below 1 (e.g. 0.5)");
+    }
+    if a.rate < 0.0 || a.rate > 100.0 {
+        bail!("--rate is a percentage per second, 0 to 100");
+    }
+    for (name, v) in [
+        ("--round-secs", a.round_secs),
+        ("--detect-secs", a.detect_secs),
+    ] {
+        if v <= 0.0 || !v.is_finite() {
+            bail!("{name} must be a positive number of seconds");
+        }
+    }
+    for (name, v) in [
+        ("--join-secs", a.join_secs),
+        ("--settle-secs", a.settle_secs),
+        ("--for", a.partition_for),
+    ] {
+        if v < 0.0 || !v.is_finite() {
+            bail!("{name} must be zero or more seconds");
+        }
+    }
+    if a.contacts == 0 {
+        bail!("--contacts must be at least 1");
+    }
+    let latency = match a.latency_static {
+        Some(ms) => Latency::Static(Duration::from_millis(ms)),
+        None => {
+            let (lo, hi) = parse_range(&a.latency)?;
+            Latency::Uniform {
+                min: Duration::from_millis(lo),
+                max: Duration::from_millis(hi),
+            }
+        }
+    };
+    let mut p = Params::new(a.scenario);
+    p.nodes = a.nodes;
+    p.seed = a.seed;
+    p.rounds = a.rounds;
+    p.warmup = a.warmup;
+    p.latency = latency;
+    p.loss = a.loss / 100.0;
+    p.kill = a.kill;
+    p.churn_rate = a.rate;
+    p.partition_secs = a.partition_for;
+    p.senders = a.senders.max(1);
+    p.round_secs = a.round_secs;
+    p.join_secs = a.join_secs;
+    p.settle_secs = a.settle_secs;
+    p.contacts = a.contacts;
+    p.detect_secs = a.detect_secs;
+    p.preset = a.preset;
+    p.payload = a.payload;
+    let mut config = p.preset.config();
+    for kv in &a.set {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))?;
+        config.set(k.trim(), v.trim())?;
+    }
+    config
+        .validate()
+        .context("--set produced an invalid overlay configuration")?;
+    p.config = Some(config);
+    Ok(p)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let p = params(&args)?;
+    let quiet = args.quiet;
+    let report = sim::run(&p, &mut |line| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    });
+    for r in &report.rounds {
+        println!("{}", serde_json::to_string(r)?);
+    }
+    if let Some(dir) = &args.out {
+        sim::report::write_dir(&report, dir)
+            .with_context(|| format!("writing {}", dir.display()))?;
+        if !quiet {
+            eprintln!(
+                "wrote {}/{{rounds.csv,timeline.csv,report.json,delivery.svg,rmr.svg,ldh.svg,views.svg}}",
+                dir.display()
+            );
+        }
+    }
+    println!("{}", serde_json::to_string(&report.summary)?);
+    Ok(())
+}
