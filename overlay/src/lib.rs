@@ -41,6 +41,7 @@ pub mod id;
 mod plumtree;
 pub mod state;
 pub mod stats;
+mod store;
 pub mod time;
 mod util;
 pub mod wire;

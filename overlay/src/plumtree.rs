@@ -35,8 +35,8 @@
 use crate::config::Config;
 use crate::id::{MessageId, PeerIdentity};
 use crate::state::{Delivery, Event, Io, Timer};
+use crate::store::{Known, Store};
 use crate::time::Time;
-use crate::util::{IdMap, id_map};
 use crate::wire::{Gossip, Graft, IHave, IHaveEntry, Message, Prune};
 use bytes::Bytes;
 use rand::Rng;
@@ -44,21 +44,6 @@ use std::collections::{BTreeMap, VecDeque};
 
 /// Neighbor slots: at most 64, so an eager set fits in a `u64`.
 pub(crate) const MAX_SLOTS: usize = 64;
-
-#[derive(Clone, Debug)]
-struct Cached<PI> {
-    origin: PI,
-    hops: u16,
-    payload: Bytes,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Seen<PI> {
-    /// Our hop distance from the origin.
-    hops: u16,
-    /// The neighbor it came from (`None` for our own broadcasts).
-    from: Option<PI>,
-}
 
 #[derive(Clone, Debug)]
 struct Missing<PI> {
@@ -84,14 +69,12 @@ struct Tree {
 #[derive(Debug)]
 pub(crate) struct Plumtree<PI> {
     slots: Vec<Option<PI>>,
+    /// Bit i set: slot i holds a neighbor.
+    occupied: u64,
     trees: BTreeMap<PI, Tree>,
     epoch: u64,
     next_seq: u64,
-    cache: IdMap<Cached<PI>>,
-    cache_order: VecDeque<(Time, MessageId)>,
-    cache_bytes: usize,
-    seen: IdMap<Seen<PI>>,
-    seen_order: VecDeque<(Time, MessageId)>,
+    store: Store<PI>,
     missing: BTreeMap<MessageId, Missing<PI>>,
     ihave_queue: Vec<(PI, Vec<IHaveEntry>)>,
     ihave_timer: bool,
@@ -119,14 +102,11 @@ impl<PI: PeerIdentity> Plumtree<PI> {
     pub(crate) fn new(epoch: u64, hash_seed: u64) -> Self {
         Plumtree {
             slots: Vec::new(),
+            occupied: 0,
             trees: BTreeMap::new(),
             epoch,
             next_seq: 0,
-            cache: id_map(hash_seed),
-            cache_order: VecDeque::new(),
-            cache_bytes: 0,
-            seen: id_map(hash_seed.rotate_left(32)),
-            seen_order: VecDeque::new(),
+            store: Store::new(hash_seed),
             missing: BTreeMap::new(),
             ihave_queue: Vec::new(),
             ihave_timer: false,
@@ -146,11 +126,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
 
     /// Bits of the occupied slots.
     fn all(&self) -> u64 {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.is_some())
-            .fold(0, |m, (i, _)| m | 1 << i)
+        self.occupied
     }
 
     /// The eager set a new origin starts with: the reference origin's
@@ -170,14 +146,16 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         }
     }
 
-    /// Makes sure `origin` has a tree, creating it from the reference and
-    /// evicting the least recently used one beyond `max_origins`.
+    /// Makes sure `origin` has a tree, creating it from the reference and,
+    /// beyond `max_origins`, evicting the least recently used one (never the
+    /// reference itself, which every node must agree on).
     fn tree<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, origin: PI) -> &mut Tree {
         if !self.trees.contains_key(&origin) {
             if self.trees.len() >= io.config.plumtree.max_origins.max(1) {
                 let oldest = self
                     .trees
                     .iter()
+                    .skip(1)
                     .min_by_key(|(_, t)| t.used)
                     .map(|(o, _)| *o);
                 if let Some(o) = oldest {
@@ -201,10 +179,16 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         t
     }
 
+    /// Makes `peer` eager or lazy for `origin`. Creates the origin's tree
+    /// only if that changes something, so PRUNEs for origins we never
+    /// forwarded cannot fill the table.
     fn set_eager<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, origin: PI, peer: &PI, eager: bool) {
         let Some(bit) = self.slot(peer).map(|i| 1u64 << i) else {
             return;
         };
+        if (self.eager_mask(&origin) & bit != 0) == eager && !self.trees.contains_key(&origin) {
+            return;
+        }
         let t = self.tree(io, origin);
         if eager {
             t.eager |= bit;
@@ -245,11 +229,11 @@ impl<PI: PeerIdentity> Plumtree<PI> {
     }
 
     pub(crate) fn cache_len(&self) -> usize {
-        self.cache.len()
+        self.store.cached_len()
     }
 
     pub(crate) fn seen_len(&self) -> usize {
-        self.seen.len()
+        self.store.len()
     }
 
     pub(crate) fn missing_len(&self) -> usize {
@@ -264,21 +248,23 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         if self.is_neighbor(&peer) {
             return;
         }
-        match self.slots.iter().position(|s| s.is_none()) {
-            Some(i) => self.slots[i] = Some(peer),
-            None if self.slots.len() < MAX_SLOTS => self.slots.push(Some(peer)),
+        let i = match self.slots.iter().position(|s| s.is_none()) {
+            Some(i) => i,
+            None if self.slots.len() < MAX_SLOTS => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
             None => return, // more neighbors than validate() allows
-        }
+        };
+        self.slots[i] = Some(peer);
+        self.occupied |= 1 << i;
         let max = io.config.plumtree.ihave_max_entries;
         let recent: Vec<IHaveEntry> = self
-            .cache_order
-            .iter()
-            .rev()
-            .filter_map(|(_, id)| {
-                self.cache.get(id).map(|c| IHaveEntry {
-                    id: *id,
-                    hops: c.hops,
-                })
+            .store
+            .recent_cached()
+            .map(|(id, k)| IHaveEntry {
+                id: *id,
+                hops: k.hops,
             })
             .take(max)
             .collect();
@@ -293,6 +279,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         };
         self.slots[i] = None;
         let bit = 1u64 << i;
+        self.occupied &= !bit;
         for t in self.trees.values_mut() {
             t.eager &= !bit;
         }
@@ -335,8 +322,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         Ok(id)
     }
 
-    /// Records a message as seen and cached, evicting the oldest entries
-    /// beyond the configured counts and bytes.
+    /// Records a message as seen, with its payload cached.
     fn remember<R: Rng>(
         &mut self,
         io: &mut Io<'_, PI, R>,
@@ -346,45 +332,18 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         from: Option<PI>,
         payload: Bytes,
     ) {
-        let cfg = &io.config.plumtree;
-        self.seen.insert(id, Seen { hops, from });
-        self.seen_order.push_back((io.now, id));
-        while self.seen.len() > cfg.seen_capacity {
-            match self.seen_order.pop_front() {
-                Some((_, old)) => {
-                    self.seen.remove(&old);
-                }
-                None => break,
-            }
-        }
-        self.cache_bytes += payload.len();
-        self.cache.insert(
-            id,
-            Cached {
-                origin,
-                hops,
-                payload,
-            },
-        );
-        self.cache_order.push_back((io.now, id));
-        while self.cache.len() > cfg.message_cache_capacity
-            || self.cache_bytes > cfg.message_cache_max_bytes
-        {
-            match self.cache_order.pop_front() {
-                Some((_, old)) => self.uncache(&old),
-                None => break,
-            }
-        }
+        let known = Known {
+            at: io.now,
+            hops,
+            from,
+            origin,
+            payload: Some(payload),
+        };
+        self.store.insert(id, known, &io.config.plumtree);
         if self.expiry_at.is_none() {
-            let at = io.now + cfg.expiry_interval;
+            let at = io.now + io.config.plumtree.expiry_interval;
             self.expiry_at = Some(at);
             io.timer_at(at, Timer::Expiry);
-        }
-    }
-
-    fn uncache(&mut self, id: &MessageId) {
-        if let Some(c) = self.cache.remove(id) {
-            self.cache_bytes -= c.payload.len();
         }
     }
 
@@ -399,15 +358,14 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         except: Option<PI>,
     ) {
         let mask = self.eager_mask(&origin);
-        let targets: Vec<(PI, bool)> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.map(|p| (p, mask & (1 << i) != 0)))
-            .filter(|(p, _)| Some(*p) != except)
-            .collect();
-        for (peer, eager) in targets {
-            if eager {
+        for i in 0..self.slots.len() {
+            let Some(peer) = self.slots[i] else {
+                continue;
+            };
+            if Some(peer) == except {
+                continue;
+            }
+            if mask & (1 << i) != 0 {
                 io.send(
                     peer,
                     Message::Gossip(Gossip {
@@ -438,7 +396,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
 
     pub(crate) fn on_gossip<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, from: PI, msg: Gossip<PI>) {
         let hops = msg.hops.saturating_add(1);
-        if self.seen.contains_key(&msg.id) {
+        if self.store.contains(&msg.id) {
             io.stats.duplicates += 1;
             // The link is redundant for this origin: stop pushing on it in
             // both directions. (Sent even if `from` is already lazy here: a
@@ -450,7 +408,10 @@ impl<PI: PeerIdentity> Plumtree<PI> {
             }
             return;
         }
-        // First receipt: the sender is our parent in this origin's tree.
+        // First receipt: the origin gets a tree of its own (a snapshot of
+        // the reference, so later changes there do not leak into it), and
+        // the sender is our parent in it.
+        self.tree(io, msg.origin);
         self.set_eager(io, msg.origin, &from, true);
         self.remember(
             io,
@@ -491,8 +452,8 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         }
         let cfg = &io.config.plumtree;
         for entry in msg.entries {
-            if let Some(seen) = self.seen.get(&entry.id).copied() {
-                if let Some(parent) = seen.from {
+            if let Some(parent) = self.store.get(&entry.id).map(|k| k.from) {
+                if let Some(parent) = parent {
                     self.maybe_optimize(io, entry.id, parent, from, entry.hops);
                 }
                 continue;
@@ -535,10 +496,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         announcer: PI,
         announcer_hops: u16,
     ) {
-        let Some(origin) = self.cache.get(&id).map(|c| c.origin) else {
-            return;
-        };
-        let Some(seen) = self.seen.get(&id).copied() else {
+        let Some((origin, hops)) = self.store.get(&id).map(|k| (k.origin, k.hops)) else {
             return;
         };
         let via_announcer = announcer_hops.saturating_add(1);
@@ -546,16 +504,14 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         let announcer_lazy = self
             .slot(&announcer)
             .is_some_and(|i| self.eager_mask(&origin) & (1 << i) == 0);
-        if announcer == parent
-            || seen.hops < via_announcer.saturating_add(threshold)
-            || !announcer_lazy
+        if announcer == parent || hops < via_announcer.saturating_add(threshold) || !announcer_lazy
         {
             return;
         }
         // Later announcements for this message compare against the new path.
-        if let Some(s) = self.seen.get_mut(&id) {
-            s.hops = via_announcer;
-            s.from = Some(announcer);
+        if let Some(k) = self.store.get_mut(&id) {
+            k.hops = via_announcer;
+            k.from = Some(announcer);
         }
         io.stats.tree_optimizations += 1;
         self.set_eager(io, origin, &announcer, true);
@@ -570,23 +526,30 @@ impl<PI: PeerIdentity> Plumtree<PI> {
 
     pub(crate) fn on_graft<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, from: PI, msg: Graft) {
         io.stats.grafts_received += 1;
-        let Some(c) = self.cache.get(&msg.id).cloned() else {
-            // Without the message we do not know its origin (nor can we
-            // send it); the grafter will ask its next announcer.
+        let Some((origin, hops, payload)) = self
+            .store
+            .get(&msg.id)
+            .map(|k| (k.origin, k.hops, k.payload.clone()))
+        else {
+            // We never saw it: we do not know its origin, nor can we send
+            // it; the grafter will ask its next announcer.
             io.stats.graft_misses += 1;
             return;
         };
-        self.set_eager(io, c.origin, &from, true);
+        self.set_eager(io, origin, &from, true);
         if msg.resend {
-            io.send(
-                from,
-                Message::Gossip(Gossip {
-                    id: msg.id,
-                    origin: c.origin,
-                    hops: c.hops,
-                    payload: c.payload,
-                }),
-            );
+            match payload {
+                Some(payload) => io.send(
+                    from,
+                    Message::Gossip(Gossip {
+                        id: msg.id,
+                        origin,
+                        hops,
+                        payload,
+                    }),
+                ),
+                None => io.stats.graft_misses += 1,
+            }
         }
     }
 
@@ -638,13 +601,17 @@ impl<PI: PeerIdentity> Plumtree<PI> {
                 continue;
             }
             io.stats.ihave_entries_sent += entries.len() as u64;
-            for chunk in entries.chunks(max) {
-                io.send(
-                    peer,
-                    Message::IHave(IHave {
-                        entries: chunk.to_vec(),
-                    }),
-                );
+            if entries.len() <= max {
+                io.send(peer, Message::IHave(IHave { entries }));
+            } else {
+                for chunk in entries.chunks(max) {
+                    io.send(
+                        peer,
+                        Message::IHave(IHave {
+                            entries: chunk.to_vec(),
+                        }),
+                    );
+                }
             }
         }
     }
@@ -657,25 +624,15 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         if self.expiry_at.is_none_or(|at| now < at) {
             return; // a stale or duplicate firing
         }
-        let cache_cutoff = now - cfg.plumtree.message_cache_retention;
-        while let Some(&(t, id)) = self.cache_order.front() {
-            if t > cache_cutoff {
-                break;
-            }
-            self.cache_order.pop_front();
-            self.uncache(&id);
-        }
+        self.store.expire(now, &cfg.plumtree);
+        // Trees of origins silent for longer than the id retention go, so
+        // the reference moves on from an origin that left.
+        let tree_cutoff = now - cfg.plumtree.seen_retention;
+        self.trees.retain(|_, t| t.used > tree_cutoff);
         let seen_cutoff = now - cfg.plumtree.seen_retention;
-        while let Some(&(t, id)) = self.seen_order.front() {
-            if t > seen_cutoff {
-                break;
-            }
-            self.seen_order.pop_front();
-            self.seen.remove(&id);
-        }
         self.missing.retain(|_, m| m.first_announced > seen_cutoff);
         self.expiry_at = None;
-        if !(self.seen.is_empty() && self.cache.is_empty() && self.missing.is_empty()) {
+        if !(self.store.is_empty() && self.missing.is_empty() && self.trees.is_empty()) {
             let at = now + cfg.plumtree.expiry_interval;
             self.expiry_at = Some(at);
             io.timer_at(at, Timer::Expiry);

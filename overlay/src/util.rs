@@ -1,7 +1,5 @@
-//! Small deterministic helpers: random choice from a seeded RNG, and hash
-//! maps keyed by [`MessageId`] that never depend on a process-random seed.
+//! Small deterministic helpers: random choice from a seeded RNG.
 
-use crate::MessageId;
 use rand::Rng;
 
 /// A uniformly random index in `0..n`; `None` when `n == 0`.
@@ -47,17 +45,6 @@ pub(crate) fn jitter<R: Rng + ?Sized>(
     let micros = u64::try_from(base.as_micros()).unwrap_or(u64::MAX).max(1);
     let offset = ((rng.next_u64() as u128 * micros as u128) >> 64) as u64;
     core::time::Duration::from_micros(micros / 2 + offset)
-}
-
-/// A hash map keyed by message id. The hasher is foldhash with a seed
-/// drawn from the node's RNG: deterministic for a given seed (so runs
-/// reproduce), yet a peer cannot precompute ids that collide in it (ids
-/// come from peers, and colliding keys would make every lookup linear).
-pub(crate) type IdMap<V> = hashbrown::HashMap<MessageId, V, foldhash::quality::FixedState>;
-
-/// An empty [`IdMap`] hashing with `seed`.
-pub(crate) fn id_map<V>(seed: u64) -> IdMap<V> {
-    IdMap::with_hasher(foldhash::quality::FixedState::with_seed(seed))
 }
 
 #[cfg(test)]

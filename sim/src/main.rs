@@ -64,6 +64,11 @@ struct Args {
     /// multi: senders per round.
     #[arg(long, default_value_t = 10)]
     senders: usize,
+    /// multi: draw each round's senders from a fixed pool of this many nodes
+    /// (default: --senders, i.e. the same senders every round, like the
+    /// servers of a cluster); 0 = any node, a new sender nearly every time.
+    #[arg(long, value_name = "N")]
+    sender_pool: Option<usize>,
     /// Simulated seconds per round.
     #[arg(long, default_value_t = 3.0)]
     round_secs: f64,
@@ -172,6 +177,7 @@ fn params(a: &Args) -> anyhow::Result<Params> {
     p.churn_rate = a.rate;
     p.partition_secs = a.partition_for;
     p.senders = a.senders.max(1);
+    p.sender_pool = a.sender_pool.unwrap_or(p.senders);
     p.round_secs = a.round_secs;
     p.join_secs = a.join_secs;
     p.settle_secs = a.settle_secs;

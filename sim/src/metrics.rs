@@ -64,15 +64,15 @@ pub fn snapshot(sim: &Sim) -> Snapshot {
             }
         }
     }
-    let mut roots = std::collections::HashSet::new();
+    let mut sizes: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
     for a in sim.alive() {
-        roots.insert(find(&mut parent, a));
+        *sizes.entry(find(&mut parent, a)).or_default() += 1;
     }
     let div = alive.max(1) as f64;
     Snapshot {
         t_s: sim.now().as_micros() as f64 / 1e6,
         alive,
-        components: roots.len(),
+        components: sizes.len(),
         isolated,
         active_full: full as f64 / div,
         mean_active: act as f64 / div,

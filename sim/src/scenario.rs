@@ -82,6 +82,11 @@ pub struct Params {
     pub partition_secs: f64,
     /// Multi: senders per round.
     pub senders: usize,
+    /// Multi: the senders of each round are drawn from a pool of this many
+    /// nodes chosen at the start (like the servers of a cluster, each
+    /// broadcasting repeatedly). 0: any node, so nearly every broadcast
+    /// comes from a sender never seen before (the hardest case).
+    pub sender_pool: usize,
     /// Simulated seconds per round.
     pub round_secs: f64,
     /// Seconds over which the nodes start.
@@ -118,6 +123,7 @@ impl Params {
             churn_rate: 1.0,
             partition_secs: 60.0,
             senders: 10,
+            sender_pool: 10,
             round_secs: 3.0,
             join_secs: 10.0,
             settle_secs: 20.0,
@@ -262,54 +268,75 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(String)) -> Report {
     } else {
         p.warmup + p.rounds
     };
-    let event_at = sim.now();
-    match p.scenario {
-        Scenario::Failure => {
-            let alive: Vec<NodeId> = sim.alive().collect();
-            let kill = ((alive.len() as f64) * p.kill.clamp(0.0, 1.0)).round() as usize;
-            let mut pool = alive;
-            for _ in 0..kill.min(pool.len().saturating_sub(1)) {
-                let i = (sim.rng().next_u64() % pool.len() as u64) as usize;
-                let victim = pool.swap_remove(i);
-                sim.crash(victim);
-            }
-            progress(format!(
-                "[failure] crashed {kill} nodes at t={:.1}s",
-                event_at.as_micros() as f64 / 1e6
-            ));
-        }
-        Scenario::Partition => {
-            let seed = p.seed;
-            sim.partition(move |n| {
-                ((seed ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 63) as u8
-            });
-            progress(format!(
-                "[partition] split in two for {}s",
-                p.partition_secs
-            ));
-        }
-        _ => {}
-    }
-    let heal_at = time_s(event_at.as_micros() as f64 / 1e6 + p.partition_secs);
+    // The event (crash, partition, churn) starts with the first measured
+    // round: warm-up rounds form the trees on the settled overlay first.
+    let mut heal_at = Time::from_micros(u64::MAX);
     let mut healed_at: Option<Time> = None;
     let mut heal_secs: Option<f64> = None;
 
     // --- rounds ---
     let mut rounds: Vec<Round> = Vec::new();
     let mut sender: Option<NodeId> = None;
+    let mut pool: Vec<NodeId> = Vec::new();
     let mut churn_debt = 0.0f64;
     let step = 0.1;
     for r in 0..rounds_total {
+        if r == p.warmup {
+            let event_at = sim.now();
+            heal_at = time_s(event_at.as_micros() as f64 / 1e6 + p.partition_secs);
+            match p.scenario {
+                Scenario::Failure => {
+                    let alive: Vec<NodeId> = sim.alive().collect();
+                    let kill = ((alive.len() as f64) * p.kill.clamp(0.0, 1.0)).round() as usize;
+                    let mut pool = alive;
+                    for _ in 0..kill.min(pool.len().saturating_sub(1)) {
+                        let i = (sim.rng().next_u64() % pool.len() as u64) as usize;
+                        let victim = pool.swap_remove(i);
+                        sim.crash(victim);
+                    }
+                    progress(format!(
+                        "[failure] crashed {kill} nodes at t={:.1}s",
+                        event_at.as_micros() as f64 / 1e6
+                    ));
+                }
+                Scenario::Partition => {
+                    let seed = p.seed;
+                    sim.partition(move |n| {
+                        ((seed ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 63) as u8
+                    });
+                    progress(format!(
+                        "[partition] split in two for {}s",
+                        p.partition_secs
+                    ));
+                }
+                _ => {}
+            }
+        }
         let start = sim.now();
         let start_s = start.as_micros() as f64 / 1e6;
         let partitioned = sim.is_partitioned();
         let mut origins: Vec<NodeId> = Vec::new();
         match p.scenario {
-            Scenario::Multi => {
+            Scenario::Multi if p.sender_pool == 0 => {
                 for _ in 0..p.senders {
                     if let Some(s) = random_alive(&mut sim, &origins) {
                         origins.push(s);
                     }
+                }
+            }
+            Scenario::Multi => {
+                // Keep the pool full of running nodes, then draw from it.
+                pool.retain(|n| sim.is_alive(*n));
+                while pool.len() < p.sender_pool.max(p.senders) {
+                    match random_alive(&mut sim, &pool) {
+                        Some(n) => pool.push(n),
+                        None => break,
+                    }
+                }
+                let mut candidates = pool.clone();
+                for _ in 0..p.senders.min(candidates.len()) {
+                    let i = (sim.rng().next_u64() % candidates.len() as u64) as usize;
+                    origins.push(candidates.swap_remove(i));
                 }
             }
             Scenario::Partition if partitioned => {
@@ -348,7 +375,7 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(String)) -> Report {
         while sim.now() < end {
             let next = (sim.now() + secs(step)).min(end);
             sim.run_until(next);
-            if p.scenario == Scenario::Churn {
+            if p.scenario == Scenario::Churn && r >= p.warmup {
                 churn_debt += sim.alive().count() as f64 * p.churn_rate / 100.0 * step;
                 while churn_debt >= 1.0 {
                     churn_debt -= 1.0;
@@ -372,13 +399,17 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(String)) -> Report {
                     sim.now().as_micros() as f64 / 1e6
                 ));
             }
-            if let (Some(h), None) = (healed_at, heal_secs) {
-                // Checking connectivity costs O(n): twice a second is enough.
+            if let Some(h) = healed_at {
+                // Healed = one component from then on. Checking costs O(n):
+                // twice a second is enough.
                 let since = sim.now().saturating_since(h).as_secs_f64();
-                if ((since * 10.0).round() as u64).is_multiple_of(5)
-                    && metrics::snapshot(&sim).components == 1
-                {
-                    heal_secs = Some(since);
+                if ((since * 10.0).round() as u64).is_multiple_of(5) {
+                    let one = metrics::snapshot(&sim).components == 1;
+                    heal_secs = match (one, heal_secs) {
+                        (true, None) => Some(since),
+                        (true, kept) => kept,
+                        (false, _) => None,
+                    };
                 }
             }
         }
@@ -417,7 +448,7 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(String)) -> Report {
 
     // Partition: if not merged by the last round, keep watching a while.
     if p.scenario == Scenario::Partition && heal_secs.is_none() {
-        if healed_at.is_none() {
+        if healed_at.is_none() && sim.is_partitioned() {
             let now = sim.now().max(heal_at);
             sim.run_until(now);
             sim.heal();
