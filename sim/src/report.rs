@@ -152,7 +152,7 @@ const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
 pub fn line_chart(title: &str, x_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> String {
     let (w, h, ml, mr, mt, mb) = (720.0, 400.0, 60.0, 20.0, 40.0, 50.0);
     let pts = series.iter().flat_map(|(_, s)| s.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, 0.0f64, f64::MIN);
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
         x0 = x0.min(x);
         x1 = x1.max(x);
@@ -160,7 +160,7 @@ pub fn line_chart(title: &str, x_label: &str, series: &[(&str, Vec<(f64, f64)>)]
         y1 = y1.max(y);
     }
     if x0 > x1 {
-        (x0, x1, y1) = (0.0, 1.0, 1.0);
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
     }
     if x1 - x0 < 1e-9 {
         x1 = x0 + 1.0;
@@ -168,7 +168,14 @@ pub fn line_chart(title: &str, x_label: &str, series: &[(&str, Vec<(f64, f64)>)]
     if y1 - y0 < 1e-9 {
         y1 = y0 + 1.0;
     }
-    y1 += (y1 - y0) * 0.05;
+    // Scale to the data (a dip from 1.0 to 0.995 must be visible), with a
+    // margin, but keep 0 in view when the data starts near it.
+    if y0 > 0.0 && y0 < (y1 - y0) * 0.5 {
+        y0 = 0.0;
+    }
+    let margin = (y1 - y0) * 0.05;
+    y0 -= margin;
+    y1 += margin;
     let sx = |x: f64| ml + (x - x0) / (x1 - x0) * (w - ml - mr);
     let sy = |y: f64| h - mb - (y - y0) / (y1 - y0) * (h - mt - mb);
     let mut s = String::new();
@@ -187,10 +194,10 @@ pub fn line_chart(title: &str, x_label: &str, series: &[(&str, Vec<(f64, f64)>)]
             w - mr,
             ml - 6.0,
             sy(fy) + 4.0,
-            tick(fy),
+            tick(fy, y1 - y0),
             sx(fx),
             h - mb + 18.0,
-            tick(fx),
+            tick(fx, x1 - x0),
             y = sy(fy)
         );
     }
@@ -239,12 +246,14 @@ pub fn line_chart(title: &str, x_label: &str, series: &[(&str, Vec<(f64, f64)>)]
     s
 }
 
-fn tick(v: f64) -> String {
-    if v.abs() >= 100.0 || v == v.round() {
-        format!("{v:.0}")
+/// A tick label with as many decimals as the axis span needs.
+fn tick(v: f64, span: f64) -> String {
+    let decimals = if span >= 50.0 {
+        0
     } else {
-        format!("{v:.2}")
-    }
+        (2.0 - (span / 5.0).log10().floor()).clamp(0.0, 6.0) as usize - 1
+    };
+    format!("{v:.decimals$}")
 }
 
 fn escape(s: &str) -> String {

@@ -375,6 +375,10 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(String)) -> Report {
         while sim.now() < end {
             let next = (sim.now() + secs(step)).min(end);
             sim.run_until(next);
+            if sim.now() >= time_s(next_snap) && sim.now() < end {
+                timeline.push(metrics::snapshot(&sim));
+                next_snap += 1.0;
+            }
             if p.scenario == Scenario::Churn && r >= p.warmup {
                 churn_debt += sim.alive().count() as f64 * p.churn_rate / 100.0 * step;
                 while churn_debt >= 1.0 {
