@@ -281,18 +281,16 @@ impl Config {
         nonzero("hyparview.candidate_backoff_base", h.candidate_backoff_base)?;
         nonzero("hyparview.rejoin_backoff_base", h.rejoin_backoff_base)?;
         nonzero("hyparview.restore_interval", h.restore_interval)?;
-        if h.candidate_backoff_max < h.candidate_backoff_base {
-            return Err(ConfigError::Range {
-                field: "hyparview.candidate_backoff_max",
-                reason: "must be at least candidate_backoff_base",
-            });
-        }
-        if h.rejoin_backoff_max < h.rejoin_backoff_base {
-            return Err(ConfigError::Range {
-                field: "hyparview.rejoin_backoff_max",
-                reason: "must be at least rejoin_backoff_base",
-            });
-        }
+        at_least(
+            "hyparview.candidate_backoff_max",
+            h.candidate_backoff_max >= h.candidate_backoff_base,
+            "must be at least candidate_backoff_base",
+        )?;
+        at_least(
+            "hyparview.rejoin_backoff_max",
+            h.rejoin_backoff_max >= h.rejoin_backoff_base,
+            "must be at least rejoin_backoff_base",
+        )?;
         positive(
             "hyparview.candidate_max_failures",
             h.candidate_max_failures as usize,
@@ -310,18 +308,16 @@ impl Config {
         positive("plumtree.max_missing", p.max_missing)?;
         positive("plumtree.max_origins", p.max_origins)?;
         nonzero("plumtree.expiry_interval", p.expiry_interval)?;
-        if p.seen_retention < p.message_cache_retention {
-            return Err(ConfigError::Range {
-                field: "plumtree.seen_retention",
-                reason: "must be at least message_cache_retention",
-            });
-        }
-        if p.seen_capacity < p.message_cache_capacity {
-            return Err(ConfigError::Range {
-                field: "plumtree.seen_capacity",
-                reason: "must be at least message_cache_capacity",
-            });
-        }
+        at_least(
+            "plumtree.seen_retention",
+            p.seen_retention >= p.message_cache_retention,
+            "must be at least message_cache_retention",
+        )?;
+        at_least(
+            "plumtree.seen_capacity",
+            p.seen_capacity >= p.message_cache_capacity,
+            "must be at least message_cache_capacity",
+        )?;
         positive("limits.max_payload_size", l.max_payload_size)?;
         positive("limits.max_shuffle_entries", l.max_shuffle_entries)?;
         positive("limits.max_ihave_entries", l.max_ihave_entries)?;
@@ -415,6 +411,15 @@ pub enum ConfigError {
         /// What is allowed.
         reason: &'static str,
     },
+}
+
+/// `Ok` if `holds`, else a range error for `field`.
+fn at_least(field: &'static str, holds: bool, reason: &'static str) -> Result<(), ConfigError> {
+    if holds {
+        Ok(())
+    } else {
+        Err(ConfigError::Range { field, reason })
+    }
 }
 
 fn positive(field: &'static str, v: usize) -> Result<(), ConfigError> {

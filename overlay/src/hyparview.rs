@@ -171,6 +171,13 @@ impl<PI: PeerIdentity> HyParView<PI> {
         }
     }
 
+    /// The sender's own description of itself (first-hand), learned.
+    fn heard_from<R: Rng>(&self, io: &mut Io<'_, PI, R>, from: PI, data: PeerData) -> PeerInfo<PI> {
+        let info = PeerInfo { id: from, data };
+        self.learn(io, &info, true);
+        info
+    }
+
     fn me_info<R>(&self, io: &Io<'_, PI, R>) -> PeerInfo<PI> {
         PeerInfo {
             id: io.me,
@@ -261,11 +268,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
             return;
         }
         io.stats.joins_received += 1;
-        let info = PeerInfo {
-            id: from,
-            data: msg.data,
-        };
-        self.learn(io, &info, true);
+        let info = self.heard_from(io, from, msg.data);
         if self.left {
             self.reply(io, from, false);
             return;
@@ -338,11 +341,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
         if from == io.me {
             return;
         }
-        let info = PeerInfo {
-            id: from,
-            data: msg.data,
-        };
-        self.learn(io, &info, true);
+        let info = self.heard_from(io, from, msg.data);
         if self.left {
             self.reply(io, from, false);
         } else if self.is_active(&from) {
@@ -374,11 +373,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
         from: PI,
         msg: NeighborReply,
     ) {
-        let info = PeerInfo {
-            id: from,
-            data: msg.data,
-        };
-        self.learn(io, &info, true);
+        let info = self.heard_from(io, from, msg.data);
         let pending = self.take_pending(&from);
         if !msg.accepted {
             io.stats.neighbor_requests_refused += 1;

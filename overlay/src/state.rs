@@ -302,7 +302,13 @@ impl<PI: PeerIdentity, R: Rng> State<PI, R> {
         if self.hpv.has_left() {
             return Err(BroadcastError::Left);
         }
-        let mut io = Io {
+        let (mut io, _, plum) = self.parts(now);
+        plum.broadcast(&mut io, payload)
+    }
+
+    /// Splits the node into what a handler needs and the two protocols.
+    fn parts(&mut self, now: Time) -> (Io<'_, PI, R>, &mut HyParView<PI>, &mut Plumtree<PI>) {
+        let io = Io {
             now,
             me: self.me,
             config: &self.config,
@@ -310,21 +316,12 @@ impl<PI: PeerIdentity, R: Rng> State<PI, R> {
             out: &mut self.outputs,
             stats: &mut self.stats,
         };
-        self.plum.broadcast(&mut io, payload)
+        (io, &mut self.hpv, &mut self.plum)
     }
 
     /// Feeds one input.
     pub fn handle(&mut self, now: Time, input: Input<PI>) {
-        let mut io = Io {
-            now,
-            me: self.me,
-            config: &self.config,
-            rng: &mut self.rng,
-            out: &mut self.outputs,
-            stats: &mut self.stats,
-        };
-        let hpv = &mut self.hpv;
-        let plum = &mut self.plum;
+        let (mut io, hpv, plum) = self.parts(now);
         match input {
             Input::Join(contacts) => hpv.join(&mut io, contacts),
             Input::Leave => hpv.leave(&mut io),

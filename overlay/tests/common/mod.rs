@@ -363,25 +363,7 @@ impl Cluster {
 
     /// Connected components of the live nodes over active links.
     pub fn components(&self) -> usize {
-        let mut seen = vec![false; self.len()];
-        let mut count = 0;
-        for start in self.alive_nodes() {
-            if seen[start as usize] {
-                continue;
-            }
-            count += 1;
-            seen[start as usize] = true;
-            let mut q = VecDeque::from([start]);
-            while let Some(n) = q.pop_front() {
-                for m in self.active(n) {
-                    if self.alive[m as usize] && !seen[m as usize] {
-                        seen[m as usize] = true;
-                        q.push_back(m);
-                    }
-                }
-            }
-        }
-        count
+        self.component_members().len()
     }
 
     /// Live nodes (other than `origin`) that have not delivered `id`.
@@ -419,7 +401,7 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// Sizes and members of components (debug aid).
+    /// The members of each connected component of the live nodes.
     pub fn component_members(&self) -> Vec<Vec<u32>> {
         let mut seen = vec![false; self.len()];
         let mut out = Vec::new();
