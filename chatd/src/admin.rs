@@ -1,0 +1,120 @@
+//! The admin HTTP endpoint: `/metrics` (Prometheus text), `/healthz`
+//! (the process is serving), `/readyz` (joined the overlay, or alone by
+//! configuration) and `/status` (a JSON summary for `chatd status`).
+//!
+//! A deliberately small HTTP/1.1 responder: one request per connection,
+//! bounded request size and time. Must not change node state.
+
+use crate::driver::{Node, Snapshot};
+use crate::identity::Id;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Installs the global Prometheus recorder (once per process).
+pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    Ok(metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?)
+}
+
+/// Serves the admin endpoint on `addr` until the task is dropped. Returns
+/// the bound address (useful with port 0).
+pub async fn serve(
+    addr: SocketAddr,
+    node: Arc<Node>,
+    metrics: PrometheusHandle,
+    alone_by_config: bool,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let node = node.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n =
+                    match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+                        Ok(Ok(n)) => n,
+                        _ => return,
+                    };
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let path = request.split_whitespace().nth(1).unwrap_or("/");
+                let (status, ctype, body) = respond(path, &node, &metrics, alone_by_config).await;
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    Ok((bound, task))
+}
+
+async fn respond(
+    path: &str,
+    node: &Node,
+    metrics: &PrometheusHandle,
+    alone_by_config: bool,
+) -> (&'static str, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match path {
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+        "/healthz" => ("200 OK", TEXT, "ok\n".into()),
+        "/readyz" | "/status" => {
+            let Ok(snap) = node.snapshot().await else {
+                return ("503 Service Unavailable", TEXT, "node stopped\n".into());
+            };
+            let ready = alone_by_config || !snap.active.is_empty();
+            if path == "/status" {
+                ("200 OK", "application/json", status_json(&snap, ready))
+            } else if ready {
+                ("200 OK", TEXT, "ready\n".into())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    TEXT,
+                    "not joined to the overlay yet\n".into(),
+                )
+            }
+        }
+        _ => (
+            "404 Not Found",
+            TEXT,
+            "try /metrics, /healthz, /readyz or /status\n".into(),
+        ),
+    }
+}
+
+/// The `/status` document.
+#[derive(serde::Serialize)]
+struct Status {
+    id: String,
+    ready: bool,
+    active: Vec<String>,
+    passive: usize,
+    links: usize,
+    payloads_delivered: u64,
+    dropped_frames: u64,
+}
+
+fn status_json(s: &Snapshot, ready: bool) -> String {
+    let status = Status {
+        id: Id(s.id).to_string(),
+        ready,
+        active: s.active.iter().map(|p| Id(*p).to_string()).collect(),
+        passive: s.passive,
+        links: s.links,
+        payloads_delivered: s.stats.payloads_delivered,
+        dropped_frames: s.dropped_frames,
+    };
+    serde_json::to_string(&status).unwrap_or_default() + "\n"
+}

@@ -1,0 +1,213 @@
+//! The server's configuration: a TOML file (`--config`), overridden by
+//! command-line flags, with built-in defaults that run one local server.
+//!
+//! Every key is documented in `scripts/chatd.example.toml`. Unknown keys are
+//! errors (a typo must not be silently ignored); errors name the key and the
+//! line. Must not start anything: it only produces a `ServerConfig`.
+
+use crate::identity::{Id, ServerAddr};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// `[server]`
+    #[serde(default)]
+    pub server: ServerSection,
+    /// `[admin]`
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// `[overlay]`
+    #[serde(default)]
+    pub overlay: OverlaySection,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// UDP address for QUIC.
+    pub listen: Option<SocketAddr>,
+    /// Addresses other servers should dial, if not the listen address.
+    #[serde(default)]
+    pub advertise: Vec<SocketAddr>,
+    /// Where state lives (the key file by default).
+    pub data_dir: Option<PathBuf>,
+    /// The identity key file (relative paths are under data_dir).
+    pub key_file: Option<PathBuf>,
+    /// Servers to join through, `ID@HOST:PORT`.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// Server ids allowed to join; empty = any server (open cluster).
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// TCP address for /metrics, /healthz, /readyz, /status.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[overlay]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlaySection {
+    /// `lan` (default), `wan` or `local`.
+    pub preset: Option<String>,
+    /// Any overlay parameter by name, e.g. `"plumtree.graft_timeout_1" = "200ms"`.
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// UDP address for QUIC.
+    pub listen: SocketAddr,
+    /// Addresses advertised to other servers.
+    pub advertise: Vec<SocketAddr>,
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// Identity key file.
+    pub key_file: PathBuf,
+    /// Bootstrap servers.
+    pub bootstrap: Vec<ServerAddr>,
+    /// Allowed server ids.
+    pub allow: Vec<Id>,
+    /// Admin HTTP address.
+    pub admin: SocketAddr,
+    /// Overlay parameters.
+    pub overlay: overlay::Config,
+}
+
+/// Default QUIC port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
+/// Default admin port.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
+
+impl File {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> anyhow::Result<File> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+
+    /// Resolves defaults and validates every value.
+    pub fn resolve(self, origin: &str) -> anyhow::Result<ServerConfig> {
+        let s = self.server;
+        let data_dir = s.data_dir.unwrap_or_else(|| PathBuf::from("."));
+        let key_file = s.key_file.unwrap_or_else(|| PathBuf::from("chatd.key"));
+        let key_file = if key_file.is_absolute() {
+            key_file
+        } else {
+            data_dir.join(key_file)
+        };
+        let bootstrap = s
+            .bootstrap
+            .iter()
+            .map(|b| {
+                b.parse()
+                    .map_err(|e| anyhow::anyhow!("{origin}: server.bootstrap: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<ServerAddr>>>()?;
+        let allow = s
+            .allow
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| anyhow::anyhow!("{origin}: server.allow: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<Id>>>()?;
+        let mut overlay = match self.overlay.preset.as_deref().unwrap_or("lan") {
+            "lan" => overlay::Config::lan(),
+            "wan" => overlay::Config::wan(),
+            "local" => overlay::Config::local(),
+            other => anyhow::bail!("{origin}: overlay.preset: {other:?} is not lan, wan or local"),
+        };
+        for (key, value) in &self.overlay.params {
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                other => anyhow::bail!(
+                    "{origin}: overlay.params.{key}: {other} is not a string or integer"
+                ),
+            };
+            overlay
+                .set(key, &text)
+                .map_err(|e| anyhow::anyhow!("{origin}: overlay.params: {e}"))?;
+        }
+        overlay
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{origin}: overlay: {e}"))?;
+        Ok(ServerConfig {
+            listen: s
+                .listen
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            advertise: s.advertise,
+            data_dir,
+            key_file,
+            bootstrap,
+            allow,
+            admin: self
+                .admin
+                .listen
+                .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default")),
+            overlay,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_one_local_server() {
+        let c = File::default().resolve("defaults").unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.admin.to_string(), DEFAULT_ADMIN);
+        assert!(c.bootstrap.is_empty() && c.allow.is_empty());
+        assert_eq!(c.key_file, PathBuf::from("./chatd.key"));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let e =
+            toml::from_str::<File>("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("lisen") && msg.contains("line 3"), "{msg}");
+        let e = toml::from_str::<File>("[server]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let f: File = toml::from_str("[overlay]\npreset = \"lan\"\n[overlay.params]\n\"plumtree.graft_timeout_1\" = \"soon\"\n").unwrap();
+        let e = f.resolve("x.toml").unwrap_err().to_string();
+        assert!(e.contains("plumtree.graft_timeout_1"), "{e}");
+        let f: File = toml::from_str("[server]\nbootstrap = [\"nope\"]\n").unwrap();
+        assert!(
+            f.resolve("x.toml")
+                .unwrap_err()
+                .to_string()
+                .contains("server.bootstrap")
+        );
+    }
+
+    #[test]
+    fn overlay_parameters_are_set_by_name() {
+        let f: File = toml::from_str(
+            "[overlay]\npreset = \"local\"\n[overlay.params]\n\"hyparview.active_view_capacity\" = 6\n",
+        )
+        .unwrap();
+        let c = f.resolve("x").unwrap();
+        assert_eq!(c.overlay.hyparview.active_view_capacity, 6);
+        assert_eq!(
+            c.overlay.plumtree.graft_timeout_1,
+            overlay::Config::local().plumtree.graft_timeout_1
+        );
+    }
+}

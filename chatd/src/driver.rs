@@ -1,0 +1,708 @@
+//! The overlay driver: runs the unchanged sans-IO `overlay::State` on tokio
+//! over QUIC.
+//!
+//! One task (the *core task*) owns the state, the timer heap, the address
+//! book and the table of links; nothing else touches them. Each QUIC
+//! connection has a writer task fed by a bounded queue (a full queue drops
+//! the frame and counts it: a slow peer never blocks the others) and a
+//! reader task that turns frames into core inputs. An accept task admits
+//! servers (TLS verifies the cluster allowlist) and dial tasks connect with
+//! the peer's key pinned.
+//!
+//! Frames: one unidirectional QUIC stream per direction and connection,
+//! each frame a u32 big-endian length and an `overlay::wire` body.
+//!
+//! Must not know what the broadcasts mean (that is the server layer's
+//! business): deliveries go out on a channel.
+
+use crate::identity::{Id, Keypair, ServerAddr};
+use crate::tls::{self, Admission, Credentials};
+use bytes::Bytes;
+use overlay::{
+    BroadcastError, Config, Delivery, Event, Input, MessageId, Output, PeerId, PeerInfo, State,
+    Stats, Time, Timer,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+
+/// ALPN of server-to-server overlay connections, with the protocol version.
+pub const OVERLAY_ALPN: &[u8] = b"chatd-overlay/1";
+
+/// What a node needs to run.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Addresses other servers should dial (default: the bound address).
+    pub advertise: Vec<SocketAddr>,
+    /// Servers to join through (and to re-join through when isolated).
+    pub bootstrap: Vec<ServerAddr>,
+    /// Which servers may connect.
+    pub admission: Admission,
+    /// Overlay protocol parameters.
+    pub overlay: Config,
+    /// Frames queued per connection before new ones are dropped.
+    pub queue_frames: usize,
+    /// QUIC keep-alive interval.
+    pub keep_alive: Duration,
+    /// QUIC idle timeout: a silent connection is declared dead after it.
+    pub idle_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for a node listening on `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        NodeConfig {
+            listen,
+            advertise: Vec::new(),
+            bootstrap: Vec::new(),
+            admission: Admission::default(),
+            overlay: Config::lan(),
+            queue_frames: 1024,
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A view of the node for status pages and tests.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// This node.
+    pub id: PeerId,
+    /// Active view.
+    pub active: Vec<PeerId>,
+    /// Passive view size.
+    pub passive: usize,
+    /// Open QUIC connections (neighbors and short-lived ones).
+    pub links: usize,
+    /// Protocol counters.
+    pub stats: Stats,
+    /// Frames dropped because a peer's queue was full.
+    pub dropped_frames: u64,
+}
+
+enum Command {
+    Broadcast(Bytes, oneshot::Sender<Result<MessageId, BroadcastError>>),
+    Snapshot(oneshot::Sender<Snapshot>),
+    Leave(oneshot::Sender<()>),
+}
+
+enum NetEvent {
+    Up {
+        peer: PeerId,
+        conn: quinn::Connection,
+        dialed: bool,
+    },
+    DialFailed {
+        peer: PeerId,
+    },
+    Frame {
+        peer: PeerId,
+        conn_id: usize,
+        frame: Bytes,
+    },
+    Closed {
+        peer: PeerId,
+        conn_id: usize,
+    },
+}
+
+/// A running node.
+pub struct Node {
+    /// This node's id.
+    pub id: PeerId,
+    /// The address it listens on.
+    pub local_addr: SocketAddr,
+    commands: mpsc::Sender<Command>,
+    deliveries: broadcast::Sender<Delivery<PeerId>>,
+    task: tokio::task::JoinHandle<()>,
+    endpoint: quinn::Endpoint,
+}
+
+impl Node {
+    /// Binds the endpoint and starts the node; it joins through the
+    /// bootstrap servers right away.
+    pub async fn start(keypair: &Keypair, cfg: NodeConfig) -> anyhow::Result<Node> {
+        cfg.overlay.validate()?;
+        let creds = Arc::new(Credentials::new(keypair)?);
+        let transport = Arc::new(transport_config(&cfg)?);
+        let tls = tls::server_config(&creds, cfg.admission.clone(), &[OVERLAY_ALPN])?;
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        server.transport_config(transport.clone());
+        let endpoint = quinn::Endpoint::server(server, cfg.listen)?;
+        let local_addr = endpoint.local_addr()?;
+        let id = keypair.id().0;
+        let (cmd_tx, cmd_rx) = mpsc::channel(256);
+        let (net_tx, net_rx) = mpsc::channel(4096);
+        let (deliveries, _) = broadcast::channel(1024);
+        tokio::spawn(accept_loop(endpoint.clone(), net_tx.clone()));
+        let advertise = if cfg.advertise.is_empty() {
+            vec![local_addr]
+        } else {
+            cfg.advertise.clone()
+        };
+        let mut state = State::new(id, cfg.overlay.clone(), StdRng::from_rng(&mut rand::rng()));
+        state.set_data(encode_addrs(&advertise));
+        let core = Core {
+            me: id,
+            state,
+            start: Instant::now(),
+            timers: BinaryHeap::new(),
+            links: HashMap::new(),
+            dialing: HashMap::new(),
+            addrs: cfg.bootstrap.iter().map(|b| (b.id.0, b.addr)).collect(),
+            next_conn_id: 0,
+            endpoint: endpoint.clone(),
+            creds,
+            transport,
+            net_tx,
+            deliveries: deliveries.clone(),
+            queue_frames: cfg.queue_frames.max(1),
+            dropped: 0,
+            deferred: Vec::new(),
+            closing: Vec::new(),
+        };
+        let contacts: Vec<PeerInfo<PeerId>> = cfg
+            .bootstrap
+            .iter()
+            .filter(|b| b.id.0 != id)
+            .map(|b| PeerInfo {
+                id: b.id.0,
+                data: encode_addrs(&[b.addr]),
+            })
+            .collect();
+        let task = tokio::spawn(core.run(cmd_rx, net_rx, contacts));
+        tracing::info!(id = %Id(id), addr = %local_addr, "overlay node started");
+        Ok(Node {
+            id,
+            local_addr,
+            commands: cmd_tx,
+            deliveries,
+            task,
+            endpoint,
+        })
+    }
+
+    /// `ID@HOST:PORT` of this node.
+    pub fn addr(&self) -> ServerAddr {
+        ServerAddr {
+            id: Id(self.id),
+            addr: self.local_addr,
+        }
+    }
+
+    /// Broadcasts `payload` to every server.
+    pub async fn broadcast(&self, payload: Bytes) -> anyhow::Result<MessageId> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Broadcast(payload, tx)).await?;
+        Ok(rx.await??)
+    }
+
+    /// The current state of the node.
+    pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Snapshot(tx)).await?;
+        Ok(rx.await?)
+    }
+
+    /// Broadcasts delivered to this node from now on.
+    pub fn deliveries(&self) -> broadcast::Receiver<Delivery<PeerId>> {
+        self.deliveries.subscribe()
+    }
+
+    /// Leaves the overlay (neighbors are told), then closes everything,
+    /// waiting at most `grace` for the goodbyes to be sent.
+    pub async fn shutdown(&self, grace: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Leave(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(grace, rx).await;
+        }
+        self.task.abort();
+        self.endpoint.close(0u32.into(), b"shutting down");
+        let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
+    }
+}
+
+fn transport_config(cfg: &NodeConfig) -> anyhow::Result<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(cfg.keep_alive));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(cfg.idle_timeout)?));
+    // Overlay traffic uses one unidirectional stream per direction.
+    t.max_concurrent_bidi_streams(0u32.into());
+    t.max_concurrent_uni_streams(4u32.into());
+    Ok(t)
+}
+
+/// Peer data on the wire: the server's dialable addresses, postcard-encoded.
+fn encode_addrs(addrs: &[SocketAddr]) -> Bytes {
+    Bytes::from(postcard::to_allocvec(addrs).unwrap_or_default())
+}
+
+fn decode_addrs(data: &[u8]) -> Option<Vec<SocketAddr>> {
+    postcard::from_bytes(data).ok()
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, net: mpsc::Sender<NetEvent>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let net = net.clone();
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(conn) => match tls::peer_of(&conn) {
+                    Some(peer) => {
+                        let _ = net
+                            .send(NetEvent::Up {
+                                peer,
+                                conn,
+                                dialed: false,
+                            })
+                            .await;
+                    }
+                    None => conn.close(1u32.into(), b"no identity"),
+                },
+                Err(e) => {
+                    metrics::counter!("chatd_overlay_handshake_failures_total").increment(1);
+                    tracing::debug!(error = %e, "incoming handshake failed");
+                }
+            }
+        });
+    }
+}
+
+struct Link {
+    conn: quinn::Connection,
+    conn_id: usize,
+    dialed: bool,
+    tx: mpsc::Sender<Bytes>,
+    writer: tokio::task::JoinHandle<()>,
+    last_used: Instant,
+}
+
+struct Core {
+    me: PeerId,
+    state: State<PeerId, StdRng>,
+    start: Instant,
+    timers: BinaryHeap<Reverse<(Time, Timer)>>,
+    links: HashMap<PeerId, Link>,
+    dialing: HashMap<PeerId, Vec<Bytes>>,
+    addrs: HashMap<PeerId, SocketAddr>,
+    next_conn_id: usize,
+    endpoint: quinn::Endpoint,
+    creds: Arc<Credentials>,
+    transport: Arc<quinn::TransportConfig>,
+    net_tx: mpsc::Sender<NetEvent>,
+    deliveries: broadcast::Sender<Delivery<PeerId>>,
+    queue_frames: usize,
+    dropped: u64,
+    /// Inputs produced while processing outputs, fed in afterwards.
+    deferred: Vec<Input<PeerId>>,
+    /// Writers of links being closed: they flush, then close.
+    closing: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How long a connection to a peer that is not a neighbor stays open idle.
+const IDLE_LINK: Duration = Duration::from_secs(10);
+
+impl Core {
+    fn now(&self) -> Time {
+        Time::from_micros(self.start.elapsed().as_micros() as u64)
+    }
+
+    fn instant(&self, t: Time) -> Instant {
+        self.start + Duration::from_micros(t.as_micros())
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut net: mpsc::Receiver<NetEvent>,
+        contacts: Vec<PeerInfo<PeerId>>,
+    ) {
+        self.input(Input::Join(contacts));
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let next = self
+                .timers
+                .peek()
+                .map(|Reverse((t, _))| self.instant(*t))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Broadcast(payload, reply)) => {
+                        let now = self.now();
+                        let res = self.state.broadcast(now, payload);
+                        self.process();
+                        let _ = reply.send(res);
+                    }
+                    Some(Command::Snapshot(reply)) => {
+                        let _ = reply.send(self.snapshot());
+                    }
+                    Some(Command::Leave(reply)) => {
+                        self.input(Input::Leave);
+                        // Every writer flushes (the goodbyes included), then
+                        // closes its connection; wait for all of them.
+                        let peers: Vec<PeerId> = self.links.keys().copied().collect();
+                        for p in peers {
+                            self.close_link(p);
+                        }
+                        for w in std::mem::take(&mut self.closing) {
+                            let _ = w.await;
+                        }
+                        let _ = reply.send(());
+                    }
+                    None => return,
+                },
+                ev = net.recv() => match ev {
+                    Some(ev) => self.net_event(ev),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(next) => {
+                    let now = self.now();
+                    while let Some(Reverse((t, timer))) = self.timers.peek().copied() {
+                        if t > now {
+                            break;
+                        }
+                        self.timers.pop();
+                        self.input(Input::Timer(timer));
+                    }
+                }
+                _ = sweep.tick() => {
+                    self.sweep_idle_links();
+                    self.export_metrics();
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            id: self.me,
+            active: self.state.active_view().collect(),
+            passive: self.state.passive_len(),
+            links: self.links.len(),
+            stats: self.state.stats().clone(),
+            dropped_frames: self.dropped,
+        }
+    }
+
+    fn input(&mut self, input: Input<PeerId>) {
+        let now = self.now();
+        self.state.handle(now, input);
+        self.process();
+    }
+
+    /// Carries out every output, then any inputs that produced.
+    fn process(&mut self) {
+        loop {
+            let outputs: Vec<Output<PeerId>> = self.state.drain_outputs().collect();
+            for out in outputs {
+                self.output(out);
+            }
+            if self.deferred.is_empty() {
+                return;
+            }
+            let now = self.now();
+            for input in std::mem::take(&mut self.deferred) {
+                self.state.handle(now, input);
+            }
+        }
+    }
+
+    fn output(&mut self, out: Output<PeerId>) {
+        match out {
+            Output::Send { to, message } => {
+                let kind = message.message_type().name();
+                match message.to_frame(&self.state.config().limits) {
+                    Ok(frame) => self.send(to, Bytes::from(frame)),
+                    Err(e) => {
+                        metrics::counter!("chatd_overlay_encode_errors_total", "type" => kind)
+                            .increment(1);
+                        tracing::warn!(error = %e, kind, "could not encode an overlay message");
+                    }
+                }
+            }
+            Output::Disconnect { peer } => self.close_link(peer),
+            Output::SetTimer { at, timer } => self.timers.push(Reverse((at, timer))),
+            Output::Event(event) => self.event(event),
+        }
+    }
+
+    fn event(&mut self, event: Event<PeerId>) {
+        match event {
+            Event::NeighborUp(p) => tracing::info!(peer = %Id(p), "neighbor up"),
+            Event::NeighborDown(p) => tracing::info!(peer = %Id(p), "neighbor down"),
+            Event::Received(d) => {
+                metrics::counter!("chatd_broadcast_payloads_received_total").increment(1);
+                let _ = self.deliveries.send(d);
+            }
+            Event::PeerData { peer, data } => {
+                if let Some(addr) = decode_addrs(&data).and_then(|a| a.first().copied()) {
+                    self.addrs.insert(peer, addr);
+                }
+            }
+            Event::InvalidFrame { from, error } => {
+                metrics::counter!("chatd_overlay_decode_errors_total", "kind" => error.kind())
+                    .increment(1);
+                tracing::warn!(peer = %Id(from), %error, "malformed frame; closing the connection");
+                if let Some(link) = self.links.remove(&from) {
+                    link.conn.close(2u32.into(), error.to_string().as_bytes());
+                }
+            }
+        }
+    }
+
+    /// Stops using the link to `peer`: its writer flushes what is queued,
+    /// waits (bounded) for the peer to read it, then closes the connection.
+    fn close_link(&mut self, peer: PeerId) {
+        if let Some(link) = self.links.remove(&peer) {
+            drop(link.tx);
+            self.closing.retain(|w| !w.is_finished());
+            self.closing.push(link.writer);
+        }
+    }
+
+    fn send(&mut self, to: PeerId, frame: Bytes) {
+        if let Some(link) = self.links.get_mut(&to) {
+            link.last_used = Instant::now();
+            match link.tx.try_send(frame) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.dropped += 1;
+                    metrics::counter!("chatd_overlay_send_dropped_total").increment(1);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.links.remove(&to);
+                    self.deferred.push(Input::PeerDown(to));
+                }
+            }
+            return;
+        }
+        if let Some(queue) = self.dialing.get_mut(&to) {
+            if queue.len() < self.queue_frames {
+                queue.push(frame);
+            } else {
+                self.dropped += 1;
+                metrics::counter!("chatd_overlay_send_dropped_total").increment(1);
+            }
+            return;
+        }
+        let Some(addr) = self.addrs.get(&to).copied() else {
+            tracing::debug!(peer = %Id(to), "no address for peer");
+            self.deferred.push(Input::PeerDown(to));
+            return;
+        };
+        self.dialing.insert(to, vec![frame]);
+        let endpoint = self.endpoint.clone();
+        let creds = self.creds.clone();
+        let transport = self.transport.clone();
+        let net = self.net_tx.clone();
+        tokio::spawn(async move {
+            let event = match dial(&endpoint, &creds, transport, to, addr).await {
+                Ok(conn) => NetEvent::Up {
+                    peer: to,
+                    conn,
+                    dialed: true,
+                },
+                Err(e) => {
+                    tracing::debug!(peer = %Id(to), %addr, error = %e, "dial failed");
+                    NetEvent::DialFailed { peer: to }
+                }
+            };
+            let _ = net.send(event).await;
+        });
+    }
+
+    fn net_event(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Up { peer, conn, dialed } => self.link_up(peer, conn, dialed),
+            NetEvent::DialFailed { peer } => {
+                if self.dialing.remove(&peer).is_some() {
+                    self.input(Input::PeerDown(peer));
+                }
+            }
+            NetEvent::Frame {
+                peer,
+                conn_id,
+                frame,
+            } => {
+                if let Some(link) = self.links.get_mut(&peer)
+                    && link.conn_id == conn_id
+                {
+                    link.last_used = Instant::now();
+                }
+                self.input(Input::Frame { from: peer, frame });
+            }
+            NetEvent::Closed { peer, conn_id } => {
+                if self.links.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
+                    self.links.remove(&peer);
+                    self.input(Input::PeerDown(peer));
+                }
+            }
+        }
+    }
+
+    fn link_up(&mut self, peer: PeerId, conn: quinn::Connection, dialed: bool) {
+        if peer == self.me {
+            conn.close(3u32.into(), b"connected to self");
+            return;
+        }
+        if let Some(existing) = self.links.get(&peer) {
+            // Both sides dialed at once: keep the connection dialed by the
+            // lower id, on both sides alike.
+            let keep_new = dialed == (self.me < peer);
+            if !keep_new && existing.dialed != dialed {
+                conn.close(0u32.into(), b"duplicate connection");
+                return;
+            }
+            self.close_link(peer);
+        }
+        self.next_conn_id += 1;
+        let conn_id = self.next_conn_id;
+        let (tx, rx) = mpsc::channel(self.queue_frames);
+        let writer = tokio::spawn(writer(conn.clone(), rx));
+        let max_frame = self.state.config().limits.max_frame_size;
+        tokio::spawn(reader(
+            conn.clone(),
+            peer,
+            conn_id,
+            max_frame,
+            self.net_tx.clone(),
+        ));
+        let queued = self.dialing.remove(&peer).unwrap_or_default();
+        for frame in queued {
+            if tx.try_send(frame).is_err() {
+                self.dropped += 1;
+            }
+        }
+        self.links.insert(
+            peer,
+            Link {
+                conn,
+                conn_id,
+                dialed,
+                tx,
+                writer,
+                last_used: Instant::now(),
+            },
+        );
+    }
+
+    /// Closes connections to peers that are not neighbors and were idle.
+    fn sweep_idle_links(&mut self) {
+        let idle: Vec<PeerId> = self
+            .links
+            .iter()
+            .filter(|(p, l)| !self.state.is_neighbor(p) && l.last_used.elapsed() > IDLE_LINK)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in idle {
+            self.close_link(p);
+        }
+    }
+
+    fn export_metrics(&self) {
+        metrics::gauge!("chatd_overlay_active_peers").set(self.state.active_len() as f64);
+        metrics::gauge!("chatd_overlay_passive_peers").set(self.state.passive_len() as f64);
+        metrics::gauge!("chatd_overlay_links").set(self.links.len() as f64);
+        let stats = self.state.stats();
+        for (name, value) in stats.counters() {
+            metrics::counter!(format!("chatd_overlay_{name}_total")).absolute(value);
+        }
+        for t in overlay::MessageType::ALL {
+            metrics::counter!("chatd_overlay_messages_sent_total", "type" => t.name())
+                .absolute(stats.sent(t));
+            metrics::counter!("chatd_overlay_messages_received_total", "type" => t.name())
+                .absolute(stats.received(t));
+        }
+    }
+}
+
+async fn dial(
+    endpoint: &quinn::Endpoint,
+    creds: &Credentials,
+    transport: Arc<quinn::TransportConfig>,
+    peer: PeerId,
+    addr: SocketAddr,
+) -> anyhow::Result<quinn::Connection> {
+    let tls = tls::client_config(creds, peer, OVERLAY_ALPN)?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(transport);
+    let conn = endpoint.connect_with(cfg, addr, tls::SERVER_NAME)?.await?;
+    Ok(conn)
+}
+
+/// How long a closing link waits for the peer to read what was sent.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+/// Writes queued frames on one unidirectional stream. When the queue is
+/// closed (the peer is no longer wanted, or we leave), finishes the stream,
+/// waits until the peer has read it (at most `FLUSH_GRACE`), and closes the
+/// connection — so a DISCONNECT is never lost to our own close.
+async fn writer(conn: quinn::Connection, mut rx: mpsc::Receiver<Bytes>) {
+    let Ok(mut stream) = conn.open_uni().await else {
+        return;
+    };
+    while let Some(frame) = rx.recv().await {
+        if stream.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+    if stream.finish().is_ok() {
+        let _ = tokio::time::timeout(FLUSH_GRACE, stream.stopped()).await;
+    }
+    conn.close(0u32.into(), b"closed");
+}
+
+/// Reads frames from the peer's streams; reports the connection's end.
+async fn reader(
+    conn: quinn::Connection,
+    peer: PeerId,
+    conn_id: usize,
+    max_frame: usize,
+    net: mpsc::Sender<NetEvent>,
+) {
+    while let Ok(mut stream) = conn.accept_uni().await {
+        loop {
+            let mut prefix = [0u8; overlay::wire::FRAME_PREFIX_LEN];
+            if stream.read_exact(&mut prefix).await.is_err() {
+                break;
+            }
+            let len = match overlay::wire::frame_len(prefix, max_frame) {
+                Ok(len) => len,
+                Err(e) => {
+                    metrics::counter!("chatd_overlay_decode_errors_total", "kind" => e.kind())
+                        .increment(1);
+                    tracing::warn!(peer = %Id(peer), error = %e, "bad frame length; closing");
+                    conn.close(2u32.into(), e.to_string().as_bytes());
+                    break;
+                }
+            };
+            let mut body = vec![0u8; len];
+            if stream.read_exact(&mut body).await.is_err() {
+                break;
+            }
+            let frame = Bytes::from(body);
+            if net
+                .send(NetEvent::Frame {
+                    peer,
+                    conn_id,
+                    frame,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    let _ = net.send(NetEvent::Closed { peer, conn_id }).await;
+}

@@ -1,0 +1,19 @@
+//! # chatd — rendezvous servers on a gossip overlay
+//!
+//! Layout, one concept per file:
+//! - [`identity`]: ed25519 keys, ids in text form, `ID@HOST:PORT`.
+//! - [`tls`]: certificates carrying the identity key, pinned-key and
+//!   cluster-admission verifiers.
+//! - [`driver`]: the overlay core on tokio and QUIC: connections, framing,
+//!   timers, bounded queues, deliveries.
+//! - [`config`]: the TOML file and its defaults.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
+//!
+//! The binary (`src/main.rs`) wires them into `chatd serve`, `keygen`, `id`
+//! and `status`.
+
+pub mod admin;
+pub mod config;
+pub mod driver;
+pub mod identity;
+pub mod tls;

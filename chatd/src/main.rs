@@ -1,0 +1,202 @@
+//! `chatd`: the rendezvous server (and, later, the chat client).
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a CLI prints
+
+use anyhow::Context;
+use chatd::config::{self, File};
+use chatd::driver::{Node, NodeConfig};
+use chatd::identity::{Id, Keypair, ServerAddr};
+use chatd::tls::Admission;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// chatd: rendezvous servers that form a HyParView/Plumtree overlay.
+///
+/// Start one local server with built-in defaults:
+///     chatd serve
+/// Start a second one that joins the first (its id is printed at start):
+///     chatd serve --listen 127.0.0.1:7001 --admin 127.0.0.1:9101 \
+///         --data-dir ./two --bootstrap ID@127.0.0.1:7000
+/// Ask a server how it is doing:
+///     chatd status --admin 127.0.0.1:9100
+#[derive(Parser, Debug)]
+#[command(name = "chatd", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a rendezvous server (until SIGTERM or Ctrl-C).
+    Serve(ServeArgs),
+    /// Create a new identity key file and print its id.
+    Keygen {
+        /// Where to write the key (never overwrites an existing file).
+        #[arg(long, default_value = "chatd.key")]
+        out: PathBuf,
+    },
+    /// Print the id of an existing key file.
+    Id {
+        /// The key file.
+        #[arg(long, default_value = "chatd.key")]
+        key: PathBuf,
+    },
+    /// Print a running server's status (from its admin endpoint).
+    Status {
+        /// The server's admin address.
+        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// TOML config file (keys: scripts/chatd.example.toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// UDP address for QUIC [default: 127.0.0.1:7000].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin HTTP address for /metrics, /healthz, /readyz, /status [default: 127.0.0.1:9100].
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// State directory; the key is created there on first start [default: .].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Identity key file [default: DATA_DIR/chatd.key].
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// A server to join through, ID@HOST:PORT (repeat for several).
+    #[arg(long, value_name = "ID@HOST:PORT")]
+    bootstrap: Vec<ServerAddr>,
+    /// A server id allowed to join this cluster (repeat); none = any server.
+    #[arg(long, value_name = "ID")]
+    allow: Vec<Id>,
+    /// Overlay timing preset: lan (default), wan or local.
+    #[arg(long)]
+    preset: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Keygen { out } => {
+            let k = Keypair::generate();
+            k.save(&out)?;
+            println!("{}", k.id());
+            Ok(())
+        }
+        Command::Id { key } => {
+            println!("{}", Keypair::load(&key)?.id());
+            Ok(())
+        }
+        Command::Status { admin } => status(admin),
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn status(admin: SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(3))
+        .with_context(|| format!("no chatd admin endpoint at {admin}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /status HTTP/1.1\r\nhost: chatd\r\nconnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    print!("{body}");
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (mut file, origin) = match &args.config {
+        Some(path) => (File::load(path)?, path.display().to_string()),
+        None => (File::default(), "defaults".to_string()),
+    };
+    // Flags override the file.
+    let s = &mut file.server;
+    if args.listen.is_some() {
+        s.listen = args.listen;
+    }
+    if args.data_dir.is_some() {
+        s.data_dir = args.data_dir.clone();
+    }
+    if args.key.is_some() {
+        s.key_file = args.key.clone();
+    }
+    s.bootstrap
+        .extend(args.bootstrap.iter().map(|b| b.to_string()));
+    s.allow.extend(args.allow.iter().map(|a| a.to_string()));
+    if args.admin.is_some() {
+        file.admin.listen = args.admin;
+    }
+    if args.preset.is_some() {
+        file.overlay.preset = args.preset.clone();
+    }
+    let cfg = file.resolve(&origin)?;
+    let (keypair, created) = Keypair::load_or_create(&cfg.key_file)?;
+    if created {
+        tracing::info!(file = %cfg.key_file.display(), "created a new identity key");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let metrics = chatd::admin::install_recorder()?;
+        let mut node_cfg = NodeConfig::new(cfg.listen);
+        node_cfg.advertise = cfg.advertise.clone();
+        node_cfg.bootstrap = cfg.bootstrap.clone();
+        node_cfg.admission = Admission {
+            allow: cfg.allow.iter().map(|i| i.0).collect(),
+        };
+        node_cfg.overlay = cfg.overlay.clone();
+        if node_cfg.admission.allow.is_empty() {
+            tracing::warn!(
+                "no --allow list: any server that knows this server's id may join (open cluster)"
+            );
+        }
+        let node = Arc::new(Node::start(&keypair, node_cfg).await?);
+        let alone = cfg.bootstrap.is_empty();
+        let (admin, _admin_task) =
+            chatd::admin::serve(cfg.admin, node.clone(), metrics, alone).await?;
+        // One line on stdout a launcher can parse.
+        println!(
+            "{{\"id\":\"{}\",\"addr\":\"{}\",\"admin\":\"http://{}\"}}",
+            Id(node.id),
+            node.addr(),
+            admin
+        );
+        wait_for_shutdown().await;
+        tracing::info!("shutting down: telling neighbors we leave");
+        node.shutdown(Duration::from_secs(3)).await;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,291 @@
+//! TLS 1.3 for QUIC with ed25519 identities instead of a CA.
+//!
+//! Each node presents a self-signed certificate whose subject key *is* its
+//! ed25519 identity key. Verification ignores chains, names and validity
+//! dates and checks only what matters here, on both sides:
+//! - the dialer pins the key it expects (from `ID@HOST:PORT`);
+//! - the acceptor admits a server only if its key is in the cluster's
+//!   allowlist (an empty allowlist admits any server: an open cluster);
+//! - the TLS 1.3 handshake signature is verified with that key (ring).
+//!
+//! Owns certificates and verifiers. Must not touch sockets (see
+//! `transport.rs`). Verifier error texts reach the peer in the QUIC close
+//! reason, so they contain ids only.
+
+use crate::identity::{Id, Keypair};
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use overlay::PeerId;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// The name put in SNI; verifiers ignore it.
+pub const SERVER_NAME: &str = "chatd";
+
+/// A node's certificate and private key, ready for rustls.
+pub struct Credentials {
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Credentials {
+    /// A self-signed certificate carrying `keypair`'s public key.
+    pub fn new(keypair: &Keypair) -> anyhow::Result<Self> {
+        let pkcs8 = keypair.signing_key().to_pkcs8_der()?;
+        let der = PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec());
+        let rc = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)?;
+        anyhow::ensure!(
+            rc.public_key_raw() == keypair.signing_key().verifying_key().as_bytes(),
+            "certificate key differs from the identity key"
+        );
+        let cert =
+            rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])?.self_signed(&rc)?;
+        Ok(Credentials {
+            cert: cert.der().clone(),
+            key: PrivateKeyDer::Pkcs8(der),
+        })
+    }
+}
+
+/// The DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410): the whole
+/// structure is always these 12 bytes followed by the 32-byte key.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// The ed25519 identity in a certificate (webpki parses it fully first).
+pub fn peer_id_from_cert(cert: &CertificateDer<'_>) -> Result<PeerId, rustls::Error> {
+    let parsed = ParsedCertificate::try_from(cert)?;
+    let spki = parsed.subject_public_key_info();
+    let spki: &[u8] = spki.as_ref();
+    if spki.len() != 44 || spki[..12] != ED25519_SPKI_PREFIX {
+        return Err(cert_error("peer certificate key is not ed25519".into()));
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&spki[12..]);
+    Ok(PeerId(key))
+}
+
+/// The authenticated peer of an established QUIC connection.
+pub fn peer_of(conn: &quinn::Connection) -> Option<PeerId> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    peer_id_from_cert(certs.first()?).ok()
+}
+
+fn cert_error(msg: String) -> rustls::Error {
+    #[derive(Debug)]
+    struct Reason(String);
+    impl std::fmt::Display for Reason {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl std::error::Error for Reason {}
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        Reason(msg),
+    ))))
+}
+
+fn algorithms() -> WebPkiSupportedAlgorithms {
+    rustls::crypto::ring::default_provider().signature_verification_algorithms
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Dialer side: the server must hold the pinned key.
+#[derive(Debug)]
+struct Pinned {
+    expected: PeerId,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = peer_id_from_cert(end_entity)?;
+        if got != self.expected {
+            return Err(cert_error(format!(
+                "server is {} but {} was expected",
+                Id(got),
+                Id(self.expected)
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// Which servers may join the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// Allowed server ids; empty admits every server (an open cluster).
+    pub allow: BTreeSet<PeerId>,
+}
+
+impl Admission {
+    /// Whether `peer` may join.
+    pub fn admits(&self, peer: &PeerId) -> bool {
+        self.allow.is_empty() || self.allow.contains(peer)
+    }
+}
+
+/// Acceptor side: any ed25519 client key the admission policy allows.
+#[derive(Debug)]
+struct Admitting {
+    admission: Admission,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for Admitting {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let id = peer_id_from_cert(end_entity)?;
+        if !self.admission.admits(&id) {
+            metrics::counter!("chatd_cluster_admission_refused_total").increment(1);
+            tracing::warn!(peer = %Id(id), "refused a server that is not in the cluster allowlist");
+            return Err(cert_error(format!(
+                "{} is not a member of this cluster",
+                Id(id)
+            )));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// rustls server config: TLS 1.3, mutual authentication, `alpn`.
+pub fn server_config(
+    creds: &Credentials,
+    admission: Admission,
+    alpn: &[&[u8]],
+) -> anyhow::Result<rustls::ServerConfig> {
+    let verifier = Arc::new(Admitting {
+        admission,
+        algs: algorithms(),
+    });
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![creds.cert.clone()], creds.key.clone_key())?;
+    tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Ok(tls)
+}
+
+/// rustls client config pinned to `expected`, presenting our certificate.
+pub fn client_config(
+    creds: &Credentials,
+    expected: PeerId,
+    alpn: &[u8],
+) -> anyhow::Result<rustls::ClientConfig> {
+    let verifier = Arc::new(Pinned {
+        expected,
+        algs: algorithms(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![creds.cert.clone()], creds.key.clone_key())?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_carries_the_identity_key() {
+        let k = Keypair::from_seed([3; 32]);
+        let c = Credentials::new(&k).unwrap();
+        assert_eq!(peer_id_from_cert(&c.cert).unwrap(), k.id().0);
+    }
+
+    #[test]
+    fn a_non_ed25519_certificate_is_refused() {
+        let p256 = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["x".into()])
+            .unwrap()
+            .self_signed(&p256)
+            .unwrap();
+        assert!(peer_id_from_cert(cert.der()).is_err());
+        assert!(peer_id_from_cert(&CertificateDer::from(vec![1, 2, 3])).is_err());
+    }
+
+    #[test]
+    fn admission_is_open_only_without_an_allowlist() {
+        let a = Keypair::from_seed([1; 32]).id().0;
+        let b = Keypair::from_seed([2; 32]).id().0;
+        assert!(Admission::default().admits(&a));
+        let closed = Admission {
+            allow: BTreeSet::from([a]),
+        };
+        assert!(closed.admits(&a) && !closed.admits(&b));
+    }
+}
