@@ -7,6 +7,7 @@
 
 use crate::driver::{Node, Snapshot};
 use crate::identity::Id;
+use crate::membership::Service;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
 pub async fn serve(
     addr: SocketAddr,
     node: Arc<Node>,
+    members: Arc<Service>,
     metrics: PrometheusHandle,
     alone_by_config: bool,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
@@ -35,6 +37,7 @@ pub async fn serve(
                 continue;
             };
             let node = node.clone();
+            let members = members.clone();
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
@@ -45,7 +48,8 @@ pub async fn serve(
                     };
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let path = request.split_whitespace().nth(1).unwrap_or("/");
-                let (status, ctype, body) = respond(path, &node, &metrics, alone_by_config).await;
+                let (status, ctype, body) =
+                    respond(path, &node, &members, &metrics, alone_by_config).await;
                 let head = format!(
                     "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                     body.len()
@@ -62,6 +66,7 @@ pub async fn serve(
 async fn respond(
     path: &str,
     node: &Node,
+    members: &Service,
     metrics: &PrometheusHandle,
     alone_by_config: bool,
 ) -> (&'static str, &'static str, String) {
@@ -75,7 +80,16 @@ async fn respond(
             };
             let ready = alone_by_config || !snap.active.is_empty();
             if path == "/status" {
-                ("200 OK", "application/json", status_json(&snap, ready))
+                let servers = members
+                    .servers()
+                    .iter()
+                    .map(|r| Id(r.id).to_string())
+                    .collect();
+                (
+                    "200 OK",
+                    "application/json",
+                    status_json(&snap, ready, servers),
+                )
             } else if ready {
                 ("200 OK", TEXT, "ready\n".into())
             } else {
@@ -104,9 +118,11 @@ struct Status {
     links: usize,
     payloads_delivered: u64,
     dropped_frames: u64,
+    /// Live servers this server knows, itself first.
+    servers: Vec<String>,
 }
 
-fn status_json(s: &Snapshot, ready: bool) -> String {
+fn status_json(s: &Snapshot, ready: bool, servers: Vec<String>) -> String {
     let status = Status {
         id: Id(s.id).to_string(),
         ready,
@@ -115,6 +131,7 @@ fn status_json(s: &Snapshot, ready: bool) -> String {
         links: s.links,
         payloads_delivered: s.stats.payloads_delivered,
         dropped_frames: s.dropped_frames,
+        servers,
     };
     serde_json::to_string(&status).unwrap_or_default() + "\n"
 }

@@ -89,6 +89,36 @@ pub struct Snapshot {
     pub dropped_frames: u64,
 }
 
+/// What the node tells the layer above it.
+#[derive(Clone, Debug)]
+pub enum NodeEvent {
+    /// A broadcast arrived.
+    Delivery(Delivery<PeerId>),
+    /// A connection to this server failed: it timed out, was reset, or could
+    /// not be dialed (not a graceful DISCONNECT). Input to failure detection.
+    PeerFailed(PeerId),
+}
+
+/// A receiver of the broadcasts delivered to a node.
+pub struct Deliveries(broadcast::Receiver<NodeEvent>);
+
+impl Deliveries {
+    /// The next delivery; `None` once the node stopped. If this receiver
+    /// lagged behind, the missed deliveries are skipped (and counted).
+    pub async fn recv(&mut self) -> Option<Delivery<PeerId>> {
+        loop {
+            match self.0.recv().await {
+                Ok(NodeEvent::Delivery(d)) => return Some(d),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    metrics::counter!("chatd_event_receiver_lagged_total").increment(n);
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
 enum Command {
     Broadcast(Bytes, oneshot::Sender<Result<MessageId, BroadcastError>>),
     Snapshot(oneshot::Sender<Snapshot>),
@@ -122,7 +152,7 @@ pub struct Node {
     /// The address it listens on.
     pub local_addr: SocketAddr,
     commands: mpsc::Sender<Command>,
-    deliveries: broadcast::Sender<Delivery<PeerId>>,
+    events: broadcast::Sender<NodeEvent>,
     task: tokio::task::JoinHandle<()>,
     endpoint: quinn::Endpoint,
 }
@@ -143,7 +173,7 @@ impl Node {
         let id = keypair.id().0;
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (net_tx, net_rx) = mpsc::channel(4096);
-        let (deliveries, _) = broadcast::channel(1024);
+        let (events, _) = broadcast::channel(4096);
         tokio::spawn(accept_loop(endpoint.clone(), net_tx.clone()));
         let advertise = if cfg.advertise.is_empty() {
             vec![local_addr]
@@ -165,7 +195,7 @@ impl Node {
             creds,
             transport,
             net_tx,
-            deliveries: deliveries.clone(),
+            events: events.clone(),
             queue_frames: cfg.queue_frames.max(1),
             dropped: 0,
             deferred: Vec::new(),
@@ -186,7 +216,7 @@ impl Node {
             id,
             local_addr,
             commands: cmd_tx,
-            deliveries,
+            events,
             task,
             endpoint,
         })
@@ -215,8 +245,20 @@ impl Node {
     }
 
     /// Broadcasts delivered to this node from now on.
-    pub fn deliveries(&self) -> broadcast::Receiver<Delivery<PeerId>> {
-        self.deliveries.subscribe()
+    pub fn deliveries(&self) -> Deliveries {
+        Deliveries(self.events.subscribe())
+    }
+
+    /// Everything the node reports from now on.
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    /// Stops at once without telling anyone, as a crash would (for tests
+    /// and fault injection): peers notice through their connections.
+    pub fn kill(&self) {
+        self.task.abort();
+        self.endpoint.close(9u32.into(), b"crashed");
     }
 
     /// Leaves the overlay (neighbors are told), then closes everything,
@@ -299,7 +341,7 @@ struct Core {
     creds: Arc<Credentials>,
     transport: Arc<quinn::TransportConfig>,
     net_tx: mpsc::Sender<NetEvent>,
-    deliveries: broadcast::Sender<Delivery<PeerId>>,
+    events: broadcast::Sender<NodeEvent>,
     queue_frames: usize,
     dropped: u64,
     /// Inputs produced while processing outputs, fed in afterwards.
@@ -441,7 +483,7 @@ impl Core {
             Event::NeighborDown(p) => tracing::info!(peer = %Id(p), "neighbor down"),
             Event::Received(d) => {
                 metrics::counter!("chatd_broadcast_payloads_received_total").increment(1);
-                let _ = self.deliveries.send(d);
+                let _ = self.events.send(NodeEvent::Delivery(d));
             }
             Event::PeerData { peer, data } => {
                 if let Some(addr) = decode_addrs(&data).and_then(|a| a.first().copied()) {
@@ -525,6 +567,7 @@ impl Core {
             NetEvent::Up { peer, conn, dialed } => self.link_up(peer, conn, dialed),
             NetEvent::DialFailed { peer } => {
                 if self.dialing.remove(&peer).is_some() {
+                    let _ = self.events.send(NodeEvent::PeerFailed(peer));
                     self.input(Input::PeerDown(peer));
                 }
             }
@@ -541,8 +584,11 @@ impl Core {
                 self.input(Input::Frame { from: peer, frame });
             }
             NetEvent::Closed { peer, conn_id } => {
+                // Only the current link's end is news: links we close
+                // ourselves are removed first.
                 if self.links.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                     self.links.remove(&peer);
+                    let _ = self.events.send(NodeEvent::PeerFailed(peer));
                     self.input(Input::PeerDown(peer));
                 }
             }

@@ -7,6 +7,8 @@
 //! - [`driver`]: the overlay core on tokio and QUIC: connections, framing,
 //!   timers, bounded queues, deliveries.
 //! - [`config`]: the TOML file and its defaults.
+//! - [`membership`]: the live server set (signed announces, leaves and
+//!   suspicions; failure detection).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
 //!
 //! The binary (`src/main.rs`) wires them into `chatd serve`, `keygen`, `id`
@@ -16,4 +18,5 @@ pub mod admin;
 pub mod config;
 pub mod driver;
 pub mod identity;
+pub mod membership;
 pub mod tls;

@@ -166,9 +166,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             );
         }
         let node = Arc::new(Node::start(&keypair, node_cfg).await?);
+        let members = Arc::new(chatd::membership::Service::start(
+            node.clone(),
+            keypair.signing_key().clone(),
+            membership_settings(&cfg),
+        ));
         let alone = cfg.bootstrap.is_empty();
         let (admin, _admin_task) =
-            chatd::admin::serve(cfg.admin, node.clone(), metrics, alone).await?;
+            chatd::admin::serve(cfg.admin, node.clone(), members.clone(), metrics, alone).await?;
         // One line on stdout a launcher can parse.
         println!(
             "{{\"id\":\"{}\",\"addr\":\"{}\",\"admin\":\"http://{}\"}}",
@@ -177,11 +182,29 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             admin
         );
         wait_for_shutdown().await;
-        tracing::info!("shutting down: telling neighbors we leave");
+        tracing::info!("shutting down: announcing the leave, telling neighbors");
+        members.leave(&node, keypair.signing_key()).await;
+        // Let the leave announce spread a little before the links close.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         node.shutdown(Duration::from_secs(3)).await;
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// Heartbeat and failure timeout follow the overlay preset's tempo.
+fn membership_settings(cfg: &config::ServerConfig) -> chatd::membership::Settings {
+    let local = cfg.overlay.hyparview.repair_interval < Duration::from_secs(1);
+    let (heartbeat, dead_after) = if local {
+        (Duration::from_secs(1), Duration::from_secs(6))
+    } else {
+        (Duration::from_secs(5), Duration::from_secs(20))
+    };
+    chatd::membership::Settings {
+        heartbeat,
+        dead_after,
+        ..Default::default()
+    }
 }
 
 async fn wait_for_shutdown() {

@@ -79,7 +79,7 @@ async fn five_servers_form_an_overlay_and_broadcast_to_all() {
         let d = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .unwrap_or_else(|_| panic!("server {i} got nothing"))
-            .unwrap();
+            .expect("node running");
         assert_eq!(d.id, id);
         assert_eq!(&d.payload[..], b"server 3 says hi");
         assert_eq!(d.origin, nodes[3].id);
