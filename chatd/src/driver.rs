@@ -16,7 +16,7 @@
 //! business): deliveries go out on a channel.
 
 use crate::identity::{Id, Keypair, ServerAddr};
-use crate::tls::{self, Admission, Credentials};
+use crate::tls::{self, Admission, Credentials, SharedAdmission};
 use bytes::Bytes;
 use overlay::{
     BroadcastError, Config, Delivery, Event, Input, MessageId, Output, PeerId, PeerInfo, State,
@@ -155,6 +155,7 @@ pub struct Node {
     events: broadcast::Sender<NodeEvent>,
     task: tokio::task::JoinHandle<()>,
     endpoint: quinn::Endpoint,
+    admission: SharedAdmission,
 }
 
 impl Node {
@@ -164,7 +165,8 @@ impl Node {
         cfg.overlay.validate()?;
         let creds = Arc::new(Credentials::new(keypair)?);
         let transport = Arc::new(transport_config(&cfg)?);
-        let tls = tls::server_config(&creds, cfg.admission.clone(), &[OVERLAY_ALPN])?;
+        let admission = Arc::new(std::sync::RwLock::new(cfg.admission.clone()));
+        let tls = tls::server_config(&creds, admission.clone(), &[OVERLAY_ALPN])?;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(transport.clone());
@@ -219,7 +221,16 @@ impl Node {
             events,
             task,
             endpoint,
+            admission,
         })
+    }
+
+    /// Replaces the cluster allowlist (new connections are checked against
+    /// it; established ones stay).
+    pub fn set_admission(&self, admission: Admission) {
+        if let Ok(mut a) = self.admission.write() {
+            *a = admission;
+        }
     }
 
     /// `ID@HOST:PORT` of this node.

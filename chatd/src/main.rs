@@ -181,7 +181,29 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             node.addr(),
             admin
         );
-        wait_for_shutdown().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        if let Some(period) = sd_notify::watchdog_enabled() {
+            // Ping only while the core task answers: a wedged node gets
+            // restarted by systemd.
+            let node = node.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period / 2);
+                loop {
+                    tick.tick().await;
+                    let alive = tokio::time::timeout(period / 4, node.snapshot()).await;
+                    if matches!(alive, Ok(Ok(_))) {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                }
+            });
+        }
+        loop {
+            match wait_for_signal().await {
+                Signal::Reload => reload(&args, &node),
+                Signal::Stop => break,
+            }
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("shutting down: announcing the leave, telling neighbors");
         members.leave(&node, keypair.signing_key()).await;
         // Let the leave announce spread a little before the links close.
@@ -207,19 +229,50 @@ fn membership_settings(cfg: &config::ServerConfig) -> chatd::membership::Setting
     }
 }
 
-async fn wait_for_shutdown() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// SIGTERM or Ctrl-C: stop. SIGHUP: reload.
+async fn wait_for_signal() -> Signal {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return Signal::Stop;
+    };
+    tokio::select! {
+        _ = term.recv() => Signal::Stop,
+        _ = tokio::signal::ctrl_c() => Signal::Stop,
+        _ = hup.recv() => Signal::Reload,
+    }
+}
+
+/// SIGHUP: re-reads the config file and applies what can change without a
+/// restart — the cluster allowlist. Everything else needs a restart (logged).
+fn reload(args: &ServeArgs, node: &Node) {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+    let Some(path) = &args.config else {
+        tracing::info!("SIGHUP: no --config file; nothing to reload");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        return;
+    };
+    match File::load(path).and_then(|f| f.resolve(&path.display().to_string())) {
+        Ok(cfg) => {
+            let mut allow: std::collections::BTreeSet<_> = cfg.allow.iter().map(|i| i.0).collect();
+            allow.extend(args.allow.iter().map(|i| i.0));
+            tracing::info!(
+                servers = allow.len(),
+                "SIGHUP: reloaded the cluster allowlist (other changes need a restart)"
+            );
+            node.set_admission(Admission { allow });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: config not reloaded; the old one stays in force")
         }
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 }

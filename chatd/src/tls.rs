@@ -22,7 +22,7 @@ use rustls::server::ParsedCertificate;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// The name put in SNI; verifiers ignore it.
 pub const SERVER_NAME: &str = "chatd";
@@ -166,10 +166,13 @@ impl Admission {
     }
 }
 
+/// The admission policy in force, replaceable at run time (SIGHUP).
+pub type SharedAdmission = Arc<RwLock<Admission>>;
+
 /// Acceptor side: any ed25519 client key the admission policy allows.
 #[derive(Debug)]
 struct Admitting {
-    admission: Admission,
+    admission: SharedAdmission,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -185,7 +188,12 @@ impl ClientCertVerifier for Admitting {
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let id = peer_id_from_cert(end_entity)?;
-        if !self.admission.admits(&id) {
+        let admitted = self
+            .admission
+            .read()
+            .map(|a| a.admits(&id))
+            .unwrap_or(false);
+        if !admitted {
             metrics::counter!("chatd_cluster_admission_refused_total").increment(1);
             tracing::warn!(peer = %Id(id), "refused a server that is not in the cluster allowlist");
             return Err(cert_error(format!(
@@ -222,7 +230,7 @@ impl ClientCertVerifier for Admitting {
 /// rustls server config: TLS 1.3, mutual authentication, `alpn`.
 pub fn server_config(
     creds: &Credentials,
-    admission: Admission,
+    admission: SharedAdmission,
     alpn: &[&[u8]],
 ) -> anyhow::Result<rustls::ServerConfig> {
     let verifier = Arc::new(Admitting {
