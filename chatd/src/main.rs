@@ -197,11 +197,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
             });
         }
-        loop {
-            match wait_for_signal().await {
-                Signal::Reload => reload(&args, &node),
-                Signal::Stop => break,
-            }
+        while let Signal::Reload = wait_for_signal().await {
+            reload(&args, &node);
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("shutting down: announcing the leave, telling neighbors");
