@@ -9,6 +9,8 @@
 //! - [`config`]: the TOML file and its defaults.
 //! - [`membership`]: the live server set (signed announces, leaves and
 //!   suspicions; failure detection).
+//! - [`peertable`]: signed peer records, merge rules, lookup, anti-entropy
+//!   digests (pure; not wired to the network yet).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
 //!
 //! The binary (`src/main.rs`) wires them into `chatd serve`, `keygen`, `id`
@@ -19,4 +21,5 @@ pub mod config;
 pub mod driver;
 pub mod identity;
 pub mod membership;
+pub mod peertable;
 pub mod tls;

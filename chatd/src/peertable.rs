@@ -1,0 +1,424 @@
+//! The replicated peer table: where each client can be reached.
+//!
+//! Pure data and merge rules, no I/O (the simulator can drive it too):
+//! - a [`PeerRecord`] is signed by the peer itself, so servers can neither
+//!   forge nor roll back a peer's record; last writer wins by `seq`;
+//! - records expire (`expires_at`) and go offline when their home server is
+//!   gone ([`PeerTable::home_server_gone`]);
+//! - lookup by peer id and by name are O(1);
+//! - anti-entropy: [`PeerTable::digest`] summarises the table in 256
+//!   buckets (by the first byte of the peer id); two servers compare
+//!   digests, exchange the `(id, seq)` lists of differing buckets, and send
+//!   each other the records the other lacks or has older.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use overlay::PeerId;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+/// Longest peer name, in bytes.
+pub const MAX_NAME: usize = 64;
+/// Most private addresses in a record.
+pub const MAX_PRIVATE_ADDRS: usize = 8;
+
+/// The signed part of a record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordBody {
+    /// The peer (its ed25519 key).
+    pub peer: PeerId,
+    /// Its chosen name (not unique; lookups by name pick the freshest).
+    pub name: String,
+    /// The server it registered with.
+    pub home_server: PeerId,
+    /// Its address as the home server observed it.
+    pub public_addr: Option<SocketAddr>,
+    /// Its LAN addresses.
+    pub private_addrs: Vec<SocketAddr>,
+    /// Grows with every registration or refresh.
+    pub seq: u64,
+    /// Unix seconds after which the record is stale.
+    pub expires_at: u64,
+}
+
+/// A record as stored and replicated: the body and the peer's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    /// What the peer says.
+    pub body: RecordBody,
+    /// ed25519 signature by `body.peer` over `"chatd-peer-v1" ‖ postcard(body)`.
+    pub sig: Vec<u8>,
+}
+
+/// Why a record was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    /// The signature does not verify with the record's own peer key.
+    #[error("bad signature")]
+    BadSignature,
+    /// A field is out of bounds.
+    #[error("invalid record: {0}")]
+    Invalid(&'static str),
+    /// Not newer than the record we hold (a replay or a rollback).
+    #[error("stale record: seq {got} is not above {have}")]
+    Stale {
+        /// The record's seq.
+        got: u64,
+        /// The seq we hold.
+        have: u64,
+    },
+}
+
+fn signed_bytes(body: &RecordBody) -> Vec<u8> {
+    let mut out = b"chatd-peer-v1".to_vec();
+    out.extend(postcard::to_allocvec(body).unwrap_or_default());
+    out
+}
+
+impl PeerRecord {
+    /// Signs `body` with the peer's key (the key must be `body.peer`'s).
+    pub fn sign(key: &SigningKey, body: RecordBody) -> PeerRecord {
+        let sig = key.sign(&signed_bytes(&body)).to_bytes().to_vec();
+        PeerRecord { body, sig }
+    }
+
+    /// Checks bounds and the signature.
+    pub fn verify(&self) -> Result<(), RecordError> {
+        let b = &self.body;
+        if b.name.is_empty() || b.name.len() > MAX_NAME {
+            return Err(RecordError::Invalid("name must be 1 to 64 bytes"));
+        }
+        if b.name.chars().any(char::is_control) {
+            return Err(RecordError::Invalid("name has control characters"));
+        }
+        if b.private_addrs.len() > MAX_PRIVATE_ADDRS {
+            return Err(RecordError::Invalid("too many private addresses"));
+        }
+        let key =
+            VerifyingKey::from_bytes(b.peer.as_bytes()).map_err(|_| RecordError::BadSignature)?;
+        let sig = Signature::from_slice(&self.sig).map_err(|_| RecordError::BadSignature)?;
+        key.verify(&signed_bytes(b), &sig)
+            .map_err(|_| RecordError::BadSignature)
+    }
+}
+
+/// A stored record and whether it counts as online.
+#[derive(Clone, Debug)]
+struct Stored {
+    record: PeerRecord,
+    online: bool,
+}
+
+/// What [`PeerTable::merge`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merged {
+    /// A peer we did not know.
+    New,
+    /// A newer record replaced ours.
+    Updated,
+}
+
+/// The table.
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    by_id: HashMap<PeerId, Stored>,
+    /// name → peers with that name (usually one).
+    by_name: HashMap<String, Vec<PeerId>>,
+}
+
+/// A summary for anti-entropy: one hash per bucket of peer ids.
+pub type Digest = [u64; 256];
+
+fn bucket(peer: &PeerId) -> usize {
+    usize::from(peer.as_bytes()[0])
+}
+
+impl PeerTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records held (online or not).
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Online records.
+    pub fn online(&self) -> usize {
+        self.by_id.values().filter(|s| s.online).count()
+    }
+
+    /// Verifies and stores `record` if it is newer than ours.
+    pub fn merge(&mut self, record: PeerRecord, now_unix: u64) -> Result<Merged, RecordError> {
+        record.verify()?;
+        let peer = record.body.peer;
+        let online = record.body.expires_at > now_unix;
+        let result = match self.by_id.get(&peer) {
+            Some(have) if record.body.seq <= have.record.body.seq => {
+                return Err(RecordError::Stale {
+                    got: record.body.seq,
+                    have: have.record.body.seq,
+                });
+            }
+            Some(_) => Merged::Updated,
+            None => Merged::New,
+        };
+        if let Some(old) = self.by_id.get(&peer) {
+            let old_name = old.record.body.name.clone();
+            self.unindex_name(&old_name, &peer);
+        }
+        self.by_name
+            .entry(record.body.name.clone())
+            .or_default()
+            .push(peer);
+        self.by_id.insert(peer, Stored { record, online });
+        Ok(result)
+    }
+
+    fn unindex_name(&mut self, name: &str, peer: &PeerId) {
+        if let Some(v) = self.by_name.get_mut(name) {
+            v.retain(|p| p != peer);
+            if v.is_empty() {
+                self.by_name.remove(name);
+            }
+        }
+    }
+
+    /// The online record of `peer`.
+    pub fn lookup(&self, peer: &PeerId) -> Option<&PeerRecord> {
+        self.by_id.get(peer).filter(|s| s.online).map(|s| &s.record)
+    }
+
+    /// The freshest online record with this name.
+    pub fn lookup_name(&self, name: &str) -> Option<&PeerRecord> {
+        self.by_name
+            .get(name)?
+            .iter()
+            .filter_map(|p| self.by_id.get(p))
+            .filter(|s| s.online)
+            .map(|s| &s.record)
+            .max_by_key(|r| r.body.seq)
+    }
+
+    /// Every record homed on `server` goes offline (the server died or
+    /// left; its clients re-register elsewhere with a higher seq).
+    pub fn home_server_gone(&mut self, server: &PeerId) -> usize {
+        let mut n = 0;
+        for s in self.by_id.values_mut() {
+            if s.online && s.record.body.home_server == *server {
+                s.online = false;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Expired records go offline; records expired for longer than
+    /// `forget_after_secs` are dropped.
+    pub fn expire(&mut self, now_unix: u64, forget_after_secs: u64) {
+        let mut forget = Vec::new();
+        for (peer, s) in self.by_id.iter_mut() {
+            if s.record.body.expires_at <= now_unix {
+                s.online = false;
+            }
+            if s.record.body.expires_at.saturating_add(forget_after_secs) <= now_unix {
+                forget.push((*peer, s.record.body.name.clone()));
+            }
+        }
+        for (peer, name) in forget {
+            self.by_id.remove(&peer);
+            self.unindex_name(&name, &peer);
+        }
+    }
+
+    /// Per-bucket summary of `(peer, seq)` pairs; equal digests mean equal
+    /// record versions (up to hash collisions).
+    pub fn digest(&self) -> Digest {
+        let mut d = [0u64; 256];
+        for (peer, s) in &self.by_id {
+            d[bucket(peer)] ^= entry_hash(peer, s.record.body.seq);
+        }
+        d
+    }
+
+    /// Buckets where `theirs` differs from our digest.
+    pub fn differing(&self, theirs: &Digest) -> Vec<u8> {
+        let ours = self.digest();
+        (0..=255u8)
+            .filter(|&b| ours[b as usize] != theirs[b as usize])
+            .collect()
+    }
+
+    /// `(peer, seq)` of every record in `bucket`, in peer order.
+    pub fn bucket_versions(&self, bucket_index: u8) -> Vec<(PeerId, u64)> {
+        let mut v: Vec<(PeerId, u64)> = self
+            .by_id
+            .iter()
+            .filter(|(p, _)| bucket(p) == usize::from(bucket_index))
+            .map(|(p, s)| (*p, s.record.body.seq))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The records we hold that are newer than, or missing from, the
+    /// other side's `(peer, seq)` list for the same buckets.
+    pub fn newer_than(&self, buckets: &[u8], theirs: &[(PeerId, u64)]) -> Vec<PeerRecord> {
+        let theirs: BTreeMap<PeerId, u64> = theirs.iter().copied().collect();
+        let mut out: Vec<PeerRecord> = self
+            .by_id
+            .iter()
+            .filter(|(p, _)| buckets.contains(&(p.as_bytes()[0])))
+            .filter(|(p, s)| theirs.get(p).is_none_or(|seq| *seq < s.record.body.seq))
+            .map(|(_, s)| s.record.clone())
+            .collect();
+        out.sort_by_key(|r| r.body.peer);
+        out
+    }
+}
+
+fn entry_hash(peer: &PeerId, seq: u64) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(peer.as_bytes());
+    h.update(&seq.to_le_bytes());
+    let b = h.finalize();
+    u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Keypair;
+
+    fn rec(k: &Keypair, name: &str, home: PeerId, seq: u64, expires_at: u64) -> PeerRecord {
+        PeerRecord::sign(
+            k.signing_key(),
+            RecordBody {
+                peer: k.id().0,
+                name: name.into(),
+                home_server: home,
+                public_addr: Some("203.0.113.7:4000".parse().unwrap()),
+                private_addrs: vec!["192.168.1.7:4000".parse().unwrap()],
+                seq,
+                expires_at,
+            },
+        )
+    }
+
+    #[test]
+    fn only_the_peer_can_write_its_record_and_never_backwards() {
+        let alice = Keypair::from_seed([1; 32]);
+        let mallory = Keypair::from_seed([2; 32]);
+        let home = Keypair::from_seed([9; 32]).id().0;
+        let mut t = PeerTable::new();
+        assert_eq!(
+            t.merge(rec(&alice, "alice", home, 5, 100), 10),
+            Ok(Merged::New)
+        );
+        // Mallory signs a record claiming to be alice.
+        let mut forged = rec(&mallory, "alice", home, 6, 100);
+        forged.body.peer = alice.id().0;
+        assert_eq!(t.merge(forged, 10), Err(RecordError::BadSignature));
+        // A replay or rollback.
+        assert!(matches!(
+            t.merge(rec(&alice, "alice", home, 5, 100), 10),
+            Err(RecordError::Stale { .. })
+        ));
+        assert!(matches!(
+            t.merge(rec(&alice, "alice", home, 4, 100), 10),
+            Err(RecordError::Stale { .. })
+        ));
+        assert_eq!(
+            t.merge(rec(&alice, "alice2", home, 6, 100), 10),
+            Ok(Merged::Updated)
+        );
+        assert!(
+            t.lookup_name("alice").is_none(),
+            "the old name is unindexed"
+        );
+        assert_eq!(t.lookup_name("alice2").unwrap().body.seq, 6);
+        assert!(matches!(
+            t.merge(rec(&alice, "", home, 7, 100), 10),
+            Err(RecordError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn records_go_offline_with_their_server_or_when_stale() {
+        let (a, b) = (Keypair::from_seed([1; 32]), Keypair::from_seed([2; 32]));
+        let (s1, s2) = (
+            Keypair::from_seed([8; 32]).id().0,
+            Keypair::from_seed([9; 32]).id().0,
+        );
+        let mut t = PeerTable::new();
+        t.merge(rec(&a, "a", s1, 1, 100), 10).unwrap();
+        t.merge(rec(&b, "b", s2, 1, 50), 10).unwrap();
+        assert_eq!(t.home_server_gone(&s1), 1);
+        assert!(t.lookup(&a.id().0).is_none());
+        assert!(t.lookup(&b.id().0).is_some());
+        // a re-registers elsewhere: online again.
+        t.merge(rec(&a, "a", s2, 2, 100), 20).unwrap();
+        assert!(t.lookup(&a.id().0).is_some());
+        t.expire(60, 3600);
+        assert!(t.lookup(&b.id().0).is_none(), "expired");
+        assert_eq!(t.len(), 2);
+        // b expired at 50, a at 100: an hour later only b is forgotten.
+        t.expire(3680, 3600);
+        assert_eq!(t.len(), 1, "forgotten an hour after expiry");
+        assert!(t.lookup_name("b").is_none() && !t.by_name.contains_key("b"));
+    }
+
+    #[test]
+    fn anti_entropy_brings_two_tables_to_the_same_state() {
+        let home = Keypair::from_seed([99; 32]).id().0;
+        let keys: Vec<Keypair> = (0..200u16)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..2].copy_from_slice(&i.to_le_bytes());
+                seed[2] = 1;
+                Keypair::from_seed(seed)
+            })
+            .collect();
+        let (mut left, mut right) = (PeerTable::new(), PeerTable::new());
+        // Each side saw a different part of the traffic (a partition).
+        for (i, k) in keys.iter().enumerate() {
+            let r = rec(k, &format!("p{i}"), home, 1, 1000);
+            if i % 3 != 0 {
+                left.merge(r.clone(), 0).unwrap();
+            }
+            if i % 3 != 1 {
+                right.merge(r, 0).unwrap();
+            }
+        }
+        right
+            .merge(rec(&keys[2], "p2-moved", home, 2, 1000), 0)
+            .unwrap();
+        assert_ne!(left.digest(), right.digest());
+        // One exchange: digests, then versions of differing buckets, then records.
+        let buckets = left.differing(&right.digest());
+        assert!(!buckets.is_empty() && buckets.len() < 256);
+        let lv: Vec<(PeerId, u64)> = buckets
+            .iter()
+            .flat_map(|b| left.bucket_versions(*b))
+            .collect();
+        let rv: Vec<(PeerId, u64)> = buckets
+            .iter()
+            .flat_map(|b| right.bucket_versions(*b))
+            .collect();
+        for r in right.newer_than(&buckets, &lv) {
+            left.merge(r, 0).unwrap();
+        }
+        for r in left.newer_than(&buckets, &rv) {
+            right.merge(r, 0).unwrap();
+        }
+        assert_eq!(left.digest(), right.digest());
+        assert_eq!(left.len(), 200);
+        assert_eq!(left.lookup_name("p2-moved").unwrap().body.seq, 2);
+    }
+}
