@@ -34,6 +34,12 @@ use tokio::time::Instant;
 
 /// ALPN of server-to-server overlay connections, with the protocol version.
 pub const OVERLAY_ALPN: &[u8] = b"chatd-overlay/1";
+/// ALPN of client-to-server connections.
+pub const CLIENT_ALPN: &[u8] = b"chatd-client/1";
+
+/// A client connection accepted by the node: its authenticated id and the
+/// connection (for the registry to serve).
+pub type ClientConn = (PeerId, quinn::Connection);
 
 /// What a node needs to run.
 #[derive(Clone, Debug)]
@@ -156,6 +162,7 @@ pub struct Node {
     task: tokio::task::JoinHandle<()>,
     endpoint: quinn::Endpoint,
     admission: SharedAdmission,
+    clients: std::sync::Mutex<Option<mpsc::Receiver<ClientConn>>>,
 }
 
 impl Node {
@@ -166,7 +173,7 @@ impl Node {
         let creds = Arc::new(Credentials::new(keypair)?);
         let transport = Arc::new(transport_config(&cfg)?);
         let admission = Arc::new(std::sync::RwLock::new(cfg.admission.clone()));
-        let tls = tls::server_config(&creds, admission.clone(), &[OVERLAY_ALPN])?;
+        let tls = tls::server_config(&creds, &[OVERLAY_ALPN, CLIENT_ALPN])?;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(transport.clone());
@@ -176,7 +183,13 @@ impl Node {
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (net_tx, net_rx) = mpsc::channel(4096);
         let (events, _) = broadcast::channel(4096);
-        tokio::spawn(accept_loop(endpoint.clone(), net_tx.clone()));
+        let (client_tx, client_rx) = mpsc::channel(256);
+        tokio::spawn(accept_loop(
+            endpoint.clone(),
+            net_tx.clone(),
+            admission.clone(),
+            client_tx,
+        ));
         let advertise = if cfg.advertise.is_empty() {
             vec![local_addr]
         } else {
@@ -222,7 +235,14 @@ impl Node {
             task,
             endpoint,
             admission,
+            clients: std::sync::Mutex::new(Some(client_rx)),
         })
+    }
+
+    /// The stream of accepted client connections (once; later calls get
+    /// `None`).
+    pub fn take_client_connections(&self) -> Option<mpsc::Receiver<ClientConn>> {
+        self.clients.lock().ok()?.take()
     }
 
     /// Replaces the cluster allowlist (new connections are checked against
@@ -289,8 +309,9 @@ fn transport_config(cfg: &NodeConfig) -> anyhow::Result<quinn::TransportConfig> 
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(cfg.keep_alive));
     t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(cfg.idle_timeout)?));
-    // Overlay traffic uses one unidirectional stream per direction.
-    t.max_concurrent_bidi_streams(0u32.into());
+    // Overlay traffic uses one unidirectional stream per direction; client
+    // requests use one bidirectional stream each.
+    t.max_concurrent_bidi_streams(16u32.into());
     t.max_concurrent_uni_streams(4u32.into());
     Ok(t)
 }
@@ -304,23 +325,62 @@ fn decode_addrs(data: &[u8]) -> Option<Vec<SocketAddr>> {
     postcard::from_bytes(data).ok()
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, net: mpsc::Sender<NetEvent>) {
+fn alpn_of(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// Accepts connections: servers (overlay ALPN) must pass cluster
+/// admission — a refused one is closed before anything it sends is read;
+/// clients (client ALPN) go to the registry.
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    net: mpsc::Sender<NetEvent>,
+    admission: SharedAdmission,
+    clients: mpsc::Sender<ClientConn>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let net = net.clone();
+        let admission = admission.clone();
+        let clients = clients.clone();
         tokio::spawn(async move {
             match incoming.await {
-                Ok(conn) => match tls::peer_of(&conn) {
-                    Some(peer) => {
-                        let _ = net
-                            .send(NetEvent::Up {
-                                peer,
-                                conn,
-                                dialed: false,
-                            })
-                            .await;
+                Ok(conn) => {
+                    let Some(peer) = tls::peer_of(&conn) else {
+                        conn.close(1u32.into(), b"no identity");
+                        return;
+                    };
+                    match alpn_of(&conn).as_deref() {
+                        Some(OVERLAY_ALPN) => {
+                            let admitted =
+                                admission.read().map(|a| a.admits(&peer)).unwrap_or(false);
+                            if !admitted {
+                                metrics::counter!("chatd_cluster_admission_refused_total")
+                                    .increment(1);
+                                tracing::warn!(peer = %Id(peer), remote = %conn.remote_address(),
+                                    "refused a server that is not in the cluster allowlist");
+                                conn.close(4u32.into(), b"not a member of this cluster");
+                                return;
+                            }
+                            let _ = net
+                                .send(NetEvent::Up {
+                                    peer,
+                                    conn,
+                                    dialed: false,
+                                })
+                                .await;
+                        }
+                        Some(CLIENT_ALPN) => {
+                            if clients.try_send((peer, conn.clone())).is_err() {
+                                metrics::counter!("chatd_clients_refused_total").increment(1);
+                                conn.close(5u32.into(), b"server busy");
+                            }
+                        }
+                        _ => conn.close(6u32.into(), b"unsupported protocol"),
                     }
-                    None => conn.close(1u32.into(), b"no identity"),
-                },
+                }
                 Err(e) => {
                     metrics::counter!("chatd_overlay_handshake_failures_total").increment(1);
                     tracing::debug!(error = %e, "incoming handshake failed");

@@ -10,16 +10,20 @@
 //! - [`membership`]: the live server set (signed announces, leaves and
 //!   suspicions; failure detection).
 //! - [`peertable`]: signed peer records, merge rules, lookup, anti-entropy
-//!   digests (pure; not wired to the network yet).
+//!   digests (pure).
+//! - [`registry`]: the client protocol (`chatd-client/1`) and the
+//!   replicated peer table; [`client`]: its client side.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
 //!
 //! The binary (`src/main.rs`) wires them into `chatd serve`, `keygen`, `id`
 //! and `status`.
 
 pub mod admin;
+pub mod client;
 pub mod config;
 pub mod driver;
 pub mod identity;
 pub mod membership;
 pub mod peertable;
+pub mod registry;
 pub mod tls;

@@ -19,8 +19,9 @@ use std::time::Duration;
 /// Start a second one that joins the first (its id is printed at start):
 ///     chatd serve --listen 127.0.0.1:7001 --admin 127.0.0.1:9101 \
 ///         --data-dir ./two --bootstrap ID@127.0.0.1:7000
-/// Ask a server how it is doing:
+/// Ask a server how it is doing, and which server a client should use:
 ///     chatd status --admin 127.0.0.1:9100
+///     chatd lookup --server ID@127.0.0.1:7000
 #[derive(Parser, Debug)]
 #[command(name = "chatd", version, verbatim_doc_comment)]
 struct Cli {
@@ -49,6 +50,23 @@ enum Command {
         /// The server's admin address.
         #[arg(long, default_value = config::DEFAULT_ADMIN)]
         admin: SocketAddr,
+    },
+    /// Ask a server, as a client would: which server to use (least loaded
+    /// live server first), or where a peer is (--peer / --name).
+    Lookup {
+        /// Server to ask, ID@HOST:PORT; repeat to give fallbacks (the next
+        /// is tried when one does not answer).
+        #[arg(long = "server", value_name = "ID@HOST:PORT", required = true)]
+        servers: Vec<ServerAddr>,
+        /// Find this peer by id.
+        #[arg(long, conflicts_with = "name")]
+        peer: Option<Id>,
+        /// Find the freshest peer with this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Client key file (default: a throwaway key).
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }
 
@@ -87,6 +105,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -101,6 +120,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { admin } => status(admin),
+        Command::Lookup {
+            servers,
+            peer,
+            name,
+            key,
+        } => lookup(servers, peer, name, key),
         Command::Serve(args) => serve(args),
     }
 }
@@ -116,6 +141,62 @@ fn status(admin: SocketAddr) -> anyhow::Result<()> {
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     print!("{body}");
     Ok(())
+}
+
+fn lookup(
+    servers: Vec<ServerAddr>,
+    peer: Option<Id>,
+    name: Option<String>,
+    key: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let keypair = match key {
+        Some(path) => Keypair::load(&path)?,
+        None => Keypair::generate(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let client = chatd::client::Client::new(keypair, "0.0.0.0:0".parse()?)?;
+        let session = client.connect_any(&servers).await?;
+        let record = match (peer, name) {
+            (Some(id), _) => Some(session.lookup(id.0).await?),
+            (None, Some(name)) => Some(session.lookup_name(&name).await?),
+            (None, None) => None,
+        };
+        match record {
+            Some(Some(r)) => {
+                let b = &r.body;
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "peer": Id(b.peer).to_string(),
+                        "name": b.name,
+                        "home_server": Id(b.home_server).to_string(),
+                        "public_addr": b.public_addr.map(|a| a.to_string()),
+                        "private_addrs": b.private_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                        "seq": b.seq,
+                    })
+                );
+            }
+            Some(None) => anyhow::bail!("no such peer is online"),
+            None => {
+                for s in session.servers().await? {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "id": Id(s.id).to_string(),
+                            "addr": s.addrs.first().map(|a| format!("{}@{a}", Id(s.id))),
+                            "clients": s.clients,
+                            "capacity": s.capacity,
+                            "load": s.load(),
+                        })
+                    );
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -171,6 +252,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             keypair.signing_key().clone(),
             membership_settings(&cfg),
         ));
+        let _registry = chatd::registry::Registry::start(node.clone(), members.clone());
         let alone = cfg.bootstrap.is_empty();
         let (admin, _admin_task) =
             chatd::admin::serve(cfg.admin, node.clone(), members.clone(), metrics, alone).await?;

@@ -378,6 +378,14 @@ impl Service {
         out
     }
 
+    /// Sets the number of clients this server serves (announced with the
+    /// next heartbeat: the load other servers see).
+    pub fn set_clients(&self, clients: u32) {
+        if let Ok(mut me) = self.me.lock() {
+            me.clients = clients;
+        }
+    }
+
     /// The membership table (for tests and status pages).
     pub fn members(&self) -> Arc<Mutex<Members>> {
         self.members.clone()

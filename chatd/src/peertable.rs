@@ -206,6 +206,15 @@ impl PeerTable {
             .max_by_key(|r| r.body.seq)
     }
 
+    /// The home servers of online records.
+    pub fn home_servers(&self) -> std::collections::BTreeSet<PeerId> {
+        self.by_id
+            .values()
+            .filter(|s| s.online)
+            .map(|s| s.record.body.home_server)
+            .collect()
+    }
+
     /// Every record homed on `server` goes offline (the server died or
     /// left; its clients re-register elsewhere with a higher seq).
     pub fn home_server_gone(&mut self, server: &PeerId) -> usize {

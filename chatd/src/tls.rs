@@ -4,8 +4,10 @@
 //! ed25519 identity key. Verification ignores chains, names and validity
 //! dates and checks only what matters here, on both sides:
 //! - the dialer pins the key it expects (from `ID@HOST:PORT`);
-//! - the acceptor admits a server only if its key is in the cluster's
-//!   allowlist (an empty allowlist admits any server: an open cluster);
+//! - the acceptor requires an ed25519 client certificate (the peer's id);
+//!   whether that id may use the negotiated ALPN (cluster admission for
+//!   servers) is decided right after the handshake, by [`Admission`] in the
+//!   driver — rustls does not tell the verifier which ALPN was chosen;
 //! - the TLS 1.3 handshake signature is verified with that key (ring).
 //!
 //! Owns certificates and verifiers. Must not touch sockets (see
@@ -169,14 +171,14 @@ impl Admission {
 /// The admission policy in force, replaceable at run time (SIGHUP).
 pub type SharedAdmission = Arc<RwLock<Admission>>;
 
-/// Acceptor side: any ed25519 client key the admission policy allows.
+/// Acceptor side: any ed25519 client key (identity only; admission is
+/// checked after the handshake, per ALPN).
 #[derive(Debug)]
-struct Admitting {
-    admission: SharedAdmission,
+struct AnyEd25519 {
     algs: WebPkiSupportedAlgorithms,
 }
 
-impl ClientCertVerifier for Admitting {
+impl ClientCertVerifier for AnyEd25519 {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
@@ -187,20 +189,7 @@ impl ClientCertVerifier for Admitting {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let id = peer_id_from_cert(end_entity)?;
-        let admitted = self
-            .admission
-            .read()
-            .map(|a| a.admits(&id))
-            .unwrap_or(false);
-        if !admitted {
-            metrics::counter!("chatd_cluster_admission_refused_total").increment(1);
-            tracing::warn!(peer = %Id(id), "refused a server that is not in the cluster allowlist");
-            return Err(cert_error(format!(
-                "{} is not a member of this cluster",
-                Id(id)
-            )));
-        }
+        peer_id_from_cert(end_entity)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -228,15 +217,8 @@ impl ClientCertVerifier for Admitting {
 }
 
 /// rustls server config: TLS 1.3, mutual authentication, `alpn`.
-pub fn server_config(
-    creds: &Credentials,
-    admission: SharedAdmission,
-    alpn: &[&[u8]],
-) -> anyhow::Result<rustls::ServerConfig> {
-    let verifier = Arc::new(Admitting {
-        admission,
-        algs: algorithms(),
-    });
+pub fn server_config(creds: &Credentials, alpn: &[&[u8]]) -> anyhow::Result<rustls::ServerConfig> {
+    let verifier = Arc::new(AnyEd25519 { algs: algorithms() });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)

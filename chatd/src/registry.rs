@@ -1,0 +1,249 @@
+//! The client protocol (ALPN `chatd-client/1`) and the replicated peer
+//! table behind it.
+//!
+//! A client connects with its own ed25519 certificate (its peer id), then
+//! sends requests, one per bidirectional stream: a u32-framed postcard
+//! [`Request`], answered by one [`Response`]. `Register` takes a record the
+//! client signed; the server checks that the record is the connection's own
+//! (`peer`), names this server as home, then merges it and broadcasts it
+//! (payload tag 2) so every server can answer lookups in O(1) from memory.
+//!
+//! Owns the table and the client connections. Must not touch overlay state.
+
+use crate::driver::{ClientConn, Node, NodeEvent};
+use crate::identity::Id;
+use crate::membership::{ServerRecord, Service};
+use crate::peertable::{PeerRecord, PeerTable};
+use bytes::Bytes;
+use overlay::PeerId;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// First byte of a broadcast payload carrying a peer record.
+pub const TAG: u8 = 2;
+/// Largest request or response frame.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// "What address do you see me at?"
+    WhoAmI,
+    /// Store (or refresh) my record; I am `record.body.peer`.
+    Register(PeerRecord),
+    /// Where is this peer?
+    Lookup(PeerId),
+    /// Where is the freshest peer with this name?
+    LookupName(String),
+    /// Which servers are alive, least loaded first?
+    Servers,
+}
+
+/// What the server answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The address the request came from.
+    YouAre(SocketAddr),
+    /// The record is stored and being replicated.
+    Registered,
+    /// The record found, if any.
+    Record(Option<PeerRecord>),
+    /// Live servers, least loaded first.
+    Servers(Vec<ServerRecord>),
+    /// The request was refused.
+    Error(String),
+}
+
+/// Reads one u32-framed message.
+pub async fn read_msg<T: for<'de> Deserialize<'de>>(
+    r: &mut quinn::RecvStream,
+) -> anyhow::Result<T> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    anyhow::ensure!(
+        len <= MAX_FRAME,
+        "frame of {len} bytes is over the {MAX_FRAME}-byte limit"
+    );
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    Ok(postcard::from_bytes(&buf)?)
+}
+
+/// Writes one u32-framed message.
+pub async fn write_msg<T: Serialize>(w: &mut quinn::SendStream, msg: &T) -> anyhow::Result<()> {
+    let body = postcard::to_allocvec(msg)?;
+    w.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    w.write_all(&body).await?;
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The running registry of one server.
+pub struct Registry {
+    table: Arc<Mutex<PeerTable>>,
+}
+
+impl Registry {
+    /// Serves clients of `node` and replicates the table over its overlay.
+    pub fn start(node: Arc<Node>, members: Arc<Service>) -> Registry {
+        let table = Arc::new(Mutex::new(PeerTable::new()));
+        if let Some(clients) = node.take_client_connections() {
+            tokio::spawn(serve_clients(
+                node.clone(),
+                members.clone(),
+                table.clone(),
+                clients,
+            ));
+        }
+        tokio::spawn(replicate(node, members, table.clone()));
+        Registry { table }
+    }
+
+    /// The table (for status and tests).
+    pub fn table(&self) -> Arc<Mutex<PeerTable>> {
+        self.table.clone()
+    }
+}
+
+/// Applies records broadcast by other servers; takes clients of dead
+/// servers offline.
+async fn replicate(node: Arc<Node>, members: Arc<Service>, table: Arc<Mutex<PeerTable>>) {
+    let mut events = node.events();
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(NodeEvent::Delivery(d)) if d.payload.first() == Some(&TAG) => {
+                    match postcard::from_bytes::<PeerRecord>(&d.payload[1..]) {
+                        Ok(record) => {
+                            let res = table.lock().unwrap_or_else(|e| e.into_inner()).merge(record, unix_now());
+                            if let Err(e) = res {
+                                metrics::counter!("chatd_peer_records_rejected_total").increment(1);
+                                tracing::debug!(origin = %Id(d.origin), error = %e, "peer record not applied");
+                            }
+                        }
+                        Err(_) => {
+                            metrics::counter!("chatd_peer_records_rejected_total").increment(1);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = sweep.tick() => {
+                let live: Vec<PeerId> = members.servers().iter().map(|s| s.id).collect();
+                let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+                t.expire(unix_now(), 3600);
+                let homes: Vec<PeerId> = t.home_servers().into_iter().filter(|h| !live.contains(h)).collect();
+                for h in homes {
+                    let n = t.home_server_gone(&h);
+                    if n > 0 {
+                        tracing::info!(server = %Id(h), records = n, "home server gone: its clients are offline");
+                    }
+                }
+                metrics::gauge!("chatd_peer_table_records").set(t.online() as f64);
+            }
+        }
+    }
+}
+
+async fn serve_clients(
+    node: Arc<Node>,
+    members: Arc<Service>,
+    table: Arc<Mutex<PeerTable>>,
+    mut clients: tokio::sync::mpsc::Receiver<ClientConn>,
+) {
+    let registered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    while let Some((peer, conn)) = clients.recv().await {
+        let node = node.clone();
+        let members = members.clone();
+        let table = table.clone();
+        let registered = registered.clone();
+        tokio::spawn(async move {
+            let n = registered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            members.set_clients(u32::try_from(n).unwrap_or(u32::MAX));
+            metrics::gauge!("chatd_clients_registered").increment(1.0);
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let response = match read_msg::<Request>(&mut recv).await {
+                    Ok(req) => handle(req, peer, &conn, &node, &members, &table).await,
+                    Err(e) => {
+                        metrics::counter!("chatd_client_requests_malformed_total").increment(1);
+                        Response::Error(format!("malformed request: {e}"))
+                    }
+                };
+                if write_msg(&mut send, &response).await.is_err() {
+                    break;
+                }
+                let _ = send.finish();
+            }
+            metrics::gauge!("chatd_clients_registered").decrement(1.0);
+            let n = registered.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) - 1;
+            members.set_clients(u32::try_from(n).unwrap_or(u32::MAX));
+        });
+    }
+}
+
+async fn handle(
+    req: Request,
+    peer: PeerId,
+    conn: &quinn::Connection,
+    node: &Node,
+    members: &Service,
+    table: &Mutex<PeerTable>,
+) -> Response {
+    match req {
+        Request::WhoAmI => Response::YouAre(conn.remote_address()),
+        Request::Register(record) => {
+            if record.body.peer != peer {
+                return Response::Error("a client may only register its own record".into());
+            }
+            if record.body.home_server != node.id {
+                return Response::Error("the record must name this server as home".into());
+            }
+            let res = table
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .merge(record.clone(), unix_now());
+            match res {
+                Ok(_) => {
+                    let mut payload = vec![TAG];
+                    payload.extend(postcard::to_allocvec(&record).unwrap_or_default());
+                    if let Err(e) = node.broadcast(Bytes::from(payload)).await {
+                        tracing::warn!(error = %e, "could not replicate a peer record");
+                    }
+                    Response::Registered
+                }
+                Err(e) => Response::Error(e.to_string()),
+            }
+        }
+        Request::Lookup(id) => Response::Record(
+            table
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .lookup(&id)
+                .cloned(),
+        ),
+        Request::LookupName(name) => Response::Record(
+            table
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .lookup_name(&name)
+                .cloned(),
+        ),
+        Request::Servers => {
+            let mut servers = members.servers();
+            servers.sort_by(|a, b| a.load().total_cmp(&b.load()).then(a.id.cmp(&b.id)));
+            Response::Servers(servers)
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! The real `chatd` binary, run as child processes on 127.0.0.1: servers
+//! find each other, a killed server is dropped and comes back after a
+//! restart with the same key, and garbage on the QUIC and admin ports does
+//! not stop a server. Every wait has a deadline; every child is killed when
+//! its test ends, also when an assertion fails (the `Cluster` drop guard).
+//! Observes the servers only through what they print on start and through
+//! their admin endpoint (`/status`, `/healthz`, `/readyz`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_chatd");
+/// How often the admin endpoint is polled.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path =
+            std::env::temp_dir().join(format!("chatd-processes-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One server: its directory, key id, ports and (while running) process.
+struct Server {
+    dir: PathBuf,
+    id: String,
+    quic: u16,
+    admin: u16,
+    child: Option<Child>,
+}
+
+/// Servers started by one test. Dropping it kills every child it started.
+struct Cluster {
+    servers: Vec<Server>,
+    allow: Vec<String>,
+    // Dropped after `Drop::drop` has killed the children.
+    _tmp: TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            if let Some(mut child) = s.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Picks `n` distinct free UDP ports and `n` distinct free TCP ports on
+/// 127.0.0.1 (all sockets are held until every port is chosen).
+fn free_ports(n: usize) -> (Vec<u16>, Vec<u16>) {
+    let udp: Vec<UdpSocket> = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind udp"))
+        .collect();
+    let tcp: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind tcp"))
+        .collect();
+    let port = |a: std::io::Result<SocketAddr>| a.expect("local addr").port();
+    (
+        udp.iter().map(|s| port(s.local_addr())).collect(),
+        tcp.iter().map(|s| port(s.local_addr())).collect(),
+    )
+}
+
+/// Polls `check` every 100 ms until it holds or `limit` has passed.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A plain HTTP/1.1 GET against the admin endpoint: (status code, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nhost: chatd\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// The parsed `/status` document, if the server answers 200 with JSON.
+fn status(port: u16) -> Option<serde_json::Value> {
+    match http_get(port, "/status")? {
+        (200, body) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+/// The ids in a server's active view (None if it does not answer).
+fn active(port: u16) -> Option<Vec<String>> {
+    let s = status(port)?;
+    let ids = s.get("active")?.as_array()?;
+    Some(
+        ids.iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Cluster {
+    /// Makes `n` data dirs with keys (`chatd keygen`) and picks ports; starts
+    /// nothing.
+    fn new(name: &str, n: usize) -> Cluster {
+        let tmp = TempDir::new(name);
+        let (quic, admin) = free_ports(n);
+        let mut servers = Vec::new();
+        for k in 0..n {
+            let dir = tmp.0.join(format!("s{}", k + 1));
+            std::fs::create_dir_all(&dir).expect("create server dir");
+            let out = Command::new(BIN)
+                .arg("keygen")
+                .arg("--out")
+                .arg(dir.join("chatd.key"))
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run chatd keygen");
+            assert!(out.status.success(), "chatd keygen failed: {out:?}");
+            let id = String::from_utf8(out.stdout).expect("utf-8 id");
+            let id = id.trim().to_string();
+            assert_eq!(id.len(), 52, "keygen printed {id:?}");
+            servers.push(Server {
+                dir,
+                id,
+                quic: quic[k],
+                admin: admin[k],
+                child: None,
+            });
+        }
+        let allow = servers.iter().map(|s| s.id.clone()).collect();
+        Cluster {
+            servers,
+            allow,
+            _tmp: tmp,
+        }
+    }
+
+    /// Starts server `i` (0-based; every other server bootstraps through
+    /// server 0) and waits for the JSON line it prints on start.
+    fn start(&mut self, i: usize) {
+        let boot = format!("{}@127.0.0.1:{}", self.servers[0].id, self.servers[0].quic);
+        let s = &mut self.servers[i];
+        assert!(s.child.is_none(), "server {} is already running", i + 1);
+        let out_path = s.dir.join("out.json");
+        let log_path = s.dir.join("log");
+        let out = File::create(&out_path).expect("create out.json");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", s.quic))
+            .arg("--admin")
+            .arg(format!("127.0.0.1:{}", s.admin))
+            .arg("--data-dir")
+            .arg(&s.dir)
+            .arg("--preset")
+            .arg("local");
+        for id in &self.allow {
+            cmd.arg("--allow").arg(id);
+        }
+        if i > 0 {
+            cmd.arg("--bootstrap").arg(&boot);
+        }
+        let child = cmd
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(log)
+            .spawn()
+            .expect("spawn chatd serve");
+        s.child = Some(child);
+
+        // The one line on stdout: {"id":..,"addr":..,"admin":..}.
+        let mut line = String::new();
+        let mut exited = None;
+        let printed = eventually(Duration::from_secs(20), || {
+            if let Some(c) = s.child.as_mut()
+                && let Ok(Some(code)) = c.try_wait()
+            {
+                exited = Some(code);
+                return true;
+            }
+            line = std::fs::read_to_string(&out_path).unwrap_or_default();
+            line.ends_with('\n')
+        });
+        assert!(
+            printed && exited.is_none(),
+            "server {} did not start (exit: {exited:?}); log:\n{}",
+            i + 1,
+            tail(&log_path, 20)
+        );
+        let v: serde_json::Value = serde_json::from_str(line.trim()).expect("start line is JSON");
+        assert_eq!(v["id"], s.id.as_str(), "{line}");
+        assert_eq!(
+            v["addr"],
+            format!("{}@127.0.0.1:{}", s.id, s.quic).as_str(),
+            "{line}"
+        );
+        assert_eq!(
+            v["admin"],
+            format!("http://127.0.0.1:{}", s.admin).as_str(),
+            "{line}"
+        );
+    }
+
+    /// SIGKILLs server `i` and reaps it.
+    fn kill(&mut self, i: usize) {
+        let mut child = self.servers[i].child.take().expect("server is running");
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+    }
+
+    /// Each running server's active view, or its log tail if it does not
+    /// answer: for assertion messages.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for (k, s) in self.servers.iter().enumerate() {
+            let view = match (&s.child, status(s.admin)) {
+                (None, _) => "not running".to_string(),
+                (Some(_), Some(st)) => st.to_string(),
+                (Some(_), None) => {
+                    format!("no /status answer; log:\n{}", tail(&s.dir.join("log"), 10))
+                }
+            };
+            out += &format!("server {} ({}): {view}\n", k + 1, s.id);
+        }
+        out
+    }
+
+    /// Waits until every server in `which` has exactly the servers in
+    /// `which` (minus itself) as its active view.
+    fn wait_full_mesh(&self, which: &[usize], limit: Duration) {
+        let ok = eventually(limit, || {
+            which.iter().all(|&i| {
+                let mut want: Vec<&str> = which
+                    .iter()
+                    .filter(|&&j| j != i)
+                    .map(|&j| self.servers[j].id.as_str())
+                    .collect();
+                want.sort_unstable();
+                active(self.servers[i].admin).is_some_and(|mut got| {
+                    got.sort_unstable();
+                    got == want
+                })
+            })
+        });
+        assert!(
+            ok,
+            "servers {which:?} (0-based) did not all become neighbors of each other within {limit:?}:\n{}",
+            self.describe()
+        );
+    }
+}
+
+#[test]
+fn five_servers_see_each_other() {
+    let mut c = Cluster::new("five", 5);
+    for i in 0..5 {
+        c.start(i);
+    }
+    // Views hold 5, so five servers end up all linked to each other.
+    c.wait_full_mesh(&[0, 1, 2, 3, 4], Duration::from_secs(30));
+    for s in &c.servers {
+        let st = status(s.admin).expect("status");
+        assert_eq!(st["id"], s.id.as_str());
+        assert_eq!(st["ready"], true, "{st}");
+        assert!(st["links"].as_u64().is_some_and(|l| l >= 4), "{st}");
+        assert_eq!(http_get(s.admin, "/readyz").map(|r| r.0), Some(200));
+    }
+
+    // SIGTERM: the server leaves the overlay and exits 0; the others drop it.
+    let pid = c.servers[4].child.as_ref().expect("running").id();
+    let sent = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let mut code = None;
+    let exited = eventually(Duration::from_secs(10), || {
+        code = c.servers[4]
+            .child
+            .as_mut()
+            .and_then(|ch| ch.try_wait().ok().flatten());
+        code.is_some()
+    });
+    assert!(exited, "server 5 did not exit within 10 s of SIGTERM");
+    assert!(code.is_some_and(|c| c.success()), "exit status {code:?}");
+    c.servers[4].child = None;
+    c.wait_full_mesh(&[0, 1, 2, 3], Duration::from_secs(30));
+}
+
+#[test]
+fn a_killed_server_is_dropped_and_rejoins_after_restart() {
+    let mut c = Cluster::new("restart", 4);
+    for i in 0..4 {
+        c.start(i);
+    }
+    c.wait_full_mesh(&[0, 1, 2, 3], Duration::from_secs(30));
+
+    // SIGKILL server 3: no goodbye, the others notice by QUIC idle timeout.
+    c.kill(2);
+    let gone = c.servers[2].id.clone();
+    let dropped = eventually(Duration::from_secs(30), || {
+        [0, 1, 3]
+            .iter()
+            .all(|&i| active(c.servers[i].admin).is_some_and(|a| !a.contains(&gone)))
+    });
+    assert!(
+        dropped,
+        "the others still list the killed server 3 after 30 s:\n{}",
+        c.describe()
+    );
+
+    // Same data dir (same key), same ports: it joins again and the others
+    // take it back.
+    c.start(2);
+    let rejoined = eventually(Duration::from_secs(30), || {
+        active(c.servers[2].admin).is_some_and(|a| !a.is_empty())
+            && [0, 1, 3]
+                .iter()
+                .all(|&i| active(c.servers[i].admin).is_some_and(|a| a.contains(&gone)))
+    });
+    assert!(
+        rejoined,
+        "restarted server 3 did not rejoin within 30 s:\n{}",
+        c.describe()
+    );
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+fn garbage(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn malformed_traffic_is_refused_and_the_server_keeps_serving() {
+    let mut c = Cluster::new("garbage", 1);
+    c.start(0);
+    let (quic, admin) = (c.servers[0].quic, c.servers[0].admin);
+    assert_eq!(http_get(admin, "/healthz").map(|r| r.0), Some(200));
+
+    // QUIC port: random datagrams, and some that look like QUIC v1 Initial
+    // packets (long header, version 1, connection ids) with a garbage body.
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    let target = SocketAddr::from(([127, 0, 0, 1], quic));
+    for k in 0..50u64 {
+        let mut d = garbage(k + 1, 100 + (k as usize * 37) % 400);
+        if k % 5 == 0 {
+            d = garbage(k + 1000, 1200);
+            d[0] = 0xC0 | (d[0] & 0x0F); // long header, Initial
+            d[1..5].copy_from_slice(&1u32.to_be_bytes()); // QUIC v1
+            d[5] = 8; // destination connection id length
+            d[14] = 8; // source connection id length
+        }
+        udp.send_to(&d, target).expect("send datagram");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    // Admin port: not HTTP, an oversized blob, and connections that never
+    // send anything (held open while the server is checked below).
+    let addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let connect = || {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).expect("connect admin");
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+        s
+    };
+    for payload in [b"NOT HTTP\r\n\r\n".to_vec(), garbage(7, 10 * 1024)] {
+        let mut s = connect();
+        let _ = s.write_all(&payload); // may be cut off by the server: fine
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    let idle: Vec<TcpStream> = (0..10).map(|_| connect()).collect();
+
+    let st = status(admin).expect("/status answers and parses after the garbage");
+    assert_eq!(st["id"], c.servers[0].id.as_str());
+    assert_eq!(http_get(admin, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(admin, "/readyz").map(|r| r.0), Some(200));
+    drop(idle);
+    let running = c.servers[0]
+        .child
+        .as_mut()
+        .expect("started")
+        .try_wait()
+        .expect("try_wait");
+    assert!(
+        running.is_none(),
+        "the server exited: {running:?}; log:\n{}",
+        tail(&c.servers[0].dir.join("log"), 20)
+    );
+}
