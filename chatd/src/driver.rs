@@ -103,7 +103,12 @@ pub enum NodeEvent {
     /// A connection to this server failed: it timed out, was reset, or could
     /// not be dialed (not a graceful DISCONNECT). Input to failure detection.
     PeerFailed(PeerId),
+    /// A server became an overlay neighbor (anti-entropy runs now).
+    NeighborUp(PeerId),
 }
+
+/// A bidirectional stream a neighbor opened on its overlay connection.
+pub type AppStream = (PeerId, quinn::SendStream, quinn::RecvStream);
 
 /// A receiver of the broadcasts delivered to a node.
 pub struct Deliveries(broadcast::Receiver<NodeEvent>);
@@ -129,6 +134,8 @@ enum Command {
     Broadcast(Bytes, oneshot::Sender<Result<MessageId, BroadcastError>>),
     Snapshot(oneshot::Sender<Snapshot>),
     Leave(oneshot::Sender<()>),
+    Connection(PeerId, oneshot::Sender<Option<quinn::Connection>>),
+    Block(std::collections::BTreeSet<PeerId>),
 }
 
 enum NetEvent {
@@ -163,6 +170,7 @@ pub struct Node {
     endpoint: quinn::Endpoint,
     admission: SharedAdmission,
     clients: std::sync::Mutex<Option<mpsc::Receiver<ClientConn>>>,
+    app_streams: std::sync::Mutex<Option<mpsc::Receiver<AppStream>>>,
 }
 
 impl Node {
@@ -184,6 +192,7 @@ impl Node {
         let (net_tx, net_rx) = mpsc::channel(4096);
         let (events, _) = broadcast::channel(4096);
         let (client_tx, client_rx) = mpsc::channel(256);
+        let (app_tx, app_rx) = mpsc::channel(64);
         tokio::spawn(accept_loop(
             endpoint.clone(),
             net_tx.clone(),
@@ -215,6 +224,8 @@ impl Node {
             dropped: 0,
             deferred: Vec::new(),
             closing: Vec::new(),
+            blocked: std::collections::BTreeSet::new(),
+            app_streams: app_tx,
         };
         let contacts: Vec<PeerInfo<PeerId>> = cfg
             .bootstrap
@@ -236,7 +247,34 @@ impl Node {
             endpoint,
             admission,
             clients: std::sync::Mutex::new(Some(client_rx)),
+            app_streams: std::sync::Mutex::new(Some(app_rx)),
         })
+    }
+
+    /// Bidirectional streams neighbors open on overlay connections (once;
+    /// later calls get `None`).
+    pub fn take_app_streams(&self) -> Option<mpsc::Receiver<AppStream>> {
+        self.app_streams.lock().ok()?.take()
+    }
+
+    /// Opens a bidirectional stream to `peer` on its overlay connection.
+    pub async fn open_bi(
+        &self,
+        peer: PeerId,
+    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Connection(peer, tx)).await?;
+        let conn = rx
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no connection to {}", Id(peer)))?;
+        Ok(conn.open_bi().await?)
+    }
+
+    /// Fault injection (tests, drills): cuts every link to these servers and
+    /// refuses new ones until called again with a smaller set.
+    pub async fn block(&self, peers: std::collections::BTreeSet<PeerId>) -> anyhow::Result<()> {
+        self.commands.send(Command::Block(peers)).await?;
+        Ok(())
     }
 
     /// The stream of accepted client connections (once; later calls get
@@ -419,6 +457,9 @@ struct Core {
     deferred: Vec<Input<PeerId>>,
     /// Writers of links being closed: they flush, then close.
     closing: Vec<tokio::task::JoinHandle<()>>,
+    /// Fault injection: servers we pretend not to reach.
+    blocked: std::collections::BTreeSet<PeerId>,
+    app_streams: mpsc::Sender<AppStream>,
 }
 
 /// How long a connection to a peer that is not a neighbor stays open idle.
@@ -457,6 +498,19 @@ impl Core {
                     }
                     Some(Command::Snapshot(reply)) => {
                         let _ = reply.send(self.snapshot());
+                    }
+                    Some(Command::Connection(peer, reply)) => {
+                        let _ = reply.send(self.links.get(&peer).map(|l| l.conn.clone()));
+                    }
+                    Some(Command::Block(peers)) => {
+                        let newly: Vec<PeerId> = peers.difference(&self.blocked).copied().collect();
+                        self.blocked = peers;
+                        for p in newly {
+                            if let Some(link) = self.links.remove(&p) {
+                                link.conn.close(7u32.into(), b"partitioned (fault injection)");
+                                self.input(Input::PeerDown(p));
+                            }
+                        }
                     }
                     Some(Command::Leave(reply)) => {
                         self.input(Input::Leave);
@@ -550,7 +604,10 @@ impl Core {
 
     fn event(&mut self, event: Event<PeerId>) {
         match event {
-            Event::NeighborUp(p) => tracing::info!(peer = %Id(p), "neighbor up"),
+            Event::NeighborUp(p) => {
+                tracing::info!(peer = %Id(p), "neighbor up");
+                let _ = self.events.send(NodeEvent::NeighborUp(p));
+            }
             Event::NeighborDown(p) => tracing::info!(peer = %Id(p), "neighbor down"),
             Event::Received(d) => {
                 metrics::counter!("chatd_broadcast_payloads_received_total").increment(1);
@@ -583,6 +640,10 @@ impl Core {
     }
 
     fn send(&mut self, to: PeerId, frame: Bytes) {
+        if self.blocked.contains(&to) {
+            self.deferred.push(Input::PeerDown(to));
+            return;
+        }
         if let Some(link) = self.links.get_mut(&to) {
             link.last_used = Instant::now();
             match link.tx.try_send(frame) {
@@ -642,6 +703,7 @@ impl Core {
                     self.input(Input::PeerDown(peer));
                 }
             }
+            NetEvent::Frame { peer, .. } if self.blocked.contains(&peer) => {}
             NetEvent::Frame {
                 peer,
                 conn_id,
@@ -671,6 +733,13 @@ impl Core {
             conn.close(3u32.into(), b"connected to self");
             return;
         }
+        if self.blocked.contains(&peer) {
+            conn.close(7u32.into(), b"partitioned (fault injection)");
+            if self.dialing.remove(&peer).is_some() {
+                self.input(Input::PeerDown(peer));
+            }
+            return;
+        }
         if let Some(existing) = self.links.get(&peer) {
             // Both sides dialed at once: keep the connection dialed by the
             // lower id, on both sides alike.
@@ -693,6 +762,15 @@ impl Core {
             max_frame,
             self.net_tx.clone(),
         ));
+        let app = self.app_streams.clone();
+        let c = conn.clone();
+        tokio::spawn(async move {
+            while let Ok((send, recv)) = c.accept_bi().await {
+                if app.send((peer, send, recv)).await.is_err() {
+                    return;
+                }
+            }
+        });
         let queued = self.dialing.remove(&peer).unwrap_or_default();
         for frame in queued {
             if tx.try_send(frame).is_err() {

@@ -464,7 +464,7 @@ async fn run(
                         let _ = node.broadcast(msg.to_payload()).await;
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Ok(NodeEvent::NeighborUp(_)) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
         }

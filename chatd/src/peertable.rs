@@ -206,6 +206,16 @@ impl PeerTable {
             .max_by_key(|r| r.body.seq)
     }
 
+    /// Recomputes which records are online: not expired and homed on a
+    /// live server. A home server that comes back (a healed partition, a
+    /// refuted suspicion) brings its clients' records back.
+    pub fn refresh_online(&mut self, live: &std::collections::BTreeSet<PeerId>, now_unix: u64) {
+        for s in self.by_id.values_mut() {
+            s.online =
+                s.record.body.expires_at > now_unix && live.contains(&s.record.body.home_server);
+        }
+    }
+
     /// The home servers of online records.
     pub fn home_servers(&self) -> std::collections::BTreeSet<PeerId> {
         self.by_id

@@ -8,6 +8,13 @@
 //! (`peer`), names this server as home, then merges it and broadcasts it
 //! (payload tag 2) so every server can answer lookups in O(1) from memory.
 //!
+//! **Anti-entropy.** When two servers become overlay neighbors, the one with
+//! the lower id opens a stream on their connection and they compare the
+//! table's 256 bucket digests, then the `(peer, seq)` lists of differing
+//! buckets, then send each other the newer records; what a server learns this
+//! way it re-broadcasts, so both sides of a healed partition converge without
+//! a restart.
+//!
 //! Owns the table and the client connections. Must not touch overlay state.
 
 use crate::driver::{ClientConn, Node, NodeEvent};
@@ -56,16 +63,27 @@ pub enum Response {
     Error(String),
 }
 
-/// Reads one u32-framed message.
+/// Largest anti-entropy frame (version lists of a large table).
+pub const MAX_SYNC_FRAME: usize = 16 * 1024 * 1024;
+
+/// Reads one u32-framed message of at most [`MAX_FRAME`] bytes.
 pub async fn read_msg<T: for<'de> Deserialize<'de>>(
     r: &mut quinn::RecvStream,
+) -> anyhow::Result<T> {
+    read_msg_max(r, MAX_FRAME).await
+}
+
+/// Reads one u32-framed message of at most `max` bytes.
+pub async fn read_msg_max<T: for<'de> Deserialize<'de>>(
+    r: &mut quinn::RecvStream,
+    max: usize,
 ) -> anyhow::Result<T> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     anyhow::ensure!(
-        len <= MAX_FRAME,
-        "frame of {len} bytes is over the {MAX_FRAME}-byte limit"
+        len <= max,
+        "frame of {len} bytes is over the {max}-byte limit"
     );
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).await?;
@@ -104,6 +122,9 @@ impl Registry {
                 clients,
             ));
         }
+        if let Some(streams) = node.take_app_streams() {
+            tokio::spawn(answer_syncs(node.clone(), table.clone(), streams));
+        }
         tokio::spawn(replicate(node, members, table.clone()));
         Registry { table }
     }
@@ -136,21 +157,24 @@ async fn replicate(node: Arc<Node>, members: Arc<Service>, table: Arc<Mutex<Peer
                         }
                     }
                 }
+                Ok(NodeEvent::NeighborUp(peer)) if node.id < peer => {
+                    let (node, table) = (node.clone(), table.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = sync_with(&node, &table, peer).await {
+                            tracing::debug!(peer = %Id(peer), error = %e, "anti-entropy did not complete");
+                        }
+                    });
+                }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
             _ = sweep.tick() => {
-                let live: Vec<PeerId> = members.servers().iter().map(|s| s.id).collect();
+                let live: std::collections::BTreeSet<PeerId> =
+                    members.servers().iter().map(|s| s.id).collect();
                 let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
                 t.expire(unix_now(), 3600);
-                let homes: Vec<PeerId> = t.home_servers().into_iter().filter(|h| !live.contains(h)).collect();
-                for h in homes {
-                    let n = t.home_server_gone(&h);
-                    if n > 0 {
-                        tracing::info!(server = %Id(h), records = n, "home server gone: its clients are offline");
-                    }
-                }
+                t.refresh_online(&live, unix_now());
                 metrics::gauge!("chatd_peer_table_records").set(t.online() as f64);
             }
         }
@@ -245,5 +269,140 @@ async fn handle(
             servers.sort_by(|a, b| a.load().total_cmp(&b.load()).then(a.id.cmp(&b.id)));
             Response::Servers(servers)
         }
+    }
+}
+
+/// Anti-entropy messages, on a stream of the overlay connection.
+#[derive(Debug, Serialize, Deserialize)]
+enum Sync {
+    Digest(Vec<u64>),
+    Versions {
+        buckets: Vec<u8>,
+        versions: Vec<(PeerId, u64)>,
+    },
+    Records {
+        records: Vec<PeerRecord>,
+        versions: Vec<(PeerId, u64)>,
+    },
+}
+
+fn versions_of(table: &Mutex<PeerTable>, buckets: &[u8]) -> Vec<(PeerId, u64)> {
+    let t = table.lock().unwrap_or_else(|e| e.into_inner());
+    buckets.iter().flat_map(|b| t.bucket_versions(*b)).collect()
+}
+
+/// Merges records learned from a neighbor and re-broadcasts the new ones.
+async fn absorb(node: &Node, table: &Mutex<PeerTable>, records: Vec<PeerRecord>) -> usize {
+    let mut fresh = Vec::new();
+    {
+        let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+        for r in records {
+            if t.merge(r.clone(), unix_now()).is_ok() {
+                fresh.push(r);
+            }
+        }
+    }
+    for r in &fresh {
+        let mut payload = vec![TAG];
+        payload.extend(postcard::to_allocvec(r).unwrap_or_default());
+        let _ = node.broadcast(Bytes::from(payload)).await;
+    }
+    if !fresh.is_empty() {
+        metrics::counter!("chatd_peer_records_repaired_total").increment(fresh.len() as u64);
+    }
+    fresh.len()
+}
+
+/// The initiating side of one anti-entropy exchange with `peer`.
+async fn sync_with(node: &Node, table: &Mutex<PeerTable>, peer: PeerId) -> anyhow::Result<()> {
+    let (mut send, mut recv) = node.open_bi(peer).await?;
+    let digest = table
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .digest()
+        .to_vec();
+    write_msg(&mut send, &Sync::Digest(digest)).await?;
+    let Sync::Versions { buckets, versions } = read_msg_max(&mut recv, MAX_SYNC_FRAME).await?
+    else {
+        anyhow::bail!("expected versions");
+    };
+    let ours = versions_of(table, &buckets);
+    let newer = table
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .newer_than(&buckets, &versions);
+    write_msg(
+        &mut send,
+        &Sync::Records {
+            records: newer,
+            versions: ours,
+        },
+    )
+    .await?;
+    send.finish()?;
+    let Sync::Records { records, .. } = read_msg_max(&mut recv, MAX_SYNC_FRAME).await? else {
+        anyhow::bail!("expected records");
+    };
+    let n = absorb(node, table, records).await;
+    tracing::debug!(peer = %Id(peer), learned = n, "anti-entropy done");
+    Ok(())
+}
+
+/// The answering side: one task per stream a neighbor opens.
+async fn answer_syncs(
+    node: Arc<Node>,
+    table: Arc<Mutex<PeerTable>>,
+    mut streams: tokio::sync::mpsc::Receiver<crate::driver::AppStream>,
+) {
+    while let Some((peer, mut send, mut recv)) = streams.recv().await {
+        let (node, table) = (node.clone(), table.clone());
+        tokio::spawn(async move {
+            let res: anyhow::Result<()> = async {
+                let Sync::Digest(theirs) = read_msg_max(&mut recv, MAX_SYNC_FRAME).await? else {
+                    anyhow::bail!("expected a digest");
+                };
+                let theirs: [u64; 256] = theirs
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("digest must have 256 buckets"))?;
+                let buckets = table
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .differing(&theirs);
+                let versions = versions_of(&table, &buckets);
+                write_msg(
+                    &mut send,
+                    &Sync::Versions {
+                        buckets: buckets.clone(),
+                        versions,
+                    },
+                )
+                .await?;
+                let Sync::Records { records, versions } =
+                    read_msg_max(&mut recv, MAX_SYNC_FRAME).await?
+                else {
+                    anyhow::bail!("expected records");
+                };
+                let newer = table
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .newer_than(&buckets, &versions);
+                write_msg(
+                    &mut send,
+                    &Sync::Records {
+                        records: newer,
+                        versions: Vec::new(),
+                    },
+                )
+                .await?;
+                send.finish()?;
+                absorb(&node, &table, records).await;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = res {
+                metrics::counter!("chatd_peer_sync_failures_total").increment(1);
+                tracing::debug!(peer = %Id(peer), error = %e, "anti-entropy request failed");
+            }
+        });
     }
 }

@@ -16,12 +16,12 @@ struct Server {
     _registry: Registry,
 }
 
-async fn cluster(n: u8) -> Vec<Server> {
+async fn cluster(n: u8, seed: u8, overlay_cfg: overlay::Config) -> Vec<Server> {
     let mut out: Vec<Server> = Vec::new();
     for i in 0..n {
-        let k = Keypair::from_seed([60 + i; 32]);
+        let k = Keypair::from_seed([seed + i; 32]);
         let mut c = NodeConfig::new("127.0.0.1:0".parse().unwrap());
-        c.overlay = overlay::Config::local();
+        c.overlay = overlay_cfg.clone();
         c.bootstrap = out.first().map(|s| vec![s.node.addr()]).unwrap_or_default();
         let node = Arc::new(Node::start(&k, c).await.unwrap());
         let settings = Settings {
@@ -46,7 +46,7 @@ async fn cluster(n: u8) -> Vec<Server> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_registered_at_server_1_is_found_at_server_5() {
-    let servers = cluster(5).await;
+    let servers = cluster(5, 60, overlay::Config::local()).await;
     // Let the overlay form before registering (replication rides on it).
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -96,6 +96,85 @@ async fn a_record_registered_at_server_1_is_found_at_server_5() {
         "{listed:?}"
     );
     assert_eq!(listed[0].clients, 0);
+    for s in &servers {
+        s.node.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+async fn lookup_everywhere(servers: &[Server], client: &Client, name: &str) -> Vec<bool> {
+    let mut found = Vec::new();
+    for s in servers {
+        let session = client.connect(s.node.addr()).await.unwrap();
+        found.push(session.lookup_name(name).await.unwrap().is_some());
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_partition_heals_the_tables_are_equal_again() {
+    // Payloads are forgotten after 1 s, so only anti-entropy (not Plumtree
+    // re-announcing recent messages to new neighbors) can repair the tables.
+    let mut cfg = overlay::Config::local();
+    cfg.plumtree.message_cache_retention = Duration::from_secs(1);
+    cfg.plumtree.seen_retention = Duration::from_secs(2);
+    cfg.plumtree.expiry_interval = Duration::from_millis(200);
+    let servers = cluster(4, 80, cfg).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ids: Vec<_> = servers.iter().map(|s| s.node.id).collect();
+    // Split {0, 1} | {2, 3}.
+    for (i, s) in servers.iter().enumerate() {
+        let other_side = if i < 2 { &ids[2..] } else { &ids[..2] };
+        s.node
+            .block(other_side.iter().copied().collect())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let alice = Client::new(Keypair::from_seed([11; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let bob = Client::new(Keypair::from_seed([12; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let sa = alice.connect(servers[0].node.addr()).await.unwrap();
+    let a_addr = sa.who_am_i().await.unwrap();
+    sa.register(alice.record(&sa, "alice", a_addr, 1, Duration::from_secs(120)))
+        .await
+        .unwrap();
+    let sb = bob.connect(servers[2].node.addr()).await.unwrap();
+    let b_addr = sb.who_am_i().await.unwrap();
+    sb.register(bob.record(&sb, "bob", b_addr, 1, Duration::from_secs(120)))
+        .await
+        .unwrap();
+
+    let probe = Client::new(Keypair::from_seed([13; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        lookup_everywhere(&servers, &probe, "alice").await,
+        vec![true, true, false, false]
+    );
+    assert_eq!(
+        lookup_everywhere(&servers, &probe, "bob").await,
+        vec![false, false, true, true]
+    );
+    // Long enough that the broadcasts are gone from every cache.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    for s in &servers {
+        s.node.block(Default::default()).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (mut a, mut b) = (vec![], vec![]);
+    while tokio::time::Instant::now() < deadline {
+        a = lookup_everywhere(&servers, &probe, "alice").await;
+        b = lookup_everywhere(&servers, &probe, "bob").await;
+        if a.iter().chain(&b).all(|x| *x) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        (a, b),
+        (vec![true; 4], vec![true; 4]),
+        "tables did not converge after healing"
+    );
     for s in &servers {
         s.node.shutdown(Duration::from_secs(2)).await;
     }
