@@ -144,3 +144,60 @@ async fn a_server_outside_the_allowlist_is_refused() {
         n.shutdown(Duration::from_secs(2)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_from_a_member_are_refused_and_counted() {
+    use chatd::tls::{self, Credentials};
+    let a_key = Keypair::from_seed([31; 32]);
+    let rogue_key = Keypair::from_seed([32; 32]);
+    let allow: BTreeSet<_> = [a_key.id().0, rogue_key.id().0].into();
+    let a = Node::start(&a_key, cfg(vec![], &allow)).await.unwrap();
+    // A member (it passes admission) that speaks garbage on the overlay ALPN.
+    let creds = Credentials::new(&rogue_key).unwrap();
+    let tls = tls::client_config(&creds, a.id, chatd::driver::OVERLAY_ALPN).unwrap();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(std::sync::Arc::new(quic)),
+            a.local_addr,
+            tls::SERVER_NAME,
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let mut s = conn.open_uni().await.unwrap();
+    // A frame of type 0xEE, then a length prefix far over the limit.
+    s.write_all(&[0, 0, 0, 3, 0xEE, 1, 2]).await.unwrap();
+    s.write_all(&[0xFF, 0xFF, 0xFF, 0xFF]).await.unwrap();
+    let _ = s.finish();
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    assert!(closed.is_ok(), "the server closed the connection");
+    let snap = a.snapshot().await.unwrap();
+    assert!(
+        snap.stats.decode_errors >= 1,
+        "decode errors counted: {}",
+        snap.stats.decode_errors
+    );
+    assert!(snap.active.is_empty());
+    // The server keeps serving: a proper member still joins.
+    let b = Node::start(
+        &Keypair::from_seed([33; 32]),
+        cfg(vec![a.addr()], &BTreeSet::new()),
+    )
+    .await
+    .unwrap();
+    let mut allow_b = allow.clone();
+    allow_b.insert(b.id);
+    a.set_admission(Admission { allow: allow_b });
+    let linked = eventually(Duration::from_secs(10), || async {
+        a.snapshot()
+            .await
+            .map(|s| s.active == vec![b.id])
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(linked);
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+}

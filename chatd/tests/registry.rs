@@ -179,3 +179,40 @@ async fn after_a_partition_heals_the_tables_are_equal_again() {
         s.node.shutdown(Duration::from_secs(2)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_of_a_crashed_server_go_offline_everywhere() {
+    let servers = cluster(3, 100, overlay::Config::local()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let carol = Client::new(Keypair::from_seed([14; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let s = carol.connect(servers[2].node.addr()).await.unwrap();
+    let addr = s.who_am_i().await.unwrap();
+    s.register(carol.record(&s, "carol", addr, 1, Duration::from_secs(300)))
+        .await
+        .unwrap();
+    let probe = Client::new(Keypair::from_seed([15; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut seen = vec![];
+    for _ in 0..40 {
+        seen = lookup_everywhere(&servers[..2], &probe, "carol").await;
+        if seen == vec![true, true] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, vec![true, true]);
+    // Carol's home server crashes; within dead_after (4 s) plus a sweep she
+    // is offline at the others (her record does not expire for 5 minutes).
+    servers[2].node.kill();
+    let mut gone = false;
+    for _ in 0..100 {
+        if lookup_everywhere(&servers[..2], &probe, "carol").await == vec![false, false] {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "carol still listed after her home server died");
+    for s in &servers[..2] {
+        s.node.shutdown(Duration::from_secs(2)).await;
+    }
+}
