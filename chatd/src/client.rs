@@ -143,6 +143,17 @@ impl Session {
         }
     }
 
+    /// Withdraws our record: registers a newer one that is already
+    /// expired, which replaces the old one everywhere (records are signed
+    /// by us, so only we can do this).
+    pub async fn deregister(&self, client: &Client, seq: u64) -> anyhow::Result<()> {
+        let addr = self.who_am_i().await?;
+        let mut record = client.record(self, "gone", addr, seq, Duration::ZERO);
+        record.body.expires_at = 0;
+        let record = PeerRecord::sign(client.keypair.signing_key(), record.body);
+        self.register(record).await
+    }
+
     /// Looks a peer up by id.
     pub async fn lookup(&self, peer: PeerId) -> anyhow::Result<Option<PeerRecord>> {
         match self.request(&Request::Lookup(peer)).await? {

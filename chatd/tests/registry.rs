@@ -76,8 +76,26 @@ async fn a_record_registered_at_server_1_is_found_at_server_5() {
         Some(1)
     );
 
+    // Alice deregisters: a newer, expired record replaces hers everywhere.
+    s1.deregister(&alice, 2).await.unwrap();
+    let mut withdrawn = false;
+    for _ in 0..100 {
+        if s5.lookup(alice.id()).await.unwrap().is_none() {
+            withdrawn = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        withdrawn,
+        "server 5 still lists alice after she deregistered"
+    );
+    s1.register(alice.record(&s1, "alice", observed, 3, Duration::from_secs(60)))
+        .await
+        .unwrap();
+
     // Bob cannot register a record for alice, even one alice signed.
-    let replay = alice.record(&s5, "alice", observed, 2, Duration::from_secs(60));
+    let replay = alice.record(&s5, "alice", observed, 4, Duration::from_secs(60));
     assert!(s5.register(replay).await.is_err());
 
     // Which server should a client use: every live server, least loaded
