@@ -386,6 +386,11 @@ impl Service {
         }
     }
 
+    /// The configured client capacity.
+    pub fn capacity(&self) -> u32 {
+        self.me.lock().map(|m| m.capacity).unwrap_or(0)
+    }
+
     /// The membership table (for tests and status pages).
     pub fn members(&self) -> Arc<Mutex<Members>> {
         self.members.clone()

@@ -194,6 +194,12 @@ async fn serve_clients(
         let table = table.clone();
         let registered = registered.clone();
         tokio::spawn(async move {
+            let cap = u64::from(members.capacity());
+            if registered.load(std::sync::atomic::Ordering::Relaxed) >= cap {
+                metrics::counter!("chatd_clients_refused_total").increment(1);
+                conn.close(5u32.into(), b"server full: ask for another server");
+                return;
+            }
             let n = registered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             members.set_clients(u32::try_from(n).unwrap_or(u32::MAX));
             metrics::gauge!("chatd_clients_registered").increment(1.0);

@@ -308,6 +308,50 @@ fn five_servers_see_each_other() {
         assert!(st["links"].as_u64().is_some_and(|l| l >= 4), "{st}");
         assert_eq!(http_get(s.admin, "/readyz").map(|r| r.0), Some(200));
     }
+    // Membership: every server reports all 5 live servers, itself included.
+    let all_five = eventually(Duration::from_secs(20), || {
+        c.servers.iter().all(|s| {
+            status(s.admin).is_some_and(|st| st["servers"].as_array().is_some_and(|a| a.len() == 5))
+        })
+    });
+    assert!(
+        all_five,
+        "not every server lists 5 live servers:\n{}",
+        c.describe()
+    );
+
+    // A record registered at server 1 is found at server 5 (real clients).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr_of = |i: usize| -> chatd::identity::ServerAddr {
+        format!("{}@127.0.0.1:{}", c.servers[i].id, c.servers[i].quic)
+            .parse()
+            .unwrap()
+    };
+    let (first, fifth) = (addr_of(0), addr_of(4));
+    rt.block_on(async {
+        use chatd::client::Client;
+        use chatd::identity::Keypair;
+        let alice = Client::new(Keypair::generate(), "127.0.0.1:0".parse().unwrap()).unwrap();
+        let s1 = alice.connect(first).await.unwrap();
+        let seen = s1.who_am_i().await.unwrap();
+        s1.register(alice.record(&s1, "alice", seen, 1, Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let bob = Client::new(Keypair::generate(), "127.0.0.1:0".parse().unwrap()).unwrap();
+        let s5 = bob.connect(fifth).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut found = None;
+        while found.is_none() && std::time::Instant::now() < deadline {
+            found = s5.lookup_name("alice").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = found.expect("server 5 never learned the record registered at server 1");
+        assert_eq!(r.body.peer, alice.id());
+        assert_eq!(r.body.public_addr, Some(seen));
+    });
 
     // SIGTERM: the server leaves the overlay and exits 0; the others drop it.
     let pid = c.servers[4].child.as_ref().expect("running").id();
