@@ -292,6 +292,17 @@ enum Sync {
     },
 }
 
+fn newer_records(
+    table: &Mutex<PeerTable>,
+    buckets: &[u8],
+    theirs: &[(PeerId, u64)],
+) -> Vec<PeerRecord> {
+    table
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .newer_than(buckets, theirs)
+}
+
 fn versions_of(table: &Mutex<PeerTable>, buckets: &[u8]) -> Vec<(PeerId, u64)> {
     let t = table.lock().unwrap_or_else(|e| e.into_inner());
     buckets.iter().flat_map(|b| t.bucket_versions(*b)).collect()
@@ -333,10 +344,7 @@ async fn sync_with(node: &Node, table: &Mutex<PeerTable>, peer: PeerId) -> anyho
         anyhow::bail!("expected versions");
     };
     let ours = versions_of(table, &buckets);
-    let newer = table
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .newer_than(&buckets, &versions);
+    let newer = newer_records(table, &buckets, &versions);
     write_msg(
         &mut send,
         &Sync::Records {
@@ -388,10 +396,7 @@ async fn answer_syncs(
                 else {
                     anyhow::bail!("expected records");
                 };
-                let newer = table
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .newer_than(&buckets, &versions);
+                let newer = newer_records(&table, &buckets, &versions);
                 write_msg(
                     &mut send,
                     &Sync::Records {
