@@ -34,6 +34,8 @@ pub async fn serve(
     let task = tokio::spawn(async move {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
+                // Out of file descriptors or similar: do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
             let node = node.clone();
@@ -54,9 +56,12 @@ pub async fn serve(
                     "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                     body.len()
                 );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(body.as_bytes()).await;
-                let _ = sock.shutdown().await;
+                let write = async {
+                    sock.write_all(head.as_bytes()).await?;
+                    sock.write_all(body.as_bytes()).await?;
+                    sock.shutdown().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
             });
         }
     });

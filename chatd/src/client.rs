@@ -148,8 +148,8 @@ impl Session {
     /// by us, so only we can do this).
     pub async fn deregister(&self, client: &Client, seq: u64) -> anyhow::Result<()> {
         let addr = self.who_am_i().await?;
-        let mut record = client.record(self, "gone", addr, seq, Duration::ZERO);
-        record.body.expires_at = 0;
+        // Expired as of now: offline at once, kept as a tombstone for a day.
+        let record = client.record(self, "gone", addr, seq, Duration::ZERO);
         let record = PeerRecord::sign(client.keypair.signing_key(), record.body);
         self.register(record).await
     }

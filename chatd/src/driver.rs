@@ -136,6 +136,8 @@ enum Command {
     Leave(oneshot::Sender<()>),
     Connection(PeerId, oneshot::Sender<Option<quinn::Connection>>),
     Block(std::collections::BTreeSet<PeerId>),
+    /// The allowlist changed: close links to servers no longer admitted.
+    Readmit,
 }
 
 enum NetEvent {
@@ -155,6 +157,8 @@ enum NetEvent {
     Closed {
         peer: PeerId,
         conn_id: usize,
+        /// The peer (or we) closed it on purpose, with code 0: not a failure.
+        graceful: bool,
     },
 }
 
@@ -169,6 +173,7 @@ pub struct Node {
     task: tokio::task::JoinHandle<()>,
     endpoint: quinn::Endpoint,
     admission: SharedAdmission,
+    advertise: Vec<SocketAddr>,
     clients: std::sync::Mutex<Option<mpsc::Receiver<ClientConn>>>,
     app_streams: std::sync::Mutex<Option<mpsc::Receiver<AppStream>>>,
 }
@@ -226,6 +231,7 @@ impl Node {
             closing: Vec::new(),
             blocked: std::collections::BTreeSet::new(),
             app_streams: app_tx,
+            admission: admission.clone(),
         };
         let contacts: Vec<PeerInfo<PeerId>> = cfg
             .bootstrap
@@ -246,6 +252,7 @@ impl Node {
             task,
             endpoint,
             admission,
+            advertise,
             clients: std::sync::Mutex::new(Some(client_rx)),
             app_streams: std::sync::Mutex::new(Some(app_rx)),
         })
@@ -289,6 +296,21 @@ impl Node {
         if let Ok(mut a) = self.admission.write() {
             *a = admission;
         }
+        // Established links of servers no longer admitted are closed too.
+        let _ = self.commands.try_send(Command::Readmit);
+    }
+
+    /// Whether `peer` is admitted to the cluster (the allowlist in force).
+    pub fn admits(&self, peer: &PeerId) -> bool {
+        self.admission
+            .read()
+            .map(|a| a.admits(peer))
+            .unwrap_or(false)
+    }
+
+    /// The addresses this server advertises to others.
+    pub fn advertised(&self) -> Vec<SocketAddr> {
+        self.advertise.clone()
     }
 
     /// `ID@HOST:PORT` of this node.
@@ -432,6 +454,7 @@ struct Link {
     conn: quinn::Connection,
     conn_id: usize,
     dialed: bool,
+    established: Instant,
     tx: mpsc::Sender<Bytes>,
     writer: tokio::task::JoinHandle<()>,
     last_used: Instant,
@@ -460,6 +483,7 @@ struct Core {
     /// Fault injection: servers we pretend not to reach.
     blocked: std::collections::BTreeSet<PeerId>,
     app_streams: mpsc::Sender<AppStream>,
+    admission: SharedAdmission,
 }
 
 /// How long a connection to a peer that is not a neighbor stays open idle.
@@ -501,6 +525,21 @@ impl Core {
                     }
                     Some(Command::Connection(peer, reply)) => {
                         let _ = reply.send(self.links.get(&peer).map(|l| l.conn.clone()));
+                    }
+                    Some(Command::Readmit) => {
+                        let refused: Vec<PeerId> = self
+                            .links
+                            .keys()
+                            .filter(|p| !self.admitted(p))
+                            .copied()
+                            .collect();
+                        for p in refused {
+                            if let Some(link) = self.links.remove(&p) {
+                                tracing::warn!(peer = %Id(p), "no longer in the allowlist: disconnecting");
+                                link.conn.close(4u32.into(), b"not a member of this cluster");
+                                self.input(Input::PeerDown(p));
+                            }
+                        }
                     }
                     Some(Command::Block(peers)) => {
                         let newly: Vec<PeerId> = peers.difference(&self.blocked).copied().collect();
@@ -635,6 +674,13 @@ impl Core {
         if let Some(link) = self.links.remove(&peer) {
             drop(link.tx);
             self.closing.retain(|w| !w.is_finished());
+            // A writer stuck on a peer that stopped reading must not keep the
+            // connection alive: close it after the grace in any case.
+            let conn = link.conn;
+            tokio::spawn(async move {
+                tokio::time::sleep(FLUSH_GRACE + Duration::from_secs(1)).await;
+                conn.close(0u32.into(), b"closed");
+            });
             self.closing.push(link.writer);
         }
     }
@@ -716,13 +762,23 @@ impl Core {
                 }
                 self.input(Input::Frame { from: peer, frame });
             }
-            NetEvent::Closed { peer, conn_id } => {
+            NetEvent::Closed {
+                peer,
+                conn_id,
+                graceful,
+            } => {
                 // Only the current link's end is news: links we close
-                // ourselves are removed first.
+                // ourselves are removed first. A graceful close (the peer's
+                // idle sweep, a DISCONNECT, a duplicate) is not a failure: no
+                // suspicion, and no penalty for a peer that is not a neighbor.
                 if self.links.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                     self.links.remove(&peer);
-                    let _ = self.events.send(NodeEvent::PeerFailed(peer));
-                    self.input(Input::PeerDown(peer));
+                    if !graceful {
+                        let _ = self.events.send(NodeEvent::PeerFailed(peer));
+                    }
+                    if !graceful || self.state.is_neighbor(&peer) {
+                        self.input(Input::PeerDown(peer));
+                    }
                 }
             }
         }
@@ -731,6 +787,16 @@ impl Core {
     fn link_up(&mut self, peer: PeerId, conn: quinn::Connection, dialed: bool) {
         if peer == self.me {
             conn.close(3u32.into(), b"connected to self");
+            return;
+        }
+        if !self.admitted(&peer) {
+            // Dialed links too: a peer relayed by a member, or one removed
+            // from the allowlist, gets nothing processed.
+            metrics::counter!("chatd_cluster_admission_refused_total").increment(1);
+            conn.close(4u32.into(), b"not a member of this cluster");
+            if self.dialing.remove(&peer).is_some() {
+                self.input(Input::PeerDown(peer));
+            }
             return;
         }
         if self.blocked.contains(&peer) {
@@ -743,7 +809,10 @@ impl Core {
         if let Some(existing) = self.links.get(&peer) {
             // Both sides dialed at once: keep the connection dialed by the
             // lower id, on both sides alike.
-            let keep_new = dialed == (self.me < peer);
+            // A link older than that is not a simultaneous dial: the peer
+            // reconnected (e.g. it restarted) and the new link wins.
+            let keep_new = dialed == (self.me < peer)
+                || existing.established.elapsed() > Duration::from_secs(2);
             if !keep_new && existing.dialed != dialed {
                 conn.close(0u32.into(), b"duplicate connection");
                 return;
@@ -783,6 +852,7 @@ impl Core {
                 conn,
                 conn_id,
                 dialed,
+                established: Instant::now(),
                 tx,
                 writer,
                 last_used: Instant::now(),
@@ -790,8 +860,22 @@ impl Core {
         );
     }
 
-    /// Closes connections to peers that are not neighbors and were idle.
+    fn admitted(&self, peer: &PeerId) -> bool {
+        self.admission
+            .read()
+            .map(|a| a.admits(peer))
+            .unwrap_or(false)
+    }
+
+    /// Closes connections to peers that are not neighbors and were idle,
+    /// and forgets addresses of peers the core no longer knows.
     fn sweep_idle_links(&mut self) {
+        let state = &self.state;
+        let links = &self.links;
+        let dialing = &self.dialing;
+        self.addrs.retain(|p, _| {
+            state.peer_data(p).is_some() || links.contains_key(p) || dialing.contains_key(p)
+        });
         let idle: Vec<PeerId> = self
             .links
             .iter()
@@ -899,5 +983,18 @@ async fn reader(
             }
         }
     }
-    let _ = net.send(NetEvent::Closed { peer, conn_id }).await;
+    let graceful = matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::LocallyClosed)
+    ) || matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(ref c)) if c.error_code == 0u32.into()
+    );
+    let _ = net
+        .send(NetEvent::Closed {
+            peer,
+            conn_id,
+            graceful,
+        })
+        .await;
 }

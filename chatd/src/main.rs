@@ -233,6 +233,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let mut signals = Signals::install()?;
         let metrics = chatd::admin::install_recorder()?;
         let mut node_cfg = NodeConfig::new(cfg.listen);
         node_cfg.advertise = cfg.advertise.clone();
@@ -279,7 +280,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
             });
         }
-        while let Signal::Reload = wait_for_signal().await {
+        while let Signal::Reload = signals.next().await {
             reload(&args, &node);
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -313,20 +314,30 @@ enum Signal {
     Reload,
 }
 
-/// SIGTERM or Ctrl-C: stop. SIGHUP: reload.
-async fn wait_for_signal() -> Signal {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return Signal::Stop;
-    };
-    tokio::select! {
-        _ = term.recv() => Signal::Stop,
-        _ = tokio::signal::ctrl_c() => Signal::Stop,
-        _ = hup.recv() => Signal::Reload,
+/// SIGTERM, SIGINT (Ctrl-C) and SIGHUP, installed once before anything
+/// starts, so none is lost during startup or between two reloads.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
+        }
     }
 }
 

@@ -277,8 +277,10 @@ impl Members {
         let Some(e) = self.entries.get_mut(&id) else {
             return;
         };
-        if version < e.record.version {
-            return; // already refuted by a newer announce
+        if version != e.record.version {
+            // Older: already refuted by a newer announce. Newer than any
+            // announce we saw: not evidence about the server we know.
+            return;
         }
         match &mut e.liveness {
             Liveness::Alive => e.liveness = Liveness::Suspect(BTreeSet::from([by])),
@@ -354,7 +356,7 @@ impl Service {
             .unwrap_or(1);
         let me = Arc::new(Mutex::new(ServerRecord {
             id: node.id,
-            addrs: vec![node.local_addr],
+            addrs: node.advertised(),
             clients: 0,
             capacity: settings.capacity,
             version: now_ms,
@@ -409,6 +411,23 @@ impl Service {
     }
 }
 
+/// Whether the servers a message is about and signed by are admitted.
+fn signer_admitted(node: &Node, msg: &Msg) -> bool {
+    match msg {
+        Msg::Announce { record, .. } => node.admits(&record.id),
+        Msg::Leave { id, .. } => node.admits(id),
+        Msg::Suspect { id, by, .. } => node.admits(id) && node.admits(by),
+    }
+}
+
+/// A suspicion of us at a version we have already moved past needs no
+/// refutation (the newer announce is on its way): this keeps repeated
+/// suspicions from making us broadcast again and again.
+fn suspects_old_me(msg: &Msg, me: &Mutex<ServerRecord>) -> bool {
+    let me = me.lock().unwrap_or_else(|e| e.into_inner());
+    matches!(msg, Msg::Suspect { id, version, .. } if *id == me.id && *version < me.version)
+}
+
 async fn run(
     node: Arc<Node>,
     key: SigningKey,
@@ -443,6 +462,14 @@ async fn run(
                         continue;
                     }
                     let reply = match Msg::from_payload(&d.payload) {
+                        // Only cluster members speak for themselves or
+                        // about others (with an allowlist in force).
+                        Ok(msg) if !signer_admitted(&node, &msg) => {
+                            metrics::counter!("chatd_membership_rejected_total").increment(1);
+                            tracing::warn!(origin = %Id(d.origin), "membership message from a non-member ignored");
+                            Reply::None
+                        }
+                        Ok(msg @ Msg::Suspect { .. }) if suspects_old_me(&msg, &me) => Reply::None,
                         Ok(msg) => members.lock().unwrap_or_else(|e| e.into_inner()).apply(&msg, Instant::now()),
                         Err(e) => {
                             metrics::counter!("chatd_membership_rejected_total").increment(1);

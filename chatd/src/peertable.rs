@@ -21,6 +21,10 @@ use std::net::SocketAddr;
 pub const MAX_NAME: usize = 64;
 /// Most private addresses in a record.
 pub const MAX_PRIVATE_ADDRS: usize = 8;
+/// A record may not claim to stay valid longer than this (seconds): a
+/// client cannot park a record forever, and a withdrawn record (a tombstone,
+/// kept this long) outlives every record it replaced.
+pub const MAX_TTL: u64 = 86_400;
 
 /// The signed part of a record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +161,9 @@ impl PeerTable {
     /// Verifies and stores `record` if it is newer than ours.
     pub fn merge(&mut self, record: PeerRecord, now_unix: u64) -> Result<Merged, RecordError> {
         record.verify()?;
+        if record.body.expires_at > now_unix.saturating_add(MAX_TTL) {
+            return Err(RecordError::Invalid("expires more than a day from now"));
+        }
         let peer = record.body.peer;
         let online = record.body.expires_at > now_unix;
         let result = match self.by_id.get(&peer) {

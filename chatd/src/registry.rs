@@ -64,7 +64,13 @@ pub enum Response {
 }
 
 /// Largest anti-entropy frame (version lists of a large table).
-pub const MAX_SYNC_FRAME: usize = 16 * 1024 * 1024;
+pub const MAX_SYNC_FRAME: usize = 4 * 1024 * 1024;
+/// An anti-entropy exchange, or a client request, must finish within this.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Anti-entropy exchanges answered at once (bounds their memory).
+const MAX_SYNCS: usize = 8;
+/// Most servers in one `Servers` answer (it must fit in a frame).
+const MAX_SERVERS_LISTED: usize = 100;
 
 /// Reads one u32-framed message of at most [`MAX_FRAME`] bytes.
 pub async fn read_msg<T: for<'de> Deserialize<'de>>(
@@ -160,7 +166,10 @@ async fn replicate(node: Arc<Node>, members: Arc<Service>, table: Arc<Mutex<Peer
                 Ok(NodeEvent::NeighborUp(peer)) if node.id < peer => {
                     let (node, table) = (node.clone(), table.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = sync_with(&node, &table, peer).await {
+                        let res = tokio::time::timeout(EXCHANGE_TIMEOUT, sync_with(&node, &table, peer))
+                            .await
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
+                        if let Err(e) = res {
                             tracing::debug!(peer = %Id(peer), error = %e, "anti-entropy did not complete");
                         }
                     });
@@ -173,7 +182,7 @@ async fn replicate(node: Arc<Node>, members: Arc<Service>, table: Arc<Mutex<Peer
                 let live: std::collections::BTreeSet<PeerId> =
                     members.servers().iter().map(|s| s.id).collect();
                 let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
-                t.expire(unix_now(), 3600);
+                t.expire(unix_now(), crate::peertable::MAX_TTL);
                 t.refresh_online(&live, unix_now());
                 metrics::gauge!("chatd_peer_table_records").set(t.online() as f64);
             }
@@ -204,7 +213,13 @@ async fn serve_clients(
             members.set_clients(u32::try_from(n).unwrap_or(u32::MAX));
             metrics::gauge!("chatd_clients_registered").increment(1.0);
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let response = match read_msg::<Request>(&mut recv).await {
+                let request =
+                    tokio::time::timeout(EXCHANGE_TIMEOUT, read_msg::<Request>(&mut recv))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(anyhow::anyhow!("request not received within 10 s"))
+                        });
+                let response = match request {
                     Ok(req) => handle(req, peer, &conn, &node, &members, &table).await,
                     Err(e) => {
                         metrics::counter!("chatd_client_requests_malformed_total").increment(1);
@@ -240,6 +255,12 @@ async fn handle(
             if record.body.home_server != node.id {
                 return Response::Error("the record must name this server as home".into());
             }
+            if record.body.public_addr != Some(conn.remote_address()) {
+                return Response::Error(format!(
+                    "the record's public address must be the one this server sees: {}",
+                    conn.remote_address()
+                ));
+            }
             let res = table
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -273,6 +294,7 @@ async fn handle(
         Request::Servers => {
             let mut servers = members.servers();
             servers.sort_by(|a, b| a.load().total_cmp(&b.load()).then(a.id.cmp(&b.id)));
+            servers.truncate(MAX_SERVERS_LISTED);
             Response::Servers(servers)
         }
     }
@@ -368,10 +390,17 @@ async fn answer_syncs(
     table: Arc<Mutex<PeerTable>>,
     mut streams: tokio::sync::mpsc::Receiver<crate::driver::AppStream>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SYNCS));
     while let Some((peer, mut send, mut recv)) = streams.recv().await {
         let (node, table) = (node.clone(), table.clone());
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("chatd_peer_sync_failures_total").increment(1);
+            let _ = send.reset(1u32.into());
+            continue;
+        };
         tokio::spawn(async move {
-            let res: anyhow::Result<()> = async {
+            let _permit = permit;
+            let exchange = async {
                 let Sync::Digest(theirs) = read_msg_max(&mut recv, MAX_SYNC_FRAME).await? else {
                     anyhow::bail!("expected a digest");
                 };
@@ -407,9 +436,11 @@ async fn answer_syncs(
                 .await?;
                 send.finish()?;
                 absorb(&node, &table, records).await;
-                Ok(())
-            }
-            .await;
+                anyhow::Ok(())
+            };
+            let res = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
             if let Err(e) = res {
                 metrics::counter!("chatd_peer_sync_failures_total").increment(1);
                 tracing::debug!(peer = %Id(peer), error = %e, "anti-entropy request failed");
