@@ -223,6 +223,14 @@ impl PeerTable {
         }
     }
 
+    /// Online records whose home is `server` (its registered clients).
+    pub fn online_homed_at(&self, server: &PeerId) -> usize {
+        self.by_id
+            .values()
+            .filter(|s| s.online && s.record.body.home_server == *server)
+            .count()
+    }
+
     /// The home servers of online records.
     pub fn home_servers(&self) -> std::collections::BTreeSet<PeerId> {
         self.by_id

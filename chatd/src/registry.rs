@@ -184,6 +184,9 @@ async fn replicate(node: Arc<Node>, members: Arc<Service>, table: Arc<Mutex<Peer
                 let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
                 t.expire(unix_now(), crate::peertable::MAX_TTL);
                 t.refresh_online(&live, unix_now());
+                let mine = t.online_homed_at(&node.id);
+                members.set_clients(u32::try_from(mine).unwrap_or(u32::MAX));
+                metrics::gauge!("chatd_clients_registered").set(mine as f64);
                 metrics::gauge!("chatd_peer_table_records").set(t.online() as f64);
             }
         }
@@ -196,22 +199,24 @@ async fn serve_clients(
     table: Arc<Mutex<PeerTable>>,
     mut clients: tokio::sync::mpsc::Receiver<ClientConn>,
 ) {
-    let registered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Open client connections, bounded (a connection costs memory even if
+    // it never registers). Load is the number of registered clients, set
+    // by `replicate`'s sweep.
+    let open = Arc::new(tokio::sync::Semaphore::new(
+        (members.capacity() as usize).saturating_mul(2).max(16),
+    ));
     while let Some((peer, conn)) = clients.recv().await {
         let node = node.clone();
         let members = members.clone();
         let table = table.clone();
-        let registered = registered.clone();
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            metrics::counter!("chatd_clients_refused_total").increment(1);
+            conn.close(5u32.into(), b"server full: ask for another server");
+            continue;
+        };
         tokio::spawn(async move {
-            let cap = u64::from(members.capacity());
-            if registered.load(std::sync::atomic::Ordering::Relaxed) >= cap {
-                metrics::counter!("chatd_clients_refused_total").increment(1);
-                conn.close(5u32.into(), b"server full: ask for another server");
-                return;
-            }
-            let n = registered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            members.set_clients(u32::try_from(n).unwrap_or(u32::MAX));
-            metrics::gauge!("chatd_clients_registered").increment(1.0);
+            let _permit = permit;
+            metrics::gauge!("chatd_client_connections").increment(1.0);
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let request =
                     tokio::time::timeout(EXCHANGE_TIMEOUT, read_msg::<Request>(&mut recv))
@@ -231,9 +236,7 @@ async fn serve_clients(
                 }
                 let _ = send.finish();
             }
-            metrics::gauge!("chatd_clients_registered").decrement(1.0);
-            let n = registered.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) - 1;
-            members.set_clients(u32::try_from(n).unwrap_or(u32::MAX));
+            metrics::gauge!("chatd_client_connections").decrement(1.0);
         });
     }
 }

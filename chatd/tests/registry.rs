@@ -99,11 +99,12 @@ async fn a_record_registered_at_server_1_is_found_at_server_5() {
     assert!(s5.register(replay).await.is_err());
 
     // Which server should a client use: every live server, least loaded
-    // first (server 1 has a client, server 5 has one: they come last).
+    // first. Load counts registered clients: alice's home (server 1) comes
+    // last; bob only looked something up, so server 5 does not count him.
     let mut listed = Vec::new();
     for _ in 0..100 {
         listed = s5.servers().await.unwrap();
-        if listed.len() == 5 && listed.iter().filter(|s| s.clients > 0).count() == 2 {
+        if listed.len() == 5 && listed.iter().filter(|s| s.clients > 0).count() == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -114,6 +115,11 @@ async fn a_record_registered_at_server_1_is_found_at_server_5() {
         "{listed:?}"
     );
     assert_eq!(listed[0].clients, 0);
+    assert_eq!(
+        listed[4].id, servers[0].node.id,
+        "alice's home is the most loaded"
+    );
+    assert_eq!(listed[4].clients, 1);
     for s in &servers {
         s.node.shutdown(Duration::from_secs(2)).await;
     }
