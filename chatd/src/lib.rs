@@ -13,12 +13,15 @@
 //!   digests (pure).
 //! - [`registry`]: the client protocol (`chatd-client/1`) and the
 //!   replicated peer table; [`client`]: its client side.
+//! - [`chat`]: chat semantics between two peers (ids, acks, retries,
+//!   dedup, order, length limit) as a pure state machine (issue 6).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
 //!
 //! The binary (`src/main.rs`) wires them into `chatd serve`, `keygen`, `id`
 //! and `status`.
 
 pub mod admin;
+pub mod chat;
 pub mod client;
 pub mod config;
 pub mod driver;

@@ -1,0 +1,316 @@
+//! Chat semantics between two peers, independent of the path they use
+//! (direct QUIC, relay, or a path re-established after a break):
+//! - every message has a unique id (session epoch + sequence number);
+//! - it is acknowledged, and retried until it is;
+//! - the receiver drops duplicates and delivers in order;
+//! - a message longer than [`MAX_CHARS`] characters is refused before
+//!   anything is sent.
+//!
+//! A pure state machine: time comes in as an argument, frames go in and
+//! out; the chat command moves frames over whatever connection it has. The
+//! session outlives connections, so a re-established path neither loses
+//! nor duplicates a message.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Longest message, in characters (seed 002).
+pub const MAX_CHARS: usize = 2048;
+
+/// What travels between the two peers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// A message: `seq` counts from 1 within the sender's session `epoch`.
+    Msg {
+        /// The sender's session (random per run).
+        epoch: u64,
+        /// Position in the sender's stream.
+        seq: u64,
+        /// The text.
+        text: String,
+    },
+    /// Everything up to and including `seq` of `epoch` was delivered.
+    Ack {
+        /// The session acknowledged.
+        epoch: u64,
+        /// Cumulative acknowledgement.
+        seq: u64,
+    },
+}
+
+/// Why a message was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChatError {
+    /// Too long; nothing was sent.
+    #[error(
+        "message of {chars} characters is over the {MAX_CHARS}-character limit; nothing was sent"
+    )]
+    TooLong {
+        /// Its length.
+        chars: usize,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Outgoing {
+    text: String,
+    last_sent: Option<Instant>,
+    attempts: u32,
+}
+
+/// One side of a chat.
+#[derive(Debug)]
+pub struct Session {
+    epoch: u64,
+    next_seq: u64,
+    unacked: BTreeMap<u64, Outgoing>,
+    /// The peer's session we are receiving, and the next seq we expect.
+    peer_epoch: Option<u64>,
+    expected: u64,
+    early: BTreeMap<u64, String>,
+    ack_due: bool,
+    retry_after: Duration,
+}
+
+impl Session {
+    /// A new session; `epoch` should be random (it makes ids unique across
+    /// runs). `retry_after` is the first retransmission timeout; it doubles
+    /// per attempt up to 8×.
+    pub fn new(epoch: u64, retry_after: Duration) -> Self {
+        Session {
+            epoch,
+            next_seq: 1,
+            unacked: BTreeMap::new(),
+            peer_epoch: None,
+            expected: 1,
+            early: BTreeMap::new(),
+            ack_due: false,
+            retry_after,
+        }
+    }
+
+    /// Queues a message; returns its id `(epoch, seq)`.
+    pub fn send(&mut self, text: &str) -> Result<(u64, u64), ChatError> {
+        let chars = text.chars().count();
+        if chars > MAX_CHARS {
+            return Err(ChatError::TooLong { chars });
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unacked.insert(
+            seq,
+            Outgoing {
+                text: text.to_string(),
+                last_sent: None,
+                attempts: 0,
+            },
+        );
+        Ok((self.epoch, seq))
+    }
+
+    /// Messages sent but not acknowledged yet.
+    pub fn pending(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Frames to transmit now: new messages, those whose retry timeout
+    /// passed, and an acknowledgement if one is due.
+    pub fn poll_transmit(&mut self, now: Instant) -> Vec<Frame> {
+        let mut out = Vec::new();
+        for (&seq, m) in self.unacked.iter_mut() {
+            let backoff = self.retry_after * (1u32 << m.attempts.min(3));
+            let due = m
+                .last_sent
+                .is_none_or(|t| now.saturating_duration_since(t) >= backoff);
+            if due {
+                m.last_sent = Some(now);
+                m.attempts = m.attempts.saturating_add(1);
+                out.push(Frame::Msg {
+                    epoch: self.epoch,
+                    seq,
+                    text: m.text.clone(),
+                });
+            }
+        }
+        if self.ack_due {
+            self.ack_due = false;
+            if let Some(epoch) = self.peer_epoch {
+                out.push(Frame::Ack {
+                    epoch,
+                    seq: self.expected - 1,
+                });
+            }
+        }
+        out
+    }
+
+    /// After a path was re-established: resend everything unacknowledged at
+    /// once (the old path may have eaten it) and acknowledge again.
+    pub fn path_changed(&mut self) {
+        for m in self.unacked.values_mut() {
+            m.last_sent = None;
+        }
+        self.ack_due = self.peer_epoch.is_some();
+    }
+
+    /// Takes a frame from the peer; returns the messages now deliverable,
+    /// in order, each exactly once.
+    pub fn on_frame(&mut self, frame: Frame) -> Vec<String> {
+        match frame {
+            Frame::Ack { epoch, seq } => {
+                if epoch == self.epoch {
+                    self.unacked.retain(|&s, _| s > seq);
+                }
+                Vec::new()
+            }
+            Frame::Msg { epoch, seq, text } => {
+                if self.peer_epoch != Some(epoch) {
+                    // The peer restarted: a new stream starts at 1.
+                    self.peer_epoch = Some(epoch);
+                    self.expected = 1;
+                    self.early.clear();
+                }
+                // Acknowledge even duplicates: our last ack may have been lost.
+                self.ack_due = true;
+                if seq < self.expected || text.chars().count() > MAX_CHARS {
+                    return Vec::new();
+                }
+                self.early.entry(seq).or_insert(text);
+                let mut out = Vec::new();
+                while let Some(t) = self.early.remove(&self.expected) {
+                    out.push(t);
+                    self.expected += 1;
+                }
+                // Bound what a peer can make us buffer out of order.
+                while self.early.len() > 4096 {
+                    self.early.pop_last();
+                }
+                out
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    #[test]
+    fn a_too_long_message_is_refused_and_nothing_is_sent() {
+        let mut s = Session::new(1, Duration::from_millis(100));
+        let long: String = "é".repeat(MAX_CHARS + 1);
+        assert_eq!(
+            s.send(&long),
+            Err(ChatError::TooLong {
+                chars: MAX_CHARS + 1
+            })
+        );
+        assert!(s.poll_transmit(Instant::now()).is_empty());
+        assert!(
+            s.send(&"é".repeat(MAX_CHARS)).is_ok(),
+            "exactly the limit is fine"
+        );
+    }
+
+    #[test]
+    fn ids_are_unique_even_for_equal_texts() {
+        let mut s = Session::new(7, Duration::from_millis(100));
+        assert_ne!(s.send("hi").unwrap(), s.send("hi").unwrap());
+    }
+
+    /// Two sessions over a channel that drops 30%, duplicates 20% and
+    /// reorders everything, with the path "re-established" now and then:
+    /// every message arrives exactly once, in order, and all get acked.
+    #[test]
+    fn lossy_duplicating_reordering_paths_lose_and_duplicate_nothing() {
+        for seed in 0..20u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut a = Session::new(100 + seed, Duration::from_millis(50));
+            let mut b = Session::new(200 + seed, Duration::from_millis(50));
+            let sent_a: Vec<String> = (0..60).map(|i| format!("a{i}")).collect();
+            let sent_b: Vec<String> = (0..40).map(|i| format!("b{i}")).collect();
+            let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+            let mut in_flight: Vec<(bool, Frame)> = Vec::new(); // (to_b, frame)
+            let start = Instant::now();
+            let (mut ia, mut ib) = (0, 0);
+            for step in 0..5000u32 {
+                let now = start + Duration::from_millis(u64::from(step) * 10);
+                if ia < sent_a.len() && rng.random_bool(0.3) {
+                    a.send(&sent_a[ia]).unwrap();
+                    ia += 1;
+                }
+                if ib < sent_b.len() && rng.random_bool(0.3) {
+                    b.send(&sent_b[ib]).unwrap();
+                    ib += 1;
+                }
+                if step % 700 == 699 {
+                    a.path_changed();
+                    b.path_changed();
+                }
+                for f in a.poll_transmit(now) {
+                    in_flight.push((true, f));
+                }
+                for f in b.poll_transmit(now) {
+                    in_flight.push((false, f));
+                }
+                // Deliver a random few, losing and duplicating some.
+                let n = in_flight.len().min(3);
+                for _ in 0..n {
+                    let i = rng.random_range(0..in_flight.len());
+                    let (to_b, f) = in_flight.swap_remove(i);
+                    if rng.random_bool(0.3) {
+                        continue;
+                    }
+                    if rng.random_bool(0.2) {
+                        in_flight.push((to_b, f.clone()));
+                    }
+                    if to_b {
+                        got_b.extend(b.on_frame(f));
+                    } else {
+                        got_a.extend(a.on_frame(f));
+                    }
+                }
+                if ia == sent_a.len() && ib == sent_b.len() && a.pending() == 0 && b.pending() == 0
+                {
+                    break;
+                }
+            }
+            assert_eq!(
+                got_b, sent_a,
+                "seed {seed}: b received a's messages exactly once, in order"
+            );
+            assert_eq!(got_a, sent_b, "seed {seed}");
+            assert_eq!(
+                (a.pending(), b.pending()),
+                (0, 0),
+                "seed {seed}: everything acknowledged"
+            );
+        }
+    }
+
+    #[test]
+    fn a_restarted_peer_starts_a_new_stream() {
+        let mut b = Session::new(2, Duration::from_millis(50));
+        let mut a1 = Session::new(10, Duration::from_millis(50));
+        a1.send("one").unwrap();
+        let now = Instant::now();
+        let delivered: Vec<String> = a1
+            .poll_transmit(now)
+            .into_iter()
+            .flat_map(|f| b.on_frame(f))
+            .collect();
+        assert_eq!(delivered, vec!["one"]);
+        // a restarts (new epoch): its seq 1 is a new message, not a duplicate.
+        let mut a2 = Session::new(11, Duration::from_millis(50));
+        a2.send("two").unwrap();
+        let delivered: Vec<String> = a2
+            .poll_transmit(now)
+            .into_iter()
+            .flat_map(|f| b.on_frame(f))
+            .collect();
+        assert_eq!(delivered, vec!["two"]);
+    }
+}
