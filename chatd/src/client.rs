@@ -8,7 +8,7 @@ use crate::driver::CLIENT_ALPN;
 use crate::identity::{Keypair, ServerAddr};
 use crate::membership::ServerRecord;
 use crate::peertable::{PeerRecord, RecordBody};
-use crate::registry::{Request, Response, read_msg, write_msg};
+use crate::registry::{FriendRef, Notice, Request, Response, read_msg, write_msg};
 use crate::tls::{self, Credentials};
 use overlay::PeerId;
 use std::net::SocketAddr;
@@ -21,6 +21,9 @@ pub struct Client {
     creds: Credentials,
     endpoint: quinn::Endpoint,
 }
+
+/// ALPN of peer-to-peer chat connections.
+pub const CHAT_ALPN: &[u8] = b"chatd-chat/1";
 
 /// A connection to one server.
 pub struct Session {
@@ -38,6 +41,61 @@ impl Client {
             creds,
             endpoint,
         })
+    }
+
+    /// A client whose one UDP socket also accepts connections from a friend
+    /// (ALPN `chatd-chat/1`): the same socket registers with the server,
+    /// punches and chats, so NATs keep one mapping.
+    pub fn new_accepting(keypair: Keypair, bind: SocketAddr) -> anyhow::Result<Client> {
+        let creds = Credentials::new(&keypair)?;
+        let tls = tls::server_config(&creds, &[CHAT_ALPN])?;
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+        let server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        let endpoint = quinn::Endpoint::server(server, bind)?;
+        Ok(Client {
+            keypair,
+            creds,
+            endpoint,
+        })
+    }
+
+    /// The client's signing key (records are signed with it).
+    pub fn signing_key(&self) -> &ed25519_dalek::SigningKey {
+        self.keypair.signing_key()
+    }
+
+    /// The QUIC endpoint (one UDP socket).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// Dials a friend at `addr`, pinned to its id (ALPN `chatd-chat/1`).
+    pub async fn dial_friend(
+        &self,
+        friend: PeerId,
+        addr: SocketAddr,
+    ) -> anyhow::Result<quinn::Connection> {
+        let cfg = self.friend_config(friend)?;
+        Ok(self
+            .endpoint
+            .connect_with(cfg, addr, tls::SERVER_NAME)?
+            .await?)
+    }
+
+    /// The client configuration for dialing `friend` (pinned key, chat
+    /// ALPN, a low initial RTT).
+    pub fn friend_config(&self, friend: PeerId) -> anyhow::Result<quinn::ClientConfig> {
+        let tls = tls::client_config(&self.creds, friend, CHAT_ALPN)?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(1)));
+        transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(10))?));
+        // A lost first Initial must not cost a second (quinn's default
+        // initial RTT is 333 ms): start from a LAN-ish estimate.
+        transport.initial_rtt(Duration::from_millis(50));
+        cfg.transport_config(Arc::new(transport));
+        Ok(cfg)
     }
 
     /// This client's id.
@@ -168,6 +226,36 @@ impl Session {
             Response::Record(r) => Ok(r),
             other => anyhow::bail!("unexpected answer {other:?}"),
         }
+    }
+
+    /// Asks to meet `friend`: its record if it is online now, else `None`
+    /// (then a [`Notice::Friend`] arrives on [`Session::notices`] when it
+    /// comes online). The friend is told about us either way.
+    pub async fn meet(&self, friend: FriendRef) -> anyhow::Result<Option<PeerRecord>> {
+        match self.request(&Request::Meet(friend)).await? {
+            Response::Friend(r) => Ok(Some(r)),
+            Response::Waiting => Ok(None),
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// What the server pushes to us (peers that want to talk to us).
+    pub fn notices(&self) -> tokio::sync::mpsc::Receiver<Notice> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            while let Ok(mut s) = conn.accept_uni().await {
+                match read_msg::<Notice>(&mut s).await {
+                    Ok(n) => {
+                        if tx.send(n).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "bad notice from the server"),
+                }
+            }
+        });
+        rx
     }
 
     /// Live servers, least loaded first.

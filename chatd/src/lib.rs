@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod chat;
+pub mod chatclient;
 pub mod client;
 pub mod config;
 pub mod driver;

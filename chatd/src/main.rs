@@ -51,6 +51,30 @@ enum Command {
         #[arg(long, default_value = config::DEFAULT_ADMIN)]
         admin: SocketAddr,
     },
+    /// Chat with a friend: register with a server, find the friend (waiting
+    /// until it comes online), connect directly, then stdin lines are
+    /// messages and received messages are printed, one per line.
+    Chat {
+        /// Your name (others can find you by it; names are not verified).
+        #[arg(long)]
+        name: String,
+        /// The friend: a peer id (verified) or a name.
+        #[arg(long)]
+        to: String,
+        /// A server to use, ID@HOST:PORT (repeat: the next is tried when one
+        /// does not answer).
+        #[arg(long = "server", value_name = "ID@HOST:PORT", required = true)]
+        servers: Vec<ServerAddr>,
+        /// Your key file (created if missing) [default: a throwaway key].
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Local UDP address (one socket for server, punching and chat).
+        #[arg(long, default_value = "0.0.0.0:0")]
+        bind: SocketAddr,
+        /// Seconds to wait for the friend to come online.
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+    },
     /// Ask a server, as a client would: which server to use (least loaded
     /// live server first), or where a peer is (--peer / --name).
     Lookup {
@@ -120,6 +144,34 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { admin } => status(admin),
+        Command::Chat {
+            name,
+            to,
+            servers,
+            key,
+            bind,
+            wait,
+        } => {
+            let keypair = match key {
+                Some(path) => Keypair::load_or_create(&path)?.0,
+                None => Keypair::generate(),
+            };
+            let friend = match to.parse::<Id>() {
+                Ok(id) => chatd::registry::FriendRef::Id(id.0),
+                Err(_) => chatd::registry::FriendRef::Name(to),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(chatd::chatclient::run(chatd::chatclient::Options {
+                name,
+                friend,
+                servers,
+                keypair,
+                bind,
+                wait: Duration::from_secs(wait),
+            }))
+        }
         Command::Lookup {
             servers,
             peer,

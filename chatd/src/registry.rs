@@ -46,6 +46,115 @@ pub enum Request {
     LookupName(String),
     /// Which servers are alive, least loaded first?
     Servers,
+    /// I want to talk to this peer: tell me where it is when it is online,
+    /// and tell it about me (I must have registered first).
+    Meet(FriendRef),
+}
+
+/// A friend, by id (authenticated) or by name (a label anyone can claim).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FriendRef {
+    /// By peer id.
+    Id(PeerId),
+    /// By name.
+    Name(String),
+}
+
+impl FriendRef {
+    fn matches(&self, r: &PeerRecord) -> bool {
+        match self {
+            FriendRef::Id(id) => r.body.peer == *id,
+            FriendRef::Name(n) => r.body.name == *n,
+        }
+    }
+}
+
+/// What a server pushes to a client, on a stream it opens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Notice {
+    /// A peer that wants to talk to you, or that you were waiting for.
+    Friend(PeerRecord),
+}
+
+/// First byte of a broadcast payload asking a client's home server to tell
+/// it about a peer that wants to talk (`Rendezvous`).
+pub const TAG_RENDEZVOUS: u8 = 3;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RendezvousMsg {
+    to: PeerId,
+    from: PeerRecord,
+}
+
+/// Clients connected here and the meetings they wait for.
+#[derive(Default)]
+pub struct Rendezvous {
+    connected: std::collections::HashMap<PeerId, quinn::Connection>,
+    waiting: Vec<(PeerId, FriendRef)>,
+}
+
+fn push(conn: quinn::Connection, notice: Notice) {
+    tokio::spawn(async move {
+        if let Ok(mut s) = conn.open_uni().await {
+            let _ = write_msg(&mut s, &notice).await;
+            let _ = s.finish();
+        }
+    });
+}
+
+/// Tells `to` (if connected here) about `from`, or asks its home server to.
+async fn introduce(node: &Node, rdv: &Mutex<Rendezvous>, to: &PeerRecord, from: PeerRecord) {
+    let local = rdv
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .connected
+        .get(&to.body.peer)
+        .cloned();
+    match local {
+        Some(conn) => push(conn, Notice::Friend(from)),
+        None => {
+            let mut payload = vec![TAG_RENDEZVOUS];
+            payload.extend(
+                postcard::to_allocvec(&RendezvousMsg {
+                    to: to.body.peer,
+                    from,
+                })
+                .unwrap_or_default(),
+            );
+            let _ = node.broadcast(Bytes::from(payload)).await;
+        }
+    }
+}
+
+/// A record arrived (registration, replication or anti-entropy): whoever
+/// here waited for that peer hears about it, and the peer hears about them.
+async fn record_arrived(
+    node: &Node,
+    table: &Mutex<PeerTable>,
+    rdv: &Mutex<Rendezvous>,
+    record: &PeerRecord,
+) {
+    let matched: Vec<(PeerId, quinn::Connection)> = {
+        let mut r = rdv.lock().unwrap_or_else(|e| e.into_inner());
+        let (hit, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut r.waiting)
+            .into_iter()
+            .partition(|(w, f)| *w != record.body.peer && f.matches(record));
+        r.waiting = keep;
+        hit.into_iter()
+            .filter_map(|(w, _)| r.connected.get(&w).cloned().map(|c| (w, c)))
+            .collect()
+    };
+    for (waiter, conn) in matched {
+        push(conn, Notice::Friend(record.clone()));
+        let mine = table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lookup(&waiter)
+            .cloned();
+        if let Some(mine) = mine {
+            introduce(node, rdv, record, mine).await;
+        }
+    }
 }
 
 /// What the server answers.
@@ -61,6 +170,10 @@ pub enum Response {
     Servers(Vec<ServerRecord>),
     /// The request was refused.
     Error(String),
+    /// The friend is online here: its record.
+    Friend(PeerRecord),
+    /// The friend is not online yet; a `Notice::Friend` will follow.
+    Waiting,
 }
 
 /// Largest anti-entropy frame (version lists of a large table).
@@ -120,18 +233,25 @@ impl Registry {
     /// Serves clients of `node` and replicates the table over its overlay.
     pub fn start(node: Arc<Node>, members: Arc<Service>) -> Registry {
         let table = Arc::new(Mutex::new(PeerTable::new()));
+        let rdv = Arc::new(Mutex::new(Rendezvous::default()));
         if let Some(clients) = node.take_client_connections() {
             tokio::spawn(serve_clients(
                 node.clone(),
                 members.clone(),
                 table.clone(),
+                rdv.clone(),
                 clients,
             ));
         }
         if let Some(streams) = node.take_app_streams() {
-            tokio::spawn(answer_syncs(node.clone(), table.clone(), streams));
+            tokio::spawn(answer_syncs(
+                node.clone(),
+                table.clone(),
+                rdv.clone(),
+                streams,
+            ));
         }
-        tokio::spawn(replicate(node, members, table.clone()));
+        tokio::spawn(replicate(node, members, table.clone(), rdv));
         Registry { table }
     }
 
@@ -143,7 +263,12 @@ impl Registry {
 
 /// Applies records broadcast by other servers; takes clients of dead
 /// servers offline.
-async fn replicate(node: Arc<Node>, members: Arc<Service>, table: Arc<Mutex<PeerTable>>) {
+async fn replicate(
+    node: Arc<Node>,
+    members: Arc<Service>,
+    table: Arc<Mutex<PeerTable>>,
+    rdv: Arc<Mutex<Rendezvous>>,
+) {
     let mut events = node.events();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -152,10 +277,13 @@ async fn replicate(node: Arc<Node>, members: Arc<Service>, table: Arc<Mutex<Peer
                 Ok(NodeEvent::Delivery(d)) if d.payload.first() == Some(&TAG) => {
                     match postcard::from_bytes::<PeerRecord>(&d.payload[1..]) {
                         Ok(record) => {
-                            let res = table.lock().unwrap_or_else(|e| e.into_inner()).merge(record, unix_now());
-                            if let Err(e) = res {
-                                metrics::counter!("chatd_peer_records_rejected_total").increment(1);
-                                tracing::debug!(origin = %Id(d.origin), error = %e, "peer record not applied");
+                            let res = table.lock().unwrap_or_else(|e| e.into_inner()).merge(record.clone(), unix_now());
+                            match res {
+                                Ok(_) => record_arrived(&node, &table, &rdv, &record).await,
+                                Err(e) => {
+                                    metrics::counter!("chatd_peer_records_rejected_total").increment(1);
+                                    tracing::debug!(origin = %Id(d.origin), error = %e, "peer record not applied");
+                                }
                             }
                         }
                         Err(_) => {
@@ -163,10 +291,21 @@ async fn replicate(node: Arc<Node>, members: Arc<Service>, table: Arc<Mutex<Peer
                         }
                     }
                 }
+                Ok(NodeEvent::Delivery(d)) if d.payload.first() == Some(&TAG_RENDEZVOUS) => {
+                    // Someone wants to talk to a client: if it is ours, tell it.
+                    if let Ok(m) = postcard::from_bytes::<RendezvousMsg>(&d.payload[1..])
+                        && m.from.verify().is_ok()
+                    {
+                        let conn = rdv.lock().unwrap_or_else(|e| e.into_inner()).connected.get(&m.to).cloned();
+                        if let Some(conn) = conn {
+                            push(conn, Notice::Friend(m.from));
+                        }
+                    }
+                }
                 Ok(NodeEvent::NeighborUp(peer)) if node.id < peer => {
-                    let (node, table) = (node.clone(), table.clone());
+                    let (node, table, rdv) = (node.clone(), table.clone(), rdv.clone());
                     tokio::spawn(async move {
-                        let res = tokio::time::timeout(EXCHANGE_TIMEOUT, sync_with(&node, &table, peer))
+                        let res = tokio::time::timeout(EXCHANGE_TIMEOUT, sync_with(&node, &table, &rdv, peer))
                             .await
                             .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
                         if let Err(e) = res {
@@ -197,6 +336,7 @@ async fn serve_clients(
     node: Arc<Node>,
     members: Arc<Service>,
     table: Arc<Mutex<PeerTable>>,
+    rdv: Arc<Mutex<Rendezvous>>,
     mut clients: tokio::sync::mpsc::Receiver<ClientConn>,
 ) {
     // Open client connections, bounded (a connection costs memory even if
@@ -209,6 +349,7 @@ async fn serve_clients(
         let node = node.clone();
         let members = members.clone();
         let table = table.clone();
+        let rdv = rdv.clone();
         let Ok(permit) = open.clone().try_acquire_owned() else {
             metrics::counter!("chatd_clients_refused_total").increment(1);
             conn.close(5u32.into(), b"server full: ask for another server");
@@ -217,6 +358,10 @@ async fn serve_clients(
         tokio::spawn(async move {
             let _permit = permit;
             metrics::gauge!("chatd_client_connections").increment(1.0);
+            rdv.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .connected
+                .insert(peer, conn.clone());
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let request =
                     tokio::time::timeout(EXCHANGE_TIMEOUT, read_msg::<Request>(&mut recv))
@@ -225,7 +370,7 @@ async fn serve_clients(
                             Err(anyhow::anyhow!("request not received within 10 s"))
                         });
                 let response = match request {
-                    Ok(req) => handle(req, peer, &conn, &node, &members, &table).await,
+                    Ok(req) => handle(req, peer, &conn, &node, &members, &table, &rdv).await,
                     Err(e) => {
                         metrics::counter!("chatd_client_requests_malformed_total").increment(1);
                         Response::Error(format!("malformed request: {e}"))
@@ -237,6 +382,16 @@ async fn serve_clients(
                 let _ = send.finish();
             }
             metrics::gauge!("chatd_client_connections").decrement(1.0);
+            {
+                let mut r = rdv.lock().unwrap_or_else(|e| e.into_inner());
+                if r.connected
+                    .get(&peer)
+                    .is_some_and(|c| c.stable_id() == conn.stable_id())
+                {
+                    r.connected.remove(&peer);
+                    r.waiting.retain(|(w, _)| *w != peer);
+                }
+            }
         });
     }
 }
@@ -248,6 +403,7 @@ async fn handle(
     node: &Node,
     members: &Service,
     table: &Mutex<PeerTable>,
+    rdv: &Mutex<Rendezvous>,
 ) -> Response {
     match req {
         Request::WhoAmI => Response::YouAre(conn.remote_address()),
@@ -275,9 +431,38 @@ async fn handle(
                     if let Err(e) = node.broadcast(Bytes::from(payload)).await {
                         tracing::warn!(error = %e, "could not replicate a peer record");
                     }
+                    record_arrived(node, table, rdv, &record).await;
                     Response::Registered
                 }
                 Err(e) => Response::Error(e.to_string()),
+            }
+        }
+        Request::Meet(friend) => {
+            let (mine, theirs) = {
+                let t = table.lock().unwrap_or_else(|e| e.into_inner());
+                let theirs = match &friend {
+                    FriendRef::Id(id) => t.lookup(id).cloned(),
+                    FriendRef::Name(n) => t.lookup_name(n).cloned(),
+                };
+                (
+                    t.lookup(&peer).cloned(),
+                    theirs.filter(|r| r.body.peer != peer),
+                )
+            };
+            let Some(mine) = mine else {
+                return Response::Error("register before asking to meet someone".into());
+            };
+            match theirs {
+                Some(theirs) => {
+                    introduce(node, rdv, &theirs, mine).await;
+                    Response::Friend(theirs)
+                }
+                None => {
+                    let mut r = rdv.lock().unwrap_or_else(|e| e.into_inner());
+                    r.waiting.retain(|(w, _)| *w != peer);
+                    r.waiting.push((peer, friend));
+                    Response::Waiting
+                }
             }
         }
         Request::Lookup(id) => Response::Record(
@@ -334,7 +519,12 @@ fn versions_of(table: &Mutex<PeerTable>, buckets: &[u8]) -> Vec<(PeerId, u64)> {
 }
 
 /// Merges records learned from a neighbor and re-broadcasts the new ones.
-async fn absorb(node: &Node, table: &Mutex<PeerTable>, records: Vec<PeerRecord>) -> usize {
+async fn absorb(
+    node: &Node,
+    table: &Mutex<PeerTable>,
+    rdv: &Mutex<Rendezvous>,
+    records: Vec<PeerRecord>,
+) -> usize {
     let mut fresh = Vec::new();
     {
         let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
@@ -348,6 +538,7 @@ async fn absorb(node: &Node, table: &Mutex<PeerTable>, records: Vec<PeerRecord>)
         let mut payload = vec![TAG];
         payload.extend(postcard::to_allocvec(r).unwrap_or_default());
         let _ = node.broadcast(Bytes::from(payload)).await;
+        record_arrived(node, table, rdv, r).await;
     }
     if !fresh.is_empty() {
         metrics::counter!("chatd_peer_records_repaired_total").increment(fresh.len() as u64);
@@ -356,7 +547,12 @@ async fn absorb(node: &Node, table: &Mutex<PeerTable>, records: Vec<PeerRecord>)
 }
 
 /// The initiating side of one anti-entropy exchange with `peer`.
-async fn sync_with(node: &Node, table: &Mutex<PeerTable>, peer: PeerId) -> anyhow::Result<()> {
+async fn sync_with(
+    node: &Node,
+    table: &Mutex<PeerTable>,
+    rdv: &Mutex<Rendezvous>,
+    peer: PeerId,
+) -> anyhow::Result<()> {
     let (mut send, mut recv) = node.open_bi(peer).await?;
     let digest = table
         .lock()
@@ -382,7 +578,7 @@ async fn sync_with(node: &Node, table: &Mutex<PeerTable>, peer: PeerId) -> anyho
     let Sync::Records { records, .. } = read_msg_max(&mut recv, MAX_SYNC_FRAME).await? else {
         anyhow::bail!("expected records");
     };
-    let n = absorb(node, table, records).await;
+    let n = absorb(node, table, rdv, records).await;
     tracing::debug!(peer = %Id(peer), learned = n, "anti-entropy done");
     Ok(())
 }
@@ -391,11 +587,12 @@ async fn sync_with(node: &Node, table: &Mutex<PeerTable>, peer: PeerId) -> anyho
 async fn answer_syncs(
     node: Arc<Node>,
     table: Arc<Mutex<PeerTable>>,
+    rdv: Arc<Mutex<Rendezvous>>,
     mut streams: tokio::sync::mpsc::Receiver<crate::driver::AppStream>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SYNCS));
     while let Some((peer, mut send, mut recv)) = streams.recv().await {
-        let (node, table) = (node.clone(), table.clone());
+        let (node, table, rdv) = (node.clone(), table.clone(), rdv.clone());
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             metrics::counter!("chatd_peer_sync_failures_total").increment(1);
             let _ = send.reset(1u32.into());
@@ -438,7 +635,7 @@ async fn answer_syncs(
                 )
                 .await?;
                 send.finish()?;
-                absorb(&node, &table, records).await;
+                absorb(&node, &table, &rdv, records).await;
                 anyhow::Ok(())
             };
             let res = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)

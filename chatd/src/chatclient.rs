@@ -1,0 +1,287 @@
+//! `chatd chat`: find a friend through the servers, connect, chat.
+//!
+//! Steps, each reported on stderr in words (the request statuses of seed
+//! 003): connect to a server (the next bootstrap server if one fails),
+//! register a signed record with the public address the server observed,
+//! ask to meet the friend (wait if it is not online yet), connect directly
+//! on the same UDP socket (the lower id dials every candidate address at
+//! once, the other accepts only the friend's key), then chat: stdin lines
+//! are messages, received messages go to stdout, one per line, with the
+//! guarantees of [`crate::chat::Session`].
+//!
+//! Not yet (issue 6): NAT hole punching with probes, the birthday method,
+//! relay through a server. Here the direct dial works where the addresses
+//! are reachable (same host, same LAN, no NAT between).
+
+use crate::chat::{Frame, Session};
+use crate::client::{CHAT_ALPN, Client};
+use crate::identity::{Id, Keypair, ServerAddr};
+use crate::peertable::PeerRecord;
+use crate::registry::{FriendRef, Notice, read_msg, write_msg};
+use anyhow::Context;
+use overlay::PeerId;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
+
+/// What `chatd chat` was asked to do.
+pub struct Options {
+    /// Our name (a label others can look up).
+    pub name: String,
+    /// Whom to talk to.
+    pub friend: FriendRef,
+    /// Bootstrap servers, tried in order.
+    pub servers: Vec<ServerAddr>,
+    /// Our key.
+    pub keypair: Keypair,
+    /// Local UDP address to bind.
+    pub bind: SocketAddr,
+    /// How long to wait for the friend to come online.
+    pub wait: Duration,
+}
+
+fn status(line: &str) {
+    eprintln!("chatd: {line}");
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The local address packets to `server` leave from (our LAN address).
+fn lan_addr(server: SocketAddr, port: u16) -> Option<SocketAddr> {
+    let probe = std::net::UdpSocket::bind(SocketAddr::new(
+        if server.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        },
+        0,
+    ))
+    .ok()?;
+    probe.connect(server).ok()?;
+    Some(SocketAddr::new(probe.local_addr().ok()?.ip(), port))
+}
+
+/// Runs a chat until stdin ends (and everything sent is acknowledged) or
+/// the friend leaves.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let client = Client::new_accepting(opts.keypair, opts.bind)?;
+    let me = client.id();
+    let session = client
+        .connect_any(&opts.servers)
+        .await
+        .context("no server answered")?;
+    status(&format!("connected to server {}", session.server()));
+    let public = session.who_am_i().await?;
+    let port = client.endpoint().local_addr()?.port();
+    let mut record = client.record(
+        &session,
+        &opts.name,
+        public,
+        unix_millis(),
+        Duration::from_secs(600),
+    );
+    record.body.private_addrs = lan_addr(session.server().addr, port).into_iter().collect();
+    let record = PeerRecord::sign(client.signing_key(), record.body);
+    session.register(record).await?;
+    status(&format!(
+        "registered as {} with public address {public}",
+        Id(me)
+    ));
+    let mut notices = session.notices();
+    let wanted = opts.friend.clone();
+    status(&format!("request sent: meet {}", describe(&wanted)));
+    let friend = match session.meet(wanted.clone()).await? {
+        Some(r) => r,
+        None => {
+            status(&format!("waiting for {} to come online", describe(&wanted)));
+            let deadline = tokio::time::Instant::now() + opts.wait;
+            loop {
+                match tokio::time::timeout_at(deadline, notices.recv()).await {
+                    Ok(Some(Notice::Friend(r))) if matches(&wanted, &r) => break r,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => anyhow::bail!("server connection lost while waiting"),
+                    Err(_) => anyhow::bail!(
+                        "{} did not come online within {:?}",
+                        describe(&wanted),
+                        opts.wait
+                    ),
+                }
+            }
+        }
+    };
+    let fid = friend.body.peer;
+    status(&format!(
+        "friend found: {} ({}) at {} (private {:?})",
+        friend.body.name,
+        Id(fid),
+        friend
+            .body
+            .public_addr
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        friend.body.private_addrs
+    ));
+    let conn = connect(&client, me, &friend).await?;
+    let lan = friend.body.private_addrs.contains(&conn.remote_address());
+    status(&format!(
+        "connected direct ({}) to {}, RTT {} ms",
+        if lan { "LAN" } else { "WAN" },
+        friend.body.name,
+        conn.rtt().as_millis()
+    ));
+    let (send, recv) = if me < fid {
+        conn.open_bi().await?
+    } else {
+        conn.accept_bi().await?
+    };
+    converse(conn, send, recv).await
+}
+
+fn describe(f: &FriendRef) -> String {
+    match f {
+        FriendRef::Id(id) => Id(*id).to_string(),
+        FriendRef::Name(n) => n.clone(),
+    }
+}
+
+fn matches(f: &FriendRef, r: &PeerRecord) -> bool {
+    match f {
+        FriendRef::Id(id) => r.body.peer == *id,
+        FriendRef::Name(n) => r.body.name == *n,
+    }
+}
+
+/// The lower id dials every candidate address at once; the other accepts
+/// only the friend (its key, the chat ALPN).
+async fn connect(
+    client: &Client,
+    me: PeerId,
+    friend: &PeerRecord,
+) -> anyhow::Result<quinn::Connection> {
+    let fid = friend.body.peer;
+    status("connecting");
+    if me < fid {
+        let mut candidates: Vec<SocketAddr> = friend.body.private_addrs.clone();
+        candidates.extend(friend.body.public_addr);
+        candidates.dedup();
+        let cfg = client.friend_config(fid)?;
+        let mut attempts = tokio::task::JoinSet::new();
+        for addr in candidates {
+            let connecting =
+                client
+                    .endpoint()
+                    .connect_with(cfg.clone(), addr, crate::tls::SERVER_NAME)?;
+            attempts.spawn(async move { connecting.await.map_err(anyhow::Error::from) });
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut last = anyhow::anyhow!("no address to try");
+        while let Ok(Some(res)) = tokio::time::timeout_at(deadline, attempts.join_next()).await {
+            match res {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => last = e,
+                Err(e) => last = e.into(),
+            }
+        }
+        Err(last.context("could not reach the friend directly"))
+    } else {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let incoming = tokio::time::timeout_at(deadline, client.endpoint().accept())
+                .await
+                .map_err(|_| anyhow::anyhow!("the friend did not connect within 10 s"))?
+                .context("endpoint closed")?;
+            let Ok(conn) = incoming.await else { continue };
+            let alpn_ok = conn
+                .handshake_data()
+                .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|h| h.protocol)
+                .is_some_and(|p| p == CHAT_ALPN);
+            if alpn_ok && crate::tls::peer_of(&conn) == Some(fid) {
+                return Ok(conn);
+            }
+            conn.close(1u32.into(), b"not expected");
+        }
+    }
+}
+
+/// The conversation: stdin → messages, messages → stdout.
+async fn converse(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> anyhow::Result<()> {
+    let mut session = Session::new(rand::random(), Duration::from_millis(300));
+    let (line_tx, mut lines) = tokio::sync::mpsc::channel::<String>(64);
+    tokio::spawn(async move {
+        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = stdin.next_line().await {
+            if line_tx.send(line).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (frame_tx, mut frames) = tokio::sync::mpsc::channel::<Frame>(64);
+    tokio::spawn(async move {
+        while let Ok(f) = read_msg::<Frame>(&mut recv).await {
+            if frame_tx.send(f).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut stdin_open = true;
+    let mut closing_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            line = lines.recv(), if stdin_open => match line {
+                Some(line) => {
+                    if let Err(e) = session.send(&line) {
+                        eprintln!("chatd: {e}");
+                    }
+                }
+                None => {
+                    stdin_open = false;
+                    closing_since = Some(Instant::now());
+                }
+            },
+            frame = frames.recv() => match frame {
+                Some(f) => {
+                    for text in session.on_frame(f) {
+                        println!("{text}");
+                    }
+                }
+                None => {
+                    status("the friend left");
+                    break;
+                }
+            },
+            _ = tick.tick() => {
+                for f in session.poll_transmit(Instant::now()) {
+                    write_msg(&mut send, &f).await.context("path to the friend broke")?;
+                }
+                if let Some(since) = closing_since {
+                    // Done when everything sent is acknowledged, or after 5 s.
+                    if session.pending() == 0 || since.elapsed() > Duration::from_secs(5) {
+                        if session.pending() > 0 {
+                            status(&format!("{} messages not acknowledged", session.pending()));
+                        }
+                        // Let the last acknowledgements go out.
+                        for f in session.poll_transmit(Instant::now()) {
+                            let _ = write_msg(&mut send, &f).await;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let _ = send.finish();
+    conn.close(0u32.into(), b"bye");
+    Ok(())
+}
