@@ -13,6 +13,8 @@
 //! relay through a server. Here the direct dial works where the addresses
 //! are reachable (same host, same LAN, no NAT between).
 
+#![allow(clippy::print_stdout, clippy::print_stderr)] // the chat command talks to its user
+
 use crate::chat::{Frame, Session};
 use crate::client::{CHAT_ALPN, Client};
 use crate::identity::{Id, Keypair, ServerAddr};
