@@ -3,16 +3,20 @@
 //! payload kept for the shorter `message_cache_retention` (to answer GRAFTs).
 //!
 //! Layout, chosen for memory (a simulator holds 10,000+ nodes × hundreds of
-//! messages): one hash map keyed by the first 8 bytes of the id (ids are
+//! messages, and a node's store is small, so hash-table slack dominates):
+//! the records live in one ring in arrival order, and a hash table of
+//! 4-byte ring positions finds them by the first 8 bytes of the id (ids are
 //! blake3 outputs, so those bytes are uniform; a collision, ~2⁻⁶⁴ per pair,
-//! would make a message look like a duplicate), and one deque of full ids in
-//! arrival order. Payloads are dropped oldest first, so the messages still
-//! holding one are always the newest `cached` entries of the deque.
+//! would make a message look like a duplicate). Full ids are kept only for
+//! the newest `ihave_max_entries` messages (the ones announced to a new
+//! neighbor). Payloads are dropped oldest first, so the messages still
+//! holding one are always the newest `cached` entries of the ring.
 
 use crate::config::PlumtreeConfig;
 use crate::id::MessageId;
 use crate::time::Time;
 use bytes::Bytes;
+use core::hash::BuildHasher;
 use std::collections::VecDeque;
 
 /// What a node remembers about one message.
@@ -30,13 +34,25 @@ pub(crate) struct Known<PI> {
     pub(crate) payload: Option<Bytes>,
 }
 
-type Map<V> = hashbrown::HashMap<u64, V, foldhash::quality::FixedState>;
+#[derive(Debug)]
+struct Slot<PI> {
+    key: u64,
+    known: Known<PI>,
+}
 
 /// Seen messages and cached payloads.
 #[derive(Debug)]
 pub(crate) struct Store<PI> {
-    map: Map<Known<PI>>,
-    order: VecDeque<MessageId>,
+    /// Records, oldest first.
+    ring: VecDeque<Slot<PI>>,
+    /// Sequence number of `ring[0]`; `ring[i]` has `head + i` (wrapping).
+    head: u32,
+    /// Sequence numbers, hashed by their record's key.
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::quality::FixedState,
+    /// Full ids of the newest records: `recent[j]` belongs to
+    /// `ring[ring.len() - recent.len() + j]`.
+    recent: VecDeque<MessageId>,
     cached: usize,
     cached_bytes: usize,
 }
@@ -52,28 +68,41 @@ impl<PI> Store<PI> {
     /// cannot precompute colliding ids).
     pub(crate) fn new(seed: u64) -> Self {
         Store {
-            map: Map::with_hasher(foldhash::quality::FixedState::with_seed(seed)),
-            order: VecDeque::new(),
+            ring: VecDeque::new(),
+            head: 0,
+            index: hashbrown::HashTable::new(),
+            hasher: foldhash::quality::FixedState::with_seed(seed),
+            recent: VecDeque::new(),
             cached: 0,
             cached_bytes: 0,
         }
     }
 
+    /// Ring position of the record keyed `k`.
+    fn find(&self, k: u64) -> Option<usize> {
+        let (ring, head) = (&self.ring, self.head);
+        self.index
+            .find(self.hasher.hash_one(k), |&s| {
+                ring[s.wrapping_sub(head) as usize].key == k
+            })
+            .map(|&s| s.wrapping_sub(head) as usize)
+    }
+
     pub(crate) fn contains(&self, id: &MessageId) -> bool {
-        self.map.contains_key(&key(id))
+        self.find(key(id)).is_some()
     }
 
     pub(crate) fn get(&self, id: &MessageId) -> Option<&Known<PI>> {
-        self.map.get(&key(id))
+        self.find(key(id)).map(|i| &self.ring[i].known)
     }
 
     pub(crate) fn get_mut(&mut self, id: &MessageId) -> Option<&mut Known<PI>> {
-        self.map.get_mut(&key(id))
+        self.find(key(id)).map(|i| &mut self.ring[i].known)
     }
 
     /// Messages remembered.
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.ring.len()
     }
 
     /// Messages whose payload is still cached.
@@ -82,26 +111,34 @@ impl<PI> Store<PI> {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.ring.is_empty()
     }
 
     /// Records a new message (ignored if its id is already known), then
     /// enforces the count and byte limits.
     pub(crate) fn insert(&mut self, id: MessageId, known: Known<PI>, cfg: &PlumtreeConfig) {
         let k = key(&id);
-        if self.map.contains_key(&k) {
+        if self.find(k).is_some() {
             return;
         }
         if let Some(p) = &known.payload {
             self.cached += 1;
             self.cached_bytes += p.len();
         } else {
-            // Keep the invariant: cached entries are a suffix of `order`.
+            // Keep the invariant: cached entries are a suffix of the ring.
             self.uncache_all_but(0);
         }
-        self.map.insert(k, known);
-        self.order.push_back(id);
-        while self.map.len() > cfg.seen_capacity.max(1) {
+        let seq = self.head.wrapping_add(self.ring.len() as u32);
+        self.ring.push_back(Slot { key: k, known });
+        let (ring, head, hasher) = (&self.ring, self.head, &self.hasher);
+        self.index.insert_unique(hasher.hash_one(k), seq, |&s| {
+            hasher.hash_one(ring[s.wrapping_sub(head) as usize].key)
+        });
+        self.recent.push_back(id);
+        while self.recent.len() > cfg.ihave_max_entries {
+            self.recent.pop_front();
+        }
+        while self.ring.len() > cfg.seen_capacity.max(1) {
             self.pop_oldest();
         }
         while self.cached > cfg.message_cache_capacity
@@ -116,47 +153,57 @@ impl<PI> Store<PI> {
     /// Forgets ids older than `seen_retention` and drops payloads older
     /// than `message_cache_retention`.
     pub(crate) fn expire(&mut self, now: Time, cfg: &PlumtreeConfig) {
-        let seen_cutoff = now - cfg.seen_retention;
-        while let Some(front) = self.order.front() {
-            match self.map.get(&key(front)) {
-                Some(k) if k.at > seen_cutoff => break,
-                _ => self.pop_oldest(),
-            }
+        // `now - at >= retention`, written so that nothing expires before
+        // `retention` has passed since time zero.
+        let old = |at: Time, retention| now.saturating_since(at) >= retention;
+        while self
+            .ring
+            .front()
+            .is_some_and(|s| old(s.known.at, cfg.seen_retention))
+        {
+            self.pop_oldest();
         }
-        let cache_cutoff = now - cfg.message_cache_retention;
         while self.cached > 0 {
-            let i = self.order.len() - self.cached;
-            let old = self
-                .map
-                .get(&key(&self.order[i]))
-                .is_none_or(|k| k.at <= cache_cutoff);
-            if !old || !self.uncache_oldest() {
+            let i = self.ring.len() - self.cached;
+            if !old(self.ring[i].known.at, cfg.message_cache_retention) || !self.uncache_oldest() {
                 break;
             }
         }
     }
 
-    /// The newest cached messages, newest first.
+    /// The newest cached messages (at most `ihave_max_entries`), newest
+    /// first.
     pub(crate) fn recent_cached(&self) -> impl Iterator<Item = (&MessageId, &Known<PI>)> + '_ {
-        self.order
+        self.recent
             .iter()
             .rev()
+            .zip(self.ring.iter().rev())
             .take(self.cached)
-            .filter_map(|id| self.map.get(&key(id)).map(|k| (id, k)))
+            .map(|(id, s)| (id, &s.known))
     }
 
     fn pop_oldest(&mut self) {
-        let Some(id) = self.order.pop_front() else {
+        let Some(slot) = self.ring.pop_front() else {
             return;
         };
-        if self.cached > self.order.len() {
-            // The popped entry was cached (the whole deque was).
+        let seq = self.head;
+        self.head = self.head.wrapping_add(1);
+        if let Ok(e) = self
+            .index
+            .find_entry(self.hasher.hash_one(slot.key), |&s| s == seq)
+        {
+            e.remove();
+        }
+        if self.recent.len() > self.ring.len() {
+            self.recent.pop_front();
+        }
+        if self.cached > self.ring.len() {
+            // The popped entry was cached (the whole ring was).
             self.cached -= 1;
-            if let Some(p) = self.map.get(&key(&id)).and_then(|k| k.payload.as_ref()) {
+            if let Some(p) = &slot.known.payload {
                 self.cached_bytes -= p.len();
             }
         }
-        self.map.remove(&key(&id));
     }
 
     /// Drops the payload of the oldest cached message; false if none.
@@ -164,13 +211,9 @@ impl<PI> Store<PI> {
         if self.cached == 0 {
             return false;
         }
-        let i = self.order.len() - self.cached;
+        let i = self.ring.len() - self.cached;
         self.cached -= 1;
-        if let Some(p) = self
-            .map
-            .get_mut(&key(&self.order[i]))
-            .and_then(|k| k.payload.take())
-        {
+        if let Some(p) = self.ring[i].known.payload.take() {
             self.cached_bytes -= p.len();
         }
         true
@@ -246,5 +289,54 @@ mod tests {
         s.insert(id(1), known(1, 10), &cfg);
         s.insert(id(1), known(2, 20), &cfg);
         assert_eq!((s.len(), s.cached_len(), s.cached_bytes), (1, 1, 10));
+    }
+
+    /// The ring + index layout against a plain model, across the u32
+    /// sequence wrap, with count limits and expiry interleaved.
+    #[test]
+    fn ring_index_matches_a_model_across_sequence_wrap() {
+        let mut cfg = Config::lan().plumtree;
+        cfg.seen_capacity = 50;
+        cfg.message_cache_capacity = 20;
+        cfg.ihave_max_entries = 8;
+        cfg.message_cache_retention = Duration::from_secs(5);
+        cfg.seen_retention = Duration::from_secs(40);
+        let mut s: Store<u32> = Store::new(7);
+        s.head = u32::MAX - 30;
+        let mut model: VecDeque<(MessageId, u64)> = VecDeque::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for t in 0..400u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut raw = [0u8; 32];
+            raw[..8].copy_from_slice(&x.to_le_bytes());
+            raw[8] = (t % 251) as u8;
+            let id = MessageId(raw);
+            s.insert(id, known(t, 10), &cfg);
+            model.push_back((id, t));
+            while model.len() > cfg.seen_capacity {
+                model.pop_front();
+            }
+            if t % 7 == 0 {
+                s.expire(Time::from_secs(t), &cfg);
+                while model.front().is_some_and(|&(_, at)| at + 40 <= t) {
+                    model.pop_front();
+                }
+            }
+            assert_eq!(s.len(), model.len(), "t={t}");
+            for (id, at) in &model {
+                assert_eq!(s.get(id).map(|k| k.at), Some(Time::from_secs(*at)));
+            }
+            let recent: Vec<MessageId> = s.recent_cached().map(|(id, _)| *id).collect();
+            let want: Vec<MessageId> = model
+                .iter()
+                .rev()
+                .take(s.cached_len().min(8))
+                .map(|(id, _)| *id)
+                .collect();
+            assert_eq!(recent, want, "t={t}");
+        }
+        assert!(s.head < 1000, "the sequence wrapped");
     }
 }
