@@ -3,40 +3,16 @@
 //! once and in order; a too-long line is refused with an error and the rest
 //! still goes through. Loopback only; every wait bounded.
 
-use chatd::driver::{Node, NodeConfig};
-use chatd::identity::Keypair;
-use chatd::membership::{Service, Settings};
-use chatd::registry::Registry;
+mod common;
+
+use common::cluster;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_on_two_servers_chat_both_ways() {
-    let mut servers = Vec::new();
-    for i in 0..2u8 {
-        let k = Keypair::from_seed([120 + i; 32]);
-        let mut c = NodeConfig::new("127.0.0.1:0".parse().unwrap());
-        c.overlay = overlay::Config::local();
-        c.bootstrap = servers
-            .first()
-            .map(|(n, _, _): &(Arc<Node>, _, _)| vec![n.addr()])
-            .unwrap_or_default();
-        let node = Arc::new(Node::start(&k, c).await.unwrap());
-        let settings = Settings {
-            heartbeat: Duration::from_millis(500),
-            dead_after: Duration::from_secs(4),
-            capacity: 100,
-        };
-        let members = Arc::new(Service::start(
-            node.clone(),
-            k.signing_key().clone(),
-            settings,
-        ));
-        let registry = Registry::start(node.clone(), members.clone());
-        servers.push((node, members, registry));
-    }
+    let servers = cluster(2, 120, overlay::Config::local()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let bin = env!("CARGO_BIN_EXE_chatd");
     let spawn = |name: &str, to: &str, server: String| {
@@ -61,8 +37,8 @@ async fn two_clients_on_two_servers_chat_both_ways() {
             .spawn()
             .expect("start chatd chat")
     };
-    let mut alice = spawn("alice", "bob", servers[0].0.addr().to_string());
-    let mut bob = spawn("bob", "alice", servers[1].0.addr().to_string());
+    let mut alice = spawn("alice", "bob", servers[0].node.addr().to_string());
+    let mut bob = spawn("bob", "alice", servers[1].node.addr().to_string());
     let long = "x".repeat(chatd::chat::MAX_CHARS + 1);
     let a_lines: Vec<String> = (0..20).map(|i| format!("alice says {i}")).collect();
     let b_lines: Vec<String> = (0..20).map(|i| format!("bob says {i}")).collect();
@@ -122,7 +98,7 @@ async fn two_clients_on_two_servers_chat_both_ways() {
     assert!(a_err.contains("over the 2048-character limit"), "{a_err}");
     assert!(a_err.contains("connected direct"), "{a_err}");
     assert!(b_err.contains("friend found: alice"), "{b_err}");
-    for (node, _, _) in &servers {
-        node.shutdown(Duration::from_secs(2)).await;
+    for s in &servers {
+        s.node.shutdown(Duration::from_secs(2)).await;
     }
 }

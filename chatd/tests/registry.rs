@@ -2,47 +2,12 @@
 //! record registered at server 1 is found at server 5; clients cannot
 //! register for someone else; the server list is ordered by load.
 
+mod common;
+
 use chatd::client::Client;
-use chatd::driver::{Node, NodeConfig};
 use chatd::identity::Keypair;
-use chatd::membership::{Service, Settings};
-use chatd::registry::Registry;
-use std::sync::Arc;
+use common::{Server, cluster};
 use std::time::Duration;
-
-struct Server {
-    node: Arc<Node>,
-    _members: Arc<Service>,
-    _registry: Registry,
-}
-
-async fn cluster(n: u8, seed: u8, overlay_cfg: overlay::Config) -> Vec<Server> {
-    let mut out: Vec<Server> = Vec::new();
-    for i in 0..n {
-        let k = Keypair::from_seed([seed + i; 32]);
-        let mut c = NodeConfig::new("127.0.0.1:0".parse().unwrap());
-        c.overlay = overlay_cfg.clone();
-        c.bootstrap = out.first().map(|s| vec![s.node.addr()]).unwrap_or_default();
-        let node = Arc::new(Node::start(&k, c).await.unwrap());
-        let settings = Settings {
-            heartbeat: Duration::from_millis(500),
-            dead_after: Duration::from_secs(4),
-            capacity: 100,
-        };
-        let members = Arc::new(Service::start(
-            node.clone(),
-            k.signing_key().clone(),
-            settings,
-        ));
-        let registry = Registry::start(node.clone(), members.clone());
-        out.push(Server {
-            node,
-            _members: members,
-            _registry: registry,
-        });
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_registered_at_server_1_is_found_at_server_5() {
@@ -182,7 +147,7 @@ async fn after_a_partition_heals_the_tables_are_equal_again() {
     let mut snaps = Vec::new();
     for s in &servers {
         let snap = s.node.snapshot().await.unwrap();
-        snaps.push((snap.active.len(), snap.links, s._members.servers().len()));
+        snaps.push((snap.active.len(), snap.links, s.members.servers().len()));
     }
     assert_eq!(
         a,

@@ -1,0 +1,47 @@
+//! A cluster of in-process chatd servers on loopback (QUIC, membership,
+//! registry), shared by the integration tests.
+
+use chatd::driver::{Node, NodeConfig};
+use chatd::identity::Keypair;
+use chatd::membership::{Service, Settings};
+use chatd::registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One running server; dropping it stops its services.
+#[allow(dead_code)] // each test binary uses its own subset
+pub struct Server {
+    pub node: Arc<Node>,
+    pub members: Arc<Service>,
+    _registry: Registry,
+}
+
+/// Starts `n` servers with keys seeded `seed..seed + n`, every one
+/// bootstrapping through the first. Heartbeats every 0.5 s, dead after 4 s.
+pub async fn cluster(n: u8, seed: u8, overlay_cfg: overlay::Config) -> Vec<Server> {
+    let mut out: Vec<Server> = Vec::new();
+    for i in 0..n {
+        let k = Keypair::from_seed([seed + i; 32]);
+        let mut c = NodeConfig::new("127.0.0.1:0".parse().unwrap());
+        c.overlay = overlay_cfg.clone();
+        c.bootstrap = out.first().map(|s| vec![s.node.addr()]).unwrap_or_default();
+        let node = Arc::new(Node::start(&k, c).await.unwrap());
+        let settings = Settings {
+            heartbeat: Duration::from_millis(500),
+            dead_after: Duration::from_secs(4),
+            capacity: 100,
+        };
+        let members = Arc::new(Service::start(
+            node.clone(),
+            k.signing_key().clone(),
+            settings,
+        ));
+        let registry = Registry::start(node.clone(), members.clone());
+        out.push(Server {
+            node,
+            members,
+            _registry: registry,
+        });
+    }
+    out
+}
