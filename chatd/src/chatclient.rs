@@ -5,13 +5,15 @@
 //! register a signed record with the public address the server observed,
 //! ask to meet the friend (wait if it is not online yet), connect directly
 //! on the same UDP socket (the lower id dials every candidate address at
-//! once, the other accepts only the friend's key), then chat: stdin lines
+//! once, the other accepts only the friend's key; meanwhile both send
+//! probes from the same socket to every candidate, so NATs with
+//! endpoint-independent mapping open a path: the probes open our side, the
+//! friend's QUIC retransmissions then come through), then chat: stdin lines
 //! are messages, received messages go to stdout, one per line, with the
 //! guarantees of [`crate::chat::Session`].
 //!
-//! Not yet (issue 6): NAT hole punching with probes, the birthday method,
-//! relay through a server. Here the direct dial works where the addresses
-//! are reachable (same host, same LAN, no NAT between).
+//! Not yet (issue 6): the birthday method for symmetric NATs, relay through
+//! a server.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // the chat command talks to its user
 
@@ -23,6 +25,8 @@ use crate::registry::{FriendRef, Notice, read_msg, write_msg};
 use anyhow::Context;
 use overlay::PeerId;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 
@@ -167,10 +171,54 @@ async fn connect(
 ) -> anyhow::Result<quinn::Connection> {
     let fid = friend.body.peer;
     status("connecting");
+    let mut candidates: Vec<SocketAddr> = friend.body.private_addrs.clone();
+    candidates.extend(friend.body.public_addr);
+    candidates.dedup();
+    let sent = Arc::new(AtomicU32::new(0));
+    let probes = tokio::spawn(punch(
+        client.probe_socket(),
+        candidates.clone(),
+        sent.clone(),
+    ));
+    let conn = dial_or_accept(client, me, fid, candidates).await;
+    probes.abort();
+    status(&format!(
+        "sent {} hole-punching probes",
+        sent.load(Ordering::Relaxed)
+    ));
+    conn
+}
+
+/// Probe rounds: one datagram to every candidate every `PUNCH_EVERY`, at
+/// most `PUNCH_ROUNDS` times (as long as the connect deadline); aborted as
+/// soon as the connection attempt ends.
+const PUNCH_ROUNDS: u32 = 40;
+const PUNCH_EVERY: Duration = Duration::from_millis(250);
+
+/// Sends probes from (a clone of) the endpoint's socket, counting them.
+async fn punch(
+    socket: Option<std::net::UdpSocket>,
+    candidates: Vec<SocketAddr>,
+    sent: Arc<AtomicU32>,
+) {
+    let Some(socket) = socket else { return };
+    for _ in 0..PUNCH_ROUNDS {
+        for addr in &candidates {
+            if socket.send_to(crate::client::PUNCH_PROBE, addr).is_ok() {
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tokio::time::sleep(PUNCH_EVERY).await;
+    }
+}
+
+async fn dial_or_accept(
+    client: &Client,
+    me: PeerId,
+    fid: PeerId,
+    candidates: Vec<SocketAddr>,
+) -> anyhow::Result<quinn::Connection> {
     if me < fid {
-        let mut candidates: Vec<SocketAddr> = friend.body.private_addrs.clone();
-        candidates.extend(friend.body.public_addr);
-        candidates.dedup();
         let cfg = client.friend_config(fid)?;
         let mut attempts = tokio::task::JoinSet::new();
         for addr in candidates {

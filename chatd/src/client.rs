@@ -10,6 +10,7 @@ use crate::membership::ServerRecord;
 use crate::peertable::{PeerRecord, RecordBody};
 use crate::registry::{FriendRef, Notice, Request, Response, read_msg, write_msg};
 use crate::tls::{self, Credentials};
+use anyhow::Context;
 use overlay::PeerId;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +21,15 @@ pub struct Client {
     keypair: Keypair,
     creds: Credentials,
     endpoint: quinn::Endpoint,
+    /// A clone of the endpoint's UDP socket, for hole-punching probes
+    /// (quinn has no raw send); `None` for dial-only clients.
+    probe: Option<std::net::UdpSocket>,
 }
+
+/// A hole-punching probe: a datagram QUIC discards (the fixed bit of the
+/// first byte is clear), sent only so that our NAT opens a mapping and a
+/// filter entry towards the friend.
+pub const PUNCH_PROBE: &[u8] = b"\0chatd-punch";
 
 /// ALPN of peer-to-peer chat connections.
 pub const CHAT_ALPN: &[u8] = b"chatd-chat/1";
@@ -40,6 +49,7 @@ impl Client {
             keypair,
             creds,
             endpoint,
+            probe: None,
         })
     }
 
@@ -51,17 +61,33 @@ impl Client {
         let tls = tls::server_config(&creds, &[CHAT_ALPN])?;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        let endpoint = quinn::Endpoint::server(server, bind)?;
+        let socket =
+            std::net::UdpSocket::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
+        let probe = socket.try_clone()?;
+        let runtime = quinn::default_runtime().context("no async runtime")?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )?;
         Ok(Client {
             keypair,
             creds,
             endpoint,
+            probe: Some(probe),
         })
     }
 
     /// The client's signing key (records are signed with it).
     pub fn signing_key(&self) -> &ed25519_dalek::SigningKey {
         self.keypair.signing_key()
+    }
+
+    /// Another handle on the endpoint's UDP socket, for hole-punching
+    /// probes (`None` for dial-only clients or if the clone fails).
+    pub fn probe_socket(&self) -> Option<std::net::UdpSocket> {
+        self.probe.as_ref().and_then(|s| s.try_clone().ok())
     }
 
     /// The QUIC endpoint (one UDP socket).
