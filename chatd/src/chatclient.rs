@@ -4,11 +4,10 @@
 //! 003): connect to a server (the next bootstrap server if one fails),
 //! register a signed record with the public address the server observed,
 //! ask to meet the friend (wait if it is not online yet), connect directly
-//! on the same UDP socket (the lower id dials every candidate address at
-//! once, the other accepts only the friend's key; meanwhile both send
-//! probes from the same socket to every candidate, so NATs with
-//! endpoint-independent mapping open a path: the probes open our side, the
-//! friend's QUIC retransmissions then come through), then chat: stdin lines
+//! on the same UDP socket (both dial every candidate address and accept
+//! only the friend's key, while sending probes from the same socket to
+//! every candidate: the probes and our own dials open our NAT towards the
+//! friend, the friend's QUIC retransmissions then come through), then chat: stdin lines
 //! are messages, received messages go to stdout, one per line, with the
 //! guarantees of [`crate::chat::Session`].
 //!
@@ -132,7 +131,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .unwrap_or_default(),
         friend.body.private_addrs
     ));
-    let conn = connect(&client, me, &friend).await?;
+    let (conn, send, recv) = connect(&client, me, &friend).await?;
     let lan = friend.body.private_addrs.contains(&conn.remote_address());
     status(&format!(
         "connected direct ({}) to {}, RTT {} ms",
@@ -140,11 +139,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         friend.body.name,
         conn.rtt().as_millis()
     ));
-    let (send, recv) = if me < fid {
-        conn.open_bi().await?
-    } else {
-        conn.accept_bi().await?
-    };
     converse(conn, send, recv).await
 }
 
@@ -162,13 +156,19 @@ fn matches(f: &FriendRef, r: &PeerRecord) -> bool {
     }
 }
 
-/// The lower id dials every candidate address at once; the other accepts
-/// only the friend (its key, the chat ALPN).
-async fn connect(
-    client: &Client,
-    me: PeerId,
-    friend: &PeerRecord,
-) -> anyhow::Result<quinn::Connection> {
+/// How long to try to reach the friend directly.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection to the friend with the chat stream on it.
+type Chat = (quinn::Connection, quinn::SendStream, quinn::RecvStream);
+
+/// Both sides dial every candidate address of the friend and accept the
+/// friend (its key, the chat ALPN) while sending probes, so whichever
+/// direction the NATs let through completes. The lower id takes the first
+/// connection that completes and opens the chat stream on it; the higher id
+/// keeps every connection that completes and uses the one the stream
+/// arrives on, so the two agree even when each completed a different one.
+async fn connect(client: &Client, me: PeerId, friend: &PeerRecord) -> anyhow::Result<Chat> {
     let fid = friend.body.peer;
     status("connecting");
     let mut candidates: Vec<SocketAddr> = friend.body.private_addrs.clone();
@@ -180,13 +180,97 @@ async fn connect(
         candidates.clone(),
         sent.clone(),
     ));
-    let conn = dial_or_accept(client, me, fid, candidates).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<quinn::Connection>(8);
+    let mut racers = tokio::task::JoinSet::new();
+    let cfg = client.friend_config(fid)?;
+    for addr in candidates {
+        let connecting =
+            client
+                .endpoint()
+                .connect_with(cfg.clone(), addr, crate::tls::SERVER_NAME)?;
+        let tx = tx.clone();
+        racers.spawn(async move {
+            if let Ok(conn) = connecting.await {
+                let _ = tx.send(conn).await;
+            }
+        });
+    }
+    racers.spawn(accept_friend(client.endpoint().clone(), fid, tx));
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let chat = if me < fid {
+        open_on_first(rx, deadline).await
+    } else {
+        accept_on_any(rx, deadline).await
+    };
+    racers.abort_all();
     probes.abort();
     status(&format!(
         "sent {} hole-punching probes",
         sent.load(Ordering::Relaxed)
     ));
-    conn
+    chat
+}
+
+async fn open_on_first(
+    mut conns: tokio::sync::mpsc::Receiver<quinn::Connection>,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<Chat> {
+    match tokio::time::timeout_at(deadline, conns.recv()).await {
+        Ok(Some(conn)) => {
+            let (send, recv) = conn.open_bi().await?;
+            Ok((conn, send, recv))
+        }
+        _ => anyhow::bail!("could not reach the friend within {CONNECT_TIMEOUT:?}"),
+    }
+}
+
+async fn accept_on_any(
+    mut conns: tokio::sync::mpsc::Receiver<quinn::Connection>,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<Chat> {
+    let mut streams = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            Some(conn) = conns.recv() => {
+                streams.spawn(async move {
+                    let (send, recv) = conn.accept_bi().await?;
+                    anyhow::Ok((conn, send, recv))
+                });
+            }
+            Some(res) = streams.join_next() => {
+                if let Ok(Ok(chat)) = res {
+                    return Ok(chat);
+                }
+            }
+            // Only while no connection is open: an open one waits for the
+            // friend's first message, however long that takes.
+            () = tokio::time::sleep_until(deadline), if streams.is_empty() => {
+                anyhow::bail!("the friend did not connect within {CONNECT_TIMEOUT:?}")
+            }
+        }
+    }
+}
+
+/// Accepts connections until aborted, passing on those from the friend
+/// with the chat ALPN and closing the others.
+async fn accept_friend(
+    endpoint: quinn::Endpoint,
+    fid: PeerId,
+    out: tokio::sync::mpsc::Sender<quinn::Connection>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(conn) = incoming.await else { continue };
+        let alpn_ok = conn
+            .handshake_data()
+            .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|h| h.protocol)
+            .is_some_and(|p| p == CHAT_ALPN);
+        if !(alpn_ok && crate::tls::peer_of(&conn) == Some(fid)) {
+            conn.close(1u32.into(), b"not expected");
+        } else if out.send(conn).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Probe rounds: one datagram to every candidate every `PUNCH_EVERY`, at
@@ -209,53 +293,6 @@ async fn punch(
             }
         }
         tokio::time::sleep(PUNCH_EVERY).await;
-    }
-}
-
-async fn dial_or_accept(
-    client: &Client,
-    me: PeerId,
-    fid: PeerId,
-    candidates: Vec<SocketAddr>,
-) -> anyhow::Result<quinn::Connection> {
-    if me < fid {
-        let cfg = client.friend_config(fid)?;
-        let mut attempts = tokio::task::JoinSet::new();
-        for addr in candidates {
-            let connecting =
-                client
-                    .endpoint()
-                    .connect_with(cfg.clone(), addr, crate::tls::SERVER_NAME)?;
-            attempts.spawn(async move { connecting.await.map_err(anyhow::Error::from) });
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let mut last = anyhow::anyhow!("no address to try");
-        while let Ok(Some(res)) = tokio::time::timeout_at(deadline, attempts.join_next()).await {
-            match res {
-                Ok(Ok(conn)) => return Ok(conn),
-                Ok(Err(e)) => last = e,
-                Err(e) => last = e.into(),
-            }
-        }
-        Err(last.context("could not reach the friend directly"))
-    } else {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let incoming = tokio::time::timeout_at(deadline, client.endpoint().accept())
-                .await
-                .map_err(|_| anyhow::anyhow!("the friend did not connect within 10 s"))?
-                .context("endpoint closed")?;
-            let Ok(conn) = incoming.await else { continue };
-            let alpn_ok = conn
-                .handshake_data()
-                .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-                .and_then(|h| h.protocol)
-                .is_some_and(|p| p == CHAT_ALPN);
-            if alpn_ok && crate::tls::peer_of(&conn) == Some(fid) {
-                return Ok(conn);
-            }
-            conn.close(1u32.into(), b"not expected");
-        }
     }
 }
 
