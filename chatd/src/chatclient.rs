@@ -260,12 +260,9 @@ async fn accept_friend(
 ) {
     while let Some(incoming) = endpoint.accept().await {
         let Ok(conn) = incoming.await else { continue };
-        let alpn_ok = conn
-            .handshake_data()
-            .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-            .and_then(|h| h.protocol)
-            .is_some_and(|p| p == CHAT_ALPN);
-        if !(alpn_ok && crate::tls::peer_of(&conn) == Some(fid)) {
+        let expected = crate::tls::alpn_of(&conn).as_deref() == Some(CHAT_ALPN)
+            && crate::tls::peer_of(&conn) == Some(fid);
+        if !expected {
             conn.close(1u32.into(), b"not expected");
         } else if out.send(conn).await.is_err() {
             return;

@@ -385,13 +385,6 @@ fn decode_addrs(data: &[u8]) -> Option<Vec<SocketAddr>> {
     postcard::from_bytes(data).ok()
 }
 
-fn alpn_of(conn: &quinn::Connection) -> Option<Vec<u8>> {
-    conn.handshake_data()?
-        .downcast::<quinn::crypto::rustls::HandshakeData>()
-        .ok()?
-        .protocol
-}
-
 /// Accepts connections: servers (overlay ALPN) must pass cluster
 /// admission — a refused one is closed before anything it sends is read;
 /// clients (client ALPN) go to the registry.
@@ -412,7 +405,7 @@ async fn accept_loop(
                         conn.close(1u32.into(), b"no identity");
                         return;
                     };
-                    match alpn_of(&conn).as_deref() {
+                    match tls::alpn_of(&conn).as_deref() {
                         Some(OVERLAY_ALPN) => {
                             let admitted =
                                 admission.read().map(|a| a.admits(&peer)).unwrap_or(false);

@@ -73,6 +73,15 @@ pub fn peer_id_from_cert(cert: &CertificateDer<'_>) -> Result<PeerId, rustls::Er
     Ok(PeerId(key))
 }
 
+/// The application protocol (ALPN) negotiated on an established QUIC
+/// connection.
+pub fn alpn_of(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
 /// The authenticated peer of an established QUIC connection.
 pub fn peer_of(conn: &quinn::Connection) -> Option<PeerId> {
     let certs = conn
