@@ -5,8 +5,7 @@
 mod common;
 
 use chatd::client::Client;
-use chatd::identity::Keypair;
-use common::{Server, cluster};
+use common::{Server, client, cluster, register};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,14 +14,12 @@ async fn a_record_registered_at_server_1_is_found_at_server_5() {
     // Let the overlay form before registering (replication rides on it).
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let alice = Client::new(Keypair::from_seed([1; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let alice = client(1);
     let s1 = alice.connect(servers[0].node.addr()).await.unwrap();
-    let observed = s1.who_am_i().await.unwrap();
+    let observed = register(&alice, &s1, "alice", Duration::from_secs(60)).await;
     assert_eq!(observed.ip().to_string(), "127.0.0.1");
-    let record = alice.record(&s1, "alice", observed, 1, Duration::from_secs(60));
-    s1.register(record).await.unwrap();
 
-    let bob = Client::new(Keypair::from_seed([2; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let bob = client(2);
     let s5 = bob.connect(servers[4].node.addr()).await.unwrap();
     let mut found = None;
     for _ in 0..100 {
@@ -120,20 +117,14 @@ async fn after_a_partition_heals_the_tables_are_equal_again() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let alice = Client::new(Keypair::from_seed([11; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
-    let bob = Client::new(Keypair::from_seed([12; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let alice = client(11);
+    let bob = client(12);
     let sa = alice.connect(servers[0].node.addr()).await.unwrap();
-    let a_addr = sa.who_am_i().await.unwrap();
-    sa.register(alice.record(&sa, "alice", a_addr, 1, Duration::from_secs(120)))
-        .await
-        .unwrap();
+    register(&alice, &sa, "alice", Duration::from_secs(120)).await;
     let sb = bob.connect(servers[2].node.addr()).await.unwrap();
-    let b_addr = sb.who_am_i().await.unwrap();
-    sb.register(bob.record(&sb, "bob", b_addr, 1, Duration::from_secs(120)))
-        .await
-        .unwrap();
+    register(&bob, &sb, "bob", Duration::from_secs(120)).await;
 
-    let probe = Client::new(Keypair::from_seed([13; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let probe = client(13);
     // Each side replicates within itself (polled: CI machines are busy).
     let (mut a, mut b) = (vec![], vec![]);
     for _ in 0..50 {
@@ -189,13 +180,10 @@ async fn after_a_partition_heals_the_tables_are_equal_again() {
 async fn the_clients_of_a_crashed_server_go_offline_everywhere() {
     let servers = cluster(3, 100, overlay::Config::local()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let carol = Client::new(Keypair::from_seed([14; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let carol = client(14);
     let s = carol.connect(servers[2].node.addr()).await.unwrap();
-    let addr = s.who_am_i().await.unwrap();
-    s.register(carol.record(&s, "carol", addr, 1, Duration::from_secs(300)))
-        .await
-        .unwrap();
-    let probe = Client::new(Keypair::from_seed([15; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    register(&carol, &s, "carol", Duration::from_secs(300)).await;
+    let probe = client(15);
     let mut seen = vec![];
     for _ in 0..40 {
         seen = lookup_everywhere(&servers[..2], &probe, "carol").await;

@@ -45,3 +45,30 @@ pub async fn cluster(n: u8, seed: u8, overlay_cfg: overlay::Config) -> Vec<Serve
     }
     out
 }
+
+/// A dial-only client on loopback with a key from `seed`.
+#[allow(dead_code)] // each test binary uses its own subset
+pub fn client(seed: u8) -> chatd::client::Client {
+    chatd::client::Client::new(
+        Keypair::from_seed([seed; 32]),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap()
+}
+
+/// Registers `client` as `name` (sequence 1, valid for `ttl`) through
+/// `session`, with the address the server observed; returns that address.
+#[allow(dead_code)]
+pub async fn register(
+    client: &chatd::client::Client,
+    session: &chatd::client::Session,
+    name: &str,
+    ttl: Duration,
+) -> std::net::SocketAddr {
+    let observed = session.who_am_i().await.unwrap();
+    session
+        .register(client.record(session, name, observed, 1, ttl))
+        .await
+        .unwrap();
+    observed
+}
