@@ -80,11 +80,14 @@ impl<PI> Store<PI> {
 
     /// Ring position of the record keyed `k`.
     fn find(&self, k: u64) -> Option<usize> {
+        self.find_hashed(self.hasher.hash_one(k), k)
+    }
+
+    /// [`Self::find`] with the key's hash already computed.
+    fn find_hashed(&self, hash: u64, k: u64) -> Option<usize> {
         let (ring, head) = (&self.ring, self.head);
         self.index
-            .find(self.hasher.hash_one(k), |&s| {
-                ring[s.wrapping_sub(head) as usize].key == k
-            })
+            .find(hash, |&s| ring[s.wrapping_sub(head) as usize].key == k)
             .map(|&s| s.wrapping_sub(head) as usize)
     }
 
@@ -118,7 +121,8 @@ impl<PI> Store<PI> {
     /// enforces the count and byte limits.
     pub(crate) fn insert(&mut self, id: MessageId, known: Known<PI>, cfg: &PlumtreeConfig) {
         let k = key(&id);
-        if self.find(k).is_some() {
+        let hash = self.hasher.hash_one(k);
+        if self.find_hashed(hash, k).is_some() {
             return;
         }
         if let Some(p) = &known.payload {
@@ -131,7 +135,7 @@ impl<PI> Store<PI> {
         let seq = self.head.wrapping_add(self.ring.len() as u32);
         self.ring.push_back(Slot { key: k, known });
         let (ring, head, hasher) = (&self.ring, self.head, &self.hasher);
-        self.index.insert_unique(hasher.hash_one(k), seq, |&s| {
+        self.index.insert_unique(hash, seq, |&s| {
             hasher.hash_one(ring[s.wrapping_sub(head) as usize].key)
         });
         self.recent.push_back(id);
