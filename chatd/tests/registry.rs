@@ -105,7 +105,25 @@ async fn after_a_partition_heals_the_tables_are_equal_again() {
     cfg.plumtree.seen_retention = Duration::from_secs(2);
     cfg.plumtree.expiry_interval = Duration::from_millis(200);
     let servers = cluster(4, 80, cfg).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Each side must be linked within itself before the split, or it has
+    // no way to replicate: wait for the full mesh (active views hold 5),
+    // polled because CI machines are busy.
+    let mut degrees = vec![];
+    for _ in 0..100 {
+        degrees.clear();
+        for s in &servers {
+            degrees.push(s.node.snapshot().await.unwrap().active.len());
+        }
+        if degrees.iter().all(|&d| d == 3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        degrees,
+        vec![3; 4],
+        "the 4 servers never formed a full mesh"
+    );
     let ids: Vec<_> = servers.iter().map(|s| s.node.id).collect();
     // Split {0, 1} | {2, 3}.
     for (i, s) in servers.iter().enumerate() {
