@@ -37,6 +37,9 @@ pub enum Frame {
         /// Cumulative acknowledgement.
         seq: u64,
     },
+    /// The first frame on a new path: opens the stream at once, so the
+    /// accepting side sees the path before the first message.
+    Hello,
 }
 
 /// Why a message was refused.
@@ -158,6 +161,7 @@ impl Session {
     /// in order, each exactly once.
     pub fn on_frame(&mut self, frame: Frame) -> Vec<String> {
         match frame {
+            Frame::Hello => Vec::new(),
             Frame::Ack { epoch, seq } => {
                 if epoch == self.epoch {
                     self.unacked.retain(|&s, _| s > seq);

@@ -11,18 +11,23 @@
 //! are messages, received messages go to stdout, one per line, with the
 //! guarantees of [`crate::chat::Session`].
 //!
-//! Not yet (issue 6): the birthday method for symmetric NATs, relay through
-//! a server.
+//! When exactly one side's NAT maps per destination (symmetric), the
+//! birthday method runs beside the probes; when no direct path comes up
+//! within `--direct-timeout`, both ask the home server of the lower id to
+//! relay (see [`crate::relay`]): the chat stays end-to-end encrypted. A
+//! broken path is re-established the same way, and the chat session goes
+//! on without losing or duplicating a message.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // the chat command talks to its user
 
 use crate::chat::{Frame, Session};
-use crate::client::{CHAT_ALPN, Client};
+use crate::client::{CHAT_ALPN, Client, Session as ClientSession};
 use crate::identity::{Id, Keypair, ServerAddr};
-use crate::peertable::PeerRecord;
+use crate::peertable::{NatMapping, PeerRecord};
 use crate::registry::{FriendRef, Notice, read_msg, write_msg};
 use anyhow::Context;
 use overlay::PeerId;
+use rand::RngExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,6 +48,8 @@ pub struct Options {
     pub bind: SocketAddr,
     /// How long to wait for the friend to come online.
     pub wait: Duration,
+    /// How long to try a direct path before relaying.
+    pub direct_timeout: Duration,
 }
 
 fn status(line: &str) {
@@ -71,10 +78,67 @@ fn lan_addr(server: SocketAddr, port: u16) -> Option<SocketAddr> {
     Some(SocketAddr::new(probe.local_addr().ok()?.ip(), port))
 }
 
+/// How many times a broken path is re-established before giving up.
+const MAX_REESTABLISH: u32 = 5;
+
 /// Runs a chat until stdin ends (and everything sent is acknowledged) or
-/// the friend leaves.
+/// the friend leaves; re-establishes a broken path (through the servers
+/// again: new addresses, punching or relay) without losing or duplicating
+/// a message.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let client = Client::new_accepting(opts.keypair, opts.bind)?;
+    let client = Client::new_accepting(opts.keypair.clone(), opts.bind)?;
+    let mut chat = Session::new(rand::random(), Duration::from_millis(300));
+    let mut input = Input::stdin();
+    let mut friend_seq = 0;
+    let mut breaks = 0;
+    loop {
+        let (session, nat, friend) = rendezvous(&client, &opts, friend_seq).await?;
+        friend_seq = friend.body.seq;
+        let path = connect(&client, &session, nat, &friend, opts.direct_timeout).await?;
+        status(&format!(
+            "connected {} to {}, RTT {} ms",
+            path.kind,
+            friend.body.name,
+            path.conn.rtt().as_millis()
+        ));
+        if breaks > 0 {
+            chat.path_changed();
+        }
+        let end = converse(path, &mut chat, &mut input).await;
+        match end {
+            End::Done | End::FriendLeft => {
+                if let Err(e) = session.deregister(&client, unix_millis()).await {
+                    tracing::debug!(error = %e, "could not deregister");
+                }
+                // Close every connection (server, relay) so nothing waits
+                // for an idle timeout, and let the closes go out.
+                client.endpoint().close(0u32.into(), b"bye");
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.endpoint().wait_idle())
+                    .await;
+                return Ok(());
+            }
+            End::Broke(why) => {
+                breaks += 1;
+                if breaks > MAX_REESTABLISH {
+                    anyhow::bail!("the path to the friend broke {breaks} times ({why}); giving up");
+                }
+                status(&format!(
+                    "path to the friend broke ({why}); re-establishing ({breaks}/{MAX_REESTABLISH})"
+                ));
+            }
+        }
+    }
+}
+
+/// Connects to a server, registers (with our observed address and NAT
+/// kind) and finds the friend, waiting for it to come online — or, when
+/// re-establishing, for a record newer than `seen_seq` (the friend
+/// re-registers from wherever it is now).
+async fn rendezvous(
+    client: &Client,
+    opts: &Options,
+    seen_seq: u64,
+) -> anyhow::Result<(ClientSession, NatMapping, PeerRecord)> {
     let me = client.id();
     let session = client
         .connect_any(&opts.servers)
@@ -82,6 +146,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .context("no server answered")?;
     status(&format!("connected to server {}", session.server()));
     let public = session.who_am_i().await?;
+    let nat = nat_mapping(client, &session, public).await;
     let port = client.endpoint().local_addr()?.port();
     let mut record = client.record(
         &session,
@@ -91,55 +156,97 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         Duration::from_secs(600),
     );
     record.body.private_addrs = lan_addr(session.server().addr, port).into_iter().collect();
+    record.body.nat = nat;
     let record = PeerRecord::sign(client.signing_key(), record.body);
     session.register(record).await?;
     status(&format!(
-        "registered as {} with public address {public}",
-        Id(me)
+        "registered as {} with public address {public} (NAT mapping: {})",
+        Id(me),
+        describe_nat(nat)
     ));
     let mut notices = session.notices();
     let wanted = opts.friend.clone();
     status(&format!("request sent: meet {}", describe(&wanted)));
-    let friend = match session.meet(wanted.clone()).await? {
-        Some(r) => r,
-        None => {
+    let deadline = tokio::time::Instant::now() + opts.wait;
+    let mut said_waiting = false;
+    let friend = loop {
+        if let Some(r) = session.meet(wanted.clone()).await?
+            && r.body.seq > seen_seq
+        {
+            break r;
+        }
+        if !said_waiting {
+            said_waiting = true;
             status(&format!("waiting for {} to come online", describe(&wanted)));
-            let deadline = tokio::time::Instant::now() + opts.wait;
-            loop {
-                match tokio::time::timeout_at(deadline, notices.recv()).await {
-                    Ok(Some(Notice::Friend(r))) if matches(&wanted, &r) => break r,
-                    Ok(Some(_)) => continue,
-                    Ok(None) => anyhow::bail!("server connection lost while waiting"),
-                    Err(_) => anyhow::bail!(
-                        "{} did not come online within {:?}",
-                        describe(&wanted),
-                        opts.wait
-                    ),
-                }
+        }
+        // A notice when the friend registers; a fresh ask now and then in
+        // case the friend re-registered at another server.
+        let poll = tokio::time::Instant::now() + Duration::from_millis(500);
+        match tokio::time::timeout_at(poll.min(deadline), notices.recv()).await {
+            Ok(Some(Notice::Friend(r))) if matches(&wanted, &r) && r.body.seq > seen_seq => {
+                break r;
             }
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => anyhow::bail!("server connection lost while waiting"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "{} did not come online within {:?}",
+                describe(&wanted),
+                opts.wait
+            );
         }
     };
-    let fid = friend.body.peer;
     status(&format!(
-        "friend found: {} ({}) at {} (private {:?})",
+        "friend found: {} ({}) at {} (private {:?}, NAT mapping: {})",
         friend.body.name,
-        Id(fid),
+        Id(friend.body.peer),
         friend
             .body
             .public_addr
             .map(|a| a.to_string())
             .unwrap_or_default(),
-        friend.body.private_addrs
+        friend.body.private_addrs,
+        describe_nat(friend.body.nat)
     ));
-    let (conn, send, recv) = connect(&client, me, &friend).await?;
-    let lan = friend.body.private_addrs.contains(&conn.remote_address());
-    status(&format!(
-        "connected direct ({}) to {}, RTT {} ms",
-        if lan { "LAN" } else { "WAN" },
-        friend.body.name,
-        conn.rtt().as_millis()
-    ));
-    converse(conn, send, recv).await
+    Ok((session, nat, friend))
+}
+
+/// How our NAT maps: ask a second server where it sees us. The same
+/// address as the first server saw → one mapping for every destination;
+/// another → a mapping per destination (symmetric NAT).
+async fn nat_mapping(client: &Client, session: &ClientSession, public: SocketAddr) -> NatMapping {
+    let Ok(servers) = session.servers().await else {
+        return NatMapping::Unknown;
+    };
+    let other = servers.iter().find_map(|s| {
+        let addr = *s.addrs.first()?;
+        (s.id != session.server().id.0 && addr != session.server().addr)
+            .then_some(ServerAddr { id: Id(s.id), addr })
+    });
+    let Some(other) = other else {
+        return NatMapping::Unknown;
+    };
+    let seen = tokio::time::timeout(Duration::from_secs(2), async {
+        let s = client.connect(other).await?;
+        let a = s.who_am_i().await;
+        s.close();
+        a
+    })
+    .await;
+    match seen {
+        Ok(Ok(a)) if a == public => NatMapping::Independent,
+        Ok(Ok(_)) => NatMapping::Dependent,
+        _ => NatMapping::Unknown,
+    }
+}
+
+fn describe_nat(n: NatMapping) -> &'static str {
+    match n {
+        NatMapping::Unknown => "unknown",
+        NatMapping::Independent => "same for every destination",
+        NatMapping::Dependent => "per destination (symmetric NAT)",
+    }
 }
 
 fn describe(f: &FriendRef) -> String {
@@ -156,72 +263,184 @@ fn matches(f: &FriendRef, r: &PeerRecord) -> bool {
     }
 }
 
-/// How long to try to reach the friend directly.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How a connection to the friend goes.
+#[derive(Clone, Debug)]
+enum PathKind {
+    /// Direct, to one of the friend's LAN addresses.
+    Lan,
+    /// Direct, through the NATs.
+    Wan,
+    /// Through a server's relay.
+    Relayed(ServerAddr),
+}
 
-/// A connection to the friend with the chat stream on it.
+impl std::fmt::Display for PathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathKind::Lan => write!(f, "direct (LAN)"),
+            PathKind::Wan => write!(f, "direct (WAN)"),
+            PathKind::Relayed(s) => write!(f, "relayed via server {}", s.addr),
+        }
+    }
+}
+
+/// A connection to the friend with the chat stream open on it.
+struct Path {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    kind: PathKind,
+    /// Fires when a relayed path's stream through the server ends.
+    relay_closed: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// The connection to a relay server other than our home (kept open).
+    _relay_session: Option<ClientSession>,
+}
+
+/// A connection and its chat stream.
 type Chat = (quinn::Connection, quinn::SendStream, quinn::RecvStream);
+
+/// How long a pair of symmetric NATs gets for a LAN path before relaying.
+const LAN_ONLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the relayed QUIC handshake may take.
+const RELAY_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an open direct connection may wait for the friend's stream
+/// after the deadline (the friend opened it just before).
+const STREAM_GRACE: Duration = Duration::from_millis(1500);
+
+/// A direct path within `direct_timeout` (shorter when both NATs map per
+/// destination: then only a LAN path can work), else a relayed one.
+async fn connect(
+    client: &Client,
+    session: &ClientSession,
+    own_nat: NatMapping,
+    friend: &PeerRecord,
+    direct_timeout: Duration,
+) -> anyhow::Result<Path> {
+    let both_hard = own_nat == NatMapping::Dependent && friend.body.nat == NatMapping::Dependent;
+    let budget = if both_hard {
+        status("both NATs map per destination (symmetric): trying LAN addresses, then the relay");
+        direct_timeout.min(LAN_ONLY_TIMEOUT)
+    } else {
+        direct_timeout
+    };
+    if !budget.is_zero() {
+        match direct(client, own_nat, friend, budget).await {
+            Ok((conn, send, recv)) => {
+                let kind = if friend.body.private_addrs.contains(&conn.remote_address()) {
+                    PathKind::Lan
+                } else {
+                    PathKind::Wan
+                };
+                return Ok(Path {
+                    conn,
+                    send,
+                    recv,
+                    kind,
+                    relay_closed: None,
+                    _relay_session: None,
+                });
+            }
+            Err(e) => status(&format!("no direct path: {e}; asking for a relay")),
+        }
+    }
+    relay(client, session, friend).await
+}
 
 /// Both sides dial every candidate address of the friend and accept the
 /// friend (its key, the chat ALPN) while sending probes, so whichever
-/// direction the NATs let through completes. The lower id takes the first
-/// connection that completes and opens the chat stream on it; the higher id
-/// keeps every connection that completes and uses the one the stream
-/// arrives on, so the two agree even when each completed a different one.
-async fn connect(client: &Client, me: PeerId, friend: &PeerRecord) -> anyhow::Result<Chat> {
+/// direction the NATs let through completes; with one symmetric NAT, the
+/// birthday method runs beside it. The lower id takes the first connection
+/// that completes and opens the chat stream on it; the higher id keeps
+/// every connection that completes and uses the one the stream arrives on,
+/// so the two agree even when each completed a different one.
+async fn direct(
+    client: &Client,
+    own_nat: NatMapping,
+    friend: &PeerRecord,
+    budget: Duration,
+) -> anyhow::Result<Chat> {
+    let me = client.id();
     let fid = friend.body.peer;
-    status("connecting");
     let mut candidates: Vec<SocketAddr> = friend.body.private_addrs.clone();
     candidates.extend(friend.body.public_addr);
     candidates.dedup();
     let sent = Arc::new(AtomicU32::new(0));
-    let probes = tokio::spawn(punch(
+    let mut tasks = tokio::task::JoinSet::new();
+    let (tx, rx) = tokio::sync::mpsc::channel::<quinn::Connection>(8);
+    let cfg = client.friend_config(fid)?;
+    let friend_hard = friend.body.nat == NatMapping::Dependent;
+    let me_hard = own_nat == NatMapping::Dependent;
+    match (me_hard, friend_hard, friend.body.public_addr) {
+        (true, false, Some(public)) => {
+            status(&format!(
+                "punching (birthday: {BIRTHDAY_SOCKETS} sockets towards the friend)"
+            ));
+            tasks.spawn(birthday_sockets(
+                public,
+                cfg.clone(),
+                sent.clone(),
+                tx.clone(),
+            ));
+        }
+        (false, true, Some(public)) => {
+            status("punching (birthday: probing random ports of the friend's NAT)");
+            tasks.spawn(birthday_spray(
+                client.probe_socket(),
+                public.ip(),
+                sent.clone(),
+            ));
+        }
+        _ => status("punching"),
+    }
+    tasks.spawn(punch(
         client.probe_socket(),
         candidates.clone(),
         sent.clone(),
     ));
-    let (tx, rx) = tokio::sync::mpsc::channel::<quinn::Connection>(8);
-    let mut racers = tokio::task::JoinSet::new();
-    let cfg = client.friend_config(fid)?;
     for addr in candidates {
         let connecting =
             client
                 .endpoint()
                 .connect_with(cfg.clone(), addr, crate::tls::SERVER_NAME)?;
         let tx = tx.clone();
-        racers.spawn(async move {
+        tasks.spawn(async move {
             if let Ok(conn) = connecting.await {
                 let _ = tx.send(conn).await;
             }
         });
     }
-    racers.spawn(accept_friend(client.endpoint().clone(), fid, tx));
-    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    tasks.spawn(accept_friend(client.endpoint().clone(), fid, tx));
+    let deadline = tokio::time::Instant::now() + budget;
     let chat = if me < fid {
         open_on_first(rx, deadline).await
     } else {
         accept_on_any(rx, deadline).await
     };
-    racers.abort_all();
-    probes.abort();
-    status(&format!(
-        "sent {} hole-punching probes",
-        sent.load(Ordering::Relaxed)
-    ));
+    tasks.abort_all();
+    tracing::info!(
+        probes = sent.load(Ordering::Relaxed),
+        "hole punching finished"
+    );
     chat
 }
 
+/// Opens the chat stream on the first connection and says hello on it.
 async fn open_on_first(
     mut conns: tokio::sync::mpsc::Receiver<quinn::Connection>,
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<Chat> {
     match tokio::time::timeout_at(deadline, conns.recv()).await {
-        Ok(Some(conn)) => {
-            let (send, recv) = conn.open_bi().await?;
-            Ok((conn, send, recv))
-        }
-        _ => anyhow::bail!("could not reach the friend within {CONNECT_TIMEOUT:?}"),
+        Ok(Some(conn)) => open_chat(conn).await,
+        _ => anyhow::bail!("the friend could not be reached"),
     }
+}
+
+/// Opens the chat stream on `conn` and sends [`Frame::Hello`], so the
+/// friend sees the stream at once.
+async fn open_chat(conn: quinn::Connection) -> anyhow::Result<Chat> {
+    let (mut send, recv) = conn.open_bi().await?;
+    write_msg(&mut send, &Frame::Hello).await?;
+    Ok((conn, send, recv))
 }
 
 async fn accept_on_any(
@@ -230,6 +449,13 @@ async fn accept_on_any(
 ) -> anyhow::Result<Chat> {
     let mut streams = tokio::task::JoinSet::new();
     loop {
+        // An open connection gets a grace period: the friend may have
+        // opened the stream on it just before the deadline.
+        let until = if streams.is_empty() {
+            deadline
+        } else {
+            deadline + STREAM_GRACE
+        };
         tokio::select! {
             Some(conn) = conns.recv() => {
                 streams.spawn(async move {
@@ -242,10 +468,8 @@ async fn accept_on_any(
                     return Ok(chat);
                 }
             }
-            // Only while no connection is open: an open one waits for the
-            // friend's first message, however long that takes.
-            () = tokio::time::sleep_until(deadline), if streams.is_empty() => {
-                anyhow::bail!("the friend did not connect within {CONNECT_TIMEOUT:?}")
+            () = tokio::time::sleep_until(until) => {
+                anyhow::bail!("the friend did not connect")
             }
         }
     }
@@ -260,14 +484,17 @@ async fn accept_friend(
 ) {
     while let Some(incoming) = endpoint.accept().await {
         let Ok(conn) = incoming.await else { continue };
-        let expected = crate::tls::alpn_of(&conn).as_deref() == Some(CHAT_ALPN)
-            && crate::tls::peer_of(&conn) == Some(fid);
-        if !expected {
+        if !is_friend(&conn, fid) {
             conn.close(1u32.into(), b"not expected");
         } else if out.send(conn).await.is_err() {
             return;
         }
     }
+}
+
+fn is_friend(conn: &quinn::Connection, fid: PeerId) -> bool {
+    crate::tls::alpn_of(conn).as_deref() == Some(CHAT_ALPN)
+        && crate::tls::peer_of(conn) == Some(fid)
 }
 
 /// Probe rounds: one datagram to every candidate every `PUNCH_EVERY`, at
@@ -293,24 +520,252 @@ async fn punch(
     }
 }
 
-/// The conversation: stdin → messages, messages → stdout.
-async fn converse(
-    conn: quinn::Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) -> anyhow::Result<()> {
-    let mut session = Session::new(rand::random(), Duration::from_millis(300));
-    let (line_tx, mut lines) = tokio::sync::mpsc::channel::<String>(64);
-    tokio::spawn(async move {
-        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = stdin.next_line().await {
-            if line_tx.send(line).await.is_err() {
-                return;
+/// Sockets the symmetric side opens for the birthday method.
+const BIRTHDAY_SOCKETS: usize = 256;
+/// Random-port probes per spray round, rounds, and their spacing: at most
+/// 64 × 100 = 6,400 probes over 2.5 s (with 256 mappings open on a
+/// 64,512-port range a probe hits with p ≈ 1/252, so ~175 probes is the
+/// median).
+const SPRAY_BATCH: usize = 64;
+const SPRAY_ROUNDS: usize = 100;
+const SPRAY_EVERY: Duration = Duration::from_millis(25);
+/// The port range a symmetric NAT picks from (Linux's default for
+/// `snat ... random` and most home routers stay within it).
+const SPRAY_PORTS: std::ops::RangeInclusive<u16> = 1024..=65535;
+
+/// The birthday method, side behind the symmetric NAT: many sockets, each
+/// with its own external port, probe the friend's one public endpoint
+/// (opening their mappings and the friend-facing filters) and listen; the
+/// friend sprays random ports of our NAT, and the first of our sockets one
+/// of its probes reaches dials the friend from a QUIC endpoint of its own.
+async fn birthday_sockets(
+    friend: SocketAddr,
+    cfg: quinn::ClientConfig,
+    sent: Arc<AtomicU32>,
+    out: tokio::sync::mpsc::Sender<quinn::Connection>,
+) {
+    let bind: SocketAddr = if friend.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let mut listeners = tokio::task::JoinSet::new();
+    for _ in 0..BIRTHDAY_SOCKETS {
+        let Ok(socket) = tokio::net::UdpSocket::bind(bind).await else {
+            break;
+        };
+        let sent = sent.clone();
+        listeners.spawn(async move {
+            let mut buf = [0u8; 64];
+            for _ in 0..PUNCH_ROUNDS {
+                if socket
+                    .send_to(crate::client::PUNCH_PROBE, friend)
+                    .await
+                    .is_ok()
+                {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                let wait = tokio::time::sleep(PUNCH_EVERY);
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        r = socket.recv_from(&mut buf) => {
+                            if let Ok((n, from)) = r
+                                && from.ip() == friend.ip()
+                                && &buf[..n] == crate::client::PUNCH_PROBE
+                            {
+                                return Some((socket, from));
+                            }
+                        }
+                        () = &mut wait => break,
+                    }
+                }
+            }
+            None
+        });
+    }
+    while let Some(res) = listeners.join_next().await {
+        let Ok(Some((socket, from))) = res else {
+            continue;
+        };
+        listeners.abort_all();
+        tracing::info!(%from, "birthday: a probe came through");
+        let endpoint = socket
+            .into_std()
+            .map_err(anyhow::Error::from)
+            .and_then(Client::endpoint_on);
+        let Ok(endpoint) = endpoint else { return };
+        let Ok(connecting) = endpoint.connect_with(cfg, from, crate::tls::SERVER_NAME) else {
+            return;
+        };
+        if let Ok(conn) = connecting.await {
+            let _ = out.send(conn).await;
+        }
+        return;
+    }
+}
+
+/// The birthday method, side with one mapping for every destination:
+/// probes random ports of the friend's NAT from our one socket, so that
+/// whichever of its sockets' mappings we hit lets the friend's dial in.
+async fn birthday_spray(
+    socket: Option<std::net::UdpSocket>,
+    ip: std::net::IpAddr,
+    sent: Arc<AtomicU32>,
+) {
+    let Some(socket) = socket else { return };
+    // Let the friend's sockets open their mappings first.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..SPRAY_ROUNDS {
+        let ports: Vec<u16> = {
+            let mut rng = rand::rng();
+            (0..SPRAY_BATCH)
+                .map(|_| rng.random_range(SPRAY_PORTS))
+                .collect()
+        };
+        for port in ports {
+            if socket
+                .send_to(crate::client::PUNCH_PROBE, SocketAddr::new(ip, port))
+                .is_ok()
+            {
+                sent.fetch_add(1, Ordering::Relaxed);
             }
         }
-    });
+        tokio::time::sleep(SPRAY_EVERY).await;
+    }
+}
+
+/// The relayed path: both peers ask the home server of the lower id to
+/// splice them, then run the chat QUIC connection (TLS pinned to the
+/// friend's key, so the server cannot read or forge it) through it.
+async fn relay(
+    client: &Client,
+    session: &ClientSession,
+    friend: &PeerRecord,
+) -> anyhow::Result<Path> {
+    let me = client.id();
+    let fid = friend.body.peer;
+    let home = if me < fid {
+        session.server()
+    } else {
+        let servers = session.servers().await?;
+        let s = servers
+            .iter()
+            .find(|s| s.id == friend.body.home_server)
+            .context("the friend's home server is not live, so it cannot relay")?;
+        ServerAddr {
+            id: Id(s.id),
+            addr: *s
+                .addrs
+                .first()
+                .context("the friend's home server has no address")?,
+        }
+    };
+    status(&format!("requesting a relay via server {}", home.addr));
+    let other = if home.id == session.server().id {
+        None
+    } else {
+        Some(client.connect(home).await?)
+    };
+    let relay_session = other.as_ref().unwrap_or(session);
+    let (send, recv) = relay_session.relay(fid).await?;
+    let (endpoint, closed) = client.relay_endpoint(send, recv)?;
+    let chat = tokio::time::timeout(RELAY_HANDSHAKE_TIMEOUT, async {
+        if me < fid {
+            let conn = endpoint
+                .connect_with(
+                    client.friend_config(fid)?,
+                    crate::relay::RELAY_PEER_ADDR,
+                    crate::tls::SERVER_NAME,
+                )?
+                .await?;
+            open_chat(conn).await
+        } else {
+            while let Some(incoming) = endpoint.accept().await {
+                let Ok(conn) = incoming.await else { continue };
+                if !is_friend(&conn, fid) {
+                    conn.close(1u32.into(), b"not expected");
+                    continue;
+                }
+                let (send, recv) = conn.accept_bi().await?;
+                return Ok((conn, send, recv));
+            }
+            anyhow::bail!("relay endpoint closed")
+        }
+    })
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!("no chat through the relay within {RELAY_HANDSHAKE_TIMEOUT:?}")
+    })??;
+    let (conn, send, recv) = chat;
+    Ok(Path {
+        conn,
+        send,
+        recv,
+        kind: PathKind::Relayed(home),
+        relay_closed: Some(closed),
+        _relay_session: other,
+    })
+}
+
+/// Where stdin lines come from (read once, across paths).
+struct Input {
+    lines: tokio::sync::mpsc::Receiver<String>,
+    open: bool,
+    closed_at: Option<Instant>,
+}
+
+impl Input {
+    fn stdin() -> Input {
+        let (tx, lines) = tokio::sync::mpsc::channel::<String>(64);
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(line)) = stdin.next_line().await {
+                if tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Input {
+            lines,
+            open: true,
+            closed_at: None,
+        }
+    }
+}
+
+/// How a conversation on one path ended.
+enum End {
+    /// Our input ended and everything was acknowledged (or the wait ran out).
+    Done,
+    /// The friend closed the chat.
+    FriendLeft,
+    /// The path failed; the session goes on over a new one.
+    Broke(String),
+}
+
+/// How long after our input ends we wait for acknowledgements.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// The conversation on one path: stdin → messages, messages → stdout.
+async fn converse(path: Path, session: &mut Session, input: &mut Input) -> End {
+    let Path {
+        conn,
+        mut send,
+        mut recv,
+        relay_closed,
+        ..
+    } = path;
+    if let Some(closed) = relay_closed {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            if closed.await.is_ok() {
+                conn.close(2u32.into(), b"relay closed");
+            }
+        });
+    }
     let (frame_tx, mut frames) = tokio::sync::mpsc::channel::<Frame>(64);
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         while let Ok(f) = read_msg::<Frame>(&mut recv).await {
             if frame_tx.send(f).await.is_err() {
                 return;
@@ -318,19 +773,17 @@ async fn converse(
         }
     });
     let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut stdin_open = true;
-    let mut closing_since: Option<Instant> = None;
-    loop {
+    let end = loop {
         tokio::select! {
-            line = lines.recv(), if stdin_open => match line {
+            line = input.lines.recv(), if input.open => match line {
                 Some(line) => {
                     if let Err(e) = session.send(&line) {
                         eprintln!("chatd: {e}");
                     }
                 }
                 None => {
-                    stdin_open = false;
-                    closing_since = Some(Instant::now());
+                    input.open = false;
+                    input.closed_at = Some(Instant::now());
                 }
             },
             frame = frames.recv() => match frame {
@@ -339,33 +792,63 @@ async fn converse(
                         println!("{text}");
                     }
                 }
-                None => {
-                    status("the friend left");
-                    break;
-                }
+                None => break why_closed(&conn),
             },
             _ = tick.tick() => {
+                let mut broke = None;
                 for f in session.poll_transmit(Instant::now()) {
-                    write_msg(&mut send, &f).await.context("path to the friend broke")?;
-                }
-                if let Some(since) = closing_since {
-                    // Done when everything sent is acknowledged, or after 5 s.
-                    if session.pending() == 0 || since.elapsed() > Duration::from_secs(5) {
-                        if session.pending() > 0 {
-                            status(&format!("{} messages not acknowledged", session.pending()));
-                        }
-                        // Let the last acknowledgements go out.
-                        for f in session.poll_transmit(Instant::now()) {
-                            let _ = write_msg(&mut send, &f).await;
-                        }
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Err(e) = write_msg(&mut send, &f).await {
+                        broke = Some(e.to_string());
                         break;
                     }
                 }
+                if let Some(e) = broke {
+                    break End::Broke(e);
+                }
+                if let Some(since) = input.closed_at
+                    && (session.pending() == 0 || since.elapsed() > CLOSE_WAIT)
+                {
+                    if session.pending() > 0 {
+                        status(&format!("{} messages not acknowledged", session.pending()));
+                    }
+                    // Let the last acknowledgements go out.
+                    for f in session.poll_transmit(Instant::now()) {
+                        let _ = write_msg(&mut send, &f).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break End::Done;
+                }
             }
         }
+    };
+    reader.abort();
+    match &end {
+        End::Done => {
+            let _ = send.finish();
+            conn.close(0u32.into(), b"bye");
+        }
+        End::FriendLeft => {
+            status("the friend left");
+            if session.pending() > 0 {
+                status(&format!(
+                    "{} messages were not delivered: the friend left first",
+                    session.pending()
+                ));
+            }
+        }
+        End::Broke(_) => conn.close(3u32.into(), b"path broke"),
     }
-    let _ = send.finish();
-    conn.close(0u32.into(), b"bye");
-    Ok(())
+    end
+}
+
+/// Why the friend's stream ended: a clean close ("bye") or a broken path.
+fn why_closed(conn: &quinn::Connection) -> End {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == 0u32.into() => {
+            End::FriendLeft
+        }
+        Some(e) => End::Broke(e.to_string()),
+        // The stream ended but the connection is open: the friend finished.
+        None => End::FriendLeft,
+    }
 }

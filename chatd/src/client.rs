@@ -58,9 +58,7 @@ impl Client {
     /// punches and chats, so NATs keep one mapping.
     pub fn new_accepting(keypair: Keypair, bind: SocketAddr) -> anyhow::Result<Client> {
         let creds = Credentials::new(&keypair)?;
-        let tls = tls::server_config(&creds, &[CHAT_ALPN])?;
-        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-        let server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        let server = chat_server_config(&creds)?;
         let socket =
             std::net::UdpSocket::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
         let probe = socket.try_clone()?;
@@ -77,6 +75,38 @@ impl Client {
             endpoint,
             probe: Some(probe),
         })
+    }
+
+    /// A QUIC endpoint of its own over a relay stream (after
+    /// `Response::Relaying`), accepting the friend's chat connection too.
+    /// The receiver fires when the relay stream ends.
+    pub fn relay_endpoint(
+        &self,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> anyhow::Result<(quinn::Endpoint, tokio::sync::oneshot::Receiver<()>)> {
+        let local = self.endpoint.local_addr()?;
+        let (socket, closed) = crate::relay::RelaySocket::new(send, recv, local);
+        let runtime = quinn::default_runtime().context("no async runtime")?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            Some(chat_server_config(&self.creds)?),
+            socket,
+            runtime,
+        )?;
+        Ok((endpoint, closed))
+    }
+
+    /// A dial-only QUIC endpoint on another UDP socket of ours (the socket
+    /// that won the birthday race).
+    pub fn endpoint_on(socket: std::net::UdpSocket) -> anyhow::Result<quinn::Endpoint> {
+        let runtime = quinn::default_runtime().context("no async runtime")?;
+        Ok(quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            runtime,
+        )?)
     }
 
     /// The client's signing key (records are signed with it).
@@ -187,12 +217,30 @@ impl Client {
                 private_addrs: self.endpoint.local_addr().into_iter().collect(),
                 seq,
                 expires_at,
+                nat: crate::peertable::NatMapping::Unknown,
             },
         )
     }
 }
 
+/// Accepting a friend's chat connection: our certificate, the chat ALPN.
+fn chat_server_config(creds: &Credentials) -> anyhow::Result<quinn::ServerConfig> {
+    let tls = tls::server_config(creds, &[CHAT_ALPN])?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(1)));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(10))?));
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
 impl Session {
+    /// Closes the connection to the server.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"done");
+    }
+
     /// The server this session talks to.
     pub fn server(&self) -> ServerAddr {
         self.server
@@ -261,6 +309,25 @@ impl Session {
         match self.request(&Request::Meet(friend)).await? {
             Response::Friend(r) => Ok(Some(r)),
             Response::Waiting => Ok(None),
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Asks the server to relay us to `friend`, who must ask for us too
+    /// within the server's wait; returns the stream that then carries the
+    /// friend's datagrams ([`crate::relay`]).
+    pub async fn relay(
+        &self,
+        friend: PeerId,
+    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+        let (mut send, mut recv) = self.conn.open_bi().await?;
+        write_msg(&mut send, &Request::Relay(friend)).await?;
+        let resp = tokio::time::timeout(Duration::from_secs(30), read_msg::<Response>(&mut recv))
+            .await
+            .map_err(|_| anyhow::anyhow!("{}: relay not ready within 30 s", self.server))??;
+        match resp {
+            Response::Relaying => Ok((send, recv)),
+            Response::Error(e) => anyhow::bail!("{}: {e}", self.server),
             other => anyhow::bail!("unexpected answer {other:?}"),
         }
     }

@@ -23,6 +23,9 @@ pub struct File {
     /// `[overlay]`
     #[serde(default)]
     pub overlay: OverlaySection,
+    /// `[relay]`
+    #[serde(default)]
+    pub relay: RelaySection,
 }
 
 /// `[server]`
@@ -65,6 +68,20 @@ pub struct OverlaySection {
     pub params: toml::Table,
 }
 
+/// `[relay]`: what the server gives clients that cannot connect directly.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    /// Relay streams one client may have open or waiting (default 2).
+    pub max_per_client: Option<usize>,
+    /// Relay sessions carried at once (default 1000; 0 turns relaying off).
+    pub max_sessions: Option<usize>,
+    /// Bytes per second per direction of a session (default 262144).
+    pub bytes_per_sec: Option<u64>,
+    /// Seconds the first of a pair waits for the second (default 15).
+    pub wait_secs: Option<u64>,
+}
+
 /// The effective configuration.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -84,6 +101,8 @@ pub struct ServerConfig {
     pub admin: SocketAddr,
     /// Overlay parameters.
     pub overlay: overlay::Config,
+    /// Relay limits.
+    pub relay: crate::relay::RelayLimits,
 }
 
 /// Default QUIC port.
@@ -146,6 +165,27 @@ impl File {
         overlay
             .validate()
             .map_err(|e| anyhow::anyhow!("{origin}: overlay: {e}"))?;
+        let mut relay = crate::relay::RelayLimits::default();
+        let r = self.relay;
+        if let Some(n) = r.max_per_client {
+            anyhow::ensure!(n >= 1, "{origin}: relay.max_per_client: must be at least 1");
+            relay.max_per_client = n;
+        }
+        relay.max_sessions = r.max_sessions.unwrap_or(relay.max_sessions);
+        if let Some(b) = r.bytes_per_sec {
+            anyhow::ensure!(
+                b >= 1500,
+                "{origin}: relay.bytes_per_sec: {b} is below one packet (1500) per second"
+            );
+            relay.bytes_per_sec = b;
+        }
+        if let Some(w) = r.wait_secs {
+            anyhow::ensure!(
+                (1..=300).contains(&w),
+                "{origin}: relay.wait_secs: {w} is not within 1..=300"
+            );
+            relay.wait = std::time::Duration::from_secs(w);
+        }
         Ok(ServerConfig {
             listen: s
                 .listen
@@ -160,6 +200,7 @@ impl File {
                 .listen
                 .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default")),
             overlay,
+            relay,
         })
     }
 }

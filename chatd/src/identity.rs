@@ -106,6 +106,7 @@ impl FromStr for ServerAddr {
 }
 
 /// An ed25519 key pair.
+#[derive(Clone)]
 pub struct Keypair {
     secret: SigningKey,
 }

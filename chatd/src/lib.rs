@@ -12,7 +12,8 @@
 //! - [`peertable`]: signed peer records, merge rules, lookup, anti-entropy
 //!   digests (pure).
 //! - [`registry`]: the client protocol (`chatd-client/1`) and the
-//!   replicated peer table; [`client`]: its client side.
+//!   replicated peer table; [`client`]: its client side; [`relay`]: the
+//!   server splicing two clients' streams, and the client's virtual socket.
 //! - [`chat`]: chat semantics between two peers (ids, acks, retries,
 //!   dedup, order, length limit) as a pure state machine (issue 6).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
@@ -30,4 +31,5 @@ pub mod identity;
 pub mod membership;
 pub mod peertable;
 pub mod registry;
+pub mod relay;
 pub mod tls;

@@ -52,8 +52,14 @@ enum Command {
         admin: SocketAddr,
     },
     /// Chat with a friend: register with a server, find the friend (waiting
-    /// until it comes online), connect directly, then stdin lines are
-    /// messages and received messages are printed, one per line.
+    /// until it comes online), connect directly (hole punching through
+    /// NATs) or, if that fails, through a server relay that cannot read the
+    /// chat; then stdin lines are messages and received messages are
+    /// printed, one per line. Status goes to stderr.
+    ///
+    /// Example (two terminals):
+    ///   chatd chat --name alice --to bob --server ID@203.0.113.5:7000
+    ///   chatd chat --name bob --to alice --server ID@203.0.113.5:7000
     Chat {
         /// Your name (others can find you by it; names are not verified).
         #[arg(long)]
@@ -74,6 +80,9 @@ enum Command {
         /// Seconds to wait for the friend to come online.
         #[arg(long, default_value_t = 120)]
         wait: u64,
+        /// Seconds to try a direct path before relaying through a server.
+        #[arg(long, default_value_t = 5.0)]
+        direct_timeout: f64,
     },
     /// Ask a server, as a client would: which server to use (least loaded
     /// live server first), or where a peer is (--peer / --name).
@@ -151,7 +160,11 @@ fn main() -> anyhow::Result<()> {
             key,
             bind,
             wait,
+            direct_timeout,
         } => {
+            if !(direct_timeout.is_finite() && (0.0..=600.0).contains(&direct_timeout)) {
+                anyhow::bail!("--direct-timeout: {direct_timeout} is not within 0..=600 seconds");
+            }
             let keypair = match key {
                 Some(path) => Keypair::load_or_create(&path)?.0,
                 None => Keypair::generate(),
@@ -170,6 +183,7 @@ fn main() -> anyhow::Result<()> {
                 keypair,
                 bind,
                 wait: Duration::from_secs(wait),
+                direct_timeout: Duration::from_secs_f64(direct_timeout),
             }))
         }
         Command::Lookup {
@@ -305,7 +319,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             keypair.signing_key().clone(),
             membership_settings(&cfg),
         ));
-        let _registry = chatd::registry::Registry::start(node.clone(), members.clone());
+        let _registry =
+            chatd::registry::Registry::start_with(node.clone(), members.clone(), cfg.relay.clone());
         let alone = cfg.bootstrap.is_empty();
         let (admin, _admin_task) =
             chatd::admin::serve(cfg.admin, node.clone(), members.clone(), metrics, alone).await?;

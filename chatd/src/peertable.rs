@@ -43,6 +43,24 @@ pub struct RecordBody {
     pub seq: u64,
     /// Unix seconds after which the record is stale.
     pub expires_at: u64,
+    /// How the peer's NAT maps its socket, as the peer measured it.
+    pub nat: NatMapping,
+}
+
+/// How a peer's NAT maps its UDP socket, measured by asking two servers
+/// which address they see (hole punching picks its method from the two
+/// peers' kinds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NatMapping {
+    /// Not measured (one server known, or the second did not answer).
+    #[default]
+    Unknown,
+    /// Both servers saw the same address: one external address for every
+    /// destination (no NAT, or a cone NAT) — easy to reach once we send.
+    Independent,
+    /// The servers saw different addresses: a new external port per
+    /// destination (a symmetric NAT) — its port towards a friend is unknown.
+    Dependent,
 }
 
 /// A record as stored and replicated: the body and the peer's signature.
@@ -341,6 +359,7 @@ mod tests {
                 private_addrs: vec!["192.168.1.7:4000".parse().unwrap()],
                 seq,
                 expires_at,
+                nat: NatMapping::Unknown,
             },
         )
     }

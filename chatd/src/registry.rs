@@ -21,6 +21,7 @@ use crate::driver::{ClientConn, Node, NodeEvent};
 use crate::identity::Id;
 use crate::membership::{ServerRecord, Service};
 use crate::peertable::{PeerRecord, PeerTable};
+use crate::relay::{RelayLimits, Relays};
 use bytes::Bytes;
 use overlay::PeerId;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,10 @@ pub enum Request {
     /// I want to talk to this peer: tell me where it is when it is online,
     /// and tell it about me (I must have registered first).
     Meet(FriendRef),
+    /// Relay me to this peer (it must ask for me too): after
+    /// `Response::Relaying` the stream carries framed datagrams
+    /// ([`crate::relay`]).
+    Relay(PeerId),
 }
 
 /// A friend, by id (authenticated) or by name (a label anyone can claim).
@@ -174,6 +179,8 @@ pub enum Response {
     Friend(PeerRecord),
     /// The friend is not online yet; a `Notice::Friend` will follow.
     Waiting,
+    /// The relay is paired: the stream now carries the friend's datagrams.
+    Relaying,
 }
 
 /// Largest anti-entropy frame (version lists of a large table).
@@ -230,8 +237,15 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Serves clients of `node` and replicates the table over its overlay.
+    /// Serves clients of `node` and replicates the table over its overlay,
+    /// relaying with the default limits.
     pub fn start(node: Arc<Node>, members: Arc<Service>) -> Registry {
+        Self::start_with(node, members, RelayLimits::default())
+    }
+
+    /// [`Registry::start`] with the relay's limits.
+    pub fn start_with(node: Arc<Node>, members: Arc<Service>, relay: RelayLimits) -> Registry {
+        let relays = Relays::new(relay);
         let table = Arc::new(Mutex::new(PeerTable::new()));
         let rdv = Arc::new(Mutex::new(Rendezvous::default()));
         if let Some(clients) = node.take_client_connections() {
@@ -240,6 +254,7 @@ impl Registry {
                 members.clone(),
                 table.clone(),
                 rdv.clone(),
+                relays,
                 clients,
             ));
         }
@@ -337,6 +352,7 @@ async fn serve_clients(
     members: Arc<Service>,
     table: Arc<Mutex<PeerTable>>,
     rdv: Arc<Mutex<Rendezvous>>,
+    relays: Arc<Relays>,
     mut clients: tokio::sync::mpsc::Receiver<ClientConn>,
 ) {
     // Open client connections, bounded (a connection costs memory even if
@@ -350,6 +366,7 @@ async fn serve_clients(
         let members = members.clone();
         let table = table.clone();
         let rdv = rdv.clone();
+        let relays = relays.clone();
         let Ok(permit) = open.clone().try_acquire_owned() else {
             metrics::counter!("chatd_clients_refused_total").increment(1);
             conn.close(5u32.into(), b"server full: ask for another server");
@@ -370,6 +387,11 @@ async fn serve_clients(
                             Err(anyhow::anyhow!("request not received within 10 s"))
                         });
                 let response = match request {
+                    Ok(Request::Relay(friend)) => {
+                        // The stream becomes the relay's.
+                        tokio::spawn(relays.clone().serve(peer, friend, send, recv));
+                        continue;
+                    }
                     Ok(req) => handle(req, peer, &conn, &node, &members, &table, &rdv).await,
                     Err(e) => {
                         metrics::counter!("chatd_client_requests_malformed_total").increment(1);
@@ -465,6 +487,7 @@ async fn handle(
                 }
             }
         }
+        Request::Relay(_) => Response::Error("relay requests take a stream of their own".into()),
         Request::Lookup(id) => Response::Record(
             table
                 .lock()

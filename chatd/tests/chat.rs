@@ -1,7 +1,8 @@
 //! Two `chatd chat` processes, homed on different servers of one cluster,
 //! find each other and exchange messages both ways, each delivered exactly
 //! once and in order; a too-long line is refused with an error and the rest
-//! still goes through. Loopback only; every wait bounded.
+//! still goes through — directly, and through a server's relay. Loopback
+//! only; every wait bounded.
 
 mod common;
 
@@ -10,10 +11,19 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_clients_on_two_servers_chat_both_ways() {
-    let servers = cluster(2, 120, overlay::Config::local()).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+/// What one chat run printed.
+struct Run {
+    a_got: Vec<String>,
+    b_got: Vec<String>,
+    a_err: String,
+    b_err: String,
+    a_lines: Vec<String>,
+    b_lines: Vec<String>,
+}
+
+/// alice on server 0 and bob on server 1 send 20 lines each (alice also one
+/// too-long line), keep stdin open 4 s, then end it; both must exit 0.
+async fn chat_pair(servers: &[common::Server], extra: &[&str]) -> Run {
     let bin = env!("CARGO_BIN_EXE_chatd");
     let spawn = |name: &str, to: &str, server: String| {
         Command::new(bin)
@@ -30,7 +40,9 @@ async fn two_clients_on_two_servers_chat_both_ways() {
                 "--wait",
                 "30",
             ])
+            .args(extra)
             .env("NO_COLOR", "1")
+            .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -77,27 +89,74 @@ async fn two_clients_on_two_servers_chat_both_ways() {
         .unwrap();
     let a_err = String::from_utf8_lossy(&a_out.stderr).to_string();
     let b_err = String::from_utf8_lossy(&b_out.stderr).to_string();
-    assert!(a_out.status.success(), "alice failed:\n{a_err}");
-    assert!(b_out.status.success(), "bob failed:\n{b_err}");
-    let a_got: Vec<String> = String::from_utf8_lossy(&a_out.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
-    let b_got: Vec<String> = String::from_utf8_lossy(&b_out.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
+    assert!(
+        a_out.status.success(),
+        "alice failed:\n{a_err}\nbob:\n{b_err}"
+    );
+    assert!(
+        b_out.status.success(),
+        "bob failed:\n{b_err}\nalice:\n{a_err}"
+    );
+    let lines = |b: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(b)
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    Run {
+        a_got: lines(&a_out.stdout),
+        b_got: lines(&b_out.stdout),
+        a_err,
+        b_err,
+        a_lines,
+        b_lines,
+    }
+}
+
+fn assert_exactly_once_in_order(r: &Run) {
     assert_eq!(
-        b_got, a_lines,
-        "bob got alice's lines once each, in order\n{b_err}"
+        r.b_got, r.a_lines,
+        "bob got alice's lines once each, in order\n{}",
+        r.b_err
     );
     assert_eq!(
-        a_got, b_lines,
-        "alice got bob's lines once each, in order\n{a_err}"
+        r.a_got, r.b_lines,
+        "alice got bob's lines once each, in order\n{}",
+        r.a_err
     );
-    assert!(a_err.contains("over the 2048-character limit"), "{a_err}");
-    assert!(a_err.contains("connected direct"), "{a_err}");
-    assert!(b_err.contains("friend found: alice"), "{b_err}");
+    assert!(
+        r.a_err.contains("over the 2048-character limit"),
+        "{}",
+        r.a_err
+    );
+    assert!(r.b_err.contains("friend found: alice"), "{}", r.b_err);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_on_two_servers_chat_both_ways() {
+    let servers = cluster(2, 120, overlay::Config::local()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = chat_pair(&servers, &[]).await;
+    assert_exactly_once_in_order(&r);
+    assert!(r.a_err.contains("connected direct"), "{}", r.a_err);
+    for s in &servers {
+        s.node.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+/// With no time for a direct path, the two are relayed through the home
+/// server of the lower id (the other connects to it), and the chat is the
+/// same: exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_direct_path_the_chat_is_relayed() {
+    let servers = cluster(2, 121, overlay::Config::local()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = chat_pair(&servers, &["--direct-timeout", "0"]).await;
+    assert_exactly_once_in_order(&r);
+    for err in [&r.a_err, &r.b_err] {
+        assert!(err.contains("connected relayed via server"), "{err}");
+        assert!(!err.contains("connected direct"), "{err}");
+    }
     for s in &servers {
         s.node.shutdown(Duration::from_secs(2)).await;
     }
