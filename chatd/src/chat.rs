@@ -40,6 +40,10 @@ pub enum Frame {
     /// The first frame on a new path: opens the stream at once, so the
     /// accepting side sees the path before the first message.
     Hello,
+    /// "I have nothing more to send and all of it was acknowledged" — so
+    /// the receiver has every message of ours. Repeated until the peer says
+    /// it too; then either side may close without losing a message.
+    Bye,
 }
 
 /// Why a message was refused.
@@ -74,6 +78,11 @@ pub struct Session {
     early: BTreeMap<u64, String>,
     ack_due: bool,
     retry_after: Duration,
+    /// Our input ended: say `Bye` once everything is acknowledged.
+    finishing: bool,
+    last_bye: Option<Instant>,
+    /// The peer said `Bye`.
+    peer_done: bool,
 }
 
 impl Session {
@@ -90,6 +99,9 @@ impl Session {
             early: BTreeMap::new(),
             ack_due: false,
             retry_after,
+            finishing: false,
+            last_bye: None,
+            peer_done: false,
         }
     }
 
@@ -110,6 +122,22 @@ impl Session {
             },
         );
         Ok((self.epoch, seq))
+    }
+
+    /// Our input ended: no more messages will be queued.
+    pub fn finish(&mut self) {
+        self.finishing = true;
+    }
+
+    /// Both sides are finished and everything is acknowledged both ways:
+    /// closing now loses nothing.
+    pub fn done(&self) -> bool {
+        self.finishing && self.unacked.is_empty() && self.peer_done
+    }
+
+    /// The peer said it has nothing more to send.
+    pub fn peer_done(&self) -> bool {
+        self.peer_done
     }
 
     /// Messages sent but not acknowledged yet.
@@ -136,6 +164,15 @@ impl Session {
                 });
             }
         }
+        if self.finishing && self.unacked.is_empty() {
+            let due = self
+                .last_bye
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.retry_after);
+            if due {
+                self.last_bye = Some(now);
+                out.push(Frame::Bye);
+            }
+        }
         if self.ack_due {
             self.ack_due = false;
             if let Some(epoch) = self.peer_epoch {
@@ -154,6 +191,7 @@ impl Session {
         for m in self.unacked.values_mut() {
             m.last_sent = None;
         }
+        self.last_bye = None;
         self.ack_due = self.peer_epoch.is_some();
     }
 
@@ -162,6 +200,10 @@ impl Session {
     pub fn on_frame(&mut self, frame: Frame) -> Vec<String> {
         match frame {
             Frame::Hello => Vec::new(),
+            Frame::Bye => {
+                self.peer_done = true;
+                Vec::new()
+            }
             Frame::Ack { epoch, seq } => {
                 if epoch == self.epoch {
                     self.unacked.retain(|&s, _| s > seq);
@@ -277,8 +319,13 @@ mod tests {
                         got_a.extend(a.on_frame(f));
                     }
                 }
-                if ia == sent_a.len() && ib == sent_b.len() && a.pending() == 0 && b.pending() == 0
-                {
+                if ia == sent_a.len() {
+                    a.finish();
+                }
+                if ib == sent_b.len() {
+                    b.finish();
+                }
+                if a.done() && b.done() {
                     break;
                 }
             }
@@ -292,7 +339,35 @@ mod tests {
                 (0, 0),
                 "seed {seed}: everything acknowledged"
             );
+            assert!(a.done() && b.done(), "seed {seed}: both said bye");
         }
+    }
+
+    /// `done` only when both finished and everything was delivered: a
+    /// peer's bye means we hold all of its messages.
+    #[test]
+    fn done_needs_both_byes_and_no_pending_messages() {
+        let now = Instant::now();
+        let mut a = Session::new(1, Duration::from_millis(50));
+        let mut b = Session::new(2, Duration::from_millis(50));
+        a.send("last words").unwrap();
+        a.finish();
+        b.finish();
+        // a's message is unacknowledged: no bye from a yet.
+        let from_a = a.poll_transmit(now);
+        assert!(!from_a.contains(&Frame::Bye));
+        let got: Vec<String> = from_a.into_iter().flat_map(|f| b.on_frame(f)).collect();
+        assert_eq!(got, vec!["last words"]);
+        assert!(!a.done() && !b.done());
+        // b acks and says bye; a then has nothing pending and says bye.
+        for f in b.poll_transmit(now) {
+            a.on_frame(f);
+        }
+        assert!(a.peer_done() && a.done());
+        for f in a.poll_transmit(now) {
+            b.on_frame(f);
+        }
+        assert!(b.done());
     }
 
     #[test]

@@ -744,7 +744,8 @@ enum End {
     Broke(String),
 }
 
-/// How long after our input ends we wait for acknowledgements.
+/// How long after our input ends we wait for acknowledgements and for the
+/// friend to finish too.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// The conversation on one path: stdin → messages, messages → stdout.
@@ -784,6 +785,7 @@ async fn converse(path: Path, session: &mut Session, input: &mut Input) -> End {
                 None => {
                     input.open = false;
                     input.closed_at = Some(Instant::now());
+                    session.finish();
                 }
             },
             frame = frames.recv() => match frame {
@@ -806,10 +808,12 @@ async fn converse(path: Path, session: &mut Session, input: &mut Input) -> End {
                     break End::Broke(e);
                 }
                 if let Some(since) = input.closed_at
-                    && (session.pending() == 0 || since.elapsed() > CLOSE_WAIT)
+                    && (session.done() || since.elapsed() > CLOSE_WAIT)
                 {
                     if session.pending() > 0 {
                         status(&format!("{} messages not acknowledged", session.pending()));
+                    } else if !session.peer_done() {
+                        status("leaving while the friend may still be writing");
                     }
                     // Let the last acknowledgements go out.
                     for f in session.poll_transmit(Instant::now()) {

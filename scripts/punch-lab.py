@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""Hole punching in the NAT lab (issue 6): two real `chatd serve` (nl-srv1,
+nl-srv2) and two `chatd chat` clients behind NAT routers, for every pair of
+NAT modes, the same-LAN case, and optionally under loss.
+
+alice runs in nl-host-a behind NAT a, homed on srv1; bob runs in nl-host-b
+behind NAT b, homed on srv2 (so the rendezvous crosses servers); each also
+knows the other server, which is how a client measures its NAT's mapping.
+In the LAN case bob runs in nl-host-a2, behind the same (symmetric) NAT as
+alice. Each side sends LINES lines and closes stdin at once; a run passes
+when both exit 0 and each received the other's lines exactly once, in order.
+
+Time to connect = first message delivered (either side) minus the later of
+the two registrations, from timestamps taken as the lines were printed.
+
+    sudo scripts/punch-lab.py --check              # the CI assertion (see below)
+    sudo scripts/punch-lab.py --runs 20            # benchmark table
+    sudo scripts/punch-lab.py --runs 3 --loss 5 --cases port-restricted/symmetric
+
+--check: all 10 pairs and the LAN case at 0% loss, then all 10 pairs at 5%
+loss; every run must pass, direct for every pair except symmetric x
+symmetric, relayed there; exit 1 otherwise.
+
+Needs root (network namespaces), python3; brings the lab up and down itself
+(scripts/natlab.sh) and stops exactly the processes it started, by PID.
+Only 10.200.0.0/16 inside its own nl-* namespaces.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NATLAB = os.path.join(ROOT, "scripts", "natlab.sh")
+MODES = ["full-cone", "addr-restricted", "port-restricted", "symmetric"]
+SRV = {"srv1": "10.200.0.11:7000", "srv2": "10.200.0.12:7000"}
+RUN_TIMEOUT = 45.0
+
+
+def natlab(*args):
+    subprocess.run([NATLAB, *args], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE, timeout=120)
+
+
+class Servers:
+    """Two chatd servers in nl-srv1 and nl-srv2, stopped by PID on exit."""
+
+    def __init__(self, binary, work):
+        self.procs = []
+        self.addrs = {}
+        for name in ("srv1", "srv2"):
+            key = os.path.join(work, f"{name}.key")
+            out = subprocess.run([binary, "keygen", "--out", key], check=True,
+                                 capture_output=True, text=True, timeout=30)
+            self.addrs[name] = f"{out.stdout.split()[-1]}@{SRV[name]}"
+        for name in ("srv1", "srv2"):
+            args = ["ip", "netns", "exec", f"nl-{name}", binary, "serve",
+                    "--listen", SRV[name], "--admin", "127.0.0.1:9100",
+                    "--data-dir", work, "--key", os.path.join(work, f"{name}.key"),
+                    "--preset", "local"]
+            if name == "srv2":
+                args += ["--bootstrap", self.addrs["srv1"]]
+            log = open(os.path.join(work, f"{name}.log"), "w")
+            self.procs.append(subprocess.Popen(args, stdout=log, stderr=log))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if all(self.live(binary, ns) == 2 for ns in ("srv1", "srv2")):
+                return
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("the two servers did not see each other within 20 s")
+
+    @staticmethod
+    def live(binary, ns):
+        try:
+            out = subprocess.run(["ip", "netns", "exec", f"nl-{ns}", binary, "status",
+                                  "--admin", "127.0.0.1:9100"],
+                                 capture_output=True, text=True, timeout=5)
+            return len(json.loads(out.stdout).get("servers", []))
+        except (ValueError, subprocess.TimeoutExpired):
+            return 0
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def reader(stream, sink):
+    for raw in stream:
+        sink.append((time.monotonic(), raw.decode("utf-8", "replace").rstrip("\n")))
+
+
+def chat_pair(binary, servers, ns_a, ns_b, tag, lines):
+    """Runs alice (ns_a, srv1) and bob (ns_b, srv2); returns a result dict."""
+    names = {"a": f"alice-{tag}", "b": f"bob-{tag}"}
+    sent = {k: [f"{names[k]} says {i}" for i in range(lines)] for k in "ab"}
+    procs, outs, errs, threads = {}, {}, {}, []
+    for k, ns, friend, home, other in (("a", ns_a, names["b"], "srv1", "srv2"),
+                                       ("b", ns_b, names["a"], "srv2", "srv1")):
+        args = ["ip", "netns", "exec", ns, "env", "RUST_BACKTRACE=0", "NO_COLOR=1",
+                binary, "chat", "--name", names[k], "--to", friend,
+                "--server", servers.addrs[home], "--server", servers.addrs[other],
+                "--wait", "20"]
+        procs[k] = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        outs[k], errs[k] = [], []
+        for stream, sink in ((procs[k].stdout, outs[k]), (procs[k].stderr, errs[k])):
+            t = threading.Thread(target=reader, args=(stream, sink), daemon=True)
+            t.start()
+            threads.append(t)
+    for k in "ab":
+        procs[k].stdin.write("".join(line + "\n" for line in sent[k]).encode())
+        procs[k].stdin.close()
+    deadline = time.monotonic() + RUN_TIMEOUT
+    for p in procs.values():
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    for t in threads:
+        t.join(timeout=5)
+    got = {k: [line for _, line in outs[k]] for k in "ab"}
+    ok = all(p.returncode == 0 for p in procs.values()) and \
+        got["a"] == sent["b"] and got["b"] == sent["a"]
+    path = "-"
+    for _, line in errs["a"]:
+        m = re.search(r"connected (direct \((LAN|WAN)\)|relayed)", line)
+        if m:
+            path = m.group(2) or "relay"
+    regs = [next((t for t, l in errs[k] if "registered as" in l), None) for k in "ab"]
+    firsts = [outs[k][0][0] for k in "ab" if outs[k]]
+    ms = None
+    if all(r is not None for r in regs) and firsts:
+        ms = max(0.0, (min(firsts) - max(regs)) * 1000)
+    return {"ok": ok, "path": path, "ms": ms,
+            "got": {k: len(got[k]) for k in "ab"},
+            "err": {k: "\n".join(l for _, l in errs[k]) for k in "ab"},
+            "codes": {k: procs[k].returncode for k in "ab"}}
+
+
+def cases(selected):
+    out = []
+    for i in range(4):
+        for j in range(i, 4):
+            out.append((f"{MODES[i]}/{MODES[j]}", MODES[i], MODES[j], "nl-host-b"))
+    out.append(("same-LAN (symmetric)", "symmetric", "port-restricted", "nl-host-a2"))
+    if selected:
+        want = set(selected.split(","))
+        out = [c for c in out if c[0] in want or (c[0].startswith("same-LAN") and "lan" in want)]
+    return out
+
+
+def expected_path(case):
+    name, a, b, _ = case
+    if name.startswith("same-LAN"):
+        return "LAN"
+    return "relay" if a == b == "symmetric" else "WAN"
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def run_cases(binary, servers, todo, runs, lines, loss, seq, report):
+    natlab("loss", str(loss))
+    rows = []
+    for case in todo:
+        name, ma, mb, ns_b = case
+        natlab("mode", "a", ma)
+        natlab("mode", "b", mb)
+        results = []
+        for r in range(runs):
+            seq[0] += 1
+            res = chat_pair(binary, servers, "nl-host-a", ns_b, f"{os.getpid()}-{seq[0]}", lines)
+            results.append(res)
+            if not res["ok"]:
+                report.write(f"--- {name} loss {loss}% run {r + 1} failed "
+                             f"(exit {res['codes']}, got {res['got']})\n"
+                             f"alice:\n{res['err']['a']}\nbob:\n{res['err']['b']}\n")
+                report.flush()
+        rows.append((case, loss, results))
+        print_row(case, loss, results)
+    return rows
+
+
+def print_row(case, loss, results):
+    """One row per path the passing runs took (times by path)."""
+    ok = [r for r in results if r["ok"]]
+    for path in sorted({r["path"] for r in ok}) or ["-"]:
+        on = [r for r in ok if r["path"] == path]
+        ms = [r["ms"] for r in on if r["ms"] is not None]
+        p50 = f"{pct(ms, 0.5):.0f}" if ms else "-"
+        p95 = f"{pct(ms, 0.95):.0f}" if ms else "-"
+        print(f"| {case[0]:<33} | {loss:>4}% | {len(ok):>3}/{len(results):<3} | "
+              f"{path:<5} {len(on):>3} | {p50:>7} | {p95:>7} |", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--check", action="store_true", help="the CI assertion (see below)")
+    ap.add_argument("--runs", type=int, default=1, help="runs per case (default 1)")
+    ap.add_argument("--lines", type=int, default=5, help="lines each way (default 5)")
+    ap.add_argument("--loss", type=int, default=0, help="loss %% on both routers (default 0)")
+    ap.add_argument("--cases", default="", help="comma-separated case names (MODE/MODE, lan)")
+    ap.add_argument("--bin", default="", help="chatd binary (default: build release)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("punch-lab.py: must run as root (network namespaces)")
+    if not (1 <= args.runs <= 1000 and 1 <= args.lines <= 1000 and 0 <= args.loss <= 50):
+        sys.exit("punch-lab.py: --runs and --lines must be 1..1000, --loss 0..50")
+    binary = args.bin
+    if not binary:
+        subprocess.run(["cargo", "build", "-q", "--release", "-p", "chatd"], cwd=ROOT,
+                       check=True)
+        binary = os.path.join(ROOT, "target", "release", "chatd")
+    binary = os.path.abspath(binary)
+    work = tempfile.mkdtemp(prefix="punch-lab.")
+    report_path = os.path.join(work, "failures.log")
+    servers = None
+    rows = []
+    try:
+        natlab("up")
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"punch-lab.py: the NAT lab did not come up (is it up already? then "
+                 f"`scripts/natlab.sh down`):\n{e.stderr.decode(errors='replace')}")
+    try:
+        servers = Servers(binary, work)
+        print(f"machine: {os.cpu_count()} cores; {args.lines} lines each way; "
+              f"time = registered (later of the two) -> first message delivered")
+        print(f"| {'case (NAT a / NAT b)':<33} | loss  | ok      | path runs | p50 ms  | p95 ms  |")
+        print("|---|---|---|---|---|---|")
+        seq = [0]
+        with open(report_path, "w") as report:
+            if args.check:
+                rows += run_cases(binary, servers, cases(""), 1, args.lines, 0, seq, report)
+                rows += run_cases(binary, servers, cases("")[:-1], 1, args.lines, 5, seq,
+                                  report)
+            else:
+                rows += run_cases(binary, servers, cases(args.cases), args.runs, args.lines,
+                                  args.loss, seq, report)
+    finally:
+        if servers:
+            servers.stop()
+        subprocess.run([NATLAB, "down"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bad = []
+    for case, loss, results in rows:
+        for r in results:
+            if not r["ok"]:
+                bad.append(f"{case[0]} at {loss}%: not every line delivered exactly once")
+            elif args.check and r["path"] != expected_path(case):
+                bad.append(f"{case[0]} at {loss}%: path {r['path']}, expected "
+                           f"{expected_path(case)}")
+    total = sum(len(r) for _, _, r in rows)
+    print(f"runs passed: {total - sum(1 for b in bad if 'exactly' in b)}/{total}")
+    if bad:
+        print("problems:\n  " + "\n  ".join(bad))
+        if os.path.getsize(report_path) > 0:
+            with open(report_path) as f:
+                sys.stderr.write(f.read())
+    shutil.rmtree(work, ignore_errors=True)
+    if args.check and bad:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
