@@ -307,16 +307,19 @@ add table netdev natlab_loss
 delete table netdev natlab_loss
 EOF
     (($1 > 0)) || return 0
+    # numgen's values are 0..99, so "< 100" is out of its range: drop all.
+    local match="numgen random mod 100 < $1"
+    (($1 >= 100)) && match=""
     cat <<EOF
 table netdev natlab_loss {
     comment "loss=$1"
     chain wan_in {
         type filter hook ingress device "wan" priority filter; policy accept;
-        meta protocol ip numgen random mod 100 < $1 drop
+        meta protocol ip $match drop
     }
     chain wan_out {
         type filter hook egress device "wan" priority filter; policy accept;
-        meta protocol ip numgen random mod 100 < $1 drop
+        meta protocol ip $match drop
     }
 }
 EOF

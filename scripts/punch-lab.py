@@ -17,9 +17,10 @@ the two registrations, from timestamps taken as the lines were printed.
     sudo scripts/punch-lab.py --runs 20            # benchmark table
     sudo scripts/punch-lab.py --runs 3 --loss 5 --cases port-restricted/symmetric
 
---check: all 10 pairs and the LAN case at 0% loss, then all 10 pairs at 5%
-loss; every run must pass, direct for every pair except symmetric x
-symmetric, relayed there; exit 1 otherwise.
+--check: all 10 pairs, the LAN case and a path break (12 s of 100% loss in
+the middle of a chat: both sides re-establish, nothing lost or duplicated)
+at 0% loss, then all 10 pairs at 5% loss; every run must pass, direct for
+every pair except symmetric x symmetric, relayed there; exit 1 otherwise.
 
 Needs root (network namespaces), python3; brings the lab up and down itself
 (scripts/natlab.sh) and stops exactly the processes it started, by PID.
@@ -105,8 +106,13 @@ def reader(stream, sink):
         sink.append((time.monotonic(), raw.decode("utf-8", "replace").rstrip("\n")))
 
 
-def chat_pair(binary, servers, ns_a, ns_b, tag, lines):
-    """Runs alice (ns_a, srv1) and bob (ns_b, srv2); returns a result dict."""
+def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
+    """Runs alice (ns_a, srv1) and bob (ns_b, srv2); returns a result dict.
+
+    break_path=LOSS: once bob has alice's first half, both routers drop
+    everything for 12 s (longer than the 10 s idle timeout, so the path and
+    the server connections break), then loss goes back to LOSS and alice
+    sends her second half; both keep stdin open until then."""
     names = {"a": f"alice-{tag}", "b": f"bob-{tag}"}
     sent = {k: [f"{names[k]} says {i}" for i in range(lines)] for k in "ab"}
     procs, outs, errs, threads = {}, {}, {}, []
@@ -123,9 +129,27 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines):
             t = threading.Thread(target=reader, args=(stream, sink), daemon=True)
             t.start()
             threads.append(t)
-    for k in "ab":
-        procs[k].stdin.write("".join(line + "\n" for line in sent[k]).encode())
-        procs[k].stdin.close()
+    def write(k, part):
+        procs[k].stdin.write("".join(line + "\n" for line in part).encode())
+        procs[k].stdin.flush()
+
+    if break_path is None:
+        for k in "ab":
+            write(k, sent[k])
+            procs[k].stdin.close()
+    else:
+        half = lines // 2
+        write("a", sent["a"][:half])
+        write("b", sent["b"])
+        until = time.monotonic() + 20
+        while len(outs["b"]) < half and time.monotonic() < until:
+            time.sleep(0.05)
+        natlab("loss", "100")
+        time.sleep(12)
+        natlab("loss", str(break_path))
+        write("a", sent["a"][half:])
+        for k in "ab":
+            procs[k].stdin.close()
     deadline = time.monotonic() + RUN_TIMEOUT
     for p in procs.values():
         try:
@@ -148,7 +172,8 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines):
     ms = None
     if all(r is not None for r in regs) and firsts:
         ms = max(0.0, (min(firsts) - max(regs)) * 1000)
-    return {"ok": ok, "path": path, "ms": ms,
+    rejoined = all(any("re-establishing" in l for _, l in errs[k]) for k in "ab")
+    return {"ok": ok, "path": path, "ms": ms, "rejoined": rejoined,
             "got": {k: len(got[k]) for k in "ab"},
             "err": {k: "\n".join(l for _, l in errs[k]) for k in "ab"},
             "codes": {k: procs[k].returncode for k in "ab"}}
@@ -160,9 +185,16 @@ def cases(selected):
         for j in range(i, 4):
             out.append((f"{MODES[i]}/{MODES[j]}", MODES[i], MODES[j], "nl-host-b"))
     out.append(("same-LAN (symmetric)", "symmetric", "port-restricted", "nl-host-a2"))
-    if selected:
+    out.append(("path-break (port-r./port-r.)", "port-restricted", "port-restricted",
+                "nl-host-b"))
+    if not selected:
+        # The path-break case takes ~25 s a run: only when named, or --check.
+        out = out[:-1]
+    else:
         want = set(selected.split(","))
-        out = [c for c in out if c[0] in want or (c[0].startswith("same-LAN") and "lan" in want)]
+        out = [c for c in out if c[0] in want
+               or (c[0].startswith("same-LAN") and "lan" in want)
+               or (c[0].startswith("path-break") and "break" in want)]
     return out
 
 
@@ -188,7 +220,9 @@ def run_cases(binary, servers, todo, runs, lines, loss, seq, report):
         results = []
         for r in range(runs):
             seq[0] += 1
-            res = chat_pair(binary, servers, "nl-host-a", ns_b, f"{os.getpid()}-{seq[0]}", lines)
+            brk = loss if name.startswith("path-break") else None
+            res = chat_pair(binary, servers, "nl-host-a", ns_b, f"{os.getpid()}-{seq[0]}",
+                            max(lines, 2) if brk is not None else lines, brk)
             results.append(res)
             if not res["ok"]:
                 report.write(f"--- {name} loss {loss}% run {r + 1} failed "
@@ -220,7 +254,9 @@ def main():
     ap.add_argument("--runs", type=int, default=1, help="runs per case (default 1)")
     ap.add_argument("--lines", type=int, default=5, help="lines each way (default 5)")
     ap.add_argument("--loss", type=int, default=0, help="loss %% on both routers (default 0)")
-    ap.add_argument("--cases", default="", help="comma-separated case names (MODE/MODE, lan)")
+    ap.add_argument("--cases", default="",
+                    help="comma-separated cases: MODE/MODE (e.g. port-restricted/symmetric), "
+                         "lan, break (default: the 10 pairs and lan)")
     ap.add_argument("--bin", default="", help="chatd binary (default: build release)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -251,9 +287,9 @@ def main():
         seq = [0]
         with open(report_path, "w") as report:
             if args.check:
-                rows += run_cases(binary, servers, cases(""), 1, args.lines, 0, seq, report)
-                rows += run_cases(binary, servers, cases("")[:-1], 1, args.lines, 5, seq,
-                                  report)
+                every = cases("") + cases("break")
+                rows += run_cases(binary, servers, every, 1, args.lines, 0, seq, report)
+                rows += run_cases(binary, servers, every[:10], 1, args.lines, 5, seq, report)
             else:
                 rows += run_cases(binary, servers, cases(args.cases), args.runs, args.lines,
                                   args.loss, seq, report)
@@ -269,6 +305,8 @@ def main():
             elif args.check and r["path"] != expected_path(case):
                 bad.append(f"{case[0]} at {loss}%: path {r['path']}, expected "
                            f"{expected_path(case)}")
+            elif args.check and case[0].startswith("path-break") and not r["rejoined"]:
+                bad.append(f"{case[0]}: the path did not break and get re-established")
     total = sum(len(r) for _, _, r in rows)
     print(f"runs passed: {total - sum(1 for b in bad if 'exactly' in b)}/{total}")
     if bad:

@@ -177,7 +177,14 @@ async fn rendezvous(
         }
         if !said_waiting {
             said_waiting = true;
-            status(&format!("waiting for {} to come online", describe(&wanted)));
+            if seen_seq == 0 {
+                status(&format!("waiting for {} to come online", describe(&wanted)));
+            } else {
+                status(&format!(
+                    "waiting for {} to register again",
+                    describe(&wanted)
+                ));
+            }
         }
         // A notice when the friend registers; a fresh ask now and then in
         // case the friend re-registered at another server.
@@ -417,7 +424,7 @@ async fn direct(
         accept_on_any(rx, deadline).await
     };
     tasks.abort_all();
-    tracing::info!(
+    tracing::debug!(
         probes = sent.load(Ordering::Relaxed),
         "hole punching finished"
     );
@@ -589,7 +596,7 @@ async fn birthday_sockets(
             continue;
         };
         listeners.abort_all();
-        tracing::info!(%from, "birthday: a probe came through");
+        tracing::debug!(%from, "birthday: a probe came through");
         let endpoint = socket
             .into_std()
             .map_err(anyhow::Error::from)

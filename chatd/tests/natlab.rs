@@ -58,5 +58,5 @@ fn every_nat_pair_connects_direct_or_relayed_in_the_lab() {
         out.status.success(),
         "punch-lab --check failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("runs passed: 21/21"), "{stdout}");
+    assert!(stdout.contains("runs passed: 22/22"), "{stdout}");
 }
