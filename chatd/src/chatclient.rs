@@ -30,7 +30,7 @@ use overlay::PeerId;
 use rand::RngExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 
@@ -715,9 +715,14 @@ async fn relay(
     })
 }
 
-/// Where stdin lines come from (read once, across paths).
+/// Where stdin lines come from (read once, across paths), and Ctrl-C /
+/// SIGTERM: while chatting, the first ends the input like EOF (finish:
+/// wait for acknowledgements and the friend's bye, bounded); otherwise,
+/// or the second time, exit at once (status 130).
 struct Input {
     lines: tokio::sync::mpsc::Receiver<String>,
+    stop: tokio::sync::mpsc::Receiver<()>,
+    chatting: Arc<AtomicBool>,
     open: bool,
     closed_at: Option<Instant>,
 }
@@ -733,11 +738,47 @@ impl Input {
                 }
             }
         });
+        let chatting = Arc::new(AtomicBool::new(false));
+        let (stop_tx, stop) = tokio::sync::mpsc::channel(1);
+        let in_chat = chatting.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let mut times = 0;
+            loop {
+                let terminate = async {
+                    match term.as_mut() {
+                        Some(t) => t.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = tokio::signal::ctrl_c() => if r.is_err() { return },
+                    _ = terminate => {}
+                }
+                times += 1;
+                if times > 1 || !in_chat.load(Ordering::SeqCst) {
+                    status("interrupted");
+                    std::process::exit(130);
+                }
+                status("interrupted: finishing the chat (again to quit at once)");
+                let _ = stop_tx.try_send(());
+            }
+        });
         Input {
             lines,
+            stop,
+            chatting,
             open: true,
             closed_at: None,
         }
+    }
+
+    /// The input ended (EOF or interrupted): the session finishes.
+    fn close(&mut self, session: &mut Session) {
+        self.open = false;
+        self.closed_at = Some(Instant::now());
+        session.finish();
     }
 }
 
@@ -781,6 +822,7 @@ async fn converse(path: Path, session: &mut Session, input: &mut Input) -> End {
         }
     });
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    input.chatting.store(true, Ordering::SeqCst);
     let end = loop {
         tokio::select! {
             line = input.lines.recv(), if input.open => match line {
@@ -789,12 +831,9 @@ async fn converse(path: Path, session: &mut Session, input: &mut Input) -> End {
                         eprintln!("chatd: {e}");
                     }
                 }
-                None => {
-                    input.open = false;
-                    input.closed_at = Some(Instant::now());
-                    session.finish();
-                }
+                None => input.close(session),
             },
+            Some(()) = input.stop.recv(), if input.open => input.close(session),
             frame = frames.recv() => match frame {
                 Some(f) => {
                     for text in session.on_frame(f) {
@@ -833,6 +872,7 @@ async fn converse(path: Path, session: &mut Session, input: &mut Input) -> End {
         }
     };
     reader.abort();
+    input.chatting.store(false, Ordering::SeqCst);
     match &end {
         End::Done => {
             let _ = send.finish();

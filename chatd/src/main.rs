@@ -176,7 +176,7 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(chatd::chatclient::run(chatd::chatclient::Options {
+            let res = runtime.block_on(chatd::chatclient::run(chatd::chatclient::Options {
                 name,
                 friend,
                 servers,
@@ -184,7 +184,11 @@ fn main() -> anyhow::Result<()> {
                 bind,
                 wait: Duration::from_secs(wait),
                 direct_timeout: Duration::from_secs_f64(direct_timeout),
-            }))
+            }));
+            // Do not wait for the stdin reader: after Ctrl-C or the friend
+            // leaving, stdin may still be open.
+            runtime.shutdown_timeout(Duration::from_millis(200));
+            res
         }
         Command::Lookup {
             servers,

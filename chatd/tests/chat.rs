@@ -161,3 +161,86 @@ async fn without_a_direct_path_the_chat_is_relayed() {
         s.node.shutdown(Duration::from_secs(2)).await;
     }
 }
+
+/// Ctrl-C in the middle of a chat ends it cleanly: what was sent is
+/// acknowledged first, the process exits 0, the friend hears it left and
+/// has every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_finishes_the_chat_cleanly() {
+    let servers = cluster(2, 122, overlay::Config::local()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let bin = env!("CARGO_BIN_EXE_chatd");
+    let spawn = |name: &str, to: &str, server: String| {
+        Command::new(bin)
+            .args(["chat", "--name", name, "--to", to, "--server", &server])
+            .args(["--bind", "127.0.0.1:0", "--wait", "30"])
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chatd chat")
+    };
+    let mut alice = spawn("alice", "bob", servers[0].node.addr().to_string());
+    let mut bob = spawn("bob", "alice", servers[1].node.addr().to_string());
+    let mut a_in = alice.stdin.take().unwrap();
+    let mut b_in = bob.stdin.take().unwrap();
+    for i in 0..5 {
+        writeln!(a_in, "alice says {i}").unwrap();
+    }
+    writeln!(b_in, "bob says hi").unwrap();
+    a_in.flush().unwrap();
+    b_in.flush().unwrap();
+    // Alice's stdout, line by line, until bob's message arrived.
+    let a_out = alice.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(a_out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("bob's message reached alice");
+    assert_eq!(got, "bob says hi");
+    let pid = alice.id().to_string();
+    let killed = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(killed.success());
+    let wait = |mut child: std::process::Child| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    };
+    let a = tokio::task::spawn_blocking(move || wait(alice))
+        .await
+        .unwrap();
+    let b = tokio::task::spawn_blocking(move || wait(bob))
+        .await
+        .unwrap();
+    drop((a_in, b_in));
+    let a_err = String::from_utf8_lossy(&a.stderr).to_string();
+    let b_err = String::from_utf8_lossy(&b.stderr).to_string();
+    assert!(
+        a.status.success(),
+        "alice after Ctrl-C: {:?}\n{a_err}",
+        a.status
+    );
+    assert!(a_err.contains("interrupted: finishing the chat"), "{a_err}");
+    assert!(!a_err.contains("not acknowledged"), "{a_err}");
+    assert!(b.status.success(), "{b_err}");
+    assert!(b_err.contains("the friend left"), "{b_err}");
+    let b_got: Vec<String> = String::from_utf8_lossy(&b.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    let want: Vec<String> = (0..5).map(|i| format!("alice says {i}")).collect();
+    assert_eq!(b_got, want);
+    for s in &servers {
+        s.node.shutdown(Duration::from_secs(2)).await;
+    }
+}

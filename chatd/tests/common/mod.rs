@@ -18,7 +18,18 @@ pub struct Server {
 
 /// Starts `n` servers with keys seeded `seed..seed + n`, every one
 /// bootstrapping through the first. Heartbeats every 0.5 s, dead after 4 s.
+#[allow(dead_code)] // each test binary uses its own subset
 pub async fn cluster(n: u8, seed: u8, overlay_cfg: overlay::Config) -> Vec<Server> {
+    cluster_with_relay(n, seed, overlay_cfg, chatd::relay::RelayLimits::default()).await
+}
+
+/// [`cluster`] with the servers' relay limits.
+pub async fn cluster_with_relay(
+    n: u8,
+    seed: u8,
+    overlay_cfg: overlay::Config,
+    relay: chatd::relay::RelayLimits,
+) -> Vec<Server> {
     let mut out: Vec<Server> = Vec::new();
     for i in 0..n {
         let k = Keypair::from_seed([seed + i; 32]);
@@ -36,7 +47,7 @@ pub async fn cluster(n: u8, seed: u8, overlay_cfg: overlay::Config) -> Vec<Serve
             k.signing_key().clone(),
             settings,
         ));
-        let registry = Registry::start(node.clone(), members.clone());
+        let registry = Registry::start_with(node.clone(), members.clone(), relay.clone());
         out.push(Server {
             node,
             members,

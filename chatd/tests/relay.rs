@@ -1,0 +1,87 @@
+//! The server relay (issue 6): only mutual requests are paired, bytes pass
+//! both ways unchanged, and the limits (per client, per server, the wait
+//! for the friend, no relay to oneself) refuse with clear errors. Loopback
+//! only; every wait bounded.
+
+mod common;
+
+use chatd::relay::RelayLimits;
+use std::time::Duration;
+
+async fn read_n(r: &mut quinn::RecvStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(Duration::from_secs(5), r.read_exact(&mut buf))
+        .await
+        .expect("bytes within 5 s")
+        .expect("read");
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_pairs_mutual_requests_forwards_bytes_and_enforces_limits() {
+    let limits = RelayLimits {
+        max_per_client: 1,
+        max_sessions: 1,
+        bytes_per_sec: 1_000_000,
+        wait: Duration::from_secs(1),
+    };
+    let servers = common::cluster_with_relay(1, 140, overlay::Config::local(), limits).await;
+    let addr = servers[0].node.addr();
+    let (a, b, c, d) = (
+        common::client(41),
+        common::client(42),
+        common::client(43),
+        common::client(44),
+    );
+    let sa = a.connect(addr).await.unwrap();
+    let sb = b.connect(addr).await.unwrap();
+    let sc = c.connect(addr).await.unwrap();
+
+    // Nobody asks for a: refused after the wait.
+    let e = sc.relay(a.id()).await.unwrap_err().to_string();
+    assert!(e.contains("did not join the relay"), "{e}");
+    let e = sa.relay(a.id()).await.unwrap_err().to_string();
+    assert!(e.contains("yourself"), "{e}");
+
+    // a and b ask for each other: paired, bytes pass both ways unchanged.
+    let (ra, rb) = tokio::join!(sa.relay(b.id()), sb.relay(a.id()));
+    let (mut a_send, mut a_recv) = ra.unwrap();
+    let (mut b_send, mut b_recv) = rb.unwrap();
+    a_send.write_all(b"\x00\x03abc").await.unwrap();
+    assert_eq!(read_n(&mut b_recv, 5).await, b"\x00\x03abc");
+    b_send.write_all(b"\x00\x02hi").await.unwrap();
+    assert_eq!(read_n(&mut a_recv, 4).await, b"\x00\x02hi");
+
+    // a holds its one relay stream: a second is refused.
+    let e = sa.relay(c.id()).await.unwrap_err().to_string();
+    assert!(e.contains("relay limit"), "{e}");
+    // The server carries its one session: c is refused at once.
+    let e = sc.relay(d.id()).await.unwrap_err().to_string();
+    assert!(e.contains("relay full"), "{e}");
+
+    // a leaves: the session ends, b sees the end, and the slots are free
+    // again (c's request is now only waiting for a friend who never comes).
+    a_send.finish().unwrap();
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), b_recv.read_to_end(1 << 16)).await;
+    rest.extend(end.expect("end within 5 s").expect("clean end"));
+    assert!(rest.is_empty());
+    drop((a_recv, b_send));
+    drop(sa);
+    let mut freed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match sc.relay(d.id()).await {
+            Err(e) if e.to_string().contains("did not join the relay") => {
+                freed = true;
+                break;
+            }
+            Err(e) if e.to_string().contains("relay full") => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(freed, "the session's slot was not released");
+    for s in &servers {
+        s.node.shutdown(Duration::from_secs(2)).await;
+    }
+}
