@@ -144,9 +144,7 @@ impl Client {
         let tls = tls::client_config(&self.creds, friend, CHAT_ALPN)?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(1)));
-        transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(10))?));
+        let mut transport = client_transport()?;
         // A lost first Initial must not cost a second (quinn's default
         // initial RTT is 333 ms): start from a LAN-ish estimate.
         transport.initial_rtt(Duration::from_millis(50));
@@ -164,10 +162,7 @@ impl Client {
         let tls = tls::client_config(&self.creds, server.id.0, CLIENT_ALPN)?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(1)));
-        transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(10))?));
-        cfg.transport_config(Arc::new(transport));
+        cfg.transport_config(Arc::new(client_transport()?));
         let conn = tokio::time::timeout(
             Duration::from_secs(5),
             self.endpoint
@@ -228,11 +223,17 @@ fn chat_server_config(creds: &Credentials) -> anyhow::Result<quinn::ServerConfig
     let tls = tls::server_config(creds, &[CHAT_ALPN])?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(Arc::new(client_transport()?));
+    Ok(server)
+}
+
+/// A client's QUIC transport: keep-alive every second, a path silent for
+/// 10 s is dead (then the chat re-establishes it).
+fn client_transport() -> anyhow::Result<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(1)));
     transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(10))?));
-    server.transport_config(Arc::new(transport));
-    Ok(server)
+    Ok(transport)
 }
 
 impl Session {

@@ -8,8 +8,53 @@ mod common;
 
 use common::cluster;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+
+/// Two servers (keys from `seed`) that had time to see each other.
+async fn two_servers(seed: u8) -> Vec<common::Server> {
+    let servers = cluster(2, seed, overlay::Config::local()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    servers
+}
+
+async fn shutdown(servers: &[common::Server]) {
+    for s in servers {
+        s.node.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+/// Starts `chatd chat --name NAME --to FRIEND --server SERVER` on loopback
+/// with piped stdio.
+fn spawn_chat(name: &str, to: &str, server: &common::Server, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args(["chat", "--name", name, "--to", to])
+        .args(["--server", &server.node.addr().to_string()])
+        .args(["--bind", "127.0.0.1:0", "--wait", "30"])
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chatd chat")
+}
+
+/// Waits (at most 30 s, then kills) for `child` and collects its output.
+async fn finish(child: Child) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let mut child = child;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
 
 /// What one chat run printed.
 struct Run {
@@ -24,33 +69,8 @@ struct Run {
 /// alice on server 0 and bob on server 1 send 20 lines each (alice also one
 /// too-long line), keep stdin open 4 s, then end it; both must exit 0.
 async fn chat_pair(servers: &[common::Server], extra: &[&str]) -> Run {
-    let bin = env!("CARGO_BIN_EXE_chatd");
-    let spawn = |name: &str, to: &str, server: String| {
-        Command::new(bin)
-            .args([
-                "chat",
-                "--name",
-                name,
-                "--to",
-                to,
-                "--server",
-                &server,
-                "--bind",
-                "127.0.0.1:0",
-                "--wait",
-                "30",
-            ])
-            .args(extra)
-            .env("NO_COLOR", "1")
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start chatd chat")
-    };
-    let mut alice = spawn("alice", "bob", servers[0].node.addr().to_string());
-    let mut bob = spawn("bob", "alice", servers[1].node.addr().to_string());
+    let mut alice = spawn_chat("alice", "bob", &servers[0], extra);
+    let mut bob = spawn_chat("bob", "alice", &servers[1], extra);
     let long = "x".repeat(chatd::chat::MAX_CHARS + 1);
     let a_lines: Vec<String> = (0..20).map(|i| format!("alice says {i}")).collect();
     let b_lines: Vec<String> = (0..20).map(|i| format!("bob says {i}")).collect();
@@ -67,26 +87,8 @@ async fn chat_pair(servers: &[common::Server], extra: &[&str]) -> Run {
         // Keep stdin open a moment so the conversation can happen, then EOF.
         tokio::time::sleep(Duration::from_secs(4)).await;
     }
-    let wait = |child: std::process::Child| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut child = child;
-        loop {
-            if let Some(_status) = child.try_wait().unwrap() {
-                return child.wait_with_output().unwrap();
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                return child.wait_with_output().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    let a_out = tokio::task::spawn_blocking(move || wait(alice))
-        .await
-        .unwrap();
-    let b_out = tokio::task::spawn_blocking(move || wait(bob))
-        .await
-        .unwrap();
+    let a_out = finish(alice).await;
+    let b_out = finish(bob).await;
     let a_err = String::from_utf8_lossy(&a_out.stderr).to_string();
     let b_err = String::from_utf8_lossy(&b_out.stderr).to_string();
     assert!(
@@ -134,14 +136,11 @@ fn assert_exactly_once_in_order(r: &Run) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_on_two_servers_chat_both_ways() {
-    let servers = cluster(2, 120, overlay::Config::local()).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let servers = two_servers(120).await;
     let r = chat_pair(&servers, &[]).await;
     assert_exactly_once_in_order(&r);
     assert!(r.a_err.contains("connected direct"), "{}", r.a_err);
-    for s in &servers {
-        s.node.shutdown(Duration::from_secs(2)).await;
-    }
+    shutdown(&servers).await;
 }
 
 /// With no time for a direct path, the two are relayed through the home
@@ -149,17 +148,14 @@ async fn two_clients_on_two_servers_chat_both_ways() {
 /// same: exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_direct_path_the_chat_is_relayed() {
-    let servers = cluster(2, 121, overlay::Config::local()).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let servers = two_servers(121).await;
     let r = chat_pair(&servers, &["--direct-timeout", "0"]).await;
     assert_exactly_once_in_order(&r);
     for err in [&r.a_err, &r.b_err] {
         assert!(err.contains("connected relayed via server"), "{err}");
         assert!(!err.contains("connected direct"), "{err}");
     }
-    for s in &servers {
-        s.node.shutdown(Duration::from_secs(2)).await;
-    }
+    shutdown(&servers).await;
 }
 
 /// Ctrl-C in the middle of a chat ends it cleanly: what was sent is
@@ -167,22 +163,9 @@ async fn without_a_direct_path_the_chat_is_relayed() {
 /// has every message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_finishes_the_chat_cleanly() {
-    let servers = cluster(2, 122, overlay::Config::local()).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let bin = env!("CARGO_BIN_EXE_chatd");
-    let spawn = |name: &str, to: &str, server: String| {
-        Command::new(bin)
-            .args(["chat", "--name", name, "--to", to, "--server", &server])
-            .args(["--bind", "127.0.0.1:0", "--wait", "30"])
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start chatd chat")
-    };
-    let mut alice = spawn("alice", "bob", servers[0].node.addr().to_string());
-    let mut bob = spawn("bob", "alice", servers[1].node.addr().to_string());
+    let servers = two_servers(122).await;
+    let mut alice = spawn_chat("alice", "bob", &servers[0], &[]);
+    let mut bob = spawn_chat("bob", "alice", &servers[1], &[]);
     let mut a_in = alice.stdin.take().unwrap();
     let mut b_in = bob.stdin.take().unwrap();
     for i in 0..5 {
@@ -208,20 +191,8 @@ async fn ctrl_c_finishes_the_chat_cleanly() {
     let pid = alice.id().to_string();
     let killed = Command::new("kill").args(["-INT", &pid]).status().unwrap();
     assert!(killed.success());
-    let wait = |mut child: std::process::Child| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        child.wait_with_output().unwrap()
-    };
-    let a = tokio::task::spawn_blocking(move || wait(alice))
-        .await
-        .unwrap();
-    let b = tokio::task::spawn_blocking(move || wait(bob))
-        .await
-        .unwrap();
+    let a = finish(alice).await;
+    let b = finish(bob).await;
     drop((a_in, b_in));
     let a_err = String::from_utf8_lossy(&a.stderr).to_string();
     let b_err = String::from_utf8_lossy(&b.stderr).to_string();
@@ -240,7 +211,5 @@ async fn ctrl_c_finishes_the_chat_cleanly() {
         .collect();
     let want: Vec<String> = (0..5).map(|i| format!("alice says {i}")).collect();
     assert_eq!(b_got, want);
-    for s in &servers {
-        s.node.shutdown(Duration::from_secs(2)).await;
-    }
+    shutdown(&servers).await;
 }
