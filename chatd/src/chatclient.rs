@@ -1,7 +1,8 @@
 //! `chatd chat`: find a friend through the servers, connect, chat.
 //!
 //! Steps, each reported on stderr in words (the request statuses of seed
-//! 003): connect to a server (the next bootstrap server if one fails),
+//! 003): connect to a server (the next bootstrap server if one fails; then
+//! the least loaded live server it lists, if that one is less loaded),
 //! register a signed record with the public address the server observed,
 //! ask to meet the friend (wait if it is not online yet), connect directly
 //! on the same UDP socket (both dial every candidate address and accept
@@ -144,6 +145,7 @@ async fn rendezvous(
         .connect_any(&opts.servers)
         .await
         .context("no server answered")?;
+    let session = pick_home(client, session).await;
     status(&format!("connected to server {}", session.server()));
     let public = session.who_am_i().await?;
     let nat = nat_mapping(client, &session, public).await;
@@ -217,6 +219,46 @@ async fn rendezvous(
         describe_nat(friend.body.nat)
     ));
     Ok((session, nat, friend))
+}
+
+/// The home server: the least loaded live server, as the bootstrap server
+/// lists them, if it is less loaded than the one we reached (and answers).
+async fn pick_home(client: &Client, session: ClientSession) -> ClientSession {
+    let Ok(servers) = session.servers().await else {
+        return session;
+    };
+    let here = session.server().id.0;
+    let load_here = servers
+        .iter()
+        .find(|s| s.id == here)
+        .map_or(f64::INFINITY, |s| s.load());
+    let Some(best) = servers.first() else {
+        return session;
+    };
+    let Some(&addr) = best.addrs.first() else {
+        return session;
+    };
+    if best.id == here || best.load() >= load_here {
+        return session;
+    }
+    let target = ServerAddr {
+        id: Id(best.id),
+        addr,
+    };
+    match client.connect(target).await {
+        Ok(better) => {
+            status(&format!(
+                "server {} lists a less loaded server: using {target}",
+                session.server().addr
+            ));
+            session.close();
+            better
+        }
+        Err(e) => {
+            tracing::debug!(server = %target, error = %e, "less loaded server did not answer");
+            session
+        }
+    }
 }
 
 /// How our NAT maps: ask a second server where it sees us. The same

@@ -27,10 +27,16 @@ async fn shutdown(servers: &[common::Server]) {
 /// Starts `chatd chat --name NAME --to FRIEND --server SERVER` on loopback
 /// with piped stdio.
 fn spawn_chat(name: &str, to: &str, server: &common::Server, extra: &[&str]) -> Child {
+    let wait: &[&str] = if extra.contains(&"--wait") {
+        &[]
+    } else {
+        &["--wait", "30"]
+    };
     Command::new(env!("CARGO_BIN_EXE_chatd"))
         .args(["chat", "--name", name, "--to", to])
         .args(["--server", &server.node.addr().to_string()])
-        .args(["--bind", "127.0.0.1:0", "--wait", "30"])
+        .args(["--bind", "127.0.0.1:0"])
+        .args(wait)
         .args(extra)
         .env("NO_COLOR", "1")
         .env("RUST_BACKTRACE", "0")
@@ -211,5 +217,34 @@ async fn ctrl_c_finishes_the_chat_cleanly() {
         .collect();
     let want: Vec<String> = (0..5).map(|i| format!("alice says {i}")).collect();
     assert_eq!(b_got, want);
+    shutdown(&servers).await;
+}
+
+/// The bootstrap server is only a way in: a client reaching a loaded
+/// server moves to the least loaded live server it lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_moves_to_the_least_loaded_server() {
+    let servers = two_servers(123).await;
+    let addr0 = servers[0].node.addr();
+    let (c1, c2) = (common::client(91), common::client(92));
+    for (c, name) in [(&c1, "load-1"), (&c2, "load-2")] {
+        let s = c.connect(addr0).await.unwrap();
+        common::register(c, &s, name, Duration::from_secs(60)).await;
+    }
+    // Let the load reach the server list (sweep 1 s, heartbeat 0.5 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let carol = spawn_chat("carol", "nobody", &servers[0], &["--wait", "1"]);
+    let out = finish(carol).await;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let addr1 = servers[1].node.addr().addr.to_string();
+    assert!(
+        err.contains("lists a less loaded server") && err.contains(&addr1),
+        "{err}"
+    );
+    assert!(
+        err.contains("nobody did not come online within 1s"),
+        "{err}"
+    );
+    assert!(!out.status.success());
     shutdown(&servers).await;
 }
