@@ -3,35 +3,27 @@
 //! Steps, each reported on stderr in words (the request statuses of seed
 //! 003): connect to a server (the next bootstrap server if one fails; then
 //! the least loaded live server it lists, if that one is less loaded),
-//! register a signed record with the public address the server observed,
-//! ask to meet the friend (wait if it is not online yet), connect directly
-//! on the same UDP socket (both dial every candidate address and accept
-//! only the friend's key, while sending probes from the same socket to
-//! every candidate: the probes and our own dials open our NAT towards the
-//! friend, the friend's QUIC retransmissions then come through), then chat: stdin lines
-//! are messages, received messages go to stdout, one per line, with the
-//! guarantees of [`crate::chat::Session`].
-//!
-//! When exactly one side's NAT maps per destination (symmetric), the
-//! birthday method runs beside the probes; when no direct path comes up
-//! within `--direct-timeout`, both ask the home server of the lower id to
-//! relay (see [`crate::relay`]): the chat stays end-to-end encrypted. A
-//! broken path is re-established the same way, and the chat session goes
-//! on without losing or duplicating a message.
+//! measure the NAT's mapping with a second server, register a signed record
+//! with the public address the server observed, ask to meet the friend
+//! (wait if it is not online yet), connect directly on the same UDP socket
+//! ([`crate::punch`]: dials, probes, the birthday method) or, when no direct
+//! path comes up within `--direct-timeout`, through the home server of the
+//! lower id ([`crate::relay`]; the chat stays end-to-end encrypted), then
+//! chat: stdin lines are messages, received messages go to stdout, one per
+//! line, with the guarantees of [`crate::chat::Session`]. A broken path is
+//! re-established the same way, without losing or duplicating a message.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // the chat command talks to its user
 
 use crate::chat::{Frame, Session};
-use crate::client::{CHAT_ALPN, Client, Session as ClientSession};
+use crate::client::{Client, Session as ClientSession};
 use crate::identity::{Id, Keypair, ServerAddr};
 use crate::peertable::{NatMapping, PeerRecord};
 use crate::registry::{FriendRef, Notice, read_msg, write_msg};
 use anyhow::Context;
-use overlay::PeerId;
-use rand::RngExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 
@@ -53,7 +45,8 @@ pub struct Options {
     pub direct_timeout: Duration,
 }
 
-fn status(line: &str) {
+/// One status line for the user (stderr).
+pub(crate) fn status(line: &str) {
     eprintln!("chatd: {line}");
 }
 
@@ -345,16 +338,10 @@ struct Path {
     _relay_session: Option<ClientSession>,
 }
 
-/// A connection and its chat stream.
-type Chat = (quinn::Connection, quinn::SendStream, quinn::RecvStream);
-
 /// How long a pair of symmetric NATs gets for a LAN path before relaying.
 const LAN_ONLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the relayed QUIC handshake may take.
 const RELAY_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an open direct connection may wait for the friend's stream
-/// after the deadline (the friend opened it just before).
-const STREAM_GRACE: Duration = Duration::from_millis(1500);
 
 /// A direct path within `direct_timeout` (shorter when both NATs map per
 /// destination: then only a LAN path can work), else a relayed one.
@@ -373,7 +360,7 @@ async fn connect(
         direct_timeout
     };
     if !budget.is_zero() {
-        match direct(client, own_nat, friend, budget).await {
+        match crate::punch::direct(client, own_nat, friend, budget).await {
             Ok((conn, send, recv)) => {
                 let kind = if friend.body.private_addrs.contains(&conn.remote_address()) {
                     PathKind::Lan
@@ -393,295 +380,6 @@ async fn connect(
         }
     }
     relay(client, session, friend).await
-}
-
-/// Both sides dial every candidate address of the friend and accept the
-/// friend (its key, the chat ALPN) while sending probes, so whichever
-/// direction the NATs let through completes; with one symmetric NAT, the
-/// birthday method runs beside it. The lower id takes the first connection
-/// that completes and opens the chat stream on it; the higher id keeps
-/// every connection that completes and uses the one the stream arrives on,
-/// so the two agree even when each completed a different one.
-async fn direct(
-    client: &Client,
-    own_nat: NatMapping,
-    friend: &PeerRecord,
-    budget: Duration,
-) -> anyhow::Result<Chat> {
-    let me = client.id();
-    let fid = friend.body.peer;
-    let mut candidates: Vec<SocketAddr> = friend.body.private_addrs.clone();
-    candidates.extend(friend.body.public_addr);
-    candidates.dedup();
-    let sent = Arc::new(AtomicU32::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    let (tx, rx) = tokio::sync::mpsc::channel::<quinn::Connection>(8);
-    let cfg = client.friend_config(fid)?;
-    let friend_hard = friend.body.nat == NatMapping::Dependent;
-    let me_hard = own_nat == NatMapping::Dependent;
-    match (me_hard, friend_hard, friend.body.public_addr) {
-        (true, false, Some(public)) => {
-            status(&format!(
-                "punching (birthday: {BIRTHDAY_SOCKETS} sockets towards the friend)"
-            ));
-            tasks.spawn(birthday_sockets(
-                public,
-                cfg.clone(),
-                sent.clone(),
-                tx.clone(),
-            ));
-        }
-        (false, true, Some(public)) => {
-            status("punching (birthday: probing random ports of the friend's NAT)");
-            tasks.spawn(birthday_spray(
-                client.probe_socket(),
-                public.ip(),
-                sent.clone(),
-            ));
-        }
-        _ => status("punching"),
-    }
-    tasks.spawn(punch(
-        client.probe_socket(),
-        candidates.clone(),
-        sent.clone(),
-    ));
-    for addr in candidates {
-        let connecting =
-            client
-                .endpoint()
-                .connect_with(cfg.clone(), addr, crate::tls::SERVER_NAME)?;
-        let tx = tx.clone();
-        tasks.spawn(async move {
-            if let Ok(conn) = connecting.await {
-                let _ = tx.send(conn).await;
-            }
-        });
-    }
-    tasks.spawn(accept_friend(client.endpoint().clone(), fid, tx));
-    let deadline = tokio::time::Instant::now() + budget;
-    let chat = if me < fid {
-        open_on_first(rx, deadline).await
-    } else {
-        accept_on_any(rx, deadline).await
-    };
-    tasks.abort_all();
-    tracing::debug!(
-        probes = sent.load(Ordering::Relaxed),
-        "hole punching finished"
-    );
-    chat
-}
-
-/// Opens the chat stream on the first connection and says hello on it.
-async fn open_on_first(
-    mut conns: tokio::sync::mpsc::Receiver<quinn::Connection>,
-    deadline: tokio::time::Instant,
-) -> anyhow::Result<Chat> {
-    match tokio::time::timeout_at(deadline, conns.recv()).await {
-        Ok(Some(conn)) => open_chat(conn).await,
-        _ => anyhow::bail!("the friend could not be reached"),
-    }
-}
-
-/// Opens the chat stream on `conn` and sends [`Frame::Hello`], so the
-/// friend sees the stream at once.
-async fn open_chat(conn: quinn::Connection) -> anyhow::Result<Chat> {
-    let (mut send, recv) = conn.open_bi().await?;
-    write_msg(&mut send, &Frame::Hello).await?;
-    Ok((conn, send, recv))
-}
-
-async fn accept_on_any(
-    mut conns: tokio::sync::mpsc::Receiver<quinn::Connection>,
-    deadline: tokio::time::Instant,
-) -> anyhow::Result<Chat> {
-    let mut streams = tokio::task::JoinSet::new();
-    loop {
-        // An open connection gets a grace period: the friend may have
-        // opened the stream on it just before the deadline.
-        let until = if streams.is_empty() {
-            deadline
-        } else {
-            deadline + STREAM_GRACE
-        };
-        tokio::select! {
-            Some(conn) = conns.recv() => {
-                streams.spawn(async move {
-                    let (send, recv) = conn.accept_bi().await?;
-                    anyhow::Ok((conn, send, recv))
-                });
-            }
-            Some(res) = streams.join_next() => {
-                if let Ok(Ok(chat)) = res {
-                    return Ok(chat);
-                }
-            }
-            () = tokio::time::sleep_until(until) => {
-                anyhow::bail!("the friend did not connect")
-            }
-        }
-    }
-}
-
-/// Accepts connections until aborted, passing on those from the friend
-/// with the chat ALPN and closing the others.
-async fn accept_friend(
-    endpoint: quinn::Endpoint,
-    fid: PeerId,
-    out: tokio::sync::mpsc::Sender<quinn::Connection>,
-) {
-    while let Some(incoming) = endpoint.accept().await {
-        let Ok(conn) = incoming.await else { continue };
-        if !is_friend(&conn, fid) {
-            conn.close(1u32.into(), b"not expected");
-        } else if out.send(conn).await.is_err() {
-            return;
-        }
-    }
-}
-
-fn is_friend(conn: &quinn::Connection, fid: PeerId) -> bool {
-    crate::tls::alpn_of(conn).as_deref() == Some(CHAT_ALPN)
-        && crate::tls::peer_of(conn) == Some(fid)
-}
-
-/// Probe rounds: one datagram to every candidate every `PUNCH_EVERY`, at
-/// most `PUNCH_ROUNDS` times (as long as the connect deadline); aborted as
-/// soon as the connection attempt ends.
-const PUNCH_ROUNDS: u32 = 40;
-const PUNCH_EVERY: Duration = Duration::from_millis(250);
-
-/// Sends probes from (a clone of) the endpoint's socket, counting them.
-async fn punch(
-    socket: Option<std::net::UdpSocket>,
-    candidates: Vec<SocketAddr>,
-    sent: Arc<AtomicU32>,
-) {
-    let Some(socket) = socket else { return };
-    for _ in 0..PUNCH_ROUNDS {
-        for addr in &candidates {
-            if socket.send_to(crate::client::PUNCH_PROBE, addr).is_ok() {
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        tokio::time::sleep(PUNCH_EVERY).await;
-    }
-}
-
-/// Sockets the symmetric side opens for the birthday method.
-const BIRTHDAY_SOCKETS: usize = 256;
-/// Random-port probes per spray round, rounds, and their spacing: at most
-/// 64 × 100 = 6,400 probes over 2.5 s (with 256 mappings open on a
-/// 64,512-port range a probe hits with p ≈ 1/252, so ~175 probes is the
-/// median).
-const SPRAY_BATCH: usize = 64;
-const SPRAY_ROUNDS: usize = 100;
-const SPRAY_EVERY: Duration = Duration::from_millis(25);
-/// The port range a symmetric NAT picks from (Linux's default for
-/// `snat ... random` and most home routers stay within it).
-const SPRAY_PORTS: std::ops::RangeInclusive<u16> = 1024..=65535;
-
-/// The birthday method, side behind the symmetric NAT: many sockets, each
-/// with its own external port, probe the friend's one public endpoint
-/// (opening their mappings and the friend-facing filters) and listen; the
-/// friend sprays random ports of our NAT, and the first of our sockets one
-/// of its probes reaches dials the friend from a QUIC endpoint of its own.
-async fn birthday_sockets(
-    friend: SocketAddr,
-    cfg: quinn::ClientConfig,
-    sent: Arc<AtomicU32>,
-    out: tokio::sync::mpsc::Sender<quinn::Connection>,
-) {
-    let bind: SocketAddr = if friend.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let mut listeners = tokio::task::JoinSet::new();
-    for _ in 0..BIRTHDAY_SOCKETS {
-        let Ok(socket) = tokio::net::UdpSocket::bind(bind).await else {
-            break;
-        };
-        let sent = sent.clone();
-        listeners.spawn(async move {
-            let mut buf = [0u8; 64];
-            for _ in 0..PUNCH_ROUNDS {
-                if socket
-                    .send_to(crate::client::PUNCH_PROBE, friend)
-                    .await
-                    .is_ok()
-                {
-                    sent.fetch_add(1, Ordering::Relaxed);
-                }
-                let wait = tokio::time::sleep(PUNCH_EVERY);
-                tokio::pin!(wait);
-                loop {
-                    tokio::select! {
-                        r = socket.recv_from(&mut buf) => {
-                            if let Ok((n, from)) = r
-                                && from.ip() == friend.ip()
-                                && &buf[..n] == crate::client::PUNCH_PROBE
-                            {
-                                return Some((socket, from));
-                            }
-                        }
-                        () = &mut wait => break,
-                    }
-                }
-            }
-            None
-        });
-    }
-    while let Some(res) = listeners.join_next().await {
-        let Ok(Some((socket, from))) = res else {
-            continue;
-        };
-        listeners.abort_all();
-        tracing::debug!(%from, "birthday: a probe came through");
-        let endpoint = socket
-            .into_std()
-            .map_err(anyhow::Error::from)
-            .and_then(Client::endpoint_on);
-        let Ok(endpoint) = endpoint else { return };
-        let Ok(connecting) = endpoint.connect_with(cfg, from, crate::tls::SERVER_NAME) else {
-            return;
-        };
-        if let Ok(conn) = connecting.await {
-            let _ = out.send(conn).await;
-        }
-        return;
-    }
-}
-
-/// The birthday method, side with one mapping for every destination:
-/// probes random ports of the friend's NAT from our one socket, so that
-/// whichever of its sockets' mappings we hit lets the friend's dial in.
-async fn birthday_spray(
-    socket: Option<std::net::UdpSocket>,
-    ip: std::net::IpAddr,
-    sent: Arc<AtomicU32>,
-) {
-    let Some(socket) = socket else { return };
-    // Let the friend's sockets open their mappings first.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    for _ in 0..SPRAY_ROUNDS {
-        let ports: Vec<u16> = {
-            let mut rng = rand::rng();
-            (0..SPRAY_BATCH)
-                .map(|_| rng.random_range(SPRAY_PORTS))
-                .collect()
-        };
-        for port in ports {
-            if socket
-                .send_to(crate::client::PUNCH_PROBE, SocketAddr::new(ip, port))
-                .is_ok()
-            {
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        tokio::time::sleep(SPRAY_EVERY).await;
-    }
 }
 
 /// The relayed path: both peers ask the home server of the lower id to
@@ -728,11 +426,11 @@ async fn relay(
                     crate::tls::SERVER_NAME,
                 )?
                 .await?;
-            open_chat(conn).await
+            crate::punch::open_chat(conn).await
         } else {
             while let Some(incoming) = endpoint.accept().await {
                 let Ok(conn) = incoming.await else { continue };
-                if !is_friend(&conn, fid) {
+                if !crate::punch::is_friend(&conn, fid) {
                     conn.close(1u32.into(), b"not expected");
                     continue;
                 }

@@ -14,6 +14,8 @@
 //! - [`registry`]: the client protocol (`chatd-client/1`) and the
 //!   replicated peer table; [`client`]: its client side; [`relay`]: the
 //!   server splicing two clients' streams, and the client's virtual socket.
+//! - [`chatclient`]: `chatd chat` (rendezvous, NAT kind, relay client,
+//!   the conversation); [`punch`]: the direct path (probes, birthday method).
 //! - [`chat`]: chat semantics between two peers (ids, acks, retries,
 //!   dedup, order, length limit) as a pure state machine (issue 6).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
@@ -30,6 +32,7 @@ pub mod driver;
 pub mod identity;
 pub mod membership;
 pub mod peertable;
+pub mod punch;
 pub mod registry;
 pub mod relay;
 pub mod tls;
