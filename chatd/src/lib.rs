@@ -30,6 +30,7 @@ pub mod client;
 pub mod config;
 pub mod driver;
 pub mod identity;
+pub mod limit;
 pub mod membership;
 pub mod peertable;
 pub mod punch;

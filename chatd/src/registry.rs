@@ -19,6 +19,7 @@
 
 use crate::driver::{ClientConn, Node, NodeEvent};
 use crate::identity::Id;
+use crate::limit::TokenBucket;
 use crate::membership::{ServerRecord, Service};
 use crate::peertable::{PeerRecord, PeerTable};
 use crate::relay::{RelayLimits, Relays};
@@ -182,6 +183,12 @@ pub enum Response {
     /// The relay is paired: the stream now carries the friend's datagrams.
     Relaying,
 }
+
+/// Registrations, meetings and relay requests per second per client
+/// connection (each is broadcast to every server or holds a relay slot),
+/// and the burst allowed; lookups are local reads and not limited.
+const COSTLY_PER_SEC: f64 = 5.0;
+const COSTLY_BURST: f64 = 20.0;
 
 /// Largest anti-entropy frame (version lists of a large table).
 pub const MAX_SYNC_FRAME: usize = 4 * 1024 * 1024;
@@ -379,6 +386,8 @@ async fn serve_clients(
                 .unwrap_or_else(|e| e.into_inner())
                 .connected
                 .insert(peer, conn.clone());
+            let mut broadcasts =
+                TokenBucket::new(COSTLY_PER_SEC, COSTLY_BURST, std::time::Instant::now());
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let request =
                     tokio::time::timeout(EXCHANGE_TIMEOUT, read_msg::<Request>(&mut recv))
@@ -386,6 +395,23 @@ async fn serve_clients(
                         .unwrap_or_else(|_| {
                             Err(anyhow::anyhow!("request not received within 10 s"))
                         });
+                let costly = matches!(
+                    request,
+                    Ok(Request::Register(_) | Request::Meet(_) | Request::Relay(_))
+                );
+                if costly && !broadcasts.try_take(1.0, std::time::Instant::now()) {
+                    // Each of these reaches every server (or holds a
+                    // relay slot): a client gets a few per second.
+                    metrics::counter!("chatd_client_requests_limited_total").increment(1);
+                    let refusal = Response::Error(format!(
+                        "rate limited: at most {COSTLY_PER_SEC} registrations, meetings and relay requests per second"
+                    ));
+                    if write_msg(&mut send, &refusal).await.is_err() {
+                        break;
+                    }
+                    let _ = send.finish();
+                    continue;
+                }
                 let response = match request {
                     Ok(Request::Relay(friend)) => {
                         // The stream becomes the relay's.

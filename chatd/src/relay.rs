@@ -21,6 +21,7 @@
 //! neither read nor forge the chat (it can only drop or delay it, which
 //! QUIC detects and the chat session retries).
 
+use crate::limit::TokenBucket;
 use crate::registry::{Response, write_msg};
 use bytes::Bytes;
 use overlay::PeerId;
@@ -241,10 +242,9 @@ impl Relays {
 /// holding one second), counting bytes; ends the other side with the same
 /// end (finish or reset).
 async fn copy(mut from: quinn::RecvStream, mut to: quinn::SendStream, rate: u64) {
-    let rate = rate.max(1500);
+    let rate = rate.max(1500) as f64;
     let mut buf = vec![0u8; 16 * 1024];
-    let mut tokens = rate as f64;
-    let mut last = tokio::time::Instant::now();
+    let mut bucket = TokenBucket::new(rate, rate, std::time::Instant::now());
     loop {
         let n = match from.read(&mut buf).await {
             Ok(Some(n)) => n,
@@ -257,13 +257,10 @@ async fn copy(mut from: quinn::RecvStream, mut to: quinn::SendStream, rate: u64)
                 return;
             }
         };
-        let now = tokio::time::Instant::now();
-        tokens = (tokens + now.duration_since(last).as_secs_f64() * rate as f64).min(rate as f64);
-        last = now;
-        tokens -= n as f64;
-        if tokens < 0.0 {
+        let wait = bucket.take_or_wait(n as f64, std::time::Instant::now());
+        if !wait.is_zero() {
             metrics::counter!("chatd_relay_throttled_total").increment(1);
-            tokio::time::sleep(Duration::from_secs_f64(-tokens / rate as f64)).await;
+            tokio::time::sleep(wait).await;
         }
         metrics::counter!("chatd_relay_bytes_total").increment(n as u64);
         if to.write_all(&buf[..n]).await.is_err() {

@@ -227,3 +227,33 @@ async fn the_clients_of_a_crashed_server_go_offline_everywhere() {
         s.node.shutdown(Duration::from_secs(2)).await;
     }
 }
+
+/// Registrations (each broadcast to every server) are limited per client
+/// connection, with a clear error and a counter; lookups, local reads, are
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_rate_limited_per_client_lookups_are_not() {
+    let servers = cluster(1, 150, overlay::Config::local()).await;
+    let addr = servers[0].node.addr();
+    let dave = client(151);
+    let s = dave.connect(addr).await.unwrap();
+    let seen = s.who_am_i().await.unwrap();
+    let mut limited = 0;
+    let mut ok = 0;
+    for seq in 1..=40u64 {
+        match s
+            .register(dave.record(&s, "dave", seen, seq, Duration::from_secs(60)))
+            .await
+        {
+            Ok(()) => ok += 1,
+            Err(e) if e.to_string().contains("rate limited") => limited += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(ok >= 20, "the burst goes through: {ok}");
+    assert!(limited > 0, "40 registrations at once are not all accepted");
+    for _ in 0..200 {
+        assert!(s.lookup(dave.id()).await.unwrap().is_some());
+    }
+    servers[0].node.shutdown(Duration::from_secs(2)).await;
+}
