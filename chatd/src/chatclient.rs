@@ -124,6 +124,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
 }
 
+/// While waiting, the meeting is asked again this often (notices are the
+/// main way to learn of the friend; this covers one lost on the way).
+const MEET_POLL: Duration = Duration::from_secs(2);
+
 /// Connects to a server, registers (with our observed address and NAT
 /// kind) and finds the friend, waiting for it to come online — or, when
 /// re-establishing, for a record newer than `seen_seq` (the friend
@@ -183,7 +187,7 @@ async fn rendezvous(
         }
         // A notice when the friend registers; a fresh ask now and then in
         // case the friend re-registered at another server.
-        let poll = tokio::time::Instant::now() + Duration::from_millis(500);
+        let poll = tokio::time::Instant::now() + MEET_POLL;
         match tokio::time::timeout_at(poll.min(deadline), notices.recv()).await {
             Ok(Some(Notice::Friend(r))) if matches(&wanted, &r) && r.body.seq > seen_seq => {
                 break r;
