@@ -262,10 +262,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         let recent: Vec<IHaveEntry> = self
             .store
             .recent_cached()
-            .map(|(id, k)| IHaveEntry {
-                id: *id,
-                hops: k.hops,
-            })
+            .map(|(id, hops)| IHaveEntry { id: *id, hops })
             .take(max)
             .collect();
         for entry in recent.into_iter().rev() {
@@ -332,14 +329,9 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         from: Option<PI>,
         payload: Bytes,
     ) {
-        let known = Known {
-            at: io.now,
-            hops,
-            from,
-            origin,
-            payload: Some(payload),
-        };
-        self.store.insert(id, known, &io.config.plumtree);
+        let known = Known { hops, from, origin };
+        self.store
+            .insert(id, io.now, known, Some(payload), &io.config.plumtree);
         if self.expiry_at.is_none() {
             let at = io.now + io.config.plumtree.expiry_interval;
             self.expiry_at = Some(at);
@@ -509,10 +501,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
             return;
         }
         // Later announcements for this message compare against the new path.
-        if let Some(k) = self.store.get_mut(&id) {
-            k.hops = via_announcer;
-            k.from = Some(announcer);
-        }
+        self.store.set_path(&id, via_announcer, announcer);
         io.stats.tree_optimizations += 1;
         self.set_eager(io, origin, &announcer, true);
         io.stats.grafts_sent += 1;
@@ -529,7 +518,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         let Some((origin, hops, payload)) = self
             .store
             .get(&msg.id)
-            .map(|k| (k.origin, k.hops, k.payload.clone()))
+            .map(|k| (k.origin, k.hops, self.store.payload(&msg.id).cloned()))
         else {
             // We never saw it: we do not know its origin, nor can we send
             // it; the grafter will ask its next announcer.
