@@ -19,6 +19,7 @@
 //! Same arguments and seed → same run.
 
 use bytes::Bytes;
+use overlay::wire::{Gossip, Graft, Prune};
 use overlay::{
     Config, Event, Input, Message, MessageId, MessageType, Output, PeerInfo, State, Time, Timer,
 };
@@ -103,15 +104,41 @@ impl Traffic {
     }
 }
 
+/// A queued event, 16 bytes: the queue holds hundreds of thousands at the
+/// peak of a 10,000-node flood, so the common messages are stored by the
+/// index of their message id in [`Interned`] instead of inline (a
+/// `Message` is 80 bytes), and the rest in the [`Slab`].
+#[derive(Clone, Copy)]
 enum Ev {
+    /// GOSSIP of interned message `msg`, whose origin and payload are
+    /// interned with it.
+    Gossip {
+        from: NodeId,
+        to: NodeId,
+        msg: u32,
+        hops: u16,
+    },
+    /// GRAFT of interned message `msg`.
+    Graft {
+        from: NodeId,
+        to: NodeId,
+        msg: u32,
+        resend: bool,
+    },
+    Prune {
+        from: NodeId,
+        to: NodeId,
+        origin: NodeId,
+    },
+    /// Any other message, kept in the slab.
     Deliver {
         from: NodeId,
         to: NodeId,
-        msg: Message<NodeId>,
+        slot: u32,
     },
     Timer {
         node: NodeId,
-        timer: Timer,
+        timer: SimTimer,
     },
     Down {
         node: NodeId,
@@ -119,11 +146,91 @@ enum Ev {
     },
 }
 
+/// [`Timer`] with the message id of a GRAFT timer interned (4 bytes
+/// instead of 33).
+#[derive(Clone, Copy)]
+enum SimTimer {
+    Shuffle,
+    Repair,
+    IHave,
+    Graft(u32),
+    Expiry,
+}
+
+/// Message ids seen in GOSSIP, GRAFT and GRAFT timers, each with the origin
+/// and payload of its GOSSIP: in an honest simulation every copy of a
+/// broadcast carries the same ones. One entry per broadcast, kept for the
+/// whole run.
+#[derive(Default)]
+struct Interned {
+    ids: Vec<MessageId>,
+    /// Origin and payload, once a GOSSIP was seen.
+    bodies: Vec<Option<(NodeId, Bytes)>>,
+    index: HashMap<MessageId, u32>,
+}
+
+impl Interned {
+    fn id(&mut self, id: &MessageId) -> u32 {
+        if let Some(&i) = self.index.get(id) {
+            return i;
+        }
+        let i = self.ids.len() as u32;
+        self.ids.push(*id);
+        self.bodies.push(None);
+        self.index.insert(*id, i);
+        i
+    }
+
+    /// The index of a GOSSIP's id, if its origin and payload are the ones
+    /// interned with it (or it is the first GOSSIP of that id).
+    fn gossip(&mut self, g: &Gossip<NodeId>) -> Option<u32> {
+        let i = self.id(&g.id);
+        match &mut self.bodies[i as usize] {
+            Some((origin, payload)) => (*origin == g.origin && *payload == g.payload).then_some(i),
+            body @ None => {
+                *body = Some((g.origin, g.payload.clone()));
+                Some(i)
+            }
+        }
+    }
+}
+
+/// Messages in flight that are not interned, by slot; free slots are reused.
+#[derive(Default)]
+struct Slab {
+    slots: Vec<Option<Message<NodeId>>>,
+    free: Vec<u32>,
+}
+
+impl Slab {
+    fn put(&mut self, msg: Message<NodeId>) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(msg);
+                i
+            }
+            None => {
+                self.slots.push(Some(msg));
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    fn take(&mut self, slot: u32) -> Option<Message<NodeId>> {
+        let msg = self.slots.get_mut(slot as usize)?.take();
+        self.free.push(slot);
+        msg
+    }
+}
+
 struct Entry {
     at: Time,
     seq: u64,
     ev: Ev,
 }
+
+// The queue's footprint: time, sequence number and a 16-byte event.
+const _: () = assert!(core::mem::size_of::<Entry>() == 32);
 
 impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
@@ -162,6 +269,8 @@ pub struct Sim {
     partitioned: bool,
     queue: BinaryHeap<Entry>,
     seq: u64,
+    interned: Interned,
+    slab: Slab,
     rng: Xoshiro256PlusPlus,
     pending_down: HashSet<(NodeId, NodeId)>,
     broadcasts: HashMap<MessageId, Broadcast>,
@@ -184,6 +293,8 @@ impl Sim {
             partitioned: false,
             queue: BinaryHeap::new(),
             seq: 0,
+            interned: Interned::default(),
+            slab: Slab::default(),
             rng: Xoshiro256PlusPlus::seed_from_u64(splitmix(seed)),
             pending_down: HashSet::new(),
             broadcasts: HashMap::new(),
@@ -401,7 +512,13 @@ impl Sim {
 
     fn step(&mut self, ev: Ev) {
         match ev {
-            Ev::Deliver { from, to, msg } => {
+            Ev::Gossip { from, to, .. }
+            | Ev::Graft { from, to, .. }
+            | Ev::Prune { from, to, .. }
+            | Ev::Deliver { from, to, .. } => {
+                let Some(msg) = self.message(ev) else {
+                    return;
+                };
                 if !self.is_alive(to) || self.crosses(from, to) {
                     self.notice_down(from, to);
                     return;
@@ -413,7 +530,16 @@ impl Sim {
                 }
                 self.input(to, Input::Message { from, message: msg });
             }
-            Ev::Timer { node, timer } => self.input(node, Input::Timer(timer)),
+            Ev::Timer { node, timer } => {
+                let timer = match timer {
+                    SimTimer::Shuffle => Timer::Shuffle,
+                    SimTimer::Repair => Timer::Repair,
+                    SimTimer::IHave => Timer::IHave,
+                    SimTimer::Graft(i) => Timer::Graft(self.interned.ids[i as usize]),
+                    SimTimer::Expiry => Timer::Expiry,
+                };
+                self.input(node, Input::Timer(timer));
+            }
             Ev::Down { node, peer } => {
                 self.pending_down.remove(&(node, peer));
                 self.input(node, Input::PeerDown(peer));
@@ -437,7 +563,16 @@ impl Sim {
         for out in outputs {
             match out {
                 Output::Send { to, message } => self.send(n, to, message),
-                Output::SetTimer { at, timer } => self.schedule(at, Ev::Timer { node: n, timer }),
+                Output::SetTimer { at, timer } => {
+                    let timer = match timer {
+                        Timer::Shuffle => SimTimer::Shuffle,
+                        Timer::Repair => SimTimer::Repair,
+                        Timer::IHave => SimTimer::IHave,
+                        Timer::Graft(id) => SimTimer::Graft(self.interned.id(&id)),
+                        Timer::Expiry => SimTimer::Expiry,
+                    };
+                    self.schedule(at, Ev::Timer { node: n, timer });
+                }
                 Output::Event(Event::Received(d)) => {
                     let now = self.now;
                     if let Some(b) = self.broadcasts.get_mut(&d.id) {
@@ -460,6 +595,60 @@ impl Sim {
             return;
         }
         let at = self.now + self.link_latency(from, to);
-        self.schedule(at, Ev::Deliver { from, to, msg });
+        let ev = match msg {
+            Message::Gossip(g) => match self.interned.gossip(&g) {
+                Some(msg) => Ev::Gossip {
+                    from,
+                    to,
+                    msg,
+                    hops: g.hops,
+                },
+                None => Ev::Deliver {
+                    from,
+                    to,
+                    slot: self.slab.put(Message::Gossip(g)),
+                },
+            },
+            Message::Graft(g) => Ev::Graft {
+                from,
+                to,
+                msg: self.interned.id(&g.id),
+                resend: g.resend,
+            },
+            Message::Prune(p) => Ev::Prune {
+                from,
+                to,
+                origin: p.origin,
+            },
+            msg => Ev::Deliver {
+                from,
+                to,
+                slot: self.slab.put(msg),
+            },
+        };
+        self.schedule(at, ev);
+    }
+
+    /// The message a delivery event carries (taking it out of the slab).
+    fn message(&mut self, ev: Ev) -> Option<Message<NodeId>> {
+        Some(match ev {
+            Ev::Gossip { msg, hops, .. } => {
+                let i = msg as usize;
+                let (origin, payload) = self.interned.bodies[i].clone()?;
+                Message::Gossip(Gossip {
+                    id: self.interned.ids[i],
+                    origin,
+                    hops,
+                    payload,
+                })
+            }
+            Ev::Graft { msg, resend, .. } => Message::Graft(Graft {
+                id: self.interned.ids[msg as usize],
+                resend,
+            }),
+            Ev::Prune { origin, .. } => Message::Prune(Prune { origin }),
+            Ev::Deliver { slot, .. } => self.slab.take(slot)?,
+            Ev::Timer { .. } | Ev::Down { .. } => return None,
+        })
     }
 }
