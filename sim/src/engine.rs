@@ -19,7 +19,7 @@
 //! Same arguments and seed → same run.
 
 use bytes::Bytes;
-use overlay::wire::{Gossip, Graft, Prune};
+use overlay::wire::{Gossip, Graft, IHave, IHaveEntry, Prune};
 use overlay::{
     Config, Event, Input, Message, MessageId, MessageType, Output, PeerInfo, State, Time, Timer,
 };
@@ -105,9 +105,10 @@ impl Traffic {
 }
 
 /// A queued event, 16 bytes: the queue holds hundreds of thousands at the
-/// peak of a 10,000-node flood, so the common messages are stored by the
-/// index of their message id in [`Interned`] instead of inline (a
-/// `Message` is 80 bytes), and the rest in the [`Slab`].
+/// peak of a 10,000-node flood, so the common messages (GOSSIP, IHAVE,
+/// GRAFT, PRUNE) refer to message ids by their index in [`Interned`]
+/// instead of carrying them (a `Message` is 80 bytes, an IHAVE entry 34),
+/// and the rest wait in a [`Slab`].
 #[derive(Clone, Copy)]
 enum Ev {
     /// GOSSIP of interned message `msg`, whose origin and payload are
@@ -129,6 +130,19 @@ enum Ev {
         from: NodeId,
         to: NodeId,
         origin: NodeId,
+    },
+    /// IHAVE with one entry: interned message `msg` at `hops`.
+    IHave1 {
+        from: NodeId,
+        to: NodeId,
+        msg: u32,
+        hops: u16,
+    },
+    /// IHAVE with more entries, kept in the IHAVE slab.
+    IHave {
+        from: NodeId,
+        to: NodeId,
+        slot: u32,
     },
     /// Any other message, kept in the slab.
     Deliver {
@@ -195,15 +209,24 @@ impl Interned {
     }
 }
 
-/// Messages in flight that are not interned, by slot; free slots are reused.
-#[derive(Default)]
-struct Slab {
-    slots: Vec<Option<Message<NodeId>>>,
+/// Things in flight that do not fit in an event, by slot; free slots are
+/// reused.
+struct Slab<T> {
+    slots: Vec<Option<T>>,
     free: Vec<u32>,
 }
 
-impl Slab {
-    fn put(&mut self, msg: Message<NodeId>) -> u32 {
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> Slab<T> {
+    fn put(&mut self, msg: T) -> u32 {
         match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = Some(msg);
@@ -216,7 +239,7 @@ impl Slab {
         }
     }
 
-    fn take(&mut self, slot: u32) -> Option<Message<NodeId>> {
+    fn take(&mut self, slot: u32) -> Option<T> {
         let msg = self.slots.get_mut(slot as usize)?.take();
         self.free.push(slot);
         msg
@@ -270,7 +293,9 @@ pub struct Sim {
     queue: BinaryHeap<Entry>,
     seq: u64,
     interned: Interned,
-    slab: Slab,
+    slab: Slab<Message<NodeId>>,
+    /// Entries of IHAVEs in flight: interned message and hops.
+    ihaves: Slab<Vec<(u32, u16)>>,
     rng: Xoshiro256PlusPlus,
     pending_down: HashSet<(NodeId, NodeId)>,
     broadcasts: HashMap<MessageId, Broadcast>,
@@ -295,6 +320,7 @@ impl Sim {
             seq: 0,
             interned: Interned::default(),
             slab: Slab::default(),
+            ihaves: Slab::default(),
             rng: Xoshiro256PlusPlus::seed_from_u64(splitmix(seed)),
             pending_down: HashSet::new(),
             broadcasts: HashMap::new(),
@@ -515,6 +541,8 @@ impl Sim {
             Ev::Gossip { from, to, .. }
             | Ev::Graft { from, to, .. }
             | Ev::Prune { from, to, .. }
+            | Ev::IHave1 { from, to, .. }
+            | Ev::IHave { from, to, .. }
             | Ev::Deliver { from, to, .. } => {
                 let Some(msg) = self.message(ev) else {
                     return;
@@ -620,6 +648,25 @@ impl Sim {
                 to,
                 origin: p.origin,
             },
+            Message::IHave(IHave { entries }) => match entries.as_slice() {
+                [e] => Ev::IHave1 {
+                    from,
+                    to,
+                    msg: self.interned.id(&e.id),
+                    hops: e.hops,
+                },
+                _ => {
+                    let entries = entries
+                        .iter()
+                        .map(|e| (self.interned.id(&e.id), e.hops))
+                        .collect();
+                    Ev::IHave {
+                        from,
+                        to,
+                        slot: self.ihaves.put(entries),
+                    }
+                }
+            },
             msg => Ev::Deliver {
                 from,
                 to,
@@ -647,6 +694,23 @@ impl Sim {
                 resend,
             }),
             Ev::Prune { origin, .. } => Message::Prune(Prune { origin }),
+            Ev::IHave1 { msg, hops, .. } => Message::IHave(IHave {
+                entries: vec![IHaveEntry {
+                    id: self.interned.ids[msg as usize],
+                    hops,
+                }],
+            }),
+            Ev::IHave { slot, .. } => Message::IHave(IHave {
+                entries: self
+                    .ihaves
+                    .take(slot)?
+                    .into_iter()
+                    .map(|(i, hops)| IHaveEntry {
+                        id: self.interned.ids[i as usize],
+                        hops,
+                    })
+                    .collect(),
+            }),
             Ev::Deliver { slot, .. } => self.slab.take(slot)?,
             Ev::Timer { .. } | Ev::Down { .. } => return None,
         })
