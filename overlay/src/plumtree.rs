@@ -262,7 +262,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         let recent: Vec<IHaveEntry> = self
             .store
             .recent_cached()
-            .map(|(id, hops)| IHaveEntry { id: *id, hops })
+            .map(|(id, hops)| IHaveEntry { id, hops })
             .take(max)
             .collect();
         for entry in recent.into_iter().rev() {
@@ -314,12 +314,14 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         io.stats.broadcasts += 1;
         let me = io.me;
         self.tree(io, me);
-        self.remember(io, id, me, 0, None, payload.clone());
-        self.push(io, id, me, 0, payload, None);
+        let gossip = Gossip::new(id, me, 0, &payload);
+        self.remember(io, id, me, 0, None, gossip.body().clone());
+        self.push(io, id, &gossip, None);
         Ok(id)
     }
 
-    /// Records a message as seen, with its payload cached.
+    /// Records a message as seen, with its GOSSIP body (`id ‖ payload`)
+    /// cached.
     fn remember<R: Rng>(
         &mut self,
         io: &mut Io<'_, PI, R>,
@@ -327,11 +329,11 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         origin: PI,
         hops: u16,
         from: Option<PI>,
-        payload: Bytes,
+        body: Bytes,
     ) {
         let known = Known { hops, from, origin };
         self.store
-            .insert(id, io.now, known, Some(payload), &io.config.plumtree);
+            .insert(id, io.now, known, Some(body), &io.config.plumtree);
         if self.expiry_at.is_none() {
             let at = io.now + io.config.plumtree.expiry_interval;
             self.expiry_at = Some(at);
@@ -339,17 +341,17 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         }
     }
 
-    /// Eager push to the origin's eager peers, lazy announcement to the rest.
+    /// Eager push of `gossip` (message `id`, `hops` already ours) to its
+    /// origin's eager peers, lazy announcement to the rest.
     fn push<R: Rng>(
         &mut self,
         io: &mut Io<'_, PI, R>,
         id: MessageId,
-        origin: PI,
-        hops: u16,
-        payload: Bytes,
+        gossip: &Gossip<PI>,
         except: Option<PI>,
     ) {
-        let mask = self.eager_mask(&origin);
+        let hops = gossip.hops;
+        let mask = self.eager_mask(&gossip.origin);
         for i in 0..self.slots.len() {
             let Some(peer) = self.slots[i] else {
                 continue;
@@ -358,15 +360,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
                 continue;
             }
             if mask & (1 << i) != 0 {
-                io.send(
-                    peer,
-                    Message::Gossip(Gossip {
-                        id,
-                        origin,
-                        hops,
-                        payload: payload.clone(),
-                    }),
-                );
+                io.send(peer, Message::Gossip(gossip.clone()));
             } else {
                 self.queue_ihave(io, peer, IHaveEntry { id, hops });
             }
@@ -386,9 +380,15 @@ impl<PI: PeerIdentity> Plumtree<PI> {
 
     // ----- messages ----------------------------------------------------
 
-    pub(crate) fn on_gossip<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, from: PI, msg: Gossip<PI>) {
+    pub(crate) fn on_gossip<R: Rng>(
+        &mut self,
+        io: &mut Io<'_, PI, R>,
+        from: PI,
+        mut msg: Gossip<PI>,
+    ) {
+        let id = msg.id();
         let hops = msg.hops.saturating_add(1);
-        if self.store.contains(&msg.id) {
+        if self.store.contains(&id) {
             io.stats.duplicates += 1;
             // The link is redundant for this origin: stop pushing on it in
             // both directions. (Sent even if `from` is already lazy here: a
@@ -405,25 +405,20 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         // the sender is our parent in it.
         self.tree(io, msg.origin);
         self.set_eager(io, msg.origin, &from, true);
-        self.remember(
-            io,
-            msg.id,
-            msg.origin,
-            hops,
-            Some(from),
-            msg.payload.clone(),
-        );
-        let missing = self.missing.remove(&msg.id);
+        self.remember(io, id, msg.origin, hops, Some(from), msg.body().clone());
+        let missing = self.missing.remove(&id);
         io.stats.payloads_delivered += 1;
-        io.stats.payload_bytes_delivered += msg.payload.len() as u64;
+        io.stats.payload_bytes_delivered += msg.payload_len() as u64;
         io.event(Event::Received(Delivery {
-            id: msg.id,
+            id,
             origin: msg.origin,
             hops,
             from,
-            payload: msg.payload.clone(),
+            payload: msg.payload(),
         }));
-        self.push(io, msg.id, msg.origin, hops, msg.payload, Some(from));
+        // Passed on with our hop count.
+        msg.hops = hops;
+        self.push(io, id, &msg, Some(from));
         // An announcement that arrived before the payload may show a
         // shorter path than the one the payload took.
         let best = missing.and_then(|m| {
@@ -433,7 +428,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
                 .min_by_key(|(_, h)| *h)
         });
         if let Some((best, best_hops)) = best {
-            self.maybe_optimize(io, msg.id, from, best, best_hops);
+            self.maybe_optimize(io, id, from, best, best_hops);
         }
     }
 
@@ -515,10 +510,10 @@ impl<PI: PeerIdentity> Plumtree<PI> {
 
     pub(crate) fn on_graft<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, from: PI, msg: Graft) {
         io.stats.grafts_received += 1;
-        let Some((origin, hops, payload)) = self
+        let Some((origin, hops, body)) = self
             .store
             .get(&msg.id)
-            .map(|k| (k.origin, k.hops, self.store.payload(&msg.id).cloned()))
+            .map(|k| (k.origin, k.hops, self.store.body(&msg.id).cloned()))
         else {
             // We never saw it: we do not know its origin, nor can we send
             // it; the grafter will ask its next announcer.
@@ -527,16 +522,8 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         };
         self.set_eager(io, origin, &from, true);
         if msg.resend {
-            match payload {
-                Some(payload) => io.send(
-                    from,
-                    Message::Gossip(Gossip {
-                        id: msg.id,
-                        origin,
-                        hops,
-                        payload,
-                    }),
-                ),
+            match body.and_then(|b| Gossip::from_body(origin, hops, b)) {
+                Some(gossip) => io.send(from, Message::Gossip(gossip)),
                 None => io.stats.graft_misses += 1,
             }
         }

@@ -12,14 +12,15 @@
 //!   bytes for 4-byte peer identities: key, arrival time (a 40-bit offset
 //!   in µs from a per-store base), hops, parent, origin;
 //! - payloads are dropped oldest first, so the messages still holding one
-//!   are always the newest entries of the ring: a second ring holds the full
-//!   id and the payload handle of exactly that cached suffix. Only cached
-//!   messages are ever announced to a new neighbor or served to a GRAFT, so
-//!   nothing else needs its full id.
+//!   are always the newest entries of the ring: a second ring holds the
+//!   GOSSIP body (`id ‖ payload`, one shared buffer) of exactly that cached
+//!   suffix. Only cached messages are ever announced to a new neighbor or
+//!   served to a GRAFT, so nothing else needs its full id.
 
 use crate::config::PlumtreeConfig;
 use crate::id::MessageId;
 use crate::time::Time;
+use crate::wire::body_id;
 use bytes::Bytes;
 use core::hash::BuildHasher;
 use core::time::Duration;
@@ -104,10 +105,16 @@ pub(crate) struct Store<PI> {
     hasher: foldhash::quality::FixedState,
     /// What record arrival times are offsets from.
     base: Time,
-    /// Full id and payload of the newest records: `cached[j]` belongs to
-    /// `ring[ring.len() - cached.len() + j]`.
-    cached: VecDeque<(MessageId, Bytes)>,
+    /// GOSSIP bodies (`id ‖ payload`) of the newest records: `cached[j]`
+    /// belongs to `ring[ring.len() - cached.len() + j]`.
+    cached: VecDeque<Bytes>,
+    /// Payload bytes cached (ids not counted).
     cached_bytes: usize,
+}
+
+/// Payload bytes of a GOSSIP body.
+fn payload_len(body: &Bytes) -> usize {
+    body.len().saturating_sub(core::mem::size_of::<MessageId>())
 }
 
 fn key(id: &MessageId) -> u64 {
@@ -157,10 +164,10 @@ impl<PI: Copy> Store<PI> {
         self.find(key(id)).map(|i| self.ring[i].known())
     }
 
-    /// The cached payload of a known message.
-    pub(crate) fn payload(&self, id: &MessageId) -> Option<&Bytes> {
+    /// The cached GOSSIP body (`id ‖ payload`) of a known message.
+    pub(crate) fn body(&self, id: &MessageId) -> Option<&Bytes> {
         let i = self.find(key(id))?;
-        self.cached_at(i).map(|j| &self.cached[j].1)
+        self.cached_at(i).map(|j| &self.cached[j])
     }
 
     /// Records a shorter path to a known message: `hops` through `from`.
@@ -195,14 +202,14 @@ impl<PI: Copy> Store<PI> {
     }
 
     /// Records a new message that arrived at `now` (ignored if its id is
-    /// already known), with its payload if it is to be cached, then
-    /// enforces the count and byte limits.
+    /// already known), with its GOSSIP body (`id ‖ payload`) if it is to be
+    /// cached, then enforces the count and byte limits.
     pub(crate) fn insert(
         &mut self,
         id: MessageId,
         now: Time,
         known: Known<PI>,
-        payload: Option<Bytes>,
+        body: Option<Bytes>,
         cfg: &PlumtreeConfig,
     ) {
         let k = key(&id);
@@ -217,10 +224,11 @@ impl<PI: Copy> Store<PI> {
         self.index.insert_unique(hash, seq, |&s| {
             hasher.hash_one(ring[s.wrapping_sub(head) as usize].key)
         });
-        match payload {
-            Some(p) => {
-                self.cached_bytes += p.len();
-                self.cached.push_back((id, p));
+        match body {
+            Some(b) => {
+                debug_assert_eq!(body_id(&b), id);
+                self.cached_bytes += payload_len(&b);
+                self.cached.push_back(b);
             }
             // Keep the invariant: cached entries are a suffix of the ring.
             None => self.uncache_all(),
@@ -286,12 +294,12 @@ impl<PI: Copy> Store<PI> {
     }
 
     /// The newest cached messages, newest first: id and hop count.
-    pub(crate) fn recent_cached(&self) -> impl Iterator<Item = (&MessageId, u16)> + '_ {
+    pub(crate) fn recent_cached(&self) -> impl Iterator<Item = (MessageId, u16)> + '_ {
         self.cached
             .iter()
             .rev()
             .zip(self.ring.iter().rev())
-            .map(|((id, _), r)| (id, r.hops))
+            .map(|(b, r)| (body_id(b), r.hops))
     }
 
     fn pop_oldest(&mut self) {
@@ -315,8 +323,8 @@ impl<PI: Copy> Store<PI> {
     /// Drops the payload of the oldest cached message; false if none.
     fn uncache_oldest(&mut self) -> bool {
         match self.cached.pop_front() {
-            Some((_, p)) => {
-                self.cached_bytes -= p.len();
+            Some(b) => {
+                self.cached_bytes -= payload_len(&b);
                 true
             }
             None => false,
@@ -342,12 +350,17 @@ mod tests {
         }
     }
 
-    fn payload(len: usize) -> Option<Bytes> {
-        Some(Bytes::from(vec![0u8; len]))
-    }
-
     fn id(n: u8) -> MessageId {
         MessageId([n; 32])
+    }
+
+    /// The GOSSIP body of message `n` with a payload of `len` bytes.
+    fn body(n: u8, len: usize) -> Option<Bytes> {
+        Some(
+            crate::wire::Gossip::new(id(n), 0u32, 0, &vec![0u8; len])
+                .body()
+                .clone(),
+        )
     }
 
     fn secs(s: u64) -> Time {
@@ -361,13 +374,14 @@ mod tests {
             "cached entries are a suffix"
         );
         let off = s.ring.len() - s.cached.len();
-        for (j, (id, p)) in s.cached.iter().enumerate() {
-            assert_eq!(s.ring[off + j].key, key(id), "cached[{j}] is its record's");
-            assert_eq!(s.payload(id), Some(p));
+        for (j, b) in s.cached.iter().enumerate() {
+            let id = body_id(b);
+            assert_eq!(s.ring[off + j].key, key(&id), "cached[{j}] is its record's");
+            assert_eq!(s.body(&id), Some(b));
         }
         assert_eq!(
             s.cached_bytes,
-            s.cached.iter().map(|(_, p)| p.len()).sum::<usize>()
+            s.cached.iter().map(|b| b.len() - 32).sum::<usize>()
         );
         assert_eq!(s.index.len(), s.ring.len());
         for (i, r) in s.ring.iter().enumerate() {
@@ -385,7 +399,7 @@ mod tests {
         cfg.seen_retention = Duration::from_secs(100);
         let mut s = Store::new(1);
         for n in 0..4 {
-            s.insert(id(n), secs(u64::from(n)), known(3), payload(100), &cfg);
+            s.insert(id(n), secs(u64::from(n)), known(3), body(n, 100), &cfg);
             check(&s);
         }
         assert_eq!(
@@ -393,14 +407,14 @@ mod tests {
             (4, 3),
             "count limit drops the oldest payload"
         );
-        assert!(s.payload(&id(0)).is_none() && s.contains(&id(0)));
-        assert!(s.payload(&id(3)).is_some());
-        s.insert(id(4), secs(4), known(3), payload(900), &cfg);
+        assert!(s.body(&id(0)).is_none() && s.contains(&id(0)));
+        assert!(s.body(&id(3)).is_some());
+        s.insert(id(4), secs(4), known(3), body(4, 900), &cfg);
         check(&s);
         // Count limit drops one payload; 900 + 100 + 100 > 1000 drops another.
         assert_eq!((s.cached_len(), s.cached_bytes), (2, 1000));
         for n in 5..8 {
-            s.insert(id(n), secs(u64::from(n)), known(3), payload(1), &cfg);
+            s.insert(id(n), secs(u64::from(n)), known(3), body(n, 1), &cfg);
             check(&s);
         }
         assert_eq!(s.len(), 5, "seen capacity");
@@ -421,8 +435,8 @@ mod tests {
     fn a_known_id_is_not_inserted_twice() {
         let cfg = Config::lan().plumtree;
         let mut s = Store::new(1);
-        s.insert(id(1), secs(1), known(3), payload(10), &cfg);
-        s.insert(id(1), secs(2), known(4), payload(20), &cfg);
+        s.insert(id(1), secs(1), known(3), body(1, 10), &cfg);
+        s.insert(id(1), secs(2), known(4), body(1, 20), &cfg);
         check(&s);
         assert_eq!((s.len(), s.cached_len(), s.cached_bytes), (1, 1, 10));
         assert_eq!(s.get(&id(1)).map(|k| k.origin), Some(3));
@@ -433,11 +447,11 @@ mod tests {
     fn a_message_without_payload_uncaches_everything_older() {
         let cfg = Config::lan().plumtree;
         let mut s = Store::new(1);
-        s.insert(id(1), secs(1), known(3), payload(10), &cfg);
+        s.insert(id(1), secs(1), known(3), body(1, 10), &cfg);
         s.insert(id(2), secs(2), known(3), None, &cfg);
         check(&s);
         assert_eq!((s.len(), s.cached_len(), s.cached_bytes), (2, 0, 0));
-        s.insert(id(3), secs(3), known(3), payload(5), &cfg);
+        s.insert(id(3), secs(3), known(3), body(3, 5), &cfg);
         check(&s);
         let recent: Vec<u8> = s.recent_cached().map(|(i, _)| i.0[0]).collect();
         assert_eq!(recent, vec![3]);
@@ -452,8 +466,8 @@ mod tests {
             from: None,
             origin: 9,
         };
-        s.insert(id(1), secs(1), own, payload(1), &cfg);
-        s.insert(id(2), secs(1), known(5), payload(1), &cfg);
+        s.insert(id(1), secs(1), own, body(1, 1), &cfg);
+        s.insert(id(2), secs(1), known(5), body(2, 1), &cfg);
         assert_eq!(s.get(&id(1)), Some(own), "our own broadcast has no parent");
         assert_eq!(s.get(&id(2)), Some(known(5)));
         s.set_path(&id(2), 7, 8);
@@ -480,16 +494,16 @@ mod tests {
         let mut s = Store::new(1);
         let day = 86_400;
         let t0 = 13 * day; // past 2⁴⁰ µs (12.7 days) from time zero
-        s.insert(id(1), secs(t0), known(3), payload(1), &cfg);
+        s.insert(id(1), secs(t0), known(3), body(1, 1), &cfg);
         assert_eq!(s.arrived(&id(1)), Some(secs(t0)));
         assert_eq!(s.base, secs(t0), "the base moved to the only record");
-        s.insert(id(2), secs(t0 + day / 2), known(3), payload(1), &cfg);
-        s.insert(id(3), secs(t0 + 12 * day), known(3), payload(1), &cfg);
+        s.insert(id(2), secs(t0 + day / 2), known(3), body(2, 1), &cfg);
+        s.insert(id(3), secs(t0 + 12 * day), known(3), body(3, 1), &cfg);
         check(&s);
         assert_eq!(s.arrived(&id(2)), Some(secs(t0 + day / 2)));
         assert_eq!(s.arrived(&id(3)), Some(secs(t0 + 12 * day)));
         // 13 days after the first: it is forgotten to fit the offsets.
-        s.insert(id(4), secs(t0 + 13 * day), known(3), payload(1), &cfg);
+        s.insert(id(4), secs(t0 + 13 * day), known(3), body(4, 1), &cfg);
         check(&s);
         assert!(!s.contains(&id(1)));
         for (n, t) in [(2, t0 + day / 2), (3, t0 + 12 * day), (4, t0 + 13 * day)] {
@@ -530,7 +544,11 @@ mod tests {
                 id,
                 secs(t),
                 known(3),
-                cache.then(|| vec![1u8; 10].into()),
+                cache.then(|| {
+                    crate::wire::Gossip::new(id, 0u32, 0, &[1; 10])
+                        .body()
+                        .clone()
+                }),
                 &cfg,
             );
             if !cache {
@@ -560,9 +578,9 @@ mod tests {
             assert_eq!(s.len(), model.len(), "t={t}");
             for (id, at, cached) in &model {
                 assert_eq!(s.arrived(id), Some(secs(*at)));
-                assert_eq!(s.payload(id).is_some(), *cached, "t={t}");
+                assert_eq!(s.body(id).is_some(), *cached, "t={t}");
             }
-            let recent: Vec<MessageId> = s.recent_cached().map(|(id, _)| *id).collect();
+            let recent: Vec<MessageId> = s.recent_cached().map(|(id, _)| id).collect();
             let want: Vec<MessageId> = model
                 .iter()
                 .rev()

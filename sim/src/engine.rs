@@ -171,14 +171,14 @@ enum SimTimer {
     Expiry,
 }
 
-/// Message ids seen in GOSSIP, GRAFT and GRAFT timers, each with the origin
-/// and payload of its GOSSIP: in an honest simulation every copy of a
-/// broadcast carries the same ones. One entry per broadcast, kept for the
-/// whole run.
+/// Message ids seen in GOSSIP, IHAVE, GRAFT and GRAFT timers, each with
+/// the origin and body (`id ‖ payload`) of its GOSSIP: in an honest
+/// simulation every copy of a broadcast carries the same ones. One entry
+/// per broadcast, kept for the whole run.
 #[derive(Default)]
 struct Interned {
     ids: Vec<MessageId>,
-    /// Origin and payload, once a GOSSIP was seen.
+    /// Origin and body, once a GOSSIP was seen.
     bodies: Vec<Option<(NodeId, Bytes)>>,
     index: HashMap<MessageId, u32>,
 }
@@ -195,14 +195,14 @@ impl Interned {
         i
     }
 
-    /// The index of a GOSSIP's id, if its origin and payload are the ones
+    /// The index of a GOSSIP's id, if its origin and body are the ones
     /// interned with it (or it is the first GOSSIP of that id).
     fn gossip(&mut self, g: &Gossip<NodeId>) -> Option<u32> {
-        let i = self.id(&g.id);
+        let i = self.id(&g.id());
         match &mut self.bodies[i as usize] {
-            Some((origin, payload)) => (*origin == g.origin && *payload == g.payload).then_some(i),
+            Some((origin, body)) => (*origin == g.origin && body == g.body()).then_some(i),
             body @ None => {
-                *body = Some((g.origin, g.payload.clone()));
+                *body = Some((g.origin, g.body().clone()));
                 Some(i)
             }
         }
@@ -552,7 +552,7 @@ impl Sim {
                     return;
                 }
                 if let Message::Gossip(g) = &msg
-                    && let Some(b) = self.broadcasts.get_mut(&g.id)
+                    && let Some(b) = self.broadcasts.get_mut(&g.id())
                 {
                     b.payloads += 1;
                 }
@@ -681,13 +681,8 @@ impl Sim {
         Some(match ev {
             Ev::Gossip { msg, hops, .. } => {
                 let i = msg as usize;
-                let (origin, payload) = self.interned.bodies[i].clone()?;
-                Message::Gossip(Gossip {
-                    id: self.interned.ids[i],
-                    origin,
-                    hops,
-                    payload,
-                })
+                let (origin, body) = self.interned.bodies[i].clone()?;
+                Message::Gossip(Gossip::from_body(origin, hops, body)?)
             }
             Ev::Graft { msg, resend, .. } => Message::Graft(Graft {
                 id: self.interned.ids[msg as usize],
