@@ -5,12 +5,14 @@
 //! Layout, chosen for memory (a simulator holds 10,000+ nodes × hundreds of
 //! messages, and a node's store is small, so per-record bytes and container
 //! slack dominate):
-//! - the records live in one ring in arrival order, and a hash table of
-//!   4-byte ring positions finds them by the first 8 bytes of the id (ids
-//!   are blake3 outputs, so those bytes are uniform; a collision, ~2⁻⁶⁴ per
-//!   pair, would make a message look like a duplicate). A record is 24
-//!   bytes for 4-byte peer identities: key, arrival time (a 40-bit offset
-//!   in µs from a per-store base), hops, parent, origin;
+//! - the records live in one ring in arrival order, found by their key, the
+//!   first 8 bytes of the id (ids are blake3 outputs, so those bytes are
+//!   uniform; a collision, ~2⁻⁶⁴ per pair, would make a message look like a
+//!   duplicate). The keys have a ring of their own, searched newest first
+//!   (most lookups are for recent messages); beyond `INDEX_FROM` records a
+//!   hash table of 4-byte ring positions finds them instead. A record is
+//!   16 bytes for 4-byte peer identities: arrival time (a 40-bit offset in
+//!   µs from a per-store base), hops, parent, origin; 24 with its key;
 //! - payloads are dropped oldest first, so the messages still holding one
 //!   are always the newest entries of the ring: a second ring holds the
 //!   GOSSIP body (`id ‖ payload`, one shared buffer) of exactly that cached
@@ -44,10 +46,13 @@ pub(crate) struct Known<PI> {
 const AT_BITS: u32 = 40;
 const AT_MAX: u64 = (1 << AT_BITS) - 1;
 
+/// A store this long or longer finds keys through a hash table; a shorter
+/// one scans its keys (a 10,000-node simulation holds ~120 messages per
+/// node, where the table cost 11 of the store's 24 bytes per message).
+const INDEX_FROM: usize = 256;
+
 #[derive(Clone, Copy, Debug)]
 struct Rec<PI> {
-    /// The first 8 bytes of the id.
-    key: u64,
     /// Low 32 bits of the arrival time's offset from `Store::base`, in µs.
     at_lo: u32,
     hops: u16,
@@ -60,9 +65,8 @@ struct Rec<PI> {
 }
 
 impl<PI: Copy> Rec<PI> {
-    fn new(key: u64, offset: u64, known: Known<PI>) -> Self {
+    fn new(offset: u64, known: Known<PI>) -> Self {
         let mut rec = Rec {
-            key,
             at_lo: 0,
             hops: known.hops,
             at_hi: 0,
@@ -98,10 +102,13 @@ impl<PI: Copy> Rec<PI> {
 pub(crate) struct Store<PI> {
     /// Records, oldest first.
     ring: VecDeque<Rec<PI>>,
+    /// Their keys: `keys[i]` is `ring[i]`'s.
+    keys: VecDeque<u64>,
     /// Sequence number of `ring[0]`; `ring[i]` has `head + i` (wrapping).
     head: u32,
-    /// Sequence numbers, hashed by their record's key.
-    index: hashbrown::HashTable<u32>,
+    /// Sequence numbers, hashed by their record's key; only while the
+    /// store holds `INDEX_FROM / 2` records or more (built at `INDEX_FROM`).
+    index: Option<hashbrown::HashTable<u32>>,
     hasher: foldhash::quality::FixedState,
     /// What record arrival times are offsets from.
     base: Time,
@@ -117,6 +124,20 @@ fn payload_len(body: &Bytes) -> usize {
     body.len().saturating_sub(core::mem::size_of::<MessageId>())
 }
 
+/// Position of the last `k` in `keys`. Compares eight keys at a time
+/// without branching, which the compiler turns into vector instructions.
+fn rfind(keys: &[u64], k: u64) -> Option<usize> {
+    let mut end = keys.len();
+    while end >= 8 {
+        let chunk = &keys[end - 8..end];
+        if chunk.iter().fold(false, |hit, &x| hit | (x == k)) {
+            return chunk.iter().rposition(|&x| x == k).map(|i| end - 8 + i);
+        }
+        end -= 8;
+    }
+    keys[..end].iter().rposition(|&x| x == k)
+}
+
 fn key(id: &MessageId) -> u64 {
     let mut k = [0u8; 8];
     k.copy_from_slice(&id.0[..8]);
@@ -129,8 +150,9 @@ impl<PI: Copy> Store<PI> {
     pub(crate) fn new(seed: u64) -> Self {
         Store {
             ring: VecDeque::new(),
+            keys: VecDeque::new(),
             head: 0,
-            index: hashbrown::HashTable::new(),
+            index: None,
             hasher: foldhash::quality::FixedState::with_seed(seed),
             base: Time::ZERO,
             cached: VecDeque::new(),
@@ -140,15 +162,29 @@ impl<PI: Copy> Store<PI> {
 
     /// Ring position of the record keyed `k`.
     fn find(&self, k: u64) -> Option<usize> {
-        self.find_hashed(self.hasher.hash_one(k), k)
+        let Some(index) = &self.index else {
+            let (old, new) = self.keys.as_slices();
+            return rfind(new, k)
+                .map(|i| old.len() + i)
+                .or_else(|| rfind(old, k));
+        };
+        let (keys, head) = (&self.keys, self.head);
+        index
+            .find(self.hasher.hash_one(k), |&s| {
+                keys[s.wrapping_sub(head) as usize] == k
+            })
+            .map(|&s| s.wrapping_sub(head) as usize)
     }
 
-    /// [`Self::find`] with the key's hash already computed.
-    fn find_hashed(&self, hash: u64, k: u64) -> Option<usize> {
-        let (ring, head) = (&self.ring, self.head);
-        self.index
-            .find(hash, |&s| ring[s.wrapping_sub(head) as usize].key == k)
-            .map(|&s| s.wrapping_sub(head) as usize)
+    /// Adds ring position `i` to the index.
+    fn index_insert(&mut self, i: usize) {
+        let (keys, head, hasher) = (&self.keys, self.head, &self.hasher);
+        if let Some(index) = &mut self.index {
+            let seq = head.wrapping_add(i as u32);
+            index.insert_unique(hasher.hash_one(keys[i]), seq, |&s| {
+                hasher.hash_one(keys[s.wrapping_sub(head) as usize])
+            });
+        }
     }
 
     /// Position in `cached` of ring position `i`, if its payload is cached.
@@ -213,17 +249,20 @@ impl<PI: Copy> Store<PI> {
         cfg: &PlumtreeConfig,
     ) {
         let k = key(&id);
-        let hash = self.hasher.hash_one(k);
-        if self.find_hashed(hash, k).is_some() {
+        if self.find(k).is_some() {
             return;
         }
         let offset = self.offset_of(now);
-        let seq = self.head.wrapping_add(self.ring.len() as u32);
-        self.ring.push_back(Rec::new(k, offset, known));
-        let (ring, head, hasher) = (&self.ring, self.head, &self.hasher);
-        self.index.insert_unique(hash, seq, |&s| {
-            hasher.hash_one(ring[s.wrapping_sub(head) as usize].key)
-        });
+        self.ring.push_back(Rec::new(offset, known));
+        self.keys.push_back(k);
+        if self.index.is_some() {
+            self.index_insert(self.ring.len() - 1);
+        } else if self.ring.len() >= INDEX_FROM {
+            self.index = Some(hashbrown::HashTable::with_capacity(self.ring.len()));
+            for i in 0..self.ring.len() {
+                self.index_insert(i);
+            }
+        }
         match body {
             Some(b) => {
                 debug_assert_eq!(body_id(&b), id);
@@ -303,14 +342,15 @@ impl<PI: Copy> Store<PI> {
     }
 
     fn pop_oldest(&mut self) {
-        let Some(rec) = self.ring.pop_front() else {
+        let (Some(_), Some(k)) = (self.ring.pop_front(), self.keys.pop_front()) else {
             return;
         };
         let seq = self.head;
         self.head = self.head.wrapping_add(1);
-        if let Ok(e) = self
-            .index
-            .find_entry(self.hasher.hash_one(rec.key), |&s| s == seq)
+        if self.ring.len() < INDEX_FROM / 2 {
+            self.index = None;
+        } else if let Some(index) = &mut self.index
+            && let Ok(e) = index.find_entry(self.hasher.hash_one(k), |&s| s == seq)
         {
             e.remove();
         }
@@ -376,16 +416,25 @@ mod tests {
         let off = s.ring.len() - s.cached.len();
         for (j, b) in s.cached.iter().enumerate() {
             let id = body_id(b);
-            assert_eq!(s.ring[off + j].key, key(&id), "cached[{j}] is its record's");
+            assert_eq!(s.keys[off + j], key(&id), "cached[{j}] is its record's");
             assert_eq!(s.body(&id), Some(b));
         }
         assert_eq!(
             s.cached_bytes,
             s.cached.iter().map(|b| b.len() - 32).sum::<usize>()
         );
-        assert_eq!(s.index.len(), s.ring.len());
-        for (i, r) in s.ring.iter().enumerate() {
-            assert_eq!(s.find(r.key), Some(i));
+        assert_eq!(s.keys.len(), s.ring.len());
+        if s.ring.len() >= INDEX_FROM {
+            assert!(s.index.is_some(), "a long store has its index");
+        }
+        if s.ring.len() < INDEX_FROM / 2 {
+            assert!(s.index.is_none(), "a short store scans");
+        }
+        if let Some(index) = &s.index {
+            assert_eq!(index.len(), s.ring.len());
+        }
+        for (i, k) in s.keys.iter().enumerate() {
+            assert_eq!(s.find(*k), Some(i));
         }
     }
 
@@ -516,58 +565,60 @@ mod tests {
         assert!(s.contains(&id(4)));
     }
 
-    /// The ring + index layout against a plain model, across the u32
-    /// sequence wrap, with count limits and expiry interleaved.
-    #[test]
-    fn ring_index_matches_a_model_across_sequence_wrap() {
+    /// The store against a plain model: `steps` seconds, a message per
+    /// second unless `skip(t)`, expiry every 7 s, starting at sequence
+    /// number `head`.
+    fn matches_model(
+        seen_capacity: usize,
+        seen_retention: u64,
+        head: u32,
+        steps: u64,
+        skip: impl Fn(u64) -> bool,
+    ) -> Store<u32> {
         let mut cfg = Config::lan().plumtree;
-        cfg.seen_capacity = 50;
+        cfg.seen_capacity = seen_capacity;
         cfg.message_cache_capacity = 20;
         cfg.ihave_max_entries = 8;
         cfg.message_cache_retention = Duration::from_secs(5);
-        cfg.seen_retention = Duration::from_secs(40);
+        cfg.seen_retention = Duration::from_secs(seen_retention);
         let mut s: Store<u32> = Store::new(7);
-        s.head = u32::MAX - 30;
+        s.head = head;
         // (id, arrival, payload still cached)
         let mut model: VecDeque<(MessageId, u64, bool)> = VecDeque::new();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for t in 0..400u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let mut raw = [0u8; 32];
-            raw[..8].copy_from_slice(&x.to_le_bytes());
-            raw[8] = (t % 251) as u8;
-            let id = MessageId(raw);
-            let cache = t % 37 != 0;
-            s.insert(
-                id,
-                secs(t),
-                known(3),
-                cache.then(|| {
-                    crate::wire::Gossip::new(id, 0u32, 0, &[1; 10])
-                        .body()
-                        .clone()
-                }),
-                &cfg,
-            );
-            if !cache {
-                model.iter_mut().for_each(|m| m.2 = false);
-            }
-            model.push_back((id, t, cache));
-            while model.len() > cfg.seen_capacity {
-                model.pop_front();
-            }
-            let mut cached = model.iter().filter(|m| m.2).count();
-            for m in model.iter_mut() {
-                if m.2 && cached > cfg.message_cache_capacity {
-                    m.2 = false;
-                    cached -= 1;
+        for t in 0..steps {
+            if !skip(t) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let mut raw = [0u8; 32];
+                raw[..8].copy_from_slice(&x.to_le_bytes());
+                raw[8] = (t % 251) as u8;
+                let id = MessageId(raw);
+                let cache = t % 37 != 0;
+                let body = cache.then(|| crate::wire::Gossip::new(id, 0u32, 0, &[1; 10]));
+                s.insert(id, secs(t), known(3), body.map(|g| g.body().clone()), &cfg);
+                if !cache {
+                    model.iter_mut().for_each(|m| m.2 = false);
+                }
+                model.push_back((id, t, cache));
+                while model.len() > cfg.seen_capacity {
+                    model.pop_front();
+                }
+                let mut cached = model.iter().filter(|m| m.2).count();
+                for m in model.iter_mut() {
+                    if m.2 && cached > cfg.message_cache_capacity {
+                        m.2 = false;
+                        cached -= 1;
+                    }
                 }
             }
             if t % 7 == 0 {
                 s.expire(secs(t), &cfg);
-                while model.front().is_some_and(|&(_, at, _)| at + 40 <= t) {
+                while model
+                    .front()
+                    .is_some_and(|&(_, at, _)| at + seen_retention <= t)
+                {
                     model.pop_front();
                 }
                 for m in model.iter_mut() {
@@ -589,6 +640,25 @@ mod tests {
                 .collect();
             assert_eq!(recent, want, "t={t}");
         }
+        s
+    }
+
+    /// A short store (keys scanned) across the u32 sequence wrap, with
+    /// count limits and expiry interleaved.
+    #[test]
+    fn short_store_matches_a_model_across_sequence_wrap() {
+        let s = matches_model(50, 40, u32::MAX - 30, 400, |_| false);
         assert!(s.head < 1000, "the sequence wrapped");
+    }
+
+    /// A long store builds its hash index at `INDEX_FROM` records, keeps it
+    /// across the sequence wrap, drops it below half that and builds it
+    /// again.
+    #[test]
+    fn long_store_matches_a_model_with_and_without_its_index() {
+        let sparse = |t: u64| (700..1100).contains(&t) && !t.is_multiple_of(5);
+        let s = matches_model(400, 300, u32::MAX - 500, 1500, sparse);
+        assert!(s.head < 10_000, "the sequence wrapped");
+        assert!(s.index.is_some());
     }
 }
