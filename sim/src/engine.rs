@@ -27,6 +27,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{Rng, SeedableRng};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Node identity in the simulator: its index.
@@ -284,7 +285,8 @@ fn splitmix(mut x: u64) -> u64 {
 pub struct Sim {
     now: Time,
     seed: u64,
-    config: Config,
+    /// Shared by every node.
+    config: Arc<Config>,
     net: Network,
     nodes: Vec<Option<Node>>,
     started: Vec<Time>,
@@ -310,7 +312,7 @@ impl Sim {
         Sim {
             now: Time::ZERO,
             seed,
-            config,
+            config: Arc::new(config),
             net,
             nodes: Vec::new(),
             started: Vec::new(),
