@@ -37,6 +37,7 @@ use crate::id::{MessageId, PeerIdentity};
 use crate::state::{Delivery, Event, Io, Timer};
 use crate::store::{Known, Store};
 use crate::time::Time;
+use crate::util::VecMap;
 use crate::wire::{Gossip, Graft, IHave, IHaveEntry, Message, Prune};
 use bytes::Bytes;
 use rand::Rng;
@@ -75,7 +76,8 @@ pub(crate) struct Plumtree<PI> {
     epoch: u64,
     next_seq: u64,
     store: Store<PI>,
-    missing: BTreeMap<MessageId, Missing<PI>>,
+    /// Usually empty or nearly: a few entries while a broadcast spreads.
+    missing: VecMap<MessageId, Missing<PI>>,
     ihave_queue: Vec<(PI, Vec<IHaveEntry>)>,
     ihave_timer: bool,
     /// When the expiry sweep is due (`None`: not scheduled).
@@ -107,7 +109,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
             epoch,
             next_seq: 0,
             store: Store::new(hash_seed),
-            missing: BTreeMap::new(),
+            missing: VecMap::new(),
             ihave_queue: Vec::new(),
             ihave_timer: false,
             expiry_at: None,
