@@ -18,6 +18,7 @@
 //! the seed and the node index), events ordered by (time, sequence number).
 //! Same arguments and seed → same run.
 
+use crate::queue::Queue;
 use bytes::Bytes;
 use overlay::wire::{Gossip, Graft, IHave, IHaveEntry, Prune};
 use overlay::{
@@ -25,8 +26,7 @@ use overlay::{
 };
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{Rng, SeedableRng};
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -247,32 +247,8 @@ impl<T> Slab<T> {
     }
 }
 
-struct Entry {
-    at: Time,
-    seq: u64,
-    ev: Ev,
-}
-
-// The queue's footprint: time, sequence number and a 16-byte event.
-const _: () = assert!(core::mem::size_of::<Entry>() == 32);
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Entry {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
+// The queue's footprint per event: time, sequence number and this.
+const _: () = assert!(core::mem::size_of::<Ev>() == 16);
 
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -292,7 +268,7 @@ pub struct Sim {
     started: Vec<Time>,
     group: Vec<u8>,
     partitioned: bool,
-    queue: BinaryHeap<Entry>,
+    queue: Queue<Ev>,
     seq: u64,
     interned: Interned,
     slab: Slab<Message<NodeId>>,
@@ -318,7 +294,7 @@ impl Sim {
             started: Vec::new(),
             group: Vec::new(),
             partitioned: false,
-            queue: BinaryHeap::new(),
+            queue: Queue::new(),
             seq: 0,
             interned: Interned::default(),
             slab: Slab::default(),
@@ -403,11 +379,7 @@ impl Sim {
 
     fn schedule(&mut self, at: Time, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Entry {
-            at: at.max(self.now),
-            seq: self.seq,
-            ev,
-        });
+        self.queue.push(at.max(self.now).as_micros(), self.seq, ev);
     }
 
     /// The one-way latency of link {a, b}.
@@ -521,11 +493,15 @@ impl Sim {
 
     /// Processes events up to and including `until`; time is then `until`.
     pub fn run_until(&mut self, until: Time) {
-        while self.queue.peek().is_some_and(|e| e.at <= until) {
-            let Some(Entry { at, ev, .. }) = self.queue.pop() else {
+        while self
+            .queue
+            .peek_at()
+            .is_some_and(|at| at <= until.as_micros())
+        {
+            let Some((at, ev)) = self.queue.pop() else {
                 break;
             };
-            self.now = at;
+            self.now = Time::from_micros(at);
             self.events += 1;
             self.step(ev);
         }
