@@ -37,6 +37,7 @@ use crate::id::{MessageId, PeerIdentity};
 use crate::state::{Delivery, Event, Io, Timer};
 use crate::store::{Known, Store};
 use crate::time::Time;
+use crate::util::VecMap;
 use crate::wire::{Gossip, Graft, IHave, IHaveEntry, Message, Prune};
 use bytes::Bytes;
 use rand::Rng;
@@ -75,7 +76,8 @@ pub(crate) struct Plumtree<PI> {
     epoch: u64,
     next_seq: u64,
     store: Store<PI>,
-    missing: BTreeMap<MessageId, Missing<PI>>,
+    /// Usually empty or nearly: a few entries while a broadcast spreads.
+    missing: VecMap<MessageId, Missing<PI>>,
     ihave_queue: Vec<(PI, Vec<IHaveEntry>)>,
     ihave_timer: bool,
     /// When the expiry sweep is due (`None`: not scheduled).
@@ -107,7 +109,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
             epoch,
             next_seq: 0,
             store: Store::new(hash_seed),
-            missing: BTreeMap::new(),
+            missing: VecMap::new(),
             ihave_queue: Vec::new(),
             ihave_timer: false,
             expiry_at: None,
@@ -262,10 +264,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         let recent: Vec<IHaveEntry> = self
             .store
             .recent_cached()
-            .map(|(id, k)| IHaveEntry {
-                id: *id,
-                hops: k.hops,
-            })
+            .map(|(id, hops)| IHaveEntry { id, hops })
             .take(max)
             .collect();
         for entry in recent.into_iter().rev() {
@@ -317,12 +316,14 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         io.stats.broadcasts += 1;
         let me = io.me;
         self.tree(io, me);
-        self.remember(io, id, me, 0, None, payload.clone());
-        self.push(io, id, me, 0, payload, None);
+        let gossip = Gossip::new(id, me, 0, &payload);
+        self.remember(io, id, me, 0, None, gossip.body().clone());
+        self.push(io, id, &gossip, None);
         Ok(id)
     }
 
-    /// Records a message as seen, with its payload cached.
+    /// Records a message as seen, with its GOSSIP body (`id ‖ payload`)
+    /// cached.
     fn remember<R: Rng>(
         &mut self,
         io: &mut Io<'_, PI, R>,
@@ -330,16 +331,11 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         origin: PI,
         hops: u16,
         from: Option<PI>,
-        payload: Bytes,
+        body: Bytes,
     ) {
-        let known = Known {
-            at: io.now,
-            hops,
-            from,
-            origin,
-            payload: Some(payload),
-        };
-        self.store.insert(id, known, &io.config.plumtree);
+        let known = Known { hops, from, origin };
+        self.store
+            .insert(id, io.now, known, Some(body), &io.config.plumtree);
         if self.expiry_at.is_none() {
             let at = io.now + io.config.plumtree.expiry_interval;
             self.expiry_at = Some(at);
@@ -347,17 +343,17 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         }
     }
 
-    /// Eager push to the origin's eager peers, lazy announcement to the rest.
+    /// Eager push of `gossip` (message `id`, `hops` already ours) to its
+    /// origin's eager peers, lazy announcement to the rest.
     fn push<R: Rng>(
         &mut self,
         io: &mut Io<'_, PI, R>,
         id: MessageId,
-        origin: PI,
-        hops: u16,
-        payload: Bytes,
+        gossip: &Gossip<PI>,
         except: Option<PI>,
     ) {
-        let mask = self.eager_mask(&origin);
+        let hops = gossip.hops;
+        let mask = self.eager_mask(&gossip.origin);
         for i in 0..self.slots.len() {
             let Some(peer) = self.slots[i] else {
                 continue;
@@ -366,15 +362,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
                 continue;
             }
             if mask & (1 << i) != 0 {
-                io.send(
-                    peer,
-                    Message::Gossip(Gossip {
-                        id,
-                        origin,
-                        hops,
-                        payload: payload.clone(),
-                    }),
-                );
+                io.send(peer, Message::Gossip(gossip.clone()));
             } else {
                 self.queue_ihave(io, peer, IHaveEntry { id, hops });
             }
@@ -394,9 +382,15 @@ impl<PI: PeerIdentity> Plumtree<PI> {
 
     // ----- messages ----------------------------------------------------
 
-    pub(crate) fn on_gossip<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, from: PI, msg: Gossip<PI>) {
+    pub(crate) fn on_gossip<R: Rng>(
+        &mut self,
+        io: &mut Io<'_, PI, R>,
+        from: PI,
+        mut msg: Gossip<PI>,
+    ) {
+        let id = msg.id();
         let hops = msg.hops.saturating_add(1);
-        if self.store.contains(&msg.id) {
+        if self.store.contains(&id) {
             io.stats.duplicates += 1;
             // The link is redundant for this origin: stop pushing on it in
             // both directions. (Sent even if `from` is already lazy here: a
@@ -413,25 +407,20 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         // the sender is our parent in it.
         self.tree(io, msg.origin);
         self.set_eager(io, msg.origin, &from, true);
-        self.remember(
-            io,
-            msg.id,
-            msg.origin,
-            hops,
-            Some(from),
-            msg.payload.clone(),
-        );
-        let missing = self.missing.remove(&msg.id);
+        self.remember(io, id, msg.origin, hops, Some(from), msg.body().clone());
+        let missing = self.missing.remove(&id);
         io.stats.payloads_delivered += 1;
-        io.stats.payload_bytes_delivered += msg.payload.len() as u64;
+        io.stats.payload_bytes_delivered += msg.payload_len() as u64;
         io.event(Event::Received(Delivery {
-            id: msg.id,
+            id,
             origin: msg.origin,
             hops,
             from,
-            payload: msg.payload.clone(),
+            payload: msg.payload(),
         }));
-        self.push(io, msg.id, msg.origin, hops, msg.payload, Some(from));
+        // Passed on with our hop count.
+        msg.hops = hops;
+        self.push(io, id, &msg, Some(from));
         // An announcement that arrived before the payload may show a
         // shorter path than the one the payload took.
         let best = missing.and_then(|m| {
@@ -441,7 +430,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
                 .min_by_key(|(_, h)| *h)
         });
         if let Some((best, best_hops)) = best {
-            self.maybe_optimize(io, msg.id, from, best, best_hops);
+            self.maybe_optimize(io, id, from, best, best_hops);
         }
     }
 
@@ -509,10 +498,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
             return;
         }
         // Later announcements for this message compare against the new path.
-        if let Some(k) = self.store.get_mut(&id) {
-            k.hops = via_announcer;
-            k.from = Some(announcer);
-        }
+        self.store.set_path(&id, via_announcer, announcer);
         io.stats.tree_optimizations += 1;
         self.set_eager(io, origin, &announcer, true);
         io.stats.grafts_sent += 1;
@@ -526,10 +512,10 @@ impl<PI: PeerIdentity> Plumtree<PI> {
 
     pub(crate) fn on_graft<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, from: PI, msg: Graft) {
         io.stats.grafts_received += 1;
-        let Some((origin, hops, payload)) = self
+        let Some((origin, hops, body)) = self
             .store
             .get(&msg.id)
-            .map(|k| (k.origin, k.hops, k.payload.clone()))
+            .map(|k| (k.origin, k.hops, self.store.body(&msg.id).cloned()))
         else {
             // We never saw it: we do not know its origin, nor can we send
             // it; the grafter will ask its next announcer.
@@ -538,16 +524,8 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         };
         self.set_eager(io, origin, &from, true);
         if msg.resend {
-            match payload {
-                Some(payload) => io.send(
-                    from,
-                    Message::Gossip(Gossip {
-                        id: msg.id,
-                        origin,
-                        hops,
-                        payload,
-                    }),
-                ),
+            match body.and_then(|b| Gossip::from_body(origin, hops, b)) {
+                Some(gossip) => io.send(from, Message::Gossip(gossip)),
                 None => io.stats.graft_misses += 1,
             }
         }

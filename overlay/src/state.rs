@@ -20,6 +20,7 @@ use crate::wire::{DecodeError, Message};
 use bytes::Bytes;
 use core::time::Duration;
 use rand::Rng;
+use std::sync::Arc;
 
 /// Something the driver feeds into the core.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,7 +179,8 @@ impl<PI, R> Io<'_, PI, R> {
 #[derive(Debug)]
 pub struct State<PI, R> {
     me: PI,
-    config: Config,
+    /// Shared: a simulator runs thousands of nodes with one configuration.
+    config: Arc<Config>,
     rng: R,
     stats: Stats,
     outputs: Vec<Output<PI>>,
@@ -189,13 +191,14 @@ pub struct State<PI, R> {
 impl<PI: PeerIdentity, R: Rng> State<PI, R> {
     /// A node with identity `me`. The configuration should have passed
     /// [`Config::validate`]; the core never panics on odd values, but they
-    /// make it behave oddly. Everything random comes from `rng`.
-    pub fn new(me: PI, config: Config, mut rng: R) -> Self {
+    /// make it behave oddly. Pass an `Arc<Config>` to share one among many
+    /// nodes. Everything random comes from `rng`.
+    pub fn new(me: PI, config: impl Into<Arc<Config>>, mut rng: R) -> Self {
         let epoch = rng.next_u64();
         let hash_seed = rng.next_u64();
         State {
             me,
-            config,
+            config: config.into(),
             rng,
             stats: Stats::default(),
             outputs: Vec::new(),

@@ -47,6 +47,74 @@ pub(crate) fn jitter<R: Rng + ?Sized>(
     core::time::Duration::from_micros(micros / 2 + offset)
 }
 
+/// A map kept as a vector sorted by key: iterates in key order like a
+/// `BTreeMap`, for small maps without a B-tree's fixed node size (a
+/// `BTreeMap` allocates room for 11 entries for its first one).
+#[derive(Clone, Debug)]
+pub(crate) struct VecMap<K, V>(Vec<(K, V)>);
+
+impl<K: Ord, V> VecMap<K, V> {
+    pub(crate) fn new() -> Self {
+        VecMap(Vec::new())
+    }
+
+    fn position(&self, k: &K) -> Result<usize, usize> {
+        self.0.binary_search_by(|(x, _)| x.cmp(k))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn get(&self, k: &K) -> Option<&V> {
+        self.position(k).ok().map(|i| &self.0[i].1)
+    }
+
+    pub(crate) fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        self.position(k).ok().map(|i| &mut self.0[i].1)
+    }
+
+    /// Inserts or replaces; returns the replaced value.
+    pub(crate) fn insert(&mut self, k: K, v: V) -> Option<V> {
+        match self.position(&k) {
+            Ok(i) => Some(core::mem::replace(&mut self.0[i].1, v)),
+            Err(i) => {
+                self.0.insert(i, (k, v));
+                None
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, k: &K) -> Option<V> {
+        let v = self.position(k).ok().map(|i| self.0.remove(i).1);
+        self.shrink();
+        v
+    }
+
+    /// Frees the buffer once empty, and halves it once three quarters unused.
+    fn shrink(&mut self) {
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        } else if self.0.capacity() > 4 * self.0.len().max(2) {
+            self.0.shrink_to(2 * self.0.len());
+        }
+    }
+
+    /// Entries in key order.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.0.iter_mut().map(|(k, v)| (&*k, v))
+    }
+
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        self.0.retain_mut(|(k, v)| keep(k, v));
+        self.shrink();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +142,41 @@ mod tests {
         d.dedup();
         assert_eq!(d.len(), 4);
         assert_eq!(sample(&mut rng, vec![1, 2], 5).len(), 2);
+    }
+
+    #[test]
+    fn vec_map_behaves_like_a_btree_map() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(4);
+        let mut m = VecMap::new();
+        let mut model = std::collections::BTreeMap::new();
+        for step in 0..5000u32 {
+            let k = random_index(&mut rng, 64).unwrap();
+            match random_index(&mut rng, 5).unwrap() {
+                0 | 1 => assert_eq!(m.insert(k, step), model.insert(k, step)),
+                2 => assert_eq!(m.remove(&k), model.remove(&k)),
+                3 => {
+                    if let (Some(a), Some(b)) = (m.get_mut(&k), model.get_mut(&k)) {
+                        *a += 1;
+                        *b += 1;
+                    }
+                }
+                _ => {
+                    m.retain(|k, v| !(*k + *v as usize).is_multiple_of(3));
+                    model.retain(|k, v| !(*k + *v as usize).is_multiple_of(3));
+                }
+            }
+            assert_eq!(m.len(), model.len());
+            assert_eq!(m.get(&k), model.get(&k));
+            let got: Vec<(usize, u32)> = m.iter_mut().map(|(k, v)| (*k, *v)).collect();
+            let want: Vec<(usize, u32)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+            assert_eq!(got, want, "in key order");
+            assert!(m.0.capacity() <= 4 * m.len().max(2));
+        }
+        m.retain(|_, _| false);
+        assert!(
+            m.is_empty() && m.0.capacity() == 0,
+            "an empty map frees its buffer"
+        );
     }
 
     #[test]

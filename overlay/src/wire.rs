@@ -19,6 +19,7 @@
 use crate::config::WireLimits;
 use crate::id::{MessageId, PeerData, PeerInfo};
 use bytes::Bytes;
+use core::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -186,17 +187,124 @@ pub struct ShuffleReply<PI> {
 }
 
 /// GOSSIP (type 8): a broadcast payload.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// On the wire its fields are id, origin, hops, payload, in that order. In
+/// memory the id and the payload share one buffer, `id ‖ payload`: a node
+/// keeps a message it may have to resend as that one handle, and every
+/// copy of a broadcast that is passed on without encoding (in the
+/// simulator: every node's) shares the buffer.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Gossip<PI> {
-    /// Unique id of the broadcast.
-    pub id: MessageId,
     /// The node that broadcast it.
     pub origin: PI,
     /// Hop distance of the *sender* from the origin (the origin sends 0;
     /// the receiver is at `hops + 1`).
     pub hops: u16,
-    /// The application payload.
-    pub payload: Bytes,
+    /// `id ‖ payload`; at least `MessageId` long.
+    body: Bytes,
+}
+
+/// Bytes of a message id at the start of a GOSSIP body.
+const ID_LEN: usize = 32;
+
+impl<PI> Gossip<PI> {
+    /// A GOSSIP of broadcast `id` (copies the payload after the id).
+    pub fn new(id: MessageId, origin: PI, hops: u16, payload: &[u8]) -> Self {
+        let mut body = Vec::with_capacity(ID_LEN + payload.len());
+        body.extend_from_slice(&id.0);
+        body.extend_from_slice(payload);
+        Gossip {
+            origin,
+            hops,
+            body: body.into(),
+        }
+    }
+
+    /// A GOSSIP whose body, `id ‖ payload`, is already in one buffer
+    /// (shared, not copied). `None` if `body` is shorter than an id.
+    pub fn from_body(origin: PI, hops: u16, body: Bytes) -> Option<Self> {
+        (body.len() >= ID_LEN).then_some(Gossip { origin, hops, body })
+    }
+
+    /// Unique id of the broadcast.
+    pub fn id(&self) -> MessageId {
+        body_id(&self.body)
+    }
+
+    /// The application payload (shares the body's buffer).
+    pub fn payload(&self) -> Bytes {
+        self.body.slice(ID_LEN..)
+    }
+
+    /// Length of the payload.
+    pub fn payload_len(&self) -> usize {
+        self.body.len() - ID_LEN
+    }
+
+    /// `id ‖ payload`.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+}
+
+/// The id at the start of a GOSSIP body (zeros if it is too short, which
+/// `Gossip` never allows).
+pub(crate) fn body_id(body: &[u8]) -> MessageId {
+    let mut id = [0u8; ID_LEN];
+    if let Some(b) = body.get(..ID_LEN) {
+        id.copy_from_slice(b);
+    }
+    MessageId(id)
+}
+
+impl<PI: fmt::Debug> fmt::Debug for Gossip<PI> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gossip")
+            .field("id", &self.id())
+            .field("origin", &self.origin)
+            .field("hops", &self.hops)
+            .field("payload", &self.payload())
+            .finish()
+    }
+}
+
+/// GOSSIP's wire fields, for encoding.
+#[derive(Serialize)]
+#[serde(rename = "Gossip")]
+struct GossipOut<'a, PI> {
+    id: MessageId,
+    origin: &'a PI,
+    hops: u16,
+    payload: Bytes,
+}
+
+/// GOSSIP's wire fields, for decoding.
+#[derive(Deserialize)]
+#[serde(rename = "Gossip")]
+struct GossipIn<PI> {
+    id: MessageId,
+    origin: PI,
+    hops: u16,
+    payload: Bytes,
+}
+
+impl<PI: Serialize> Serialize for Gossip<PI> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        GossipOut {
+            id: self.id(),
+            origin: &self.origin,
+            hops: self.hops,
+            payload: self.payload(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de, PI: Deserialize<'de>> Deserialize<'de> for Gossip<PI> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let g = GossipIn::deserialize(d)?;
+        Ok(Gossip::new(g.id, g.origin, g.hops, &g.payload))
+    }
 }
 
 /// One lazy announcement.
@@ -362,7 +470,7 @@ impl<PI> Message<PI> {
                 nodes(&m.nodes)
             }
             Message::ShuffleReply(m) => nodes(&m.nodes),
-            Message::Gossip(m) => at_most("payload", m.payload.len(), limits.max_payload_size),
+            Message::Gossip(m) => at_most("payload", m.payload_len(), limits.max_payload_size),
             Message::IHave(m) => {
                 at_most("ihave entries", m.entries.len(), limits.max_ihave_entries)
             }
@@ -546,13 +654,28 @@ mod tests {
     }
 
     #[test]
+    fn gossip_keeps_id_and_payload_in_one_buffer() {
+        let g: Gossip<u32> = Gossip::new(MessageId([7; 32]), 300, 2, b"hello");
+        assert_eq!(
+            (g.id(), &g.payload()[..]),
+            (MessageId([7; 32]), &b"hello"[..])
+        );
+        assert_eq!((g.payload_len(), g.body().len()), (5, 37));
+        let shared = Gossip::from_body(1u32, 0, g.body().clone()).unwrap();
+        assert_eq!(shared.body().as_ptr(), g.body().as_ptr(), "not copied");
+        assert_eq!(shared.id(), g.id());
+        assert!(Gossip::from_body(1u32, 0, Bytes::from_static(&[0; 31])).is_none());
+        // On the wire: id, origin, hops, payload, as separate fields.
+        let mut want = vec![MessageType::Gossip.code()];
+        want.extend_from_slice(&[7; 32]);
+        want.extend_from_slice(&[0xac, 0x02, 2, 5]);
+        want.extend_from_slice(b"hello");
+        assert_eq!(Message::Gossip(g).to_body(), want);
+    }
+
+    #[test]
     fn frame_round_trip() {
-        let msg: Message<u32> = Message::Gossip(Gossip {
-            id: MessageId([7; 32]),
-            origin: 300,
-            hops: 2,
-            payload: Bytes::from_static(b"hello"),
-        });
+        let msg: Message<u32> = Message::Gossip(Gossip::new(MessageId([7; 32]), 300, 2, b"hello"));
         let frame = msg.to_frame(&limits()).unwrap();
         let (body, used) = split_frame(&frame, 1 << 16).unwrap().unwrap();
         assert_eq!(used, frame.len());
@@ -602,12 +725,12 @@ mod tests {
     #[test]
     fn oversize_payload_is_refused_both_ways() {
         let l = limits();
-        let msg: Message<u32> = Message::Gossip(Gossip {
-            id: MessageId([1; 32]),
-            origin: 1,
-            hops: 0,
-            payload: Bytes::from(vec![0u8; l.max_payload_size + 1]),
-        });
+        let msg: Message<u32> = Message::Gossip(Gossip::new(
+            MessageId([1; 32]),
+            1,
+            0,
+            &vec![0u8; l.max_payload_size + 1],
+        ));
         assert!(matches!(
             msg.to_frame(&l),
             Err(EncodeError::TooLarge {

@@ -49,12 +49,12 @@ fn samples() -> Vec<Message<PeerId>> {
         Message::ShuffleReply(ShuffleReply {
             nodes: vec![info(8)],
         }),
-        Message::Gossip(Gossip {
-            id: MessageId([0xAB; 32]),
-            origin: PeerId([7; 32]),
-            hops: 300,
-            payload: Bytes::from(vec![42u8; 1000]),
-        }),
+        Message::Gossip(Gossip::new(
+            MessageId([0xAB; 32]),
+            PeerId([7; 32]),
+            300,
+            &[42u8; 1000],
+        )),
         Message::IHave(IHave {
             entries: (0..20)
                 .map(|i| IHaveEntry {

@@ -53,12 +53,7 @@ fn with_neighbors(k: u32) -> Node {
 }
 
 fn gossip(id: u8, hops: u16) -> Message<u32> {
-    Message::Gossip(Gossip {
-        id: MessageId([id; 32]),
-        origin: 99,
-        hops,
-        payload: Bytes::from_static(b"p"),
-    })
+    Message::Gossip(Gossip::new(MessageId([id; 32]), 99, hops, b"p"))
 }
 
 #[test]
@@ -197,12 +192,7 @@ fn prunes_for_one_origin_leave_other_origins_trees_alone() {
     let mut n = with_neighbors(3);
     // Origin 7 gets a tree of its own first (copied from the reference,
     // which before any broadcast is every neighbor).
-    let from_7 = Message::Gossip(Gossip {
-        id: MessageId([70; 32]),
-        origin: 7,
-        hops: 0,
-        payload: Bytes::new(),
-    });
+    let from_7 = Message::Gossip(Gossip::new(MessageId([70; 32]), 7, 0, b""));
     msg(&mut n, Time::ZERO, 1, from_7);
     msg(&mut n, Time::ZERO, 1, gossip(1, 0));
     msg(&mut n, Time::ZERO, 2, gossip(1, 0));
@@ -316,7 +306,7 @@ fn a_graft_is_answered_from_the_cache() {
     );
     let out = sends(&mut n);
     assert!(
-        matches!(&out[..], [(2, Message::Gossip(g))] if g.id == id && &g.payload[..] == b"cached")
+        matches!(&out[..], [(2, Message::Gossip(g))] if g.id() == id && &g.payload()[..] == b"cached")
     );
     // After the cache retention the payload is gone; the graft is a miss.
     let later =

@@ -108,12 +108,12 @@ pub fn valid_vectors() -> Vec<(&'static str, Message<PeerId>)> {
         ),
         (
             "gossip",
-            Message::Gossip(Gossip {
-                id: MessageId([0xAA; 32]),
-                origin: peer(0x22),
-                hops: 300,
-                payload: Bytes::from_static(b"hello"),
-            }),
+            Message::Gossip(Gossip::new(
+                MessageId([0xAA; 32]),
+                peer(0x22),
+                300,
+                b"hello",
+            )),
         ),
         (
             "ihave",

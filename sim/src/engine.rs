@@ -18,14 +18,16 @@
 //! the seed and the node index), events ordered by (time, sequence number).
 //! Same arguments and seed → same run.
 
+use crate::queue::Queue;
 use bytes::Bytes;
+use overlay::wire::{Gossip, Graft, IHave, IHaveEntry, Prune};
 use overlay::{
     Config, Event, Input, Message, MessageId, MessageType, Output, PeerInfo, State, Time, Timer,
 };
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{Rng, SeedableRng};
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Node identity in the simulator: its index.
@@ -103,15 +105,55 @@ impl Traffic {
     }
 }
 
+/// A queued event, 16 bytes: the queue holds hundreds of thousands at the
+/// peak of a 10,000-node flood, so the common messages (GOSSIP, IHAVE,
+/// GRAFT, PRUNE) refer to message ids by their index in [`Interned`]
+/// instead of carrying them (a `Message` is 80 bytes, an IHAVE entry 34),
+/// and the rest wait in a [`Slab`].
+#[derive(Clone, Copy)]
 enum Ev {
+    /// GOSSIP of interned message `msg`, whose origin and payload are
+    /// interned with it.
+    Gossip {
+        from: NodeId,
+        to: NodeId,
+        msg: u32,
+        hops: u16,
+    },
+    /// GRAFT of interned message `msg`.
+    Graft {
+        from: NodeId,
+        to: NodeId,
+        msg: u32,
+        resend: bool,
+    },
+    Prune {
+        from: NodeId,
+        to: NodeId,
+        origin: NodeId,
+    },
+    /// IHAVE with one entry: interned message `msg` at `hops`.
+    IHave1 {
+        from: NodeId,
+        to: NodeId,
+        msg: u32,
+        hops: u16,
+    },
+    /// IHAVE with more entries, kept in the IHAVE slab.
+    IHave {
+        from: NodeId,
+        to: NodeId,
+        slot: u32,
+    },
+    /// Any other message, kept in the slab.
     Deliver {
         from: NodeId,
         to: NodeId,
-        msg: Message<NodeId>,
+        slot: u32,
     },
     Timer {
         node: NodeId,
-        timer: Timer,
+        timer: SimTimer,
     },
     Down {
         node: NodeId,
@@ -119,29 +161,94 @@ enum Ev {
     },
 }
 
-struct Entry {
-    at: Time,
-    seq: u64,
-    ev: Ev,
+/// [`Timer`] with the message id of a GRAFT timer interned (4 bytes
+/// instead of 33).
+#[derive(Clone, Copy)]
+enum SimTimer {
+    Shuffle,
+    Repair,
+    IHave,
+    Graft(u32),
+    Expiry,
 }
 
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
+/// Message ids seen in GOSSIP, IHAVE, GRAFT and GRAFT timers, each with
+/// the origin and body (`id ‖ payload`) of its GOSSIP: in an honest
+/// simulation every copy of a broadcast carries the same ones. One entry
+/// per broadcast, kept for the whole run.
+#[derive(Default)]
+struct Interned {
+    ids: Vec<MessageId>,
+    /// Origin and body, once a GOSSIP was seen.
+    bodies: Vec<Option<(NodeId, Bytes)>>,
+    index: HashMap<MessageId, u32>,
+}
+
+impl Interned {
+    fn id(&mut self, id: &MessageId) -> u32 {
+        if let Some(&i) = self.index.get(id) {
+            return i;
+        }
+        let i = self.ids.len() as u32;
+        self.ids.push(*id);
+        self.bodies.push(None);
+        self.index.insert(*id, i);
+        i
+    }
+
+    /// The index of a GOSSIP's id, if its origin and body are the ones
+    /// interned with it (or it is the first GOSSIP of that id).
+    fn gossip(&mut self, g: &Gossip<NodeId>) -> Option<u32> {
+        let i = self.id(&g.id());
+        match &mut self.bodies[i as usize] {
+            Some((origin, body)) => (*origin == g.origin && body == g.body()).then_some(i),
+            body @ None => {
+                *body = Some((g.origin, g.body().clone()));
+                Some(i)
+            }
+        }
     }
 }
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
+
+/// Things in flight that do not fit in an event, by slot; free slots are
+/// reused.
+struct Slab<T> {
+    slots: Vec<Option<T>>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
     }
 }
-impl Ord for Entry {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
+
+impl<T> Slab<T> {
+    fn put(&mut self, msg: T) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(msg);
+                i
+            }
+            None => {
+                self.slots.push(Some(msg));
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    fn take(&mut self, slot: u32) -> Option<T> {
+        let msg = self.slots.get_mut(slot as usize)?.take();
+        self.free.push(slot);
+        msg
     }
 }
+
+// The queue's footprint per event: time, sequence number and this.
+const _: () = assert!(core::mem::size_of::<Ev>() == 16);
 
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -154,14 +261,19 @@ fn splitmix(mut x: u64) -> u64 {
 pub struct Sim {
     now: Time,
     seed: u64,
-    config: Config,
+    /// Shared by every node.
+    config: Arc<Config>,
     net: Network,
     nodes: Vec<Option<Node>>,
     started: Vec<Time>,
     group: Vec<u8>,
     partitioned: bool,
-    queue: BinaryHeap<Entry>,
+    queue: Queue<Ev>,
     seq: u64,
+    interned: Interned,
+    slab: Slab<Message<NodeId>>,
+    /// Entries of IHAVEs in flight: interned message and hops.
+    ihaves: Slab<Vec<(u32, u16)>>,
     rng: Xoshiro256PlusPlus,
     pending_down: HashSet<(NodeId, NodeId)>,
     broadcasts: HashMap<MessageId, Broadcast>,
@@ -176,14 +288,17 @@ impl Sim {
         Sim {
             now: Time::ZERO,
             seed,
-            config,
+            config: Arc::new(config),
             net,
             nodes: Vec::new(),
             started: Vec::new(),
             group: Vec::new(),
             partitioned: false,
-            queue: BinaryHeap::new(),
+            queue: Queue::new(),
             seq: 0,
+            interned: Interned::default(),
+            slab: Slab::default(),
+            ihaves: Slab::default(),
             rng: Xoshiro256PlusPlus::seed_from_u64(splitmix(seed)),
             pending_down: HashSet::new(),
             broadcasts: HashMap::new(),
@@ -264,11 +379,7 @@ impl Sim {
 
     fn schedule(&mut self, at: Time, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Entry {
-            at: at.max(self.now),
-            seq: self.seq,
-            ev,
-        });
+        self.queue.push(at.max(self.now).as_micros(), self.seq, ev);
     }
 
     /// The one-way latency of link {a, b}.
@@ -382,11 +493,15 @@ impl Sim {
 
     /// Processes events up to and including `until`; time is then `until`.
     pub fn run_until(&mut self, until: Time) {
-        while self.queue.peek().is_some_and(|e| e.at <= until) {
-            let Some(Entry { at, ev, .. }) = self.queue.pop() else {
+        while self
+            .queue
+            .peek_at()
+            .is_some_and(|at| at <= until.as_micros())
+        {
+            let Some((at, ev)) = self.queue.pop() else {
                 break;
             };
-            self.now = at;
+            self.now = Time::from_micros(at);
             self.events += 1;
             self.step(ev);
         }
@@ -401,19 +516,36 @@ impl Sim {
 
     fn step(&mut self, ev: Ev) {
         match ev {
-            Ev::Deliver { from, to, msg } => {
+            Ev::Gossip { from, to, .. }
+            | Ev::Graft { from, to, .. }
+            | Ev::Prune { from, to, .. }
+            | Ev::IHave1 { from, to, .. }
+            | Ev::IHave { from, to, .. }
+            | Ev::Deliver { from, to, .. } => {
+                let Some(msg) = self.message(ev) else {
+                    return;
+                };
                 if !self.is_alive(to) || self.crosses(from, to) {
                     self.notice_down(from, to);
                     return;
                 }
                 if let Message::Gossip(g) = &msg
-                    && let Some(b) = self.broadcasts.get_mut(&g.id)
+                    && let Some(b) = self.broadcasts.get_mut(&g.id())
                 {
                     b.payloads += 1;
                 }
                 self.input(to, Input::Message { from, message: msg });
             }
-            Ev::Timer { node, timer } => self.input(node, Input::Timer(timer)),
+            Ev::Timer { node, timer } => {
+                let timer = match timer {
+                    SimTimer::Shuffle => Timer::Shuffle,
+                    SimTimer::Repair => Timer::Repair,
+                    SimTimer::IHave => Timer::IHave,
+                    SimTimer::Graft(i) => Timer::Graft(self.interned.ids[i as usize]),
+                    SimTimer::Expiry => Timer::Expiry,
+                };
+                self.input(node, Input::Timer(timer));
+            }
             Ev::Down { node, peer } => {
                 self.pending_down.remove(&(node, peer));
                 self.input(node, Input::PeerDown(peer));
@@ -437,7 +569,16 @@ impl Sim {
         for out in outputs {
             match out {
                 Output::Send { to, message } => self.send(n, to, message),
-                Output::SetTimer { at, timer } => self.schedule(at, Ev::Timer { node: n, timer }),
+                Output::SetTimer { at, timer } => {
+                    let timer = match timer {
+                        Timer::Shuffle => SimTimer::Shuffle,
+                        Timer::Repair => SimTimer::Repair,
+                        Timer::IHave => SimTimer::IHave,
+                        Timer::Graft(id) => SimTimer::Graft(self.interned.id(&id)),
+                        Timer::Expiry => SimTimer::Expiry,
+                    };
+                    self.schedule(at, Ev::Timer { node: n, timer });
+                }
                 Output::Event(Event::Received(d)) => {
                     let now = self.now;
                     if let Some(b) = self.broadcasts.get_mut(&d.id) {
@@ -460,6 +601,91 @@ impl Sim {
             return;
         }
         let at = self.now + self.link_latency(from, to);
-        self.schedule(at, Ev::Deliver { from, to, msg });
+        let ev = match msg {
+            Message::Gossip(g) => match self.interned.gossip(&g) {
+                Some(msg) => Ev::Gossip {
+                    from,
+                    to,
+                    msg,
+                    hops: g.hops,
+                },
+                None => Ev::Deliver {
+                    from,
+                    to,
+                    slot: self.slab.put(Message::Gossip(g)),
+                },
+            },
+            Message::Graft(g) => Ev::Graft {
+                from,
+                to,
+                msg: self.interned.id(&g.id),
+                resend: g.resend,
+            },
+            Message::Prune(p) => Ev::Prune {
+                from,
+                to,
+                origin: p.origin,
+            },
+            Message::IHave(IHave { entries }) => match entries.as_slice() {
+                [e] => Ev::IHave1 {
+                    from,
+                    to,
+                    msg: self.interned.id(&e.id),
+                    hops: e.hops,
+                },
+                _ => {
+                    let entries = entries
+                        .iter()
+                        .map(|e| (self.interned.id(&e.id), e.hops))
+                        .collect();
+                    Ev::IHave {
+                        from,
+                        to,
+                        slot: self.ihaves.put(entries),
+                    }
+                }
+            },
+            msg => Ev::Deliver {
+                from,
+                to,
+                slot: self.slab.put(msg),
+            },
+        };
+        self.schedule(at, ev);
+    }
+
+    /// The message a delivery event carries (taking it out of the slab).
+    fn message(&mut self, ev: Ev) -> Option<Message<NodeId>> {
+        Some(match ev {
+            Ev::Gossip { msg, hops, .. } => {
+                let i = msg as usize;
+                let (origin, body) = self.interned.bodies[i].clone()?;
+                Message::Gossip(Gossip::from_body(origin, hops, body)?)
+            }
+            Ev::Graft { msg, resend, .. } => Message::Graft(Graft {
+                id: self.interned.ids[msg as usize],
+                resend,
+            }),
+            Ev::Prune { origin, .. } => Message::Prune(Prune { origin }),
+            Ev::IHave1 { msg, hops, .. } => Message::IHave(IHave {
+                entries: vec![IHaveEntry {
+                    id: self.interned.ids[msg as usize],
+                    hops,
+                }],
+            }),
+            Ev::IHave { slot, .. } => Message::IHave(IHave {
+                entries: self
+                    .ihaves
+                    .take(slot)?
+                    .into_iter()
+                    .map(|(i, hops)| IHaveEntry {
+                        id: self.interned.ids[i as usize],
+                        hops,
+                    })
+                    .collect(),
+            }),
+            Ev::Deliver { slot, .. } => self.slab.take(slot)?,
+            Ev::Timer { .. } | Ev::Down { .. } => return None,
+        })
     }
 }

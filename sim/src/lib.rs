@@ -6,6 +6,7 @@
 //! components, view fill, traffic by message type).
 //!
 //! - [`engine`]: simulated time, event queue, network model.
+//! - `queue`: the engine's event queue (bucketed by time, exact order).
 //! - [`metrics`]: snapshots of the overlay and per-round figures.
 //! - [`scenario`]: join, single, multi, failure, churn, partition.
 //! - [`report`]: CSV, JSON and SVG output.
@@ -16,6 +17,7 @@
 
 pub mod engine;
 pub mod metrics;
+mod queue;
 pub mod report;
 pub mod scenario;
 

@@ -282,7 +282,7 @@ impl Cluster {
 
     fn send(&mut self, from: u32, to: u32, message: Message<u32>) {
         let gossip = match &message {
-            Message::Gossip(g) => Some(g.id),
+            Message::Gossip(g) => Some(g.id()),
             _ => None,
         };
         let frame = message
