@@ -19,7 +19,7 @@ use crate::chat::{Frame, Session};
 use crate::client::{Client, Session as ClientSession};
 use crate::identity::{Id, Keypair, ServerAddr};
 use crate::peertable::{NatMapping, PeerRecord};
-use crate::registry::{FriendRef, Notice, read_msg, write_msg};
+use crate::registry::{FriendRef, Notice, read_msg, unix_millis, write_msg};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,13 +48,6 @@ pub struct Options {
 /// One status line for the user (stderr).
 pub(crate) fn status(line: &str) {
     eprintln!("chatd: {line}");
-}
-
-fn unix_millis() -> u64 {
-    std::time::SystemTime::UNIX_EPOCH
-        .elapsed()
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The local address packets to `server` leave from (our LAN address).
@@ -124,6 +117,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
 }
 
+/// The longest wait for a start instant (whatever a server says).
+const MAX_START_DELAY: Duration = Duration::from_secs(1);
+
 /// While waiting, the meeting is asked again this often (notices are the
 /// main way to learn of the friend; this covers one lost on the way).
 const MEET_POLL: Duration = Duration::from_secs(2);
@@ -168,11 +164,11 @@ async fn rendezvous(
     status(&format!("request sent: meet {}", describe(&wanted)));
     let deadline = tokio::time::Instant::now() + opts.wait;
     let mut said_waiting = false;
-    let friend = loop {
-        if let Some(r) = session.meet(wanted.clone()).await?
+    let (friend, start_in) = loop {
+        if let Some((r, start_in)) = session.meet(wanted.clone()).await?
             && r.body.seq > seen_seq
         {
-            break r;
+            break (r, start_in);
         }
         if !said_waiting {
             said_waiting = true;
@@ -189,8 +185,11 @@ async fn rendezvous(
         // case the friend re-registered at another server.
         let poll = tokio::time::Instant::now() + MEET_POLL;
         match tokio::time::timeout_at(poll.min(deadline), notices.recv()).await {
-            Ok(Some(Notice::Friend(r))) if matches(&wanted, &r) && r.body.seq > seen_seq => {
-                break r;
+            Ok(Some(Notice::Friend {
+                record,
+                start_in_ms,
+            })) if matches(&wanted, &record) && record.body.seq > seen_seq => {
+                break (record, Duration::from_millis(start_in_ms.into()));
             }
             Ok(Some(_)) | Err(_) => {}
             Ok(None) => anyhow::bail!("server connection lost while waiting"),
@@ -215,6 +214,9 @@ async fn rendezvous(
         friend.body.private_addrs,
         describe_nat(friend.body.nat)
     ));
+    // The common start instant the server chose: both sides begin punching
+    // together, as the later of the two hears of the meeting.
+    tokio::time::sleep(start_in.min(MAX_START_DELAY)).await;
     Ok((session, nat, friend))
 }
 

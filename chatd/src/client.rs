@@ -303,12 +303,16 @@ impl Session {
         }
     }
 
-    /// Asks to meet `friend`: its record if it is online now, else `None`
-    /// (then a [`Notice::Friend`] arrives on [`Session::notices`] when it
-    /// comes online). The friend is told about us either way.
-    pub async fn meet(&self, friend: FriendRef) -> anyhow::Result<Option<PeerRecord>> {
+    /// Asks to meet `friend`: its record and how long until the common
+    /// start instant if it is online now, else `None` (then a
+    /// [`Notice::Friend`] arrives on [`Session::notices`] when it comes
+    /// online). The friend is told about us either way.
+    pub async fn meet(&self, friend: FriendRef) -> anyhow::Result<Option<(PeerRecord, Duration)>> {
         match self.request(&Request::Meet(friend)).await? {
-            Response::Friend(r) => Ok(Some(r)),
+            Response::Friend {
+                record,
+                start_in_ms,
+            } => Ok(Some((record, Duration::from_millis(start_in_ms.into())))),
             Response::Waiting => Ok(None),
             other => anyhow::bail!("unexpected answer {other:?}"),
         }

@@ -78,8 +78,14 @@ impl FriendRef {
 /// What a server pushes to a client, on a stream it opens.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Notice {
-    /// A peer that wants to talk to you, or that you were waiting for.
-    Friend(PeerRecord),
+    /// A peer that wants to talk to you, or that you were waiting for;
+    /// start punching in `start_in_ms` (the common start instant).
+    Friend {
+        /// The friend's record.
+        record: PeerRecord,
+        /// Milliseconds from receipt to the common start instant.
+        start_in_ms: u32,
+    },
 }
 
 /// First byte of a broadcast payload asking a client's home server to tell
@@ -90,6 +96,62 @@ pub const TAG_RENDEZVOUS: u8 = 3;
 struct RendezvousMsg {
     to: PeerId,
     from: PeerRecord,
+    /// The common start instant, unix milliseconds (servers keep their
+    /// clocks in sync, e.g. with NTP).
+    start_at_ms: u64,
+}
+
+/// How long a rendezvous notice is assumed to take from one server to
+/// another (one overlay hop); a notice arriving later starts at once.
+const SERVER_HOP: Duration = Duration::from_millis(50);
+/// The longest start delay a server hands out (guards against clock skew
+/// between servers).
+const MAX_START_DELAY: Duration = Duration::from_secs(1);
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The common start instant for a meeting of `a` (connected here) and a
+/// peer connected here as `b`, or elsewhere: when the later of the two
+/// can have heard of it (half their RTTs, or one server hop).
+fn start_instant(a: &quinn::Connection, b: Option<&quinn::Connection>) -> u64 {
+    let half = |c: &quinn::Connection| c.rtt() / 2;
+    let later = match b {
+        Some(b) => half(a).max(half(b)),
+        None => half(a).max(SERVER_HOP + Duration::from_millis(10)),
+    };
+    unix_millis() + later.min(MAX_START_DELAY).as_millis() as u64
+}
+
+/// From now until `start_at_ms` reaches `conn`'s client (half its RTT
+/// later), at most [`MAX_START_DELAY`].
+fn start_in(start_at_ms: u64, conn: &quinn::Connection) -> u32 {
+    start_delay(start_at_ms, unix_millis(), conn.rtt() / 2)
+}
+
+/// `start_at_ms` − (`now_ms` + `one_way`), within 0..=[`MAX_START_DELAY`].
+fn start_delay(start_at_ms: u64, now_ms: u64, one_way: Duration) -> u32 {
+    let arrives = now_ms.saturating_add(one_way.as_millis() as u64);
+    start_at_ms
+        .saturating_sub(arrives)
+        .min(MAX_START_DELAY.as_millis() as u64) as u32
+}
+
+/// Tells `conn`'s client about `record`, to start at `start_at_ms`.
+fn notify(conn: quinn::Connection, record: PeerRecord, start_at_ms: u64) {
+    let start_in_ms = start_in(start_at_ms, &conn);
+    push(
+        conn,
+        Notice::Friend {
+            record,
+            start_in_ms,
+        },
+    );
 }
 
 /// Clients connected here and the meetings they wait for.
@@ -108,8 +170,15 @@ fn push(conn: quinn::Connection, notice: Notice) {
     });
 }
 
-/// Tells `to` (if connected here) about `from`, or asks its home server to.
-async fn introduce(node: &Node, rdv: &Mutex<Rendezvous>, to: &PeerRecord, from: PeerRecord) {
+/// Tells `to` (if connected here) about `from`, or asks its home server to,
+/// with the common start instant.
+async fn introduce(
+    node: &Node,
+    rdv: &Mutex<Rendezvous>,
+    to: &PeerRecord,
+    from: PeerRecord,
+    start_at_ms: u64,
+) {
     let local = rdv
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -117,13 +186,14 @@ async fn introduce(node: &Node, rdv: &Mutex<Rendezvous>, to: &PeerRecord, from: 
         .get(&to.body.peer)
         .cloned();
     match local {
-        Some(conn) => push(conn, Notice::Friend(from)),
+        Some(conn) => notify(conn, from, start_at_ms),
         None => {
             let mut payload = vec![TAG_RENDEZVOUS];
             payload.extend(
                 postcard::to_allocvec(&RendezvousMsg {
                     to: to.body.peer,
                     from,
+                    start_at_ms,
                 })
                 .unwrap_or_default(),
             );
@@ -151,14 +221,21 @@ async fn record_arrived(
             .collect()
     };
     for (waiter, conn) in matched {
-        push(conn, Notice::Friend(record.clone()));
+        let here = rdv
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .connected
+            .get(&record.body.peer)
+            .cloned();
+        let start_at = start_instant(&conn, here.as_ref());
+        notify(conn, record.clone(), start_at);
         let mine = table
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .lookup(&waiter)
             .cloned();
         if let Some(mine) = mine {
-            introduce(node, rdv, record, mine).await;
+            introduce(node, rdv, record, mine, start_at).await;
         }
     }
 }
@@ -176,8 +253,13 @@ pub enum Response {
     Servers(Vec<ServerRecord>),
     /// The request was refused.
     Error(String),
-    /// The friend is online here: its record.
-    Friend(PeerRecord),
+    /// The friend is online: its record, and when to start punching.
+    Friend {
+        /// The friend's record.
+        record: PeerRecord,
+        /// Milliseconds from receipt to the common start instant.
+        start_in_ms: u32,
+    },
     /// The friend is not online yet; a `Notice::Friend` will follow.
     Waiting,
     /// The relay is paired: the stream now carries the friend's datagrams.
@@ -320,7 +402,7 @@ async fn replicate(
                     {
                         let conn = rdv.lock().unwrap_or_else(|e| e.into_inner()).connected.get(&m.to).cloned();
                         if let Some(conn) = conn {
-                            push(conn, Notice::Friend(m.from));
+                            notify(conn, m.from, m.start_at_ms);
                         }
                     }
                 }
@@ -502,8 +584,18 @@ async fn handle(
             };
             match theirs {
                 Some(theirs) => {
-                    introduce(node, rdv, &theirs, mine).await;
-                    Response::Friend(theirs)
+                    let here = rdv
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .connected
+                        .get(&theirs.body.peer)
+                        .cloned();
+                    let start_at = start_instant(conn, here.as_ref());
+                    introduce(node, rdv, &theirs, mine, start_at).await;
+                    Response::Friend {
+                        start_in_ms: start_in(start_at, conn),
+                        record: theirs,
+                    }
                 }
                 None => {
                     let mut r = rdv.lock().unwrap_or_else(|e| e.into_inner());
@@ -695,5 +787,23 @@ async fn answer_syncs(
                 tracing::debug!(peer = %Id(peer), error = %e, "anti-entropy request failed");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_delays_count_down_to_the_common_instant_within_bounds() {
+        let ms = Duration::from_millis;
+        // A client 20 ms away hears at now + 20: it waits the rest.
+        assert_eq!(start_delay(1_100, 1_000, ms(20)), 80);
+        // The later client waits nothing.
+        assert_eq!(start_delay(1_100, 1_000, ms(100)), 0);
+        // Too late (a slow hop, or clock skew): start at once.
+        assert_eq!(start_delay(1_000, 5_000, ms(5)), 0);
+        // A far-future instant (skewed server clock) is capped.
+        assert_eq!(start_delay(u64::MAX, 1_000, ms(0)), 1_000);
     }
 }
