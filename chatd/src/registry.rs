@@ -142,6 +142,15 @@ fn start_delay(start_at_ms: u64, now_ms: u64, one_way: Duration) -> u32 {
         .min(MAX_START_DELAY.as_millis() as u64) as u32
 }
 
+/// The connection of `peer`, if it is a client of this server.
+fn connected(rdv: &Mutex<Rendezvous>, peer: &PeerId) -> Option<quinn::Connection> {
+    rdv.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .connected
+        .get(peer)
+        .cloned()
+}
+
 /// Tells `conn`'s client about `record`, to start at `start_at_ms`.
 fn notify(conn: quinn::Connection, record: PeerRecord, start_at_ms: u64) {
     let start_in_ms = start_in(start_at_ms, &conn);
@@ -179,12 +188,7 @@ async fn introduce(
     from: PeerRecord,
     start_at_ms: u64,
 ) {
-    let local = rdv
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .connected
-        .get(&to.body.peer)
-        .cloned();
+    let local = connected(rdv, &to.body.peer);
     match local {
         Some(conn) => notify(conn, from, start_at_ms),
         None => {
@@ -221,12 +225,7 @@ async fn record_arrived(
             .collect()
     };
     for (waiter, conn) in matched {
-        let here = rdv
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .connected
-            .get(&record.body.peer)
-            .cloned();
+        let here = connected(rdv, &record.body.peer);
         let start_at = start_instant(&conn, here.as_ref());
         notify(conn, record.clone(), start_at);
         let mine = table
@@ -400,7 +399,7 @@ async fn replicate(
                     if let Ok(m) = postcard::from_bytes::<RendezvousMsg>(&d.payload[1..])
                         && m.from.verify().is_ok()
                     {
-                        let conn = rdv.lock().unwrap_or_else(|e| e.into_inner()).connected.get(&m.to).cloned();
+                        let conn = connected(&rdv, &m.to);
                         if let Some(conn) = conn {
                             notify(conn, m.from, m.start_at_ms);
                         }
@@ -584,12 +583,7 @@ async fn handle(
             };
             match theirs {
                 Some(theirs) => {
-                    let here = rdv
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .connected
-                        .get(&theirs.body.peer)
-                        .cloned();
+                    let here = connected(rdv, &theirs.body.peer);
                     let start_at = start_instant(conn, here.as_ref());
                     introduce(node, rdv, &theirs, mine, start_at).await;
                     Response::Friend {
