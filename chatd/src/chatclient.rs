@@ -18,6 +18,7 @@
 use crate::chat::{Frame, Session};
 use crate::client::{Client, Session as ClientSession};
 use crate::identity::{Id, Keypair, ServerAddr};
+use crate::membership::ServerRecord;
 use crate::peertable::{NatMapping, PeerRecord};
 use crate::registry::{FriendRef, Notice, read_msg, unix_millis, write_msg};
 use anyhow::Context;
@@ -117,9 +118,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
 }
 
-/// The longest wait for a start instant (whatever a server says).
-const MAX_START_DELAY: Duration = Duration::from_secs(1);
-
 /// While waiting, the meeting is asked again this often (notices are the
 /// main way to learn of the friend; this covers one lost on the way).
 const MEET_POLL: Duration = Duration::from_secs(2);
@@ -138,10 +136,11 @@ async fn rendezvous(
         .connect_any(&opts.servers)
         .await
         .context("no server answered")?;
-    let session = pick_home(client, session).await;
+    let servers = session.servers().await.unwrap_or_default();
+    let session = pick_home(client, session, &servers).await;
     status(&format!("connected to server {}", session.server()));
     let public = session.who_am_i().await?;
-    let nat = nat_mapping(client, &session, public).await;
+    let nat = nat_mapping(client, &session, &servers, public).await;
     let port = client.endpoint().local_addr()?.port();
     let mut record = client.record(
         &session,
@@ -216,34 +215,30 @@ async fn rendezvous(
     ));
     // The common start instant the server chose: both sides begin punching
     // together, as the later of the two hears of the meeting.
-    tokio::time::sleep(start_in.min(MAX_START_DELAY)).await;
+    // Capped here too, whatever a server says.
+    tokio::time::sleep(start_in.min(crate::registry::MAX_START_DELAY)).await;
     Ok((session, nat, friend))
 }
 
-/// The home server: the least loaded live server, as the bootstrap server
-/// lists them, if it is less loaded than the one we reached (and answers).
-async fn pick_home(client: &Client, session: ClientSession) -> ClientSession {
-    let Ok(servers) = session.servers().await else {
-        return session;
-    };
+/// The home server: the least loaded of the live `servers` (as the
+/// bootstrap server lists them, least loaded first), if it is less loaded
+/// than the one we reached (and answers).
+async fn pick_home(
+    client: &Client,
+    session: ClientSession,
+    servers: &[ServerRecord],
+) -> ClientSession {
     let here = session.server().id.0;
     let load_here = servers
         .iter()
         .find(|s| s.id == here)
         .map_or(f64::INFINITY, |s| s.load());
-    let Some(best) = servers.first() else {
-        return session;
-    };
-    let Some(&addr) = best.addrs.first() else {
+    let Some((best, target)) = servers.first().and_then(|b| Some((b, b.dial_addr()?))) else {
         return session;
     };
     if best.id == here || best.load() >= load_here {
         return session;
     }
-    let target = ServerAddr {
-        id: Id(best.id),
-        addr,
-    };
     match client.connect(target).await {
         Ok(better) => {
             status(&format!(
@@ -263,15 +258,17 @@ async fn pick_home(client: &Client, session: ClientSession) -> ClientSession {
 /// How our NAT maps: ask a second server where it sees us. The same
 /// address as the first server saw → one mapping for every destination;
 /// another → a mapping per destination (symmetric NAT).
-async fn nat_mapping(client: &Client, session: &ClientSession, public: SocketAddr) -> NatMapping {
-    let Ok(servers) = session.servers().await else {
-        return NatMapping::Unknown;
-    };
-    let other = servers.iter().find_map(|s| {
-        let addr = *s.addrs.first()?;
-        (s.id != session.server().id.0 && addr != session.server().addr)
-            .then_some(ServerAddr { id: Id(s.id), addr })
-    });
+async fn nat_mapping(
+    client: &Client,
+    session: &ClientSession,
+    servers: &[ServerRecord],
+    public: SocketAddr,
+) -> NatMapping {
+    let here = session.server();
+    let other = servers
+        .iter()
+        .filter_map(ServerRecord::dial_addr)
+        .find(|s| s.id != here.id && s.addr != here.addr);
     let Some(other) = other else {
         return NatMapping::Unknown;
     };
@@ -402,17 +399,12 @@ async fn relay(
         session.server()
     } else {
         let servers = session.servers().await?;
-        let s = servers
+        servers
             .iter()
             .find(|s| s.id == friend.body.home_server)
-            .context("the friend's home server is not live, so it cannot relay")?;
-        ServerAddr {
-            id: Id(s.id),
-            addr: *s
-                .addrs
-                .first()
-                .context("the friend's home server has no address")?,
-        }
+            .context("the friend's home server is not live, so it cannot relay")?
+            .dial_addr()
+            .context("the friend's home server has no address")?
     };
     status(&format!("requesting a relay via server {}", home.addr));
     let other = if home.id == session.server().id {
@@ -423,33 +415,30 @@ async fn relay(
     let relay_session = other.as_ref().unwrap_or(session);
     let (send, recv) = relay_session.relay(fid).await?;
     let (endpoint, closed) = client.relay_endpoint(send, recv)?;
-    let chat = tokio::time::timeout(RELAY_HANDSHAKE_TIMEOUT, async {
-        if me < fid {
-            let conn = endpoint
-                .connect_with(
-                    client.friend_config(fid)?,
-                    crate::relay::RELAY_PEER_ADDR,
-                    crate::tls::SERVER_NAME,
-                )?
-                .await?;
-            crate::punch::open_chat(conn).await
-        } else {
-            while let Some(incoming) = endpoint.accept().await {
-                let Ok(conn) = incoming.await else { continue };
-                if !crate::punch::is_friend(&conn, fid) {
-                    conn.close(1u32.into(), b"not expected");
-                    continue;
+    // The same agreement as on a direct path: the lower id dials through
+    // the relay and opens the stream, the higher id accepts.
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let task = if me < fid {
+        let connecting = endpoint.connect_with(
+            client.friend_config(fid)?,
+            crate::relay::RELAY_PEER_ADDR,
+            crate::tls::SERVER_NAME,
+        )?;
+        tokio::spawn(async move {
+            match connecting.await {
+                Ok(conn) => {
+                    let _ = tx.send(conn).await;
                 }
-                let (send, recv) = conn.accept_bi().await?;
-                return Ok((conn, send, recv));
+                Err(e) => tracing::debug!(error = %e, "dial through the relay failed"),
             }
-            anyhow::bail!("relay endpoint closed")
-        }
-    })
-    .await
-    .map_err(|_| {
-        anyhow::anyhow!("no chat through the relay within {RELAY_HANDSHAKE_TIMEOUT:?}")
-    })??;
+        })
+    } else {
+        tokio::spawn(crate::punch::accept_friend(endpoint.clone(), fid, tx))
+    };
+    let deadline = tokio::time::Instant::now() + RELAY_HANDSHAKE_TIMEOUT;
+    let chat = crate::punch::agree(me, fid, rx, deadline).await;
+    task.abort();
+    let chat = chat.context("no chat through the relay")?;
     let (conn, send, recv) = chat;
     Ok(Path {
         conn,

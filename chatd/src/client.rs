@@ -141,13 +141,23 @@ impl Client {
     /// The client configuration for dialing `friend` (pinned key, chat
     /// ALPN, a low initial RTT).
     pub fn friend_config(&self, friend: PeerId) -> anyhow::Result<quinn::ClientConfig> {
-        let tls = tls::client_config(&self.creds, friend, CHAT_ALPN)?;
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-        let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
         let mut transport = client_transport()?;
         // A lost first Initial must not cost a second (quinn's default
         // initial RTT is 333 ms): start from a LAN-ish estimate.
         transport.initial_rtt(Duration::from_millis(50));
+        self.dial_config(friend, CHAT_ALPN, transport)
+    }
+
+    /// Dialing `peer` (its key pinned) with `alpn` over `transport`.
+    fn dial_config(
+        &self,
+        peer: PeerId,
+        alpn: &[u8],
+        transport: quinn::TransportConfig,
+    ) -> anyhow::Result<quinn::ClientConfig> {
+        let tls = tls::client_config(&self.creds, peer, alpn)?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
         cfg.transport_config(Arc::new(transport));
         Ok(cfg)
     }
@@ -159,10 +169,7 @@ impl Client {
 
     /// Connects to `server`, verifying that it holds the pinned key.
     pub async fn connect(&self, server: ServerAddr) -> anyhow::Result<Session> {
-        let tls = tls::client_config(&self.creds, server.id.0, CLIENT_ALPN)?;
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-        let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-        cfg.transport_config(Arc::new(client_transport()?));
+        let cfg = self.dial_config(server.id.0, CLIENT_ALPN, client_transport()?)?;
         let conn = tokio::time::timeout(
             Duration::from_secs(5),
             self.endpoint
@@ -197,11 +204,7 @@ impl Client {
         seq: u64,
         ttl: Duration,
     ) -> PeerRecord {
-        let expires_at = std::time::SystemTime::UNIX_EPOCH
-            .elapsed()
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            + ttl.as_secs();
+        let expires_at = crate::registry::unix_millis() / 1000 + ttl.as_secs();
         PeerRecord::sign(
             self.keypair.signing_key(),
             RecordBody {
@@ -248,16 +251,29 @@ impl Session {
     }
 
     async fn request(&self, req: &Request) -> anyhow::Result<Response> {
+        Ok(self.ask(req, false, Duration::from_secs(5)).await?.0)
+    }
+
+    /// Sends `req` on a stream of its own (finished unless `keep_open`)
+    /// and reads the answer within `wait`; a refusal is an error.
+    async fn ask(
+        &self,
+        req: &Request,
+        keep_open: bool,
+        wait: Duration,
+    ) -> anyhow::Result<(Response, quinn::SendStream, quinn::RecvStream)> {
         let (mut send, mut recv) = self.conn.open_bi().await?;
         write_msg(&mut send, req).await?;
-        send.finish()?;
-        let resp = tokio::time::timeout(Duration::from_secs(5), read_msg::<Response>(&mut recv))
+        if !keep_open {
+            send.finish()?;
+        }
+        let resp = tokio::time::timeout(wait, read_msg::<Response>(&mut recv))
             .await
-            .map_err(|_| anyhow::anyhow!("{}: no answer within 5 s", self.server))??;
+            .map_err(|_| anyhow::anyhow!("{}: no answer within {wait:?}", self.server))??;
         if let Response::Error(e) = &resp {
             anyhow::bail!("{}: {e}", self.server);
         }
-        Ok(resp)
+        Ok((resp, send, recv))
     }
 
     /// The address the server sees us at.
@@ -325,15 +341,12 @@ impl Session {
         &self,
         friend: PeerId,
     ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
-        let (mut send, mut recv) = self.conn.open_bi().await?;
-        write_msg(&mut send, &Request::Relay(friend)).await?;
-        let resp = tokio::time::timeout(Duration::from_secs(30), read_msg::<Response>(&mut recv))
-            .await
-            .map_err(|_| anyhow::anyhow!("{}: relay not ready within 30 s", self.server))??;
-        match resp {
-            Response::Relaying => Ok((send, recv)),
-            Response::Error(e) => anyhow::bail!("{}: {e}", self.server),
-            other => anyhow::bail!("unexpected answer {other:?}"),
+        match self
+            .ask(&Request::Relay(friend), true, Duration::from_secs(30))
+            .await?
+        {
+            (Response::Relaying, send, recv) => Ok((send, recv)),
+            (other, ..) => anyhow::bail!("unexpected answer {other:?}"),
         }
     }
 

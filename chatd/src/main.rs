@@ -256,7 +256,7 @@ fn lookup(
                         "{}",
                         serde_json::json!({
                             "id": Id(s.id).to_string(),
-                            "addr": s.addrs.first().map(|a| format!("{}@{a}", Id(s.id))),
+                            "addr": s.dial_addr().map(|a| a.to_string()),
                             "clients": s.clients,
                             "capacity": s.capacity,
                             "load": s.load(),

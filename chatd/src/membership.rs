@@ -47,6 +47,14 @@ pub struct ServerRecord {
 }
 
 impl ServerRecord {
+    /// Where to dial it: its first address, its key pinned.
+    pub fn dial_addr(&self) -> Option<crate::identity::ServerAddr> {
+        Some(crate::identity::ServerAddr {
+            id: crate::identity::Id(self.id),
+            addr: *self.addrs.first()?,
+        })
+    }
+
     /// Load in 0..1 (clients / capacity); a server without capacity is full.
     pub fn load(&self) -> f64 {
         if self.capacity == 0 {

@@ -87,18 +87,29 @@ pub(crate) async fn direct(
         });
     }
     tasks.spawn(accept_friend(client.endpoint().clone(), fid, tx));
-    let deadline = tokio::time::Instant::now() + budget;
-    let chat = if me < fid {
-        open_on_first(rx, deadline).await
-    } else {
-        accept_on_any(rx, deadline).await
-    };
+    let chat = agree(me, fid, rx, tokio::time::Instant::now() + budget).await;
     tasks.abort_all();
     tracing::debug!(
         probes = sent.load(Ordering::Relaxed),
         "hole punching finished"
     );
     chat
+}
+
+/// Agrees with the friend on one connection from `conns` and opens the
+/// chat stream on it: the lower id takes the first connection and opens
+/// the stream; the higher id takes the connection the stream arrives on.
+pub(crate) async fn agree(
+    me: PeerId,
+    fid: PeerId,
+    conns: tokio::sync::mpsc::Receiver<quinn::Connection>,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<Chat> {
+    if me < fid {
+        open_on_first(conns, deadline).await
+    } else {
+        accept_on_any(conns, deadline).await
+    }
 }
 
 /// Opens the chat stream on the first connection and says hello on it.
@@ -114,7 +125,7 @@ async fn open_on_first(
 
 /// Opens the chat stream on `conn` and sends [`Frame::Hello`], so the
 /// friend sees the stream at once.
-pub(crate) async fn open_chat(conn: quinn::Connection) -> anyhow::Result<Chat> {
+async fn open_chat(conn: quinn::Connection) -> anyhow::Result<Chat> {
     let (mut send, recv) = conn.open_bi().await?;
     write_msg(&mut send, &Frame::Hello).await?;
     Ok((conn, send, recv))
@@ -154,7 +165,7 @@ async fn accept_on_any(
 
 /// Accepts connections until aborted, passing on those from the friend
 /// with the chat ALPN and closing the others.
-async fn accept_friend(
+pub(crate) async fn accept_friend(
     endpoint: quinn::Endpoint,
     fid: PeerId,
     out: tokio::sync::mpsc::Sender<quinn::Connection>,
@@ -169,7 +180,7 @@ async fn accept_friend(
     }
 }
 
-pub(crate) fn is_friend(conn: &quinn::Connection, fid: PeerId) -> bool {
+fn is_friend(conn: &quinn::Connection, fid: PeerId) -> bool {
     crate::tls::alpn_of(conn).as_deref() == Some(CHAT_ALPN)
         && crate::tls::peer_of(conn) == Some(fid)
 }

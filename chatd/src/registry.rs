@@ -106,7 +106,7 @@ struct RendezvousMsg {
 const SERVER_HOP: Duration = Duration::from_millis(50);
 /// The longest start delay a server hands out (guards against clock skew
 /// between servers).
-const MAX_START_DELAY: Duration = Duration::from_secs(1);
+pub const MAX_START_DELAY: Duration = Duration::from_secs(1);
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_millis() -> u64 {
@@ -313,10 +313,7 @@ pub async fn write_msg<T: Serialize>(w: &mut quinn::SendStream, msg: &T) -> anyh
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::UNIX_EPOCH
-        .elapsed()
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    unix_millis() / 1000
 }
 
 /// The running registry of one server.
@@ -476,24 +473,19 @@ async fn serve_clients(
                         .unwrap_or_else(|_| {
                             Err(anyhow::anyhow!("request not received within 10 s"))
                         });
-                let costly = matches!(
+                // Each of these reaches every server (or holds a relay
+                // slot): a client gets a few per second.
+                let limited = matches!(
                     request,
                     Ok(Request::Register(_) | Request::Meet(_) | Request::Relay(_))
-                );
-                if costly && !broadcasts.try_take(1.0, std::time::Instant::now()) {
-                    // Each of these reaches every server (or holds a
-                    // relay slot): a client gets a few per second.
-                    metrics::counter!("chatd_client_requests_limited_total").increment(1);
-                    let refusal = Response::Error(format!(
-                        "rate limited: at most {COSTLY_PER_SEC} registrations, meetings and relay requests per second"
-                    ));
-                    if write_msg(&mut send, &refusal).await.is_err() {
-                        break;
-                    }
-                    let _ = send.finish();
-                    continue;
-                }
+                ) && !broadcasts.try_take(1.0, std::time::Instant::now());
                 let response = match request {
+                    _ if limited => {
+                        metrics::counter!("chatd_client_requests_limited_total").increment(1);
+                        Response::Error(format!(
+                            "rate limited: at most {COSTLY_PER_SEC} registrations, meetings and relay requests per second"
+                        ))
+                    }
                     Ok(Request::Relay(friend)) => {
                         // The stream becomes the relay's.
                         tokio::spawn(relays.clone().serve(peer, friend, send, recv));
