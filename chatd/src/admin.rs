@@ -29,7 +29,15 @@ pub async fn serve(
     metrics: PrometheusHandle,
     alone_by_config: bool,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|error| crate::driver::BindError {
+            socket: "admin HTTP",
+            proto: "TCP",
+            addr,
+            flag: "--admin",
+            error,
+        })?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
         loop {

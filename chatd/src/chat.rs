@@ -145,6 +145,11 @@ impl Session {
         self.unacked.len()
     }
 
+    /// The texts of the messages not acknowledged (yet), in order.
+    pub fn undelivered(&self) -> Vec<String> {
+        self.unacked.values().map(|m| m.text.clone()).collect()
+    }
+
     /// Frames to transmit now: new messages, those whose retry timeout
     /// passed, and an acknowledgement if one is due.
     pub fn poll_transmit(&mut self, now: Instant) -> Vec<Frame> {

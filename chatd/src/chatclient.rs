@@ -1,10 +1,11 @@
 //! `chatd chat`: find a friend through the servers, connect, chat.
 //!
 //! Steps, each reported on stderr in words (the request statuses of seed
-//! 003): connect to a server (the next bootstrap server if one fails; then
-//! the least loaded live server it lists, if that one is less loaded),
-//! measure the NAT's mapping with a second server, register a signed record
-//! with the public address the server observed, ask to meet the friend
+//! 003): connect to a server (any server the client knows: those given with
+//! `--server` and every live server a server listed; then the least loaded
+//! live one), measure the NAT's mapping with a second server, register a
+//! signed record with the public address the server observed (online only
+//! while this connection to the home server lives), ask to meet the friend
 //! (wait if it is not online yet), connect directly on the same UDP socket
 //! ([`crate::punch`]: dials, probes, the birthday method) or, when no direct
 //! path comes up within `--direct-timeout`, through the home server of the
@@ -12,19 +13,30 @@
 //! chat: stdin lines are messages, received messages go to stdout, one per
 //! line, with the guarantees of [`crate::chat::Session`]. A broken path is
 //! re-established the same way, without losing or duplicating a message.
+//!
+//! **Servers die.** When the home server's connection ends (while waiting,
+//! chatting or re-establishing), the client moves to another server it
+//! knows and registers there, so the friend can still find it; the chat
+//! path, if direct, carries on meanwhile.
+//!
+//! **A friend is a key.** Once a chat has connected, the friend is its id
+//! for the rest of the run; across runs a name is pinned to the id first
+//! seen ([`crate::friends`], trust on first use).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // the chat command talks to its user
 
 use crate::chat::{Frame, Session};
-use crate::client::{Client, Session as ClientSession};
+use crate::client::{Client, Meeting, Refused, Session as ClientSession};
+use crate::friends::{KnownFriends, Pin};
 use crate::identity::{Id, Keypair, ServerAddr};
 use crate::membership::ServerRecord;
 use crate::peertable::{NatMapping, PeerRecord};
 use crate::registry::{FriendRef, Notice, read_msg, unix_millis, write_msg};
 use anyhow::Context;
+use overlay::PeerId;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 
@@ -32,7 +44,7 @@ use tokio::io::AsyncBufReadExt;
 pub struct Options {
     /// Our name (a label others can look up).
     pub name: String,
-    /// Whom to talk to.
+    /// Whom to talk to (a name is resolved through `known`).
     pub friend: FriendRef,
     /// Bootstrap servers, tried in order.
     pub servers: Vec<ServerAddr>,
@@ -44,6 +56,10 @@ pub struct Options {
     pub wait: Duration,
     /// How long to try a direct path before relaying.
     pub direct_timeout: Duration,
+    /// Names pinned to keys (trust on first use).
+    pub known: KnownFriends,
+    /// Talk to a friend whose name now maps to another key (and re-pin it).
+    pub accept_new_key: bool,
 }
 
 /// One status line for the user (stderr).
@@ -53,56 +69,104 @@ pub(crate) fn status(line: &str) {
 
 /// The local address packets to `server` leave from (our LAN address).
 fn lan_addr(server: SocketAddr, port: u16) -> Option<SocketAddr> {
-    let probe = std::net::UdpSocket::bind(SocketAddr::new(
-        if server.is_ipv4() {
-            std::net::Ipv4Addr::UNSPECIFIED.into()
-        } else {
-            std::net::Ipv6Addr::UNSPECIFIED.into()
-        },
-        0,
-    ))
-    .ok()?;
+    let probe = std::net::UdpSocket::bind(crate::client::any_addr_for(server)).ok()?;
     probe.connect(server).ok()?;
     Some(SocketAddr::new(probe.local_addr().ok()?.ip(), port))
 }
 
 /// How many times a broken path is re-established before giving up.
 const MAX_REESTABLISH: u32 = 5;
+/// How long a registered record claims to be valid. Presence is the
+/// connection to the home server (the record goes offline when it ends),
+/// so this only bounds a record whose home server vanished without a word;
+/// the client registers again well before (every [`REFRESH_EVERY`]).
+const RECORD_TTL: Duration = Duration::from_secs(600);
+/// How often a chatting client refreshes its record.
+const REFRESH_EVERY: Duration = Duration::from_secs(300);
+/// A server that failed is tried last, and not moved to, for this long.
+const SUSPECT_FOR: Duration = Duration::from_secs(60);
+/// Most servers a client remembers.
+const MAX_KNOWN_SERVERS: usize = 64;
 
 /// Runs a chat until stdin ends (and everything sent is acknowledged) or
-/// the friend leaves; re-establishes a broken path (through the servers
-/// again: new addresses, punching or relay) without losing or duplicating
-/// a message.
-pub async fn run(opts: Options) -> anyhow::Result<()> {
+/// the friend leaves (then until stdin ends); re-establishes a broken path
+/// (through the servers again: new addresses, punching or relay) without
+/// losing or duplicating a message, and moves to another server when its
+/// home server dies. Whatever the outcome, messages that were not
+/// delivered are listed before it returns, and every server connection is
+/// closed (so the record goes offline at once).
+pub async fn run(mut opts: Options) -> anyhow::Result<()> {
     let client = Client::new_accepting(opts.keypair.clone(), opts.bind)?;
     let mut chat = Session::new(rand::random(), Duration::from_millis(300));
-    let mut input = Input::stdin();
+    let mut input = Input::stdin(client.endpoint().clone());
+    let res = chat_until_done(&client, &mut opts, &mut chat, &mut input).await;
+    let lost = chat.undelivered();
+    if !lost.is_empty() {
+        status(&format!(
+            "{} message(s) were not delivered to the friend:",
+            lost.len()
+        ));
+        for text in lost {
+            status(&format!("  not delivered: {text}"));
+        }
+    }
+    // Close every connection (server, relay) so nothing waits for an idle
+    // timeout, and let the closes go out.
+    client.endpoint().close(0u32.into(), b"bye");
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.endpoint().wait_idle()).await;
+    res
+}
+
+async fn chat_until_done(
+    client: &Client,
+    opts: &mut Options,
+    chat: &mut Session,
+    input: &mut Input,
+) -> anyhow::Result<()> {
+    let homes = Homes::new(&opts.servers, opts.bind);
+    let mut home = homes.establish(client, opts).await?;
+    let mut wanted = resolve_friend(opts)?;
     let mut friend_seq = 0;
     let mut breaks = 0;
     loop {
-        let (session, nat, friend) = rendezvous(&client, &opts, friend_seq).await?;
+        let (friend, start_in) =
+            find_friend(client, opts, &homes, &mut home, &wanted, friend_seq).await?;
         friend_seq = friend.body.seq;
-        let path = connect(&client, &session, nat, &friend, opts.direct_timeout).await?;
+        // The common start instant the server chose: both sides begin
+        // punching together, as the later of the two hears of the meeting.
+        // Capped here too, whatever a server says.
+        tokio::time::sleep(start_in.min(crate::registry::MAX_START_DELAY)).await;
+        let path = connect(
+            client,
+            &home.session,
+            home.nat,
+            &friend,
+            opts.direct_timeout,
+        )
+        .await?;
         status(&format!(
             "connected {} to {}, RTT {} ms",
             path.kind,
             friend.body.name,
             path.conn.rtt().as_millis()
         ));
+        // The friend is this key from now on (a name could be taken over).
+        if !matches!(wanted, FriendRef::Id(_)) {
+            pin_friend(opts, &friend);
+        }
+        wanted = FriendRef::Id(friend.body.peer);
         if breaks > 0 {
             chat.path_changed();
         }
-        let end = converse(path, &mut chat, &mut input).await;
+        let end = converse(path, chat, input, client, opts, &homes, &mut home).await;
         match end {
-            End::Done | End::FriendLeft => {
-                if let Err(e) = session.deregister(&client, unix_millis()).await {
-                    tracing::debug!(error = %e, "could not deregister");
+            End::Done => return Ok(()),
+            End::FriendLeft => {
+                status(&format!("{} left the chat", friend.body.name));
+                if input.open {
+                    status("your input stays open: lines are not sent; end it (Ctrl-D) to quit");
+                    input.drain_unsent(&friend.body.name).await;
                 }
-                // Close every connection (server, relay) so nothing waits
-                // for an idle timeout, and let the closes go out.
-                client.endpoint().close(0u32.into(), b"bye");
-                let _ = tokio::time::timeout(Duration::from_secs(1), client.endpoint().wait_idle())
-                    .await;
                 return Ok(());
             }
             End::Broke(why) => {
@@ -113,8 +177,239 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 status(&format!(
                     "path to the friend broke ({why}); re-establishing ({breaks}/{MAX_REESTABLISH})"
                 ));
+                // A fresh record (new addresses, newer seq): the friend waits
+                // for one, as we wait for theirs.
+                let fresh = match home.session.is_closed() {
+                    true => Err(anyhow::anyhow!("the connection ended")),
+                    false => homes.reregister(client, opts, &home).await,
+                };
+                if let Err(e) = fresh {
+                    tracing::debug!(error = %e, "home server did not take the new record");
+                    home = homes.rehome(client, opts, &home.session).await?;
+                }
             }
         }
+    }
+}
+
+/// The friend to meet: an id as given; a name pinned to a key meets that
+/// key only (unless `--accept-new-key`); an unknown name meets whoever
+/// uses it (then it is pinned once the chat connects).
+fn resolve_friend(opts: &Options) -> anyhow::Result<FriendRef> {
+    let FriendRef::Name(name) = &opts.friend else {
+        return Ok(opts.friend.clone());
+    };
+    match opts.known.pin(name) {
+        Pin::Known(id) if !opts.accept_new_key => {
+            status(&format!(
+                "{name} is {} (pinned in {})",
+                Id(id),
+                opts.known.path().display()
+            ));
+            Ok(FriendRef::Id(id))
+        }
+        _ => Ok(FriendRef::Name(name.clone())),
+    }
+}
+
+/// After a chat with `friend` connected (its key proven): pin its name.
+fn pin_friend(opts: &mut Options, friend: &PeerRecord) {
+    let FriendRef::Name(name) = &opts.friend else {
+        return;
+    };
+    let name = name.clone();
+    let id = friend.body.peer;
+    let was = opts.known.pin(&name);
+    if was == Pin::Known(id) {
+        return;
+    }
+    match opts.known.remember(&name, id) {
+        Ok(()) if was == Pin::Unknown => status(&format!(
+            "{name} is now known as {} (pinned in {})",
+            Id(id),
+            opts.known.path().display()
+        )),
+        Ok(()) => status(&format!(
+            "{name}'s key changed to {} (accepted with --accept-new-key; pinned in {})",
+            Id(id),
+            opts.known.path().display()
+        )),
+        Err(e) => status(&format!("could not pin {name}'s key: {e:#}")),
+    }
+}
+
+/// The servers this client knows — the `--server`s first, then every live
+/// server a server listed (same address family as our socket) — and the
+/// sequence numbers of its records.
+struct Homes {
+    known: Mutex<Vec<ServerAddr>>,
+    /// Ids listed live by the last `Servers` answer, least loaded first.
+    live: Mutex<Vec<PeerId>>,
+    v6: bool,
+    next_seq: AtomicU64,
+    /// Servers that failed us lately, and when: tried last, not moved to.
+    failed: Mutex<Vec<(PeerId, Instant)>>,
+}
+
+/// The current home server: the session our record lives on.
+#[derive(Clone)]
+struct Home {
+    session: ClientSession,
+    nat: NatMapping,
+}
+
+impl Homes {
+    fn new(bootstrap: &[ServerAddr], bind: SocketAddr) -> Homes {
+        let mut known: Vec<ServerAddr> = Vec::new();
+        for s in bootstrap {
+            if !known.contains(s) {
+                known.push(*s);
+            }
+        }
+        Homes {
+            known: Mutex::new(known),
+            live: Mutex::new(Vec::new()),
+            v6: bind.is_ipv6(),
+            next_seq: AtomicU64::new(0),
+            failed: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Remembers that `server` failed (for [`SUSPECT_FOR`]).
+    fn mark_failed(&self, server: PeerId) {
+        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        f.retain(|(id, at)| *id != server && at.elapsed() < SUSPECT_FOR);
+        f.push((server, Instant::now()));
+    }
+
+    /// Whether `server` failed within [`SUSPECT_FOR`] (other servers may
+    /// still list it as live until they notice).
+    fn suspect(&self, server: PeerId) -> bool {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(id, at)| *id == server && at.elapsed() < SUSPECT_FOR)
+    }
+
+    /// A record sequence number: the Unix time in ms, always above the
+    /// last one's withdrawal (seq + 1).
+    fn seq(&self) -> u64 {
+        let now = unix_millis();
+        let mut cur = self.next_seq.load(Ordering::SeqCst);
+        loop {
+            let seq = now.max(cur);
+            match self
+                .next_seq
+                .compare_exchange(cur, seq + 2, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return seq,
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// Remembers the live servers of a `Servers` answer.
+    fn learn(&self, servers: &[ServerRecord]) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for a in servers.iter().filter_map(ServerRecord::dial_addr) {
+            if a.addr.is_ipv6() == self.v6
+                && !known.iter().any(|k| k.id == a.id)
+                && known.len() < MAX_KNOWN_SERVERS
+            {
+                known.push(a);
+            }
+        }
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) =
+            servers.iter().map(|s| s.id).collect();
+    }
+
+    /// The order to try servers in: those listed live (least loaded
+    /// first), then the rest as learned; those that failed lately last.
+    fn order(&self) -> Vec<ServerAddr> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let rank = |s: &ServerAddr| {
+            let listed = live
+                .iter()
+                .position(|id| *id == s.id.0)
+                .unwrap_or(usize::MAX);
+            (self.suspect(s.id.0), listed)
+        };
+        let mut order = known;
+        order.sort_by_key(rank);
+        order
+    }
+
+    /// Connects to a server (trying every known one), moves to the least
+    /// loaded live server, measures the NAT and registers there.
+    async fn establish(&self, client: &Client, opts: &Options) -> anyhow::Result<Home> {
+        let order = self.order();
+        let session = client
+            .connect_any(&order)
+            .await
+            .with_context(|| format!("no server answered (tried {})", order.len()))?;
+        let servers = session.servers().await.unwrap_or_default();
+        self.learn(&servers);
+        // Other servers may list a server that just failed us as live
+        // until they notice: neither moved to nor asked about the NAT.
+        let usable: Vec<ServerRecord> = servers
+            .iter()
+            .filter(|s| !self.suspect(s.id))
+            .cloned()
+            .collect();
+        let session = pick_home(client, session, &usable).await;
+        status(&format!("connected to server {}", session.server()));
+        let public = session.who_am_i().await?;
+        let nat = nat_mapping(client, &session, &usable, public).await;
+        let home = Home { session, nat };
+        self.register(client, opts, &home, public).await?;
+        Ok(home)
+    }
+
+    /// Registers a fresh record (new seq, current addresses) at `home`.
+    async fn reregister(&self, client: &Client, opts: &Options, home: &Home) -> anyhow::Result<()> {
+        let public = home.session.who_am_i().await?;
+        self.register(client, opts, home, public).await
+    }
+
+    async fn register(
+        &self,
+        client: &Client,
+        opts: &Options,
+        home: &Home,
+        public: SocketAddr,
+    ) -> anyhow::Result<()> {
+        let session = &home.session;
+        let port = client.endpoint().local_addr()?.port();
+        let mut record = client.record(session, &opts.name, public, self.seq(), RECORD_TTL);
+        record.body.private_addrs = lan_addr(session.server().addr, port).into_iter().collect();
+        record.body.nat = home.nat;
+        let record = PeerRecord::sign(client.signing_key(), record.body);
+        session.register(record).await?;
+        status(&format!(
+            "registered as {} with public address {public} (NAT mapping: {})",
+            Id(client.id()),
+            describe_nat(home.nat)
+        ));
+        Ok(())
+    }
+
+    /// After the home server failed (its `session`): another server,
+    /// registered.
+    async fn rehome(
+        &self,
+        client: &Client,
+        opts: &Options,
+        session: &ClientSession,
+    ) -> anyhow::Result<Home> {
+        let dead = session.server();
+        status(&format!(
+            "lost the connection to server {dead}; moving to another server"
+        ));
+        session.close();
+        self.mark_failed(dead.id.0);
+        self.establish(client, opts).await
     }
 }
 
@@ -122,63 +417,80 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 /// main way to learn of the friend; this covers one lost on the way).
 const MEET_POLL: Duration = Duration::from_secs(2);
 
-/// Connects to a server, registers (with our observed address and NAT
-/// kind) and finds the friend, waiting for it to come online — or, when
+/// Finds the friend, waiting for it to come online — or, when
 /// re-establishing, for a record newer than `seen_seq` (the friend
-/// re-registers from wherever it is now).
-async fn rendezvous(
+/// re-registers from wherever it is now). Moves to another server when
+/// the home server stops answering.
+async fn find_friend(
     client: &Client,
     opts: &Options,
+    homes: &Homes,
+    home: &mut Home,
+    wanted: &FriendRef,
     seen_seq: u64,
-) -> anyhow::Result<(ClientSession, NatMapping, PeerRecord)> {
-    let me = client.id();
-    let session = client
-        .connect_any(&opts.servers)
-        .await
-        .context("no server answered")?;
-    let servers = session.servers().await.unwrap_or_default();
-    let session = pick_home(client, session, &servers).await;
-    status(&format!("connected to server {}", session.server()));
-    let public = session.who_am_i().await?;
-    let nat = nat_mapping(client, &session, &servers, public).await;
-    let port = client.endpoint().local_addr()?.port();
-    let mut record = client.record(
-        &session,
-        &opts.name,
-        public,
-        unix_millis(),
-        Duration::from_secs(600),
-    );
-    record.body.private_addrs = lan_addr(session.server().addr, port).into_iter().collect();
-    record.body.nat = nat;
-    let record = PeerRecord::sign(client.signing_key(), record.body);
-    session.register(record).await?;
-    status(&format!(
-        "registered as {} with public address {public} (NAT mapping: {})",
-        Id(me),
-        describe_nat(nat)
-    ));
-    let mut notices = session.notices();
-    let wanted = opts.friend.clone();
-    status(&format!("request sent: meet {}", describe(&wanted)));
+) -> anyhow::Result<(PeerRecord, Duration)> {
+    status(&format!("request sent: meet {}", describe(wanted)));
     let deadline = tokio::time::Instant::now() + opts.wait;
     let mut said_waiting = false;
-    let (friend, start_in) = loop {
-        if let Some((r, start_in)) = session.meet(wanted.clone()).await?
-            && r.body.seq > seen_seq
-        {
-            break (r, start_in);
+    let mut warned_key = false;
+    let mut notices = home.session.notices();
+    loop {
+        if tokio::time::Instant::now() >= deadline {
+            let mut msg = format!(
+                "{} did not come online within {:?}",
+                describe(wanted),
+                opts.wait
+            );
+            if warned_key {
+                msg.push_str(
+                    "; another key uses that name now — if your friend has a new key, run again with --accept-new-key",
+                );
+            }
+            anyhow::bail!(msg);
+        }
+        if home.session.is_closed() {
+            match homes.rehome(client, opts, &home.session).await {
+                Ok(h) => {
+                    *home = h;
+                    notices = home.session.notices();
+                }
+                Err(e) => {
+                    status(&format!("{e:#}; trying again in {MEET_POLL:?}"));
+                    tokio::time::sleep(MEET_POLL).await;
+                }
+            }
+            continue;
+        }
+        match home.session.meet(wanted.clone()).await {
+            Ok(Meeting::Found(r, start_in)) if r.body.seq > seen_seq => {
+                say_found(&r);
+                return Ok((r, start_in));
+            }
+            Ok(Meeting::Ambiguous(candidates)) => {
+                return Err(ambiguous(wanted, &candidates));
+            }
+            Ok(_) => {}
+            Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
+            Err(e) => {
+                // No answer: treat the server as gone.
+                tracing::debug!(error = %e, "meet failed");
+                home.session.close();
+                continue;
+            }
         }
         if !said_waiting {
             said_waiting = true;
             if seen_seq == 0 {
-                status(&format!("waiting for {} to come online", describe(&wanted)));
+                status(&format!("waiting for {} to come online", describe(wanted)));
             } else {
                 status(&format!(
                     "waiting for {} to register again",
-                    describe(&wanted)
+                    describe(wanted)
                 ));
             }
+        }
+        if !warned_key && let FriendRef::Id(pinned) = wanted {
+            warned_key = warn_if_name_moved(&home.session, opts, *pinned).await;
         }
         // A notice when the friend registers; a fresh ask now and then in
         // case the friend re-registered at another server.
@@ -187,20 +499,67 @@ async fn rendezvous(
             Ok(Some(Notice::Friend {
                 record,
                 start_in_ms,
-            })) if matches(&wanted, &record) && record.body.seq > seen_seq => {
-                break (record, Duration::from_millis(start_in_ms.into()));
+            })) if wanted.matches(&record) && record.body.seq > seen_seq => {
+                say_found(&record);
+                return Ok((record, Duration::from_millis(start_in_ms.into())));
             }
             Ok(Some(_)) | Err(_) => {}
-            Ok(None) => anyhow::bail!("server connection lost while waiting"),
+            // The server connection ended: the loop's top moves on.
+            Ok(None) => home.session.close(),
         }
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!(
-                "{} did not come online within {:?}",
-                describe(&wanted),
-                opts.wait
-            );
-        }
+    }
+}
+
+/// A pinned friend's name now used by other keys only: warn loudly (once).
+async fn warn_if_name_moved(session: &ClientSession, opts: &Options, pinned: PeerId) -> bool {
+    let FriendRef::Name(name) = &opts.friend else {
+        return false;
     };
+    let Ok(others) = session.find_name(name).await else {
+        return false;
+    };
+    if others.is_empty() || others.iter().any(|r| r.body.peer == pinned) {
+        return false;
+    }
+    status(&format!(
+        "WARNING: {name} is online with another key: {} — but you know {name} as {} (pinned in {}). \
+         Not talking to it. If {name} really has a new key, run again with --accept-new-key.",
+        others
+            .iter()
+            .map(|r| Id(r.body.peer).to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        Id(pinned),
+        opts.known.path().display()
+    ));
+    true
+}
+
+/// The error for a name that several online peers use.
+fn ambiguous(wanted: &FriendRef, candidates: &[PeerRecord]) -> anyhow::Error {
+    status(&format!(
+        "{} online peers use the name {}:",
+        candidates.len(),
+        describe(wanted)
+    ));
+    for r in candidates {
+        status(&format!(
+            "  {} at {} (home server {})",
+            Id(r.body.peer),
+            r.body
+                .public_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "?".into()),
+            Id(r.body.home_server)
+        ));
+    }
+    anyhow::anyhow!(
+        "the name {} is ambiguous: pick your friend by id (--to ID)",
+        describe(wanted)
+    )
+}
+
+fn say_found(friend: &PeerRecord) {
     status(&format!(
         "friend found: {} ({}) at {} (private {:?}, NAT mapping: {})",
         friend.body.name,
@@ -213,11 +572,6 @@ async fn rendezvous(
         friend.body.private_addrs,
         describe_nat(friend.body.nat)
     ));
-    // The common start instant the server chose: both sides begin punching
-    // together, as the later of the two hears of the meeting.
-    // Capped here too, whatever a server says.
-    tokio::time::sleep(start_in.min(crate::registry::MAX_START_DELAY)).await;
-    Ok((session, nat, friend))
 }
 
 /// The home server: the least loaded of the live `servers` (as the
@@ -298,13 +652,6 @@ fn describe(f: &FriendRef) -> String {
     match f {
         FriendRef::Id(id) => Id(*id).to_string(),
         FriendRef::Name(n) => n.clone(),
-    }
-}
-
-fn matches(f: &FriendRef, r: &PeerRecord) -> bool {
-    match f {
-        FriendRef::Id(id) => r.body.peer == *id,
-        FriendRef::Name(n) => r.body.name == *n,
     }
 }
 
@@ -452,18 +799,21 @@ async fn relay(
 
 /// Where stdin lines come from (read once, across paths), and Ctrl-C /
 /// SIGTERM: while chatting, the first ends the input like EOF (finish:
-/// wait for acknowledgements and the friend's bye, bounded); otherwise,
-/// or the second time, exit at once (status 130).
+/// send what was already typed, wait for acknowledgements and the
+/// friend's bye, bounded); otherwise, or the second time, close the
+/// server connections and exit at once (status 130).
 struct Input {
     lines: tokio::sync::mpsc::Receiver<String>,
     stop: tokio::sync::mpsc::Receiver<()>,
     chatting: Arc<AtomicBool>,
+    /// Messages not acknowledged, for the words of a hard exit.
+    pending: Arc<AtomicUsize>,
     open: bool,
     closed_at: Option<Instant>,
 }
 
 impl Input {
-    fn stdin() -> Input {
+    fn stdin(endpoint: quinn::Endpoint) -> Input {
         let (tx, lines) = tokio::sync::mpsc::channel::<String>(64);
         tokio::spawn(async move {
             let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -474,8 +824,9 @@ impl Input {
             }
         });
         let chatting = Arc::new(AtomicBool::new(false));
+        let pending = Arc::new(AtomicUsize::new(0));
         let (stop_tx, stop) = tokio::sync::mpsc::channel(1);
-        let in_chat = chatting.clone();
+        let (in_chat, unacked) = (chatting.clone(), pending.clone());
         tokio::spawn(async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -493,7 +844,15 @@ impl Input {
                 }
                 times += 1;
                 if times > 1 || !in_chat.load(Ordering::SeqCst) {
-                    status("interrupted");
+                    match unacked.load(Ordering::SeqCst) {
+                        0 => status("interrupted"),
+                        n => status(&format!("interrupted: {n} message(s) not delivered")),
+                    }
+                    // Tell the servers at once (our record goes offline now,
+                    // not after an idle timeout).
+                    endpoint.close(0u32.into(), b"interrupted");
+                    let _ = tokio::time::timeout(Duration::from_millis(300), endpoint.wait_idle())
+                        .await;
                     std::process::exit(130);
                 }
                 status("interrupted: finishing the chat (again to quit at once)");
@@ -504,16 +863,43 @@ impl Input {
             lines,
             stop,
             chatting,
+            pending,
             open: true,
             closed_at: None,
         }
     }
 
-    /// The input ended (EOF or interrupted): the session finishes.
+    /// The input ended (EOF or interrupted): lines already read are still
+    /// sent, then the session finishes.
     fn close(&mut self, session: &mut Session) {
+        while let Ok(line) = self.lines.try_recv() {
+            queue(session, &line);
+        }
         self.open = false;
         self.closed_at = Some(Instant::now());
         session.finish();
+    }
+
+    /// After the friend left: read (and refuse) lines until the input ends,
+    /// so what the user types next does not go to the shell.
+    async fn drain_unsent(&mut self, friend: &str) {
+        loop {
+            tokio::select! {
+                line = self.lines.recv() => match line {
+                    Some(_) => status(&format!("not sent: {friend} has left the chat")),
+                    None => break,
+                },
+                Some(()) = self.stop.recv() => break,
+            }
+        }
+        self.open = false;
+    }
+}
+
+/// Queues one typed line (a too-long line is refused in words).
+fn queue(session: &mut Session, line: &str) {
+    if let Err(e) = session.send(line) {
+        status(&e.to_string());
     }
 }
 
@@ -530,9 +916,26 @@ enum End {
 /// How long after our input ends we wait for acknowledgements and for the
 /// friend to finish too.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// After a failed move to another server, the next try waits this long.
+const REHOME_RETRY: Duration = Duration::from_secs(2);
 
-/// The conversation on one path: stdin → messages, messages → stdout.
-async fn converse(path: Path, session: &mut Session, input: &mut Input) -> End {
+/// Work on the home server that runs beside the chat: a move to another
+/// server (`Some(home)`) or a refreshed record (`None`).
+type Upkeep<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Option<Home>>> + 'a>>;
+
+/// The conversation on one path: stdin → messages, messages → stdout;
+/// beside it, the home server is watched (moved away from when it dies)
+/// and the record refreshed.
+async fn converse<'a>(
+    path: Path,
+    session: &mut Session,
+    input: &mut Input,
+    client: &'a Client,
+    opts: &'a Options,
+    homes: &'a Homes,
+    home: &mut Home,
+) -> End {
     let Path {
         conn,
         mut send,
@@ -557,15 +960,16 @@ async fn converse(path: Path, session: &mut Session, input: &mut Input) -> End {
         }
     });
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut refresh =
+        tokio::time::interval_at(tokio::time::Instant::now() + REFRESH_EVERY, REFRESH_EVERY);
+    let mut upkeep: Option<Upkeep<'a>> = None;
+    let mut rehome_after = tokio::time::Instant::now();
     input.chatting.store(true, Ordering::SeqCst);
     let end = loop {
+        let may_rehome = upkeep.is_none() && tokio::time::Instant::now() >= rehome_after;
         tokio::select! {
             line = input.lines.recv(), if input.open => match line {
-                Some(line) => {
-                    if let Err(e) = session.send(&line) {
-                        eprintln!("chatd: {e}");
-                    }
-                }
+                Some(line) => queue(session, &line),
                 None => input.close(session),
             },
             Some(()) = input.stop.recv(), if input.open => input.close(session),
@@ -577,6 +981,25 @@ async fn converse(path: Path, session: &mut Session, input: &mut Input) -> End {
                 }
                 None => break why_closed(&conn),
             },
+            _ = home.session.closed(), if may_rehome => {
+                let dead = home.session.clone();
+                upkeep = Some(Box::pin(async move { homes.rehome(client, opts, &dead).await.map(Some) }));
+            }
+            _ = refresh.tick(), if upkeep.is_none() => {
+                let current = home.clone();
+                upkeep = Some(Box::pin(async move { homes.reregister(client, opts, &current).await.map(|()| None) }));
+            }
+            res = async { upkeep.as_mut().expect("guarded").await }, if upkeep.is_some() => {
+                upkeep = None;
+                match res {
+                    Ok(Some(new_home)) => *home = new_home,
+                    Ok(None) => {}
+                    Err(e) => {
+                        status(&format!("{e:#}; the chat goes on, trying again in {REHOME_RETRY:?}"));
+                        rehome_after = tokio::time::Instant::now() + REHOME_RETRY;
+                    }
+                }
+            }
             _ = tick.tick() => {
                 let mut broke = None;
                 for f in session.poll_transmit(Instant::now()) {
@@ -585,6 +1008,7 @@ async fn converse(path: Path, session: &mut Session, input: &mut Input) -> End {
                         break;
                     }
                 }
+                input.pending.store(session.pending(), Ordering::SeqCst);
                 if let Some(e) = broke {
                     break End::Broke(e);
                 }
@@ -613,15 +1037,7 @@ async fn converse(path: Path, session: &mut Session, input: &mut Input) -> End {
             let _ = send.finish();
             conn.close(0u32.into(), b"bye");
         }
-        End::FriendLeft => {
-            status("the friend left");
-            if session.pending() > 0 {
-                status(&format!(
-                    "{} messages were not delivered: the friend left first",
-                    session.pending()
-                ));
-            }
-        }
+        End::FriendLeft => {}
         End::Broke(_) => conn.close(3u32.into(), b"path broke"),
     }
     end

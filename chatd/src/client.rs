@@ -1,6 +1,7 @@
 //! The client side of `chatd-client/1`: connect to a server (its key
 //! pinned), ask who we are, register a signed record, look peers up, list
-//! servers. Used by `chatd lookup` and, later, by `chatd chat`.
+//! servers, meet a friend, ask for a relay. Used by `chatd lookup` and
+//! `chatd chat`.
 //!
 //! Owns client connections only; never acts as a server.
 
@@ -34,10 +35,46 @@ pub const PUNCH_PROBE: &[u8] = b"\0chatd-punch";
 /// ALPN of peer-to-peer chat connections.
 pub const CHAT_ALPN: &[u8] = b"chatd-chat/1";
 
-/// A connection to one server.
+/// A request the server refused (it answered `Response::Error`), as
+/// opposed to a server that did not answer: callers tell the two apart
+/// with `anyhow::Error::downcast_ref::<Refused>()`.
+#[derive(Debug, thiserror::Error)]
+#[error("{server}: {reason}")]
+pub struct Refused {
+    /// The server that refused.
+    pub server: ServerAddr,
+    /// Its reason, in words.
+    pub reason: String,
+}
+
+/// A connection to one server (cheap to clone: one connection).
+#[derive(Clone)]
 pub struct Session {
     conn: quinn::Connection,
     server: ServerAddr,
+    /// Our key: a live record is registered with its withdrawal, signed here.
+    keypair: Keypair,
+}
+
+/// The answer to [`Session::meet`].
+#[derive(Debug)]
+pub enum Meeting {
+    /// The friend is online: its record, and how long until the common
+    /// start instant.
+    Found(PeerRecord, Duration),
+    /// Not online yet; a [`Notice::Friend`] follows when it comes.
+    Waiting,
+    /// Several online peers use that name: nobody was told; pick one by id.
+    Ambiguous(Vec<PeerRecord>),
+}
+
+/// The unspecified address (port 0) of `addr`'s family: where a client
+/// binds to talk to a server at `addr`.
+pub fn any_addr_for(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    }
 }
 
 impl Client {
@@ -167,30 +204,52 @@ impl Client {
         self.keypair.id().0
     }
 
-    /// Connects to `server`, verifying that it holds the pinned key.
+    /// Connects to `server`, verifying that it holds the pinned key. Errors
+    /// are a [`tls::DialError`] in plain words (wrong id, no answer, ...).
     pub async fn connect(&self, server: ServerAddr) -> anyhow::Result<Session> {
-        let cfg = self.dial_config(server.id.0, CLIENT_ALPN, client_transport()?)?;
-        let conn = tokio::time::timeout(
-            Duration::from_secs(5),
-            self.endpoint
-                .connect_with(cfg, server.addr, tls::SERVER_NAME)?,
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("{server}: no answer within 5 s"))??;
-        Ok(Session { conn, server })
+        // Not `dial_config`: the pin check must be kept to say, after a
+        // failed handshake, whether the server holds another key.
+        let (tls, pin) = tls::pinned_client_config(&self.creds, server.id.0, CLIENT_ALPN)?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+        ));
+        cfg.transport_config(Arc::new(client_transport()?));
+        let connecting = self
+            .endpoint
+            .connect_with(cfg, server.addr, tls::SERVER_NAME)
+            .map_err(|e| tls::DialError::not_started(server.addr, &e))?;
+        let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
+            .await
+            .map_err(|_| tls::DialError::unreachable(server.addr))?
+            .map_err(|e| tls::DialError::new(server.addr, &e, &pin))?;
+        Ok(Session {
+            conn,
+            server,
+            keypair: self.keypair.clone(),
+        })
     }
 
-    /// Connects to the first server of `servers` that answers.
+    /// Connects to the first server of `servers` that answers (a status line
+    /// on stderr for each one that does not, before the next is tried).
+    #[allow(clippy::print_stderr)] // a client status line, like chatclient's
     pub async fn connect_any(&self, servers: &[ServerAddr]) -> anyhow::Result<Session> {
         let mut last = anyhow::anyhow!("no server given");
-        for s in servers {
-            match self.connect(*s).await {
+        for (i, server) in servers.iter().enumerate() {
+            match self.connect(*server).await {
                 Ok(session) => return Ok(session),
-                Err(e) => {
-                    tracing::info!(server = %s, error = %e, "server unavailable; trying the next");
+                Err(e) if i + 1 < servers.len() => {
+                    // The error names the server and says why (plain words).
+                    eprintln!("chatd: {e:#}; trying the next server");
                     last = e;
                 }
+                Err(e) => last = e,
             }
+        }
+        if servers.len() > 1 {
+            last = last.context(format!(
+                "none of the {} servers given answered",
+                servers.len()
+            ));
         }
         Err(last)
     }
@@ -250,6 +309,16 @@ impl Session {
         self.server
     }
 
+    /// Whether the connection to the server has ended.
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
+    /// Resolves when the connection to the server ends (with why).
+    pub async fn closed(&self) -> quinn::ConnectionError {
+        self.conn.closed().await
+    }
+
     async fn request(&self, req: &Request) -> anyhow::Result<Response> {
         Ok(self.ask(req, false, Duration::from_secs(5)).await?.0)
     }
@@ -270,8 +339,12 @@ impl Session {
         let resp = tokio::time::timeout(wait, read_msg::<Response>(&mut recv))
             .await
             .map_err(|_| anyhow::anyhow!("{}: no answer within {wait:?}", self.server))??;
-        if let Response::Error(e) = &resp {
-            anyhow::bail!("{}: {e}", self.server);
+        if let Response::Error(e) = resp {
+            return Err(Refused {
+                server: self.server,
+                reason: e,
+            }
+            .into());
         }
         Ok((resp, send, recv))
     }
@@ -284,9 +357,19 @@ impl Session {
         }
     }
 
-    /// Stores our record at the server (which replicates it).
+    /// Stores our record at the server (which replicates it). A live
+    /// record goes with its withdrawal ([`PeerRecord::withdrawal`]): it is
+    /// online only while this connection lives. An expired record is a
+    /// withdrawal of its own.
     pub async fn register(&self, record: PeerRecord) -> anyhow::Result<()> {
-        match self.request(&Request::Register(record)).await? {
+        let now = crate::registry::unix_millis() / 1000;
+        let req = if record.is_live(now) {
+            let withdrawal = PeerRecord::withdrawal(self.keypair.signing_key(), &record.body, now);
+            Request::RegisterLive { record, withdrawal }
+        } else {
+            Request::Register(record)
+        };
+        match self.request(&req).await? {
             Response::Registered => Ok(()),
             other => anyhow::bail!("unexpected answer {other:?}"),
         }
@@ -311,7 +394,15 @@ impl Session {
         }
     }
 
-    /// Looks a peer up by name.
+    /// Every online peer with this name, freshest first.
+    pub async fn find_name(&self, name: &str) -> anyhow::Result<Vec<PeerRecord>> {
+        match self.request(&Request::FindName(name.to_string())).await? {
+            Response::Records(r) => Ok(r),
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Looks a peer up by name (the freshest record with it).
     pub async fn lookup_name(&self, name: &str) -> anyhow::Result<Option<PeerRecord>> {
         match self.request(&Request::LookupName(name.to_string())).await? {
             Response::Record(r) => Ok(r),
@@ -320,16 +411,21 @@ impl Session {
     }
 
     /// Asks to meet `friend`: its record and how long until the common
-    /// start instant if it is online now, else `None` (then a
+    /// start instant if it is online now, else [`Meeting::Waiting`] (then a
     /// [`Notice::Friend`] arrives on [`Session::notices`] when it comes
-    /// online). The friend is told about us either way.
-    pub async fn meet(&self, friend: FriendRef) -> anyhow::Result<Option<(PeerRecord, Duration)>> {
+    /// online); the friend is told about us either way. A name that several
+    /// online peers use is [`Meeting::Ambiguous`], and nobody is told.
+    pub async fn meet(&self, friend: FriendRef) -> anyhow::Result<Meeting> {
         match self.request(&Request::Meet(friend)).await? {
             Response::Friend {
                 record,
                 start_in_ms,
-            } => Ok(Some((record, Duration::from_millis(start_in_ms.into())))),
-            Response::Waiting => Ok(None),
+            } => Ok(Meeting::Found(
+                record,
+                Duration::from_millis(start_in_ms.into()),
+            )),
+            Response::Waiting => Ok(Meeting::Waiting),
+            Response::Records(r) => Ok(Meeting::Ambiguous(r)),
             other => anyhow::bail!("unexpected answer {other:?}"),
         }
     }

@@ -39,7 +39,9 @@ pub struct ServerSection {
     pub advertise: Vec<SocketAddr>,
     /// Where state lives (the key file by default).
     pub data_dir: Option<PathBuf>,
-    /// The identity key file (relative paths are under data_dir).
+    /// The identity key file (relative paths are under data_dir; `--key`
+    /// on the command line is made absolute from the current directory
+    /// before it overrides this).
     pub key_file: Option<PathBuf>,
     /// Servers to join through, `ID@HOST:PORT`.
     #[serde(default)]
@@ -216,6 +218,15 @@ mod tests {
         assert_eq!(c.admin.to_string(), DEFAULT_ADMIN);
         assert!(c.bootstrap.is_empty() && c.allow.is_empty());
         assert_eq!(c.key_file, PathBuf::from("./chatd.key"));
+    }
+
+    #[test]
+    fn a_relative_key_file_is_under_data_dir_an_absolute_one_is_kept() {
+        let f: File = toml::from_str("[server]\ndata_dir = \"d\"\nkey_file = \"k\"\n").unwrap();
+        assert_eq!(f.resolve("x").unwrap().key_file, PathBuf::from("d/k"));
+        let f: File =
+            toml::from_str("[server]\ndata_dir = \"d\"\nkey_file = \"/abs/k\"\n").unwrap();
+        assert_eq!(f.resolve("x").unwrap().key_file, PathBuf::from("/abs/k"));
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! business): deliveries go out on a channel.
 
 use crate::identity::{Id, Keypair, ServerAddr};
-use crate::tls::{self, Admission, Credentials, SharedAdmission};
+use crate::tls::{self, Admission, Credentials, DialError, DialFailure, SharedAdmission};
 use bytes::Bytes;
 use overlay::{
     BroadcastError, Config, Delivery, Event, Input, MessageId, Output, PeerId, PeerInfo, State,
@@ -60,6 +60,9 @@ pub struct NodeConfig {
     pub keep_alive: Duration,
     /// QUIC idle timeout: a silent connection is declared dead after it.
     pub idle_timeout: Duration,
+    /// While the node has bootstrap servers but no overlay neighbor, a
+    /// warning with the reason of the last failed dial is logged this often.
+    pub isolation_warning: Duration,
 }
 
 impl NodeConfig {
@@ -74,6 +77,7 @@ impl NodeConfig {
             queue_frames: 1024,
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
+            isolation_warning: Duration::from_secs(5),
         }
     }
 }
@@ -148,6 +152,7 @@ enum NetEvent {
     },
     DialFailed {
         peer: PeerId,
+        error: DialError,
     },
     Frame {
         peer: PeerId,
@@ -159,6 +164,8 @@ enum NetEvent {
         conn_id: usize,
         /// The peer (or we) closed it on purpose, with code 0: not a failure.
         graceful: bool,
+        /// Why it ended, when that was a failure.
+        failure: Option<DialError>,
     },
 }
 
@@ -190,7 +197,13 @@ impl Node {
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(transport.clone());
-        let endpoint = quinn::Endpoint::server(server, cfg.listen)?;
+        let endpoint = quinn::Endpoint::server(server, cfg.listen).map_err(|error| BindError {
+            socket: "QUIC",
+            proto: "UDP",
+            addr: cfg.listen,
+            flag: "--listen",
+            error,
+        })?;
         let local_addr = endpoint.local_addr()?;
         let id = keypair.id().0;
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
@@ -232,6 +245,16 @@ impl Node {
             blocked: std::collections::BTreeSet::new(),
             app_streams: app_tx,
             admission: admission.clone(),
+            bootstrap: cfg
+                .bootstrap
+                .iter()
+                .filter(|b| b.id.0 != id)
+                .copied()
+                .collect(),
+            last_failure: None,
+            isolated_since: Some(Instant::now()),
+            last_isolation_warning: Instant::now(),
+            isolation_warning: cfg.isolation_warning,
         };
         let contacts: Vec<PeerInfo<PeerId>> = cfg
             .bootstrap
@@ -365,6 +388,53 @@ impl Node {
     }
 }
 
+/// A socket that could not be bound, said so that the person who started
+/// the server knows which one, where, and what to change.
+#[derive(Debug)]
+pub struct BindError {
+    /// Which socket ("QUIC", "admin HTTP").
+    pub socket: &'static str,
+    /// "UDP" or "TCP".
+    pub proto: &'static str,
+    /// The address.
+    pub addr: SocketAddr,
+    /// The flag that sets it.
+    pub flag: &'static str,
+    /// What the system said.
+    pub error: std::io::Error,
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::io::ErrorKind as K;
+        let BindError {
+            socket,
+            proto,
+            addr,
+            flag,
+            error,
+        } = self;
+        write!(f, "cannot bind the {socket} socket ({proto} {addr}): ")?;
+        match error.kind() {
+            K::AddrInUse => write!(
+                f,
+                "address already in use — is another chatd running? pick another with {flag}"
+            ),
+            K::AddrNotAvailable => write!(
+                f,
+                "this machine has no such address — pick another with {flag}"
+            ),
+            K::PermissionDenied => write!(
+                f,
+                "permission denied (ports below 1024 need privileges) — pick another with {flag}"
+            ),
+            _ => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for BindError {}
+
 fn transport_config(cfg: &NodeConfig) -> anyhow::Result<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(cfg.keep_alive));
@@ -414,7 +484,10 @@ async fn accept_loop(
                                     .increment(1);
                                 tracing::warn!(peer = %Id(peer), remote = %conn.remote_address(),
                                     "refused a server that is not in the cluster allowlist");
-                                conn.close(4u32.into(), b"not a member of this cluster");
+                                conn.close(
+                                    tls::CLOSE_NOT_ADMITTED.into(),
+                                    b"not a member of this cluster",
+                                );
                                 return;
                             }
                             let _ = net
@@ -477,6 +550,16 @@ struct Core {
     blocked: std::collections::BTreeSet<PeerId>,
     app_streams: mpsc::Sender<AppStream>,
     admission: SharedAdmission,
+    /// Servers to join through (for the isolation warning).
+    bootstrap: Vec<ServerAddr>,
+    /// The last failed dial (or connection that failed right after), to say
+    /// why the node is not joined.
+    last_failure: Option<DialError>,
+    /// Since when the node has had no neighbor (`None`: joined).
+    isolated_since: Option<Instant>,
+    /// When the isolation warning was last logged.
+    last_isolation_warning: Instant,
+    isolation_warning: Duration,
 }
 
 /// How long a connection to a peer that is not a neighbor stays open idle.
@@ -529,7 +612,10 @@ impl Core {
                         for p in refused {
                             if let Some(link) = self.links.remove(&p) {
                                 tracing::warn!(peer = %Id(p), "no longer in the allowlist: disconnecting");
-                                link.conn.close(4u32.into(), b"not a member of this cluster");
+                                link.conn.close(
+                                    tls::CLOSE_NOT_ADMITTED.into(),
+                                    b"not a member of this cluster",
+                                );
                                 self.input(Input::PeerDown(p));
                             }
                         }
@@ -576,6 +662,7 @@ impl Core {
                 _ = sweep.tick() => {
                     self.sweep_idle_links();
                     self.export_metrics();
+                    self.warn_if_isolated();
                 }
             }
         }
@@ -638,6 +725,16 @@ impl Core {
         match event {
             Event::NeighborUp(p) => {
                 tracing::info!(peer = %Id(p), "neighbor up");
+                if let Some(since) = self.isolated_since.take()
+                    && !self.bootstrap.is_empty()
+                {
+                    tracing::info!(
+                        neighbor = %Id(p),
+                        "joined the overlay (after {:.1} s without a neighbor)",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                self.last_failure = None;
                 let _ = self.events.send(NodeEvent::NeighborUp(p));
             }
             Event::NeighborDown(p) => tracing::info!(peer = %Id(p), "neighbor down"),
@@ -724,9 +821,9 @@ impl Core {
                     conn,
                     dialed: true,
                 },
-                Err(e) => {
-                    tracing::debug!(peer = %Id(to), %addr, error = %e, "dial failed");
-                    NetEvent::DialFailed { peer: to }
+                Err(error) => {
+                    tracing::debug!(peer = %Id(to), %error, "dial failed");
+                    NetEvent::DialFailed { peer: to, error }
                 }
             };
             let _ = net.send(event).await;
@@ -736,7 +833,8 @@ impl Core {
     fn net_event(&mut self, ev: NetEvent) {
         match ev {
             NetEvent::Up { peer, conn, dialed } => self.link_up(peer, conn, dialed),
-            NetEvent::DialFailed { peer } => {
+            NetEvent::DialFailed { peer, error } => {
+                self.last_failure = Some(error);
                 if self.dialing.remove(&peer).is_some() {
                     let _ = self.events.send(NodeEvent::PeerFailed(peer));
                     self.input(Input::PeerDown(peer));
@@ -759,7 +857,13 @@ impl Core {
                 peer,
                 conn_id,
                 graceful,
+                failure,
             } => {
+                if let Some(f) = failure
+                    && self.state.active_len() == 0
+                {
+                    self.last_failure = Some(f);
+                }
                 // Only the current link's end is news: links we close
                 // ourselves are removed first. A graceful close (the peer's
                 // idle sweep, a DISCONNECT, a duplicate) is not a failure: no
@@ -786,7 +890,10 @@ impl Core {
             // Dialed links too: a peer relayed by a member, or one removed
             // from the allowlist, gets nothing processed.
             metrics::counter!("chatd_cluster_admission_refused_total").increment(1);
-            conn.close(4u32.into(), b"not a member of this cluster");
+            conn.close(
+                tls::CLOSE_NOT_ADMITTED.into(),
+                b"not a member of this cluster",
+            );
             if self.dialing.remove(&peer).is_some() {
                 self.input(Input::PeerDown(peer));
             }
@@ -880,6 +987,47 @@ impl Core {
         }
     }
 
+    /// While the node has bootstrap servers but no neighbor: one warning
+    /// per `isolation_warning`, with the reason of the last failed dial.
+    fn warn_if_isolated(&mut self) {
+        if self.state.active_len() > 0 {
+            return;
+        }
+        let now = Instant::now();
+        let Some(since) = self.isolated_since else {
+            // Lost every neighbor: warn after a full interval from now on.
+            self.isolated_since = Some(now);
+            self.last_isolation_warning = now;
+            return;
+        };
+        // Checked on the 1 s sweep tick: a little early is on time.
+        let due = now.duration_since(self.last_isolation_warning) + Duration::from_millis(500);
+        if self.bootstrap.is_empty() || due < self.isolation_warning {
+            return;
+        }
+        self.last_isolation_warning = now;
+        let alone = now.duration_since(since).as_secs();
+        match &self.last_failure {
+            Some(e) => {
+                let hint = if e.failure == DialFailure::NotAdmitted {
+                    format!(" {} (add it to that server's --allow)", Id(self.me))
+                } else {
+                    String::new()
+                };
+                tracing::warn!(
+                    "not joined to the overlay: no neighbor for {alone} s; last failed dial: {e}{hint}; retrying"
+                );
+            }
+            None => {
+                let list: Vec<String> = self.bootstrap.iter().map(|b| b.to_string()).collect();
+                tracing::warn!(
+                    "not joined to the overlay: no neighbor for {alone} s; still waiting for an answer from {}",
+                    list.join(", ")
+                );
+            }
+        }
+    }
+
     fn export_metrics(&self) {
         metrics::gauge!("chatd_overlay_active_peers").set(self.state.active_len() as f64);
         metrics::gauge!("chatd_overlay_passive_peers").set(self.state.passive_len() as f64);
@@ -903,13 +1051,20 @@ async fn dial(
     transport: Arc<quinn::TransportConfig>,
     peer: PeerId,
     addr: SocketAddr,
-) -> anyhow::Result<quinn::Connection> {
-    let tls = tls::client_config(creds, peer, OVERLAY_ALPN)?;
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+) -> Result<quinn::Connection, DialError> {
+    let other = |e: &dyn std::fmt::Display| DialError {
+        addr,
+        failure: DialFailure::Other(e.to_string()),
+    };
+    let (tls, pin) = tls::pinned_client_config(creds, peer, OVERLAY_ALPN).map_err(|e| other(&e))?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| other(&e))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     cfg.transport_config(transport);
-    let conn = endpoint.connect_with(cfg, addr, tls::SERVER_NAME)?.await?;
-    Ok(conn)
+    endpoint
+        .connect_with(cfg, addr, tls::SERVER_NAME)
+        .map_err(|e| DialError::not_started(addr, &e))?
+        .await
+        .map_err(|e| DialError::new(addr, &e, &pin))
 }
 
 /// How long a closing link waits for the peer to read what was sent.
@@ -976,18 +1131,26 @@ async fn reader(
             }
         }
     }
-    let graceful = matches!(
-        conn.close_reason(),
-        Some(quinn::ConnectionError::LocallyClosed)
-    ) || matches!(
-        conn.close_reason(),
-        Some(quinn::ConnectionError::ApplicationClosed(ref c)) if c.error_code == 0u32.into()
-    );
+    let reason = conn.close_reason();
+    let graceful = matches!(reason, Some(quinn::ConnectionError::LocallyClosed))
+        || matches!(
+            reason,
+            Some(quinn::ConnectionError::ApplicationClosed(ref c)) if c.error_code == 0u32.into()
+        );
+    let failure = match &reason {
+        Some(e) if !graceful => Some(DialError::new(
+            conn.remote_address(),
+            e,
+            &tls::PinCheck::default(),
+        )),
+        _ => None,
+    };
     let _ = net
         .send(NetEvent::Closed {
             peer,
             conn_id,
             graceful,
+            failure,
         })
         .await;
 }

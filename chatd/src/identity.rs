@@ -28,13 +28,20 @@ pub enum IdentityError {
         example = "abcd…"
     )]
     BadAddr(String),
+    /// There is no key file at this path.
+    #[error("no key file at {path} (create one with: chatd keygen --out {path})")]
+    NoKeyFile {
+        /// The file.
+        path: String,
+    },
     /// The key file could not be read or written.
-    #[error("key file {path}: {source}")]
+    #[error("key file {path}: {error}")]
     Io {
         /// The file.
         path: String,
-        /// What failed.
-        source: std::io::Error,
+        /// What failed (in the message, not a separate cause: printed
+        /// once).
+        error: std::io::Error,
     },
     /// The key file does not hold a key.
     #[error("key file {path}: {reason}")]
@@ -145,9 +152,15 @@ impl Keypair {
     /// Reads a key file.
     pub fn load(path: &Path) -> Result<Self, IdentityError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| IdentityError::Io {
-            path: p.clone(),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                IdentityError::NoKeyFile { path: p.clone() }
+            } else {
+                IdentityError::Io {
+                    path: p.clone(),
+                    error,
+                }
+            }
         })?;
         let line = text
             .lines()
@@ -170,9 +183,9 @@ impl Keypair {
     pub fn save(&self, path: &Path) -> Result<(), IdentityError> {
         use std::io::Write;
         let p = path.display().to_string();
-        let io = |source| IdentityError::Io {
+        let io = |error| IdentityError::Io {
             path: p.clone(),
-            source,
+            error,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
@@ -250,6 +263,12 @@ mod tests {
             Keypair::load(&dir.join("bad")),
             Err(IdentityError::BadKeyFile { .. })
         ));
+        let missing = Keypair::load(&dir.join("missing")).unwrap_err();
+        assert!(matches!(missing, IdentityError::NoKeyFile { .. }));
+        assert!(
+            missing.to_string().contains("chatd keygen --out"),
+            "{missing}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

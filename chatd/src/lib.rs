@@ -15,13 +15,15 @@
 //!   replicated peer table; [`client`]: its client side; [`relay`]: the
 //!   server splicing two clients' streams, and the client's virtual socket.
 //! - [`chatclient`]: `chatd chat` (rendezvous, NAT kind, relay client,
-//!   the conversation); [`punch`]: the direct path (probes, birthday method).
+//!   re-homing when a server dies, the conversation); [`punch`]: the direct
+//!   path (probes, birthday method); [`friends`]: known friends' keys
+//!   (trust on first use) and the client's data dir.
 //! - [`chat`]: chat semantics between two peers (ids, acks, retries,
 //!   dedup, order, length limit) as a pure state machine (issue 6).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
 //!
-//! The binary (`src/main.rs`) wires them into `chatd serve`, `keygen`, `id`
-//! and `status`.
+//! The binary (`src/main.rs`) wires them into `chatd serve`, `keygen`, `id`,
+//! `status`, `lookup` and `chat`.
 
 pub mod admin;
 pub mod chat;
@@ -29,6 +31,7 @@ pub mod chatclient;
 pub mod client;
 pub mod config;
 pub mod driver;
+pub mod friends;
 pub mod identity;
 pub mod limit;
 pub mod membership;

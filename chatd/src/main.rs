@@ -1,4 +1,5 @@
-//! `chatd`: the rendezvous server (and, later, the chat client).
+//! `chatd`: the rendezvous server (`serve`) and the chat client (`chat`),
+//! with `keygen`, `id`, `status` and `lookup`.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a CLI prints
 
 use anyhow::Context;
@@ -51,39 +52,22 @@ enum Command {
         #[arg(long, default_value = config::DEFAULT_ADMIN)]
         admin: SocketAddr,
     },
-    /// Chat with a friend: register with a server, find the friend (waiting
-    /// until it comes online), connect directly (hole punching through
-    /// NATs) or, if that fails, through a server relay that cannot read the
-    /// chat; then stdin lines are messages and received messages are
-    /// printed, one per line. Status goes to stderr.
+    /// Chat with a friend: find it through the servers, connect directly
+    /// (hole punching through NATs) or through a server relay that cannot
+    /// read the chat, then send stdin lines and print received ones.
     ///
     /// Example (two terminals):
-    ///   chatd chat --name alice --to bob --server ID@203.0.113.5:7000
-    ///   chatd chat --name bob --to alice --server ID@203.0.113.5:7000
-    Chat {
-        /// Your name (others can find you by it; names are not verified).
-        #[arg(long)]
-        name: String,
-        /// The friend: a peer id (verified) or a name.
-        #[arg(long)]
-        to: String,
-        /// A server to use, ID@HOST:PORT (repeat: the next is tried when one
-        /// does not answer).
-        #[arg(long = "server", value_name = "ID@HOST:PORT", required = true)]
-        servers: Vec<ServerAddr>,
-        /// Your key file (created if missing) [default: a throwaway key].
-        #[arg(long)]
-        key: Option<PathBuf>,
-        /// Local UDP address (one socket for server, punching and chat).
-        #[arg(long, default_value = "0.0.0.0:0")]
-        bind: SocketAddr,
-        /// Seconds to wait for the friend to come online.
-        #[arg(long, default_value_t = 120)]
-        wait: u64,
-        /// Seconds to try a direct path before relaying through a server.
-        #[arg(long, default_value_t = 5.0)]
-        direct_timeout: f64,
-    },
+    ///
+    ///     chatd chat --name alice --to bob --server ID@203.0.113.5:7000
+    ///     chatd chat --name bob --to alice --server ID@203.0.113.5:7000
+    ///
+    /// Your key is created on first use in the data dir (like an ssh key):
+    /// friends know you by it. A friend given by name is pinned to the key
+    /// first seen (DATA_DIR/known_friends); if that name later belongs to
+    /// another key, chatd warns and refuses it unless --accept-new-key.
+    /// Status goes to stderr; messages to stdout, one per line.
+    #[command(verbatim_doc_comment)]
+    Chat(ChatArgs),
     /// Ask a server, as a client would: which server to use (least loaded
     /// live server first), or where a peer is (--peer / --name).
     Lookup {
@@ -94,13 +78,51 @@ enum Command {
         /// Find this peer by id.
         #[arg(long, conflicts_with = "name")]
         peer: Option<Id>,
-        /// Find the freshest peer with this name.
+        /// Find the peers online with this name (one JSON line each, the
+        /// freshest first; more than one is said on stderr).
         #[arg(long)]
         name: Option<String>,
         /// Client key file (default: a throwaway key).
         #[arg(long)]
         key: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct ChatArgs {
+    /// Your name (others can find you by it; names are not verified).
+    #[arg(long)]
+    name: String,
+    /// The friend: a peer id, or a name (pinned to its key after the first
+    /// chat).
+    #[arg(long)]
+    to: String,
+    /// A server to use, ID@HOST:PORT (repeat: the next is tried when one
+    /// does not answer; servers they list are used too, e.g. when your
+    /// server dies mid-chat).
+    #[arg(long = "server", value_name = "ID@HOST:PORT", required = true)]
+    servers: Vec<ServerAddr>,
+    /// Where your key and known friends live [default: $XDG_DATA_HOME/chatd,
+    /// else ~/.local/share/chatd].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Your key file, created if missing [default: DATA_DIR/client.key].
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Talk to the friend even if its name now maps to another key than
+    /// the one pinned, and pin the new key.
+    #[arg(long)]
+    accept_new_key: bool,
+    /// Local UDP address (one socket for server, punching and chat)
+    /// [default: 0.0.0.0:0, or [::]:0 when the first server is IPv6].
+    #[arg(long)]
+    bind: Option<SocketAddr>,
+    /// Seconds to wait for the friend to come online.
+    #[arg(long, default_value_t = 120)]
+    wait: u64,
+    /// Seconds to try a direct path before relaying through a server.
+    #[arg(long, default_value_t = 5.0)]
+    direct_timeout: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -117,7 +139,10 @@ struct ServeArgs {
     /// State directory; the key is created there on first start [default: .].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Identity key file [default: DATA_DIR/chatd.key].
+    /// Identity key file, created if missing; a relative path is relative
+    /// to the current directory, like every path flag [default:
+    /// DATA_DIR/chatd.key; `key_file` in a config file is relative to
+    /// data_dir].
     #[arg(long)]
     key: Option<PathBuf>,
     /// A server to join through, ID@HOST:PORT (repeat for several).
@@ -131,16 +156,66 @@ struct ServeArgs {
     preset: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; an error is one line on stderr, `chatd: error: ...`
+/// (its causes joined by ": "), and exit status 1. A backtrace only with
+/// CHATD_BACKTRACE=1 (whatever RUST_BACKTRACE says).
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.command);
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatd: error: {}", error_line(&e));
+            if std::env::var_os("CHATD_BACKTRACE").is_some_and(|v| v == "1") {
+                // The full report: every cause, and the backtrace if one was
+                // captured (RUST_BACKTRACE=1 or RUST_LIB_BACKTRACE=1).
+                eprintln!("\n{e:?}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr. `serve` logs at INFO by default; the client commands
+/// only at WARN, so that their `chatd: ...` status lines stand alone.
+/// RUST_LOG overrides both.
+fn init_logging(command: &Command) {
+    let default = match command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+}
+
+/// An error and its causes on one line, joined by ": ", without a cause
+/// that repeats what the line already says (context chains sometimes
+/// include their source's text in their own).
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for part in e.chain().map(|c| c.to_string()) {
+        let part = part.trim();
+        let said = line
+            .strip_suffix(part)
+            .is_some_and(|rest| rest.is_empty() || rest.ends_with([' ', ':', '(']));
+        if part.is_empty() || said {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(part);
+    }
+    line
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keygen { out } => {
             let k = Keypair::generate();
@@ -153,43 +228,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { admin } => status(admin),
-        Command::Chat {
-            name,
-            to,
-            servers,
-            key,
-            bind,
-            wait,
-            direct_timeout,
-        } => {
-            if !(direct_timeout.is_finite() && (0.0..=600.0).contains(&direct_timeout)) {
-                anyhow::bail!("--direct-timeout: {direct_timeout} is not within 0..=600 seconds");
-            }
-            let keypair = match key {
-                Some(path) => Keypair::load_or_create(&path)?.0,
-                None => Keypair::generate(),
-            };
-            let friend = match to.parse::<Id>() {
-                Ok(id) => chatd::registry::FriendRef::Id(id.0),
-                Err(_) => chatd::registry::FriendRef::Name(to),
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let res = runtime.block_on(chatd::chatclient::run(chatd::chatclient::Options {
-                name,
-                friend,
-                servers,
-                keypair,
-                bind,
-                wait: Duration::from_secs(wait),
-                direct_timeout: Duration::from_secs_f64(direct_timeout),
-            }));
-            // Do not wait for the stdin reader: after Ctrl-C or the friend
-            // leaving, stdin may still be open.
-            runtime.shutdown_timeout(Duration::from_millis(200));
-            res
-        }
+        Command::Chat(args) => chat(args),
         Command::Lookup {
             servers,
             peer,
@@ -202,8 +241,17 @@ fn main() -> anyhow::Result<()> {
 
 fn status(admin: SocketAddr) -> anyhow::Result<()> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(3))
-        .with_context(|| format!("no chatd admin endpoint at {admin}"))?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(3)).map_err(|e| {
+            let why = match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+                std::io::ErrorKind::TimedOut => "no answer within 3 s".to_string(),
+                _ => e.to_string(),
+            };
+            anyhow::anyhow!(
+                "no chatd admin endpoint at {admin} ({why}; is `chatd serve --admin {admin}` running?)"
+            )
+        })?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(b"GET /status HTTP/1.1\r\nhost: chatd\r\nconnection: close\r\n\r\n")?;
     let mut out = String::new();
@@ -211,6 +259,54 @@ fn status(admin: SocketAddr) -> anyhow::Result<()> {
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     print!("{body}");
     Ok(())
+}
+
+fn chat(args: ChatArgs) -> anyhow::Result<()> {
+    let direct_timeout = args.direct_timeout;
+    if !(direct_timeout.is_finite() && (0.0..=600.0).contains(&direct_timeout)) {
+        anyhow::bail!("--direct-timeout: {direct_timeout} is not within 0..=600 seconds");
+    }
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => chatd::friends::default_data_dir()?,
+    };
+    let key_path = args
+        .key
+        .unwrap_or_else(|| data_dir.join(chatd::friends::KEY_FILE));
+    let (keypair, created) = Keypair::load_or_create(&key_path)?;
+    if created {
+        eprintln!(
+            "chatd: created your key {} (id {}); friends will know you by it",
+            key_path.display(),
+            keypair.id()
+        );
+    }
+    let known = chatd::friends::KnownFriends::load(&data_dir.join(chatd::friends::FILE))?;
+    let friend = match args.to.parse::<Id>() {
+        Ok(id) => chatd::registry::FriendRef::Id(id.0),
+        Err(_) => chatd::registry::FriendRef::Name(args.to),
+    };
+    let bind = args
+        .bind
+        .unwrap_or_else(|| chatd::client::any_addr_for(args.servers[0].addr));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let res = runtime.block_on(chatd::chatclient::run(chatd::chatclient::Options {
+        name: args.name,
+        friend,
+        servers: args.servers,
+        keypair,
+        bind,
+        wait: Duration::from_secs(args.wait),
+        direct_timeout: Duration::from_secs_f64(direct_timeout),
+        known,
+        accept_new_key: args.accept_new_key,
+    }));
+    // Do not wait for the stdin reader: after Ctrl-C or the friend
+    // leaving, stdin may still be open.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    res
 }
 
 fn lookup(
@@ -227,29 +323,41 @@ fn lookup(
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let client = chatd::client::Client::new(keypair, "0.0.0.0:0".parse()?)?;
+        let bind = chatd::client::any_addr_for(servers[0].addr);
+        let client = chatd::client::Client::new(keypair, bind)?;
         let session = client.connect_any(&servers).await?;
-        let record = match (peer, name) {
-            (Some(id), _) => Some(session.lookup(id.0).await?),
-            (None, Some(name)) => Some(session.lookup_name(&name).await?),
+        let records = match (peer, name) {
+            (Some(id), _) => Some(session.lookup(id.0).await?.into_iter().collect()),
+            (None, Some(name)) => {
+                let found = session.find_name(&name).await?;
+                if found.len() > 1 {
+                    eprintln!(
+                        "chatd: {} online peers use the name {name} (names are not verified; pick by id)",
+                        found.len()
+                    );
+                }
+                Some(found)
+            }
             (None, None) => None,
         };
-        match record {
-            Some(Some(r)) => {
-                let b = &r.body;
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "peer": Id(b.peer).to_string(),
-                        "name": b.name,
-                        "home_server": Id(b.home_server).to_string(),
-                        "public_addr": b.public_addr.map(|a| a.to_string()),
-                        "private_addrs": b.private_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                        "seq": b.seq,
-                    })
-                );
+        match records {
+            Some(records) if records.is_empty() => anyhow::bail!("no such peer is online"),
+            Some(records) => {
+                for r in records {
+                    let b = &r.body;
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "peer": Id(b.peer).to_string(),
+                            "name": b.name,
+                            "home_server": Id(b.home_server).to_string(),
+                            "public_addr": b.public_addr.map(|a| a.to_string()),
+                            "private_addrs": b.private_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                            "seq": b.seq,
+                        })
+                    );
+                }
             }
-            Some(None) => anyhow::bail!("no such peer is online"),
             None => {
                 for s in session.servers().await? {
                     println!(
@@ -282,8 +390,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.data_dir.is_some() {
         s.data_dir = args.data_dir.clone();
     }
-    if args.key.is_some() {
-        s.key_file = args.key.clone();
+    if let Some(key) = &args.key {
+        // Relative to the current directory (not to the data dir): made
+        // absolute here, so that resolving leaves it alone.
+        let abs = std::path::absolute(key).with_context(|| format!("--key {}", key.display()))?;
+        s.key_file = Some(abs);
     }
     s.bootstrap
         .extend(args.bootstrap.iter().map(|b| b.to_string()));
@@ -296,8 +407,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let cfg = file.resolve(&origin)?;
     let (keypair, created) = Keypair::load_or_create(&cfg.key_file)?;
+    let key_path = std::path::absolute(&cfg.key_file).unwrap_or_else(|_| cfg.key_file.clone());
     if created {
-        tracing::info!(file = %cfg.key_file.display(), "created a new identity key");
+        tracing::info!(file = %key_path.display(), id = %keypair.id(), "created a new identity key");
+    } else {
+        tracing::info!(file = %key_path.display(), id = %keypair.id(), "using the identity key");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -436,4 +550,21 @@ fn reload(args: &ServeArgs, node: &Node) {
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+}
+
+#[cfg(test)]
+mod error_line_tests {
+    use super::error_line;
+
+    #[test]
+    fn causes_are_joined_and_repeats_left_out() {
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(io).context("key file k: disk on fire");
+        assert_eq!(error_line(&e), "key file k: disk on fire");
+        let e = anyhow::anyhow!("b").context("b").context("a");
+        assert_eq!(error_line(&e), "a: b");
+        // Only whole words are taken for a repeat.
+        let e = anyhow::anyhow!("5").context("error 15");
+        assert_eq!(error_line(&e), "error 15: 5");
+    }
 }

@@ -25,6 +25,16 @@ pub const MAX_PRIVATE_ADDRS: usize = 8;
 /// client cannot park a record forever, and a withdrawn record (a tombstone,
 /// kept this long) outlives every record it replaced.
 pub const MAX_TTL: u64 = 86_400;
+/// How far a record's `seq` may run ahead of the server's clock, in
+/// milliseconds (10 minutes). Clients use their Unix time in milliseconds as
+/// `seq` (or any smaller counter); a record whose `seq` is further ahead
+/// (e.g. `u64::MAX`, which would win every lookup forever) is refused.
+pub const MAX_SEQ_AHEAD_MS: u64 = 600_000;
+/// A withdrawal's `expires_at` lies this far in the past (seconds), so it is
+/// expired at every server even if the client's clock runs ahead.
+pub const WITHDRAWAL_BACKDATE: u64 = 120;
+/// Most records one name lookup returns.
+pub const MAX_NAME_MATCHES: usize = 16;
 
 /// The signed part of a record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +112,49 @@ impl PeerRecord {
     pub fn sign(key: &SigningKey, body: RecordBody) -> PeerRecord {
         let sig = key.sign(&signed_bytes(&body)).to_bytes().to_vec();
         PeerRecord { body, sig }
+    }
+
+    /// The withdrawal of `body`, signed in advance: the same peer, home and
+    /// name with `seq + 1`, already expired (backdated by
+    /// [`WITHDRAWAL_BACKDATE`] to absorb clock skew), no private addresses.
+    /// A client hands it to its home server with the live record; the
+    /// server publishes it when the client's connection ends, so the record
+    /// goes offline everywhere through the ordinary merge rules (no server
+    /// can forge it, and anti-entropy carries it like any record).
+    pub fn withdrawal(key: &SigningKey, body: &RecordBody, now_unix: u64) -> PeerRecord {
+        let mut w = body.clone();
+        w.seq = body.seq.saturating_add(1);
+        w.expires_at = now_unix.saturating_sub(WITHDRAWAL_BACKDATE);
+        w.private_addrs.clear();
+        PeerRecord::sign(key, w)
+    }
+
+    /// Checks that `self` is a valid withdrawal of `live`: signed, the same
+    /// peer and home, `seq` exactly one above, expired at `now_unix`.
+    pub fn check_withdrawal(&self, live: &PeerRecord, now_unix: u64) -> Result<(), RecordError> {
+        self.verify()?;
+        let (w, l) = (&self.body, &live.body);
+        if w.peer != l.peer || w.home_server != l.home_server {
+            return Err(RecordError::Invalid(
+                "the withdrawal must be for the same peer and home server",
+            ));
+        }
+        if l.seq.checked_add(1) != Some(w.seq) {
+            return Err(RecordError::Invalid(
+                "the withdrawal's seq must be the record's seq + 1",
+            ));
+        }
+        if w.expires_at > now_unix {
+            return Err(RecordError::Invalid(
+                "the withdrawal must already be expired",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the record is still valid at `now_unix` (not expired).
+    pub fn is_live(&self, now_unix: u64) -> bool {
+        self.body.expires_at > now_unix
     }
 
     /// Checks bounds and the signature.
@@ -182,6 +235,12 @@ impl PeerTable {
         if record.body.expires_at > now_unix.saturating_add(MAX_TTL) {
             return Err(RecordError::Invalid("expires more than a day from now"));
         }
+        let now_ms = now_unix.saturating_mul(1000).saturating_add(999);
+        if record.body.seq > now_ms.saturating_add(MAX_SEQ_AHEAD_MS) {
+            return Err(RecordError::Invalid(
+                "seq is more than 10 minutes ahead of this server's clock (seq counts milliseconds)",
+            ));
+        }
         let peer = record.body.peer;
         let online = record.body.expires_at > now_unix;
         let result = match self.by_id.get(&peer) {
@@ -229,6 +288,29 @@ impl PeerTable {
             .filter(|s| s.online)
             .map(|s| &s.record)
             .max_by_key(|r| r.body.seq)
+    }
+
+    /// Every online record with this name, freshest first, at most
+    /// [`MAX_NAME_MATCHES`] (names are labels anyone can claim: more than one
+    /// means the name is ambiguous).
+    pub fn lookup_name_all(&self, name: &str) -> Vec<&PeerRecord> {
+        let mut v: Vec<&PeerRecord> = self
+            .by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| self.by_id.get(p))
+            .filter(|s| s.online)
+            .map(|s| &s.record)
+            .collect();
+        v.sort_by(|a, b| {
+            b.body
+                .seq
+                .cmp(&a.body.seq)
+                .then(a.body.peer.cmp(&b.body.peer))
+        });
+        v.truncate(MAX_NAME_MATCHES);
+        v
     }
 
     /// Recomputes which records are online: not expired and homed on a

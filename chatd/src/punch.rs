@@ -40,7 +40,11 @@ pub(crate) async fn direct(
     let fid = friend.body.peer;
     let mut candidates: Vec<SocketAddr> = friend.body.private_addrs.clone();
     candidates.extend(friend.body.public_addr);
-    candidates.dedup();
+    // Each address once, and only those our socket can reach (its family).
+    let v6 = client.endpoint().local_addr().is_ok_and(|a| a.is_ipv6());
+    candidates.retain(|a| a.is_ipv6() == v6);
+    let mut seen = std::collections::BTreeSet::new();
+    candidates.retain(|a| seen.insert(*a));
     let sent = Arc::new(AtomicU32::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     let (tx, rx) = tokio::sync::mpsc::channel::<quinn::Connection>(8);
@@ -76,9 +80,16 @@ pub(crate) async fn direct(
     ));
     for addr in candidates {
         let connecting =
-            client
+            match client
                 .endpoint()
-                .connect_with(cfg.clone(), addr, crate::tls::SERVER_NAME)?;
+                .connect_with(cfg.clone(), addr, crate::tls::SERVER_NAME)
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "cannot dial this candidate");
+                    continue;
+                }
+            };
         let tx = tx.clone();
         tasks.spawn(async move {
             if let Ok(conn) = connecting.await {

@@ -40,7 +40,8 @@ pub const MAX_FRAME: usize = 64 * 1024;
 pub enum Request {
     /// "What address do you see me at?"
     WhoAmI,
-    /// Store (or refresh) my record; I am `record.body.peer`.
+    /// Store a withdrawal of my record (an already expired record; I am
+    /// `record.body.peer`). A live record needs [`Request::RegisterLive`].
     Register(PeerRecord),
     /// Where is this peer?
     Lookup(PeerId),
@@ -55,6 +56,19 @@ pub enum Request {
     /// `Response::Relaying` the stream carries framed datagrams
     /// ([`crate::relay`]).
     Relay(PeerId),
+    /// Store (or refresh) my record, online while this connection lives:
+    /// when it ends (closed, or silent for the QUIC idle timeout) the server
+    /// publishes `withdrawal` (signed by me in advance, see
+    /// [`PeerRecord::withdrawal`]) and the record goes offline everywhere.
+    RegisterLive {
+        /// The live record; I am `record.body.peer`.
+        record: PeerRecord,
+        /// Its withdrawal: seq + 1, already expired.
+        withdrawal: PeerRecord,
+    },
+    /// Every online peer with this name, freshest first (answered with
+    /// [`Response::Records`]; more than one means the name is ambiguous).
+    FindName(String),
 }
 
 /// A friend, by id (authenticated) or by name (a label anyone can claim).
@@ -67,7 +81,8 @@ pub enum FriendRef {
 }
 
 impl FriendRef {
-    fn matches(&self, r: &PeerRecord) -> bool {
+    /// Whether `r` is this friend's record.
+    pub fn matches(&self, r: &PeerRecord) -> bool {
         match self {
             FriendRef::Id(id) => r.body.peer == *id,
             FriendRef::Name(n) => r.body.name == *n,
@@ -163,11 +178,25 @@ fn notify(conn: quinn::Connection, record: PeerRecord, start_at_ms: u64) {
     );
 }
 
-/// Clients connected here and the meetings they wait for.
+/// Clients connected here, the meetings they wait for, and the
+/// withdrawals of the records they registered.
 #[derive(Default)]
 pub struct Rendezvous {
+    /// The connection notices go to: the one that registered (or the first).
     connected: std::collections::HashMap<PeerId, quinn::Connection>,
     waiting: Vec<(PeerId, FriendRef)>,
+    /// For each client registered here: the connection its record lives
+    /// on and the withdrawal to publish when that connection ends.
+    presence: std::collections::HashMap<PeerId, (usize, PeerRecord)>,
+}
+
+/// Broadcasts `record` to every server (payload tag [`TAG`]).
+async fn replicate_record(node: &Node, record: &PeerRecord) {
+    let mut payload = vec![TAG];
+    payload.extend(postcard::to_allocvec(record).unwrap_or_default());
+    if let Err(e) = node.broadcast(Bytes::from(payload)).await {
+        tracing::warn!(error = %e, "could not replicate a peer record");
+    }
 }
 
 fn push(conn: quinn::Connection, notice: Notice) {
@@ -214,6 +243,10 @@ async fn record_arrived(
     rdv: &Mutex<Rendezvous>,
     record: &PeerRecord,
 ) {
+    // A withdrawal (an offline record) is nobody's friend.
+    if !record.is_live(unix_now()) {
+        return;
+    }
     let matched: Vec<(PeerId, quinn::Connection)> = {
         let mut r = rdv.lock().unwrap_or_else(|e| e.into_inner());
         let (hit, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut r.waiting)
@@ -263,6 +296,10 @@ pub enum Response {
     Waiting,
     /// The relay is paired: the stream now carries the friend's datagrams.
     Relaying,
+    /// Several online records (an answer to `FindName`, or to `Meet` by a
+    /// name that more than one online peer uses: then nobody was told, and
+    /// the client must pick one by id).
+    Records(Vec<PeerRecord>),
 }
 
 /// Registrations, meetings and relay requests per second per client
@@ -463,7 +500,9 @@ async fn serve_clients(
             rdv.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .connected
-                .insert(peer, conn.clone());
+                .entry(peer)
+                // A registered connection of the same client keeps its notices.
+                .or_insert_with(|| conn.clone());
             let mut broadcasts =
                 TokenBucket::new(COSTLY_PER_SEC, COSTLY_BURST, std::time::Instant::now());
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
@@ -477,7 +516,10 @@ async fn serve_clients(
                 // slot): a client gets a few per second.
                 let limited = matches!(
                     request,
-                    Ok(Request::Register(_) | Request::Meet(_) | Request::Relay(_))
+                    Ok(Request::Register(_)
+                        | Request::RegisterLive { .. }
+                        | Request::Meet(_)
+                        | Request::Relay(_))
                 ) && !broadcasts.try_take(1.0, std::time::Instant::now());
                 let response = match request {
                     _ if limited => {
@@ -503,7 +545,7 @@ async fn serve_clients(
                 let _ = send.finish();
             }
             metrics::gauge!("chatd_client_connections").decrement(1.0);
-            {
+            let withdrawal = {
                 let mut r = rdv.lock().unwrap_or_else(|e| e.into_inner());
                 if r.connected
                     .get(&peer)
@@ -512,8 +554,85 @@ async fn serve_clients(
                     r.connected.remove(&peer);
                     r.waiting.retain(|(w, _)| *w != peer);
                 }
+                let mine = r
+                    .presence
+                    .get(&peer)
+                    .is_some_and(|(id, _)| *id == conn.stable_id());
+                if mine {
+                    r.presence.remove(&peer).map(|(_, w)| w)
+                } else {
+                    None
+                }
+            };
+            // Presence is the connection: the record goes offline everywhere.
+            if let Some(w) = withdrawal {
+                let res = table
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .merge(w.clone(), unix_now());
+                match res {
+                    Ok(_) => {
+                        metrics::counter!("chatd_clients_gone_total").increment(1);
+                        tracing::debug!(peer = %Id(peer), "client connection ended: record withdrawn");
+                        replicate_record(&node, &w).await;
+                    }
+                    // A newer record (re-registered elsewhere) already won.
+                    Err(e) => {
+                        tracing::debug!(peer = %Id(peer), error = %e, "withdrawal not applied")
+                    }
+                }
             }
         });
+    }
+}
+
+/// Stores `record` (the connection's own, homed here, with the address we
+/// see) and replicates it; with a `withdrawal`, the record lives as long as
+/// this connection.
+async fn register(
+    withdrawal: Option<PeerRecord>,
+    record: PeerRecord,
+    peer: PeerId,
+    conn: &quinn::Connection,
+    node: &Node,
+    table: &Mutex<PeerTable>,
+    rdv: &Mutex<Rendezvous>,
+) -> Response {
+    if record.body.peer != peer {
+        return Response::Error("a client may only register its own record".into());
+    }
+    if record.body.home_server != node.id {
+        return Response::Error("the record must name this server as home".into());
+    }
+    if record.body.public_addr != Some(conn.remote_address()) {
+        return Response::Error(format!(
+            "the record's public address must be the one this server sees: {}",
+            conn.remote_address()
+        ));
+    }
+    let res = table
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .merge(record.clone(), unix_now());
+    match res {
+        Ok(_) => {
+            if let Some(withdrawal) = withdrawal {
+                let mut r = rdv.lock().unwrap_or_else(|e| e.into_inner());
+                r.presence.insert(peer, (conn.stable_id(), withdrawal));
+                // Notices go to the connection the record lives on.
+                r.connected.insert(peer, conn.clone());
+            } else {
+                // Withdrawn by the client itself: nothing to publish later.
+                rdv.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .presence
+                    .remove(&peer);
+            }
+            replicate_record(node, &record).await;
+            record_arrived(node, table, rdv, &record).await;
+            Response::Registered
+        }
+        Err(e) => Response::Error(e.to_string()),
     }
 }
 
@@ -528,51 +647,40 @@ async fn handle(
 ) -> Response {
     match req {
         Request::WhoAmI => Response::YouAre(conn.remote_address()),
-        Request::Register(record) => {
-            if record.body.peer != peer {
-                return Response::Error("a client may only register its own record".into());
+        Request::Register(record) if record.is_live(unix_now()) => Response::Error(
+            "a live record needs RegisterLive with its withdrawal (update the client)".into(),
+        ),
+        Request::Register(record) => register(None, record, peer, conn, node, table, rdv).await,
+        Request::RegisterLive { record, withdrawal } => {
+            if let Err(e) = withdrawal.check_withdrawal(&record, unix_now()) {
+                metrics::counter!("chatd_client_requests_malformed_total").increment(1);
+                return Response::Error(format!("withdrawal refused: {e}"));
             }
-            if record.body.home_server != node.id {
-                return Response::Error("the record must name this server as home".into());
-            }
-            if record.body.public_addr != Some(conn.remote_address()) {
-                return Response::Error(format!(
-                    "the record's public address must be the one this server sees: {}",
-                    conn.remote_address()
-                ));
-            }
-            let res = table
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .merge(record.clone(), unix_now());
-            match res {
-                Ok(_) => {
-                    let mut payload = vec![TAG];
-                    payload.extend(postcard::to_allocvec(&record).unwrap_or_default());
-                    if let Err(e) = node.broadcast(Bytes::from(payload)).await {
-                        tracing::warn!(error = %e, "could not replicate a peer record");
-                    }
-                    record_arrived(node, table, rdv, &record).await;
-                    Response::Registered
-                }
-                Err(e) => Response::Error(e.to_string()),
-            }
+            register(Some(withdrawal), record, peer, conn, node, table, rdv).await
         }
         Request::Meet(friend) => {
-            let (mine, theirs) = {
+            let (mine, mut theirs) = {
                 let t = table.lock().unwrap_or_else(|e| e.into_inner());
-                let theirs = match &friend {
-                    FriendRef::Id(id) => t.lookup(id).cloned(),
-                    FriendRef::Name(n) => t.lookup_name(n).cloned(),
+                let theirs: Vec<PeerRecord> = match &friend {
+                    FriendRef::Id(id) => t.lookup(id).cloned().into_iter().collect(),
+                    FriendRef::Name(n) => t.lookup_name_all(n).into_iter().cloned().collect(),
                 };
                 (
                     t.lookup(&peer).cloned(),
-                    theirs.filter(|r| r.body.peer != peer),
+                    theirs
+                        .into_iter()
+                        .filter(|r| r.body.peer != peer)
+                        .collect::<Vec<_>>(),
                 )
             };
             let Some(mine) = mine else {
                 return Response::Error("register before asking to meet someone".into());
             };
+            if theirs.len() > 1 {
+                // A name several peers use: tell nobody, let the client choose.
+                return Response::Records(theirs);
+            }
+            let theirs = theirs.pop();
             match theirs {
                 Some(theirs) => {
                     let here = connected(rdv, &theirs.body.peer);
@@ -605,6 +713,15 @@ async fn handle(
                 .unwrap_or_else(|e| e.into_inner())
                 .lookup_name(&name)
                 .cloned(),
+        ),
+        Request::FindName(name) => Response::Records(
+            table
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .lookup_name_all(&name)
+                .into_iter()
+                .cloned()
+                .collect(),
         ),
         Request::Servers => {
             let mut servers = members.servers();
@@ -662,9 +779,7 @@ async fn absorb(
         }
     }
     for r in &fresh {
-        let mut payload = vec![TAG];
-        payload.extend(postcard::to_allocvec(r).unwrap_or_default());
-        let _ = node.broadcast(Bytes::from(payload)).await;
+        replicate_record(node, r).await;
         record_arrived(node, table, rdv, r).await;
     }
     if !fresh.is_empty() {

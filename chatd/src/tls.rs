@@ -24,7 +24,9 @@ use rustls::server::ParsedCertificate;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
 
 /// The name put in SNI; verifiers ignore it.
 pub const SERVER_NAME: &str = "chatd";
@@ -141,11 +143,51 @@ macro_rules! handshake_signatures {
     };
 }
 
+/// A dialed server holds another key than the pinned one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WrongServer {
+    /// The key that was pinned (from `ID@HOST:PORT`).
+    pub expected: PeerId,
+    /// The key the server presented.
+    pub got: PeerId,
+}
+
+impl fmt::Display for WrongServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "server is {}, not the expected {}",
+            Id(self.got),
+            Id(self.expected)
+        )
+    }
+}
+
+impl std::error::Error for WrongServer {}
+
+/// What the pinned-key verifier of one dial found wrong, for the dialer's
+/// error message: quinn turns the verifier's error into text, so the typed
+/// [`WrongServer`] is kept here as well.
+#[derive(Clone, Debug, Default)]
+pub struct PinCheck(Arc<Mutex<Option<WrongServer>>>);
+
+impl PinCheck {
+    /// The mismatch the verifier saw, if any.
+    pub fn wrong_server(&self) -> Option<WrongServer> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, wrong: WrongServer) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(wrong);
+    }
+}
+
 /// Dialer side: the server must hold the pinned key.
 #[derive(Debug)]
 struct Pinned {
     expected: PeerId,
     algs: WebPkiSupportedAlgorithms,
+    check: PinCheck,
 }
 
 impl ServerCertVerifier for Pinned {
@@ -159,17 +201,133 @@ impl ServerCertVerifier for Pinned {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let got = peer_id_from_cert(end_entity)?;
         if got != self.expected {
-            return Err(cert_error(format!(
-                "server is {} but {} was expected",
-                Id(got),
-                Id(self.expected)
-            )));
+            let wrong = WrongServer {
+                expected: self.expected,
+                got,
+            };
+            self.check.record(wrong);
+            return Err(cert_error(wrong.to_string()));
         }
         Ok(ServerCertVerified::assertion())
     }
 
     handshake_signatures!();
 }
+
+/// The QUIC application close code a server sends a server that its
+/// cluster allowlist does not admit.
+pub const CLOSE_NOT_ADMITTED: u32 = 4;
+
+/// Why a dial (or a connection just after it) failed, in words a person
+/// can act on: [`DialError::new`] reads a quinn error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DialFailure {
+    /// No answer: nothing listens there, or packets do not get through.
+    Unreachable,
+    /// The server holds another key than the one pinned.
+    WrongServer(WrongServer),
+    /// The server's cluster allowlist does not admit us.
+    NotAdmitted,
+    /// The server closed the connection with this reason.
+    Closed(String),
+    /// The TLS handshake failed.
+    Handshake(String),
+    /// Anything else (the error's own words).
+    Other(String),
+}
+
+/// A failed dial to the server at `addr`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DialError {
+    /// Where we dialed.
+    pub addr: SocketAddr,
+    /// What went wrong.
+    pub failure: DialFailure,
+}
+
+impl DialError {
+    /// Reads a connection error of a dial to `addr`, checked by `pin` (use
+    /// `PinCheck::default()` when the verifier's check is not at hand).
+    pub fn new(addr: SocketAddr, err: &quinn::ConnectionError, pin: &PinCheck) -> DialError {
+        use quinn::ConnectionError as E;
+        let failure = if let Some(wrong) = pin.wrong_server() {
+            DialFailure::WrongServer(wrong)
+        } else {
+            match err {
+                E::TimedOut => DialFailure::Unreachable,
+                E::ApplicationClosed(c) if c.error_code == CLOSE_NOT_ADMITTED.into() => {
+                    DialFailure::NotAdmitted
+                }
+                E::ApplicationClosed(c) => {
+                    DialFailure::Closed(String::from_utf8_lossy(&c.reason).into_owned())
+                }
+                E::ConnectionClosed(c) => {
+                    DialFailure::Handshake(String::from_utf8_lossy(&c.reason).into_owned())
+                }
+                E::TransportError(t) => DialFailure::Handshake(t.reason.clone()),
+                E::Reset => DialFailure::Closed("reset (it may have restarted)".into()),
+                E::VersionMismatch => {
+                    DialFailure::Other("it speaks no QUIC version we speak".into())
+                }
+                other => DialFailure::Other(other.to_string()),
+            }
+        };
+        DialError { addr, failure }
+    }
+
+    /// A dial to `addr` that could not even start (`Endpoint::connect`).
+    pub fn not_started(addr: SocketAddr, err: &quinn::ConnectError) -> DialError {
+        DialError {
+            addr,
+            failure: DialFailure::Other(err.to_string()),
+        }
+    }
+
+    /// A dial to `addr` that got no answer in time.
+    pub fn unreachable(addr: SocketAddr) -> DialError {
+        DialError {
+            addr,
+            failure: DialFailure::Unreachable,
+        }
+    }
+}
+
+impl fmt::Display for DialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let addr = self.addr;
+        match &self.failure {
+            DialFailure::Unreachable => write!(
+                f,
+                "server at {addr} is unreachable (timed out: is it running, and is UDP {addr} reachable from here?)"
+            ),
+            DialFailure::WrongServer(w) => write!(
+                f,
+                "server at {addr} is {}, not the expected {} (check the ID in ID@HOST:PORT)",
+                Id(w.got),
+                Id(w.expected)
+            ),
+            DialFailure::NotAdmitted => write!(
+                f,
+                "server at {addr} refused this server: its allowlist (--allow) does not admit this server's id"
+            ),
+            DialFailure::Closed(reason) if reason.is_empty() => {
+                write!(f, "server at {addr} closed the connection")
+            }
+            DialFailure::Closed(reason) => {
+                write!(f, "server at {addr} closed the connection: {reason}")
+            }
+            DialFailure::Handshake(reason) => {
+                write!(
+                    f,
+                    "TLS handshake with the server at {addr} failed: {reason}"
+                )
+            }
+            DialFailure::Other(reason) => write!(f, "cannot connect to {addr}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for DialError {}
 
 /// Which servers may join the cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -230,9 +388,22 @@ pub fn client_config(
     expected: PeerId,
     alpn: &[u8],
 ) -> anyhow::Result<rustls::ClientConfig> {
+    Ok(pinned_client_config(creds, expected, alpn)?.0)
+}
+
+/// [`client_config`], with the [`PinCheck`] that tells after a failed dial
+/// whether the server held another key (see [`DialError::new`]). Use one
+/// config per dial for the check to speak of that dial.
+pub fn pinned_client_config(
+    creds: &Credentials,
+    expected: PeerId,
+    alpn: &[u8],
+) -> anyhow::Result<(rustls::ClientConfig, PinCheck)> {
+    let check = PinCheck::default();
     let verifier = Arc::new(Pinned {
         expected,
         algs: algorithms(),
+        check: check.clone(),
     });
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -240,7 +411,7 @@ pub fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![creds.cert.clone()], creds.key.clone_key())?;
     tls.alpn_protocols = vec![alpn.to_vec()];
-    Ok(tls)
+    Ok((tls, check))
 }
 
 #[cfg(test)]
@@ -263,6 +434,65 @@ mod tests {
             .unwrap();
         assert!(peer_id_from_cert(cert.der()).is_err());
         assert!(peer_id_from_cert(&CertificateDer::from(vec![1, 2, 3])).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_server_key_is_said_in_plain_words() {
+        let server_key = Keypair::from_seed([5; 32]);
+        let expected = Keypair::from_seed([7; 32]).id().0;
+        let tls = server_config(&Credentials::new(&server_key).unwrap(), &[b"t"]).unwrap();
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+        let server = quinn::Endpoint::server(
+            quinn::ServerConfig::with_crypto(Arc::new(quic)),
+            ([127, 0, 0, 1], 0).into(),
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                let _ = incoming.await;
+            }
+        });
+        let client = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+        let creds = Credentials::new(&Keypair::from_seed([6; 32])).unwrap();
+        let (tls, pin) = pinned_client_config(&creds, expected, b"t").unwrap();
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let cfg = quinn::ClientConfig::new(Arc::new(quic));
+        let err = client
+            .connect_with(cfg, addr, SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap_err();
+        let e = DialError::new(addr, &err, &pin);
+        let got = server_key.id().0;
+        assert_eq!(
+            e.failure,
+            DialFailure::WrongServer(WrongServer { expected, got })
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "server at {addr} is {}, not the expected {} (check the ID in ID@HOST:PORT)",
+                Id(got),
+                Id(expected)
+            )
+        );
+    }
+
+    #[test]
+    fn connection_errors_are_read_in_plain_words() {
+        let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let none = PinCheck::default();
+        let e = DialError::new(addr, &quinn::ConnectionError::TimedOut, &none);
+        assert_eq!(e.failure, DialFailure::Unreachable);
+        assert!(e.to_string().contains("is unreachable (timed out"), "{e}");
+        let refused = quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: CLOSE_NOT_ADMITTED.into(),
+            reason: bytes::Bytes::from_static(b"not a member of this cluster"),
+        });
+        let e = DialError::new(addr, &refused, &none);
+        assert_eq!(e.failure, DialFailure::NotAdmitted);
+        assert!(e.to_string().contains("allowlist"), "{e}");
     }
 
     #[test]

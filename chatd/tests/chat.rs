@@ -5,6 +5,7 @@
 //! only; every wait bounded.
 
 mod common;
+mod procs;
 
 use common::cluster;
 use std::io::Write;
@@ -24,20 +25,19 @@ async fn shutdown(servers: &[common::Server]) {
     }
 }
 
+/// A fresh data dir (key, known friends) for each client this binary starts.
+fn fresh_data_dir(name: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("chatd-chat-{}-{name}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 /// Starts `chatd chat --name NAME --to FRIEND --server SERVER` on loopback
-/// with piped stdio.
+/// with piped stdio and a fresh data dir (a new key).
 fn spawn_chat(name: &str, to: &str, server: &common::Server, extra: &[&str]) -> Child {
-    let wait: &[&str] = if extra.contains(&"--wait") {
-        &[]
-    } else {
-        &["--wait", "30"]
-    };
-    Command::new(env!("CARGO_BIN_EXE_chatd"))
-        .args(["chat", "--name", name, "--to", to])
-        .args(["--server", &server.node.addr().to_string()])
-        .args(["--bind", "127.0.0.1:0"])
-        .args(wait)
-        .args(extra)
+    chat_cmd(name, to, server, extra)
         .env("NO_COLOR", "1")
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::piped())
@@ -45,6 +45,24 @@ fn spawn_chat(name: &str, to: &str, server: &common::Server, extra: &[&str]) -> 
         .stderr(Stdio::piped())
         .spawn()
         .expect("start chatd chat")
+}
+
+/// The `chatd chat` command line for [`spawn_chat`].
+fn chat_cmd(name: &str, to: &str, server: &common::Server, extra: &[&str]) -> Command {
+    let wait: &[&str] = if extra.contains(&"--wait") {
+        &[]
+    } else {
+        &["--wait", "30"]
+    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
+    cmd.args(["chat", "--name", name, "--to", to])
+        .args(["--server", &server.node.addr().to_string()])
+        .args(["--bind", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(fresh_data_dir(name))
+        .args(wait)
+        .args(extra);
+    cmd
 }
 
 /// Waits (at most 30 s, then kills) for `child` and collects its output.
@@ -166,57 +184,58 @@ async fn without_a_direct_path_the_chat_is_relayed() {
 
 /// Ctrl-C in the middle of a chat ends it cleanly: what was sent is
 /// acknowledged first, the process exits 0, the friend hears it left and
-/// has every message.
+/// has every message — and keeps its own session (its input is still
+/// read, so nothing typed goes to the shell) until its input ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctrl_c_finishes_the_chat_cleanly() {
+async fn ctrl_c_finishes_the_chat_cleanly_and_the_friend_stays() {
     let servers = two_servers(122).await;
-    let mut alice = spawn_chat("alice", "bob", &servers[0], &[]);
-    let mut bob = spawn_chat("bob", "alice", &servers[1], &[]);
-    let mut a_in = alice.stdin.take().unwrap();
-    let mut b_in = bob.stdin.take().unwrap();
-    for i in 0..5 {
-        writeln!(a_in, "alice says {i}").unwrap();
-    }
-    writeln!(b_in, "bob says hi").unwrap();
-    a_in.flush().unwrap();
-    b_in.flush().unwrap();
-    // Alice's stdout, line by line, until bob's message arrived.
-    let a_out = alice.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(a_out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
-        .await
-        .unwrap()
-        .expect("bob's message reached alice");
-    assert_eq!(got, "bob says hi");
-    let pid = alice.id().to_string();
-    let killed = Command::new("kill").args(["-INT", &pid]).status().unwrap();
-    assert!(killed.success());
-    let a = finish(alice).await;
-    let b = finish(bob).await;
-    drop((a_in, b_in));
-    let a_err = String::from_utf8_lossy(&a.stderr).to_string();
-    let b_err = String::from_utf8_lossy(&b.stderr).to_string();
-    assert!(
-        a.status.success(),
-        "alice after Ctrl-C: {:?}\n{a_err}",
-        a.status
-    );
-    assert!(a_err.contains("interrupted: finishing the chat"), "{a_err}");
-    assert!(!a_err.contains("not acknowledged"), "{a_err}");
-    assert!(b.status.success(), "{b_err}");
-    assert!(b_err.contains("the friend left"), "{b_err}");
-    let b_got: Vec<String> = String::from_utf8_lossy(&b.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
-    let want: Vec<String> = (0..5).map(|i| format!("alice says {i}")).collect();
-    assert_eq!(b_got, want);
+    let mut alice = procs::Proc::spawn(chat_cmd("alice", "bob", &servers[0], &[]));
+    let mut bob = procs::Proc::spawn(chat_cmd("bob", "alice", &servers[1], &[]));
+    let want = procs::says("alice", 0..5);
+    alice.write_lines(&want);
+    bob.write_lines(&["bob says hi".to_string()]);
+    let limit = Duration::from_secs(30);
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        // Both directions delivered, then Ctrl-C for alice.
+        assert!(
+            alice.wait_out(limit, |l| l == ["bob says hi"]),
+            "alice: {:?}\n{}",
+            alice.out(),
+            alice.err()
+        );
+        assert!(
+            bob.wait_out(limit, |l| l.len() >= want.len()),
+            "bob: {:?}\n{}",
+            bob.out(),
+            bob.err()
+        );
+        alice.signal("-INT");
+        let a_status = alice.wait_exit(limit);
+        assert!(
+            a_status.is_some_and(|s| s.success()),
+            "alice after Ctrl-C: {a_status:?}\n{}",
+            alice.err()
+        );
+        // Bob is told, and stays: a line typed now is refused in words.
+        assert!(bob.wait_err(limit, "alice left the chat"), "{}", bob.err());
+        bob.write_lines(&["anyone there?".to_string()]);
+        assert!(
+            bob.wait_err(limit, "not sent: alice has left the chat"),
+            "{}",
+            bob.err()
+        );
+        bob.close_stdin();
+        let b_status = bob.wait_exit(limit);
+        assert!(b_status.is_some_and(|s| s.success()), "{}", bob.err());
+        assert_eq!(bob.out(), want, "bob has every message, once, in order");
+        (alice.err(), bob.err())
+    })
+    .await
+    .unwrap();
+    assert!(a.contains("interrupted: finishing the chat"), "{a}");
+    assert!(!a.contains("not acknowledged"), "{a}");
+    assert!(!a.contains("not delivered"), "{a}");
+    assert!(!b.contains("not delivered"), "{b}");
     shutdown(&servers).await;
 }
 
@@ -227,12 +246,24 @@ async fn a_client_moves_to_the_least_loaded_server() {
     let servers = two_servers(123).await;
     let addr0 = servers[0].node.addr();
     let (c1, c2) = (common::client(91), common::client(92));
+    // Two clients registered at server 0 (online while connected: the
+    // sessions stay open for the whole test).
+    let mut sessions = Vec::new();
     for (c, name) in [(&c1, "load-1"), (&c2, "load-2")] {
         let s = c.connect(addr0).await.unwrap();
         common::register(c, &s, name, Duration::from_secs(60)).await;
+        sessions.push(s);
     }
-    // Let the load reach the server list (sweep 1 s, heartbeat 0.5 s).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Wait until the load reaches the server list (sweep 1 s, heartbeat 0.5 s).
+    let id0 = servers[0].node.id;
+    let loaded = common::eventually(Duration::from_secs(20), || async {
+        sessions[0]
+            .servers()
+            .await
+            .is_ok_and(|list| list.len() == 2 && list.iter().any(|s| s.id == id0 && s.clients == 2))
+    })
+    .await;
+    assert!(loaded, "server 0's load never showed");
     let carol = spawn_chat("carol", "nobody", &servers[0], &["--wait", "1"]);
     let out = finish(carol).await;
     let err = String::from_utf8_lossy(&out.stderr).to_string();

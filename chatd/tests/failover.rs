@@ -1,0 +1,140 @@
+//! A client survives its server: two `chatd serve` processes, a chat, then
+//! SIGKILL of a server the chat depends on — the home server of one side
+//! (given as its only `--server`) on a direct path, or the relaying server
+//! on a relayed path. The client moves to the other server (learned from
+//! the `Servers` list), the chat goes on or is re-established through it,
+//! and every line arrives exactly once, in order. Loopback only; every wait
+//! bounded.
+
+mod procs;
+
+use procs::{Cluster, Proc, TempDir, chat, says};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The server (index) whose `ID@HOST:PORT` or `HOST:PORT` appears in the
+/// last stderr line of `p` containing `marker`.
+fn server_named(c: &Cluster, p: &Proc, marker: &str) -> usize {
+    let err = p.err();
+    let line = err
+        .lines()
+        .rfind(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no {marker:?} line:\n{err}"))
+        .to_string();
+    c.servers
+        .iter()
+        .position(|s| {
+            let hostport = s.addr.split_once('@').map(|(_, a)| a).unwrap_or(&s.addr);
+            line.contains(hostport)
+        })
+        .unwrap_or_else(|| panic!("no server in {line:?}"))
+}
+
+/// Phase 1 lines both ways, `kill` a server, phase 2 lines both ways, then
+/// both inputs end: everything arrives exactly once and both exit 0.
+fn chat_across_a_server_death(
+    c: &mut Cluster,
+    alice: &mut Proc,
+    bob: &mut Proc,
+    kill: usize,
+    after_kill: impl Fn(&Proc, &Proc) -> bool,
+) -> Duration {
+    let (a1, b1) = (says("alice", 0..5), says("bob", 0..5));
+    alice.write_lines(&a1);
+    bob.write_lines(&b1);
+    assert!(
+        bob.wait_out(LIMIT, |l| l.len() >= 5) && alice.wait_out(LIMIT, |l| l.len() >= 5),
+        "phase 1 not delivered\nalice:\n{}\nbob:\n{}",
+        alice.err(),
+        bob.err()
+    );
+    c.kill(kill);
+    let killed = Instant::now();
+    assert!(
+        procs::wait_until(LIMIT, || after_kill(alice, bob)),
+        "no recovery after the kill\nalice:\n{}\nbob:\n{}",
+        alice.err(),
+        bob.err()
+    );
+    let recovered = killed.elapsed();
+    let (a2, b2) = (says("alice", 5..10), says("bob", 5..10));
+    alice.write_lines(&a2);
+    bob.write_lines(&b2);
+    assert!(
+        bob.wait_out(LIMIT, |l| l.len() >= 10) && alice.wait_out(LIMIT, |l| l.len() >= 10),
+        "phase 2 not delivered\nalice:\n{}\nbob:\n{}",
+        alice.err(),
+        bob.err()
+    );
+    alice.close_stdin();
+    bob.close_stdin();
+    let (sa, sb) = (alice.wait_exit(LIMIT), bob.wait_exit(LIMIT));
+    assert!(sa.is_some_and(|s| s.success()), "alice:\n{}", alice.err());
+    assert!(sb.is_some_and(|s| s.success()), "bob:\n{}", bob.err());
+    assert_eq!(bob.out(), says("alice", 0..10), "bob:\n{}", bob.err());
+    assert_eq!(alice.out(), says("bob", 0..10), "alice:\n{}", alice.err());
+    for p in [&alice, &bob] {
+        assert!(!p.err().contains("not delivered"), "{}", p.err());
+    }
+    recovered
+}
+
+#[test]
+#[allow(clippy::print_stderr)] // the measured failover time, for the record
+fn a_client_whose_only_server_dies_mid_chat_moves_and_chats_on() {
+    let mut c = Cluster::start("failover-direct", 2, "127.0.0.1");
+    let tmp = TempDir::new("failover-direct-clients");
+    let (s0, s1) = (c.servers[0].addr.clone(), c.servers[1].addr.clone());
+    let mut alice = chat(&tmp.0.join("alice"), "alice", "bob", &[&s0], &[]);
+    let mut bob = chat(&tmp.0.join("bob"), "bob", "alice", &[&s1], &[]);
+    assert!(alice.wait_err(LIMIT, "connected direct"), "{}", alice.err());
+    let home = server_named(&c, &alice, "connected to server");
+    let took = chat_across_a_server_death(&mut c, &mut alice, &mut bob, home, |a, _| {
+        a.err().contains("lost the connection to server")
+            && a.err().matches("registered as").count() >= 2
+    });
+    let err = alice.err();
+    let moved = err
+        .lines()
+        .skip_while(|l| !l.contains("lost the connection"))
+        .find(|l| l.contains("connected to server"))
+        .expect("alice connected to another server");
+    assert!(
+        !moved.contains(&c.servers[home].id),
+        "alice moved to the dead server: {moved}"
+    );
+    eprintln!(
+        "failover: alice re-registered at the other server {:.1} s after SIGKILL of her home",
+        took.as_secs_f64()
+    );
+}
+
+#[test]
+#[allow(clippy::print_stderr)] // the measured failover time, for the record
+fn a_chat_relayed_by_a_server_that_dies_is_re_established_through_another() {
+    let mut c = Cluster::start("failover-relay", 2, "127.0.0.1");
+    let tmp = TempDir::new("failover-relay-clients");
+    let (s0, s1) = (c.servers[0].addr.clone(), c.servers[1].addr.clone());
+    let relay_only = ["--direct-timeout", "0"];
+    let mut alice = chat(&tmp.0.join("alice"), "alice", "bob", &[&s0], &relay_only);
+    let mut bob = chat(&tmp.0.join("bob"), "bob", "alice", &[&s1], &relay_only);
+    assert!(
+        alice.wait_err(LIMIT, "connected relayed via server"),
+        "{}",
+        alice.err()
+    );
+    let relay = server_named(&c, &alice, "connected relayed via server");
+    let took = chat_across_a_server_death(&mut c, &mut alice, &mut bob, relay, |a, b| {
+        [a, b]
+            .iter()
+            .all(|p| p.err().matches("connected relayed via server").count() >= 2)
+    });
+    for p in [&alice, &bob] {
+        assert!(p.err().contains("re-establishing (1/5)"), "{}", p.err());
+    }
+    eprintln!(
+        "failover: relayed chat re-established through the other server {:.1} s after SIGKILL of the relay",
+        took.as_secs_f64()
+    );
+}

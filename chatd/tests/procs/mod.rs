@@ -1,0 +1,365 @@
+//! Real `chatd` processes for the tests that need them (SIGKILL, metrics,
+//! IPv6): a cluster of `chatd serve` children with keys, an allowlist and
+//! their own ports, and `chatd chat` children whose stdout and stderr are
+//! collected line by line as they come, so a test can wait (bounded) for a
+//! line instead of for time. Every child is killed when its handle drops,
+//! also when an assertion fails. Loopback only.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_chatd");
+const POLL: Duration = Duration::from_millis(50);
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("chatd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `check` until it holds or `limit` has passed.
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A child process whose output lines are collected as they arrive.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub stdin: Option<ChildStdin>,
+    out: Arc<Mutex<Vec<String>>>,
+    err: Arc<Mutex<Vec<String>>>,
+}
+
+fn collect(stream: impl Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+}
+
+impl Proc {
+    /// Starts `cmd` with piped stdio (no colours, no backtraces).
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .env("NO_COLOR", "1")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn chatd");
+        let (out, err) = (Arc::default(), Arc::default());
+        collect(child.stdout.take().unwrap(), Arc::clone(&out));
+        collect(child.stderr.take().unwrap(), Arc::clone(&err));
+        Proc {
+            stdin: child.stdin.take(),
+            child: Some(child),
+            out,
+            err,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Stdout lines so far.
+    pub fn out(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Stderr so far, one string.
+    pub fn err(&self) -> String {
+        self.err.lock().unwrap().join("\n")
+    }
+
+    /// Waits (at most `limit`) until stdout satisfies `check`.
+    pub fn wait_out(&self, limit: Duration, check: impl Fn(&[String]) -> bool) -> bool {
+        wait_until(limit, || check(&self.out.lock().unwrap()))
+    }
+
+    /// Waits (at most `limit`) until `n` stderr lines contain `needle`.
+    pub fn wait_err_count(&self, limit: Duration, needle: &str, n: usize) -> bool {
+        wait_until(limit, || {
+            self.err
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count()
+                >= n
+        })
+    }
+
+    /// Waits (at most `limit`) until a stderr line contains `needle`.
+    pub fn wait_err(&self, limit: Duration, needle: &str) -> bool {
+        self.wait_err_count(limit, needle, 1)
+    }
+
+    /// Writes lines to stdin.
+    pub fn write_lines(&mut self, lines: &[String]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+        stdin.flush().unwrap();
+    }
+
+    /// Ends stdin (EOF).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Sends a signal (`-KILL`, `-INT`) to the child.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {sig}");
+    }
+
+    /// Waits (at most `limit`, then kills it) for the child to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let mut status = None;
+        wait_until(limit, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Let the reader threads take the last lines.
+        std::thread::sleep(POLL);
+        status
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One `chatd serve` child.
+pub struct ServerProc {
+    pub id: String,
+    /// `ID@HOST:PORT`.
+    pub addr: String,
+    pub admin: u16,
+    pub proc: Option<Proc>,
+}
+
+/// `n` servers (all allowed, each bootstrapping through the first) on
+/// `host` ("127.0.0.1" or "::1"), preset local. Dropping it kills them.
+pub struct Cluster {
+    pub servers: Vec<ServerProc>,
+    _tmp: TempDir,
+}
+
+/// A free port on `host` for `kind` ("udp" or "tcp"); held sockets keep
+/// every chosen port distinct.
+fn free_ports(host: &str, n: usize) -> (Vec<u16>, Vec<u16>) {
+    let ip: std::net::IpAddr = host.parse().unwrap();
+    let udp: Vec<UdpSocket> = (0..n)
+        .map(|_| UdpSocket::bind((ip, 0)).expect("bind udp"))
+        .collect();
+    let tcp: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind tcp"))
+        .collect();
+    (
+        udp.iter().map(|s| s.local_addr().unwrap().port()).collect(),
+        tcp.iter().map(|s| s.local_addr().unwrap().port()).collect(),
+    )
+}
+
+fn keygen(path: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(path)
+        .output()
+        .expect("run chatd keygen");
+    assert!(out.status.success(), "chatd keygen: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl Cluster {
+    pub fn start(name: &str, n: usize, host: &str) -> Cluster {
+        let tmp = TempDir::new(name);
+        let (quic, admin) = free_ports(host, n);
+        let dirs: Vec<PathBuf> = (0..n).map(|i| tmp.0.join(format!("srv{i}"))).collect();
+        let ids: Vec<String> = dirs
+            .iter()
+            .map(|d| {
+                std::fs::create_dir_all(d).unwrap();
+                keygen(&d.join("chatd.key"))
+            })
+            .collect();
+        let bracket = |h: &str| {
+            if h.contains(':') {
+                format!("[{h}]")
+            } else {
+                h.to_string()
+            }
+        };
+        let addrs: Vec<String> = (0..n)
+            .map(|i| format!("{}@{}:{}", ids[i], bracket(host), quic[i]))
+            .collect();
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("serve")
+                .args(["--listen", &format!("{}:{}", bracket(host), quic[i])])
+                .args(["--admin", &format!("127.0.0.1:{}", admin[i])])
+                .arg("--data-dir")
+                .arg(&dirs[i])
+                .args(["--preset", "local"]);
+            for id in &ids {
+                cmd.args(["--allow", id]);
+            }
+            if i > 0 {
+                cmd.args(["--bootstrap", &addrs[0]]);
+            }
+            let p = Proc::spawn(cmd);
+            assert!(
+                p.wait_out(Duration::from_secs(30), |l| !l.is_empty()),
+                "server {i} did not start:\n{}",
+                p.err()
+            );
+            servers.push(ServerProc {
+                id: ids[i].clone(),
+                addr: addrs[i].clone(),
+                admin: admin[i],
+                proc: Some(p),
+            });
+        }
+        let c = Cluster { servers, _tmp: tmp };
+        // Every server sees every other one as live.
+        let all = wait_until(Duration::from_secs(60), || {
+            c.servers.iter().all(|s| {
+                status(s.admin)
+                    .and_then(|v| v.get("servers")?.as_array().map(Vec::len))
+                    .is_some_and(|k| k == n)
+            })
+        });
+        assert!(all, "the cluster did not form");
+        c
+    }
+
+    /// SIGKILLs server `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(p) = self.servers[i].proc.take() {
+            p.signal("-KILL");
+            drop(p);
+        }
+    }
+}
+
+/// A plain HTTP GET on the admin port: the body of a 200 answer.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nhost: chatd\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| body.to_string())
+}
+
+pub fn status(admin: u16) -> Option<serde_json::Value> {
+    serde_json::from_str(&http_get(admin, "/status")?).ok()
+}
+
+/// The value of an unlabelled metric (absent counts as 0).
+pub fn metric(admin: u16, name: &str) -> Option<f64> {
+    let text = http_get(admin, "/metrics")?;
+    Some(
+        text.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == name).then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0.0),
+    )
+}
+
+/// `chatd chat --name NAME --to TO` with `--server`s, its own data dir
+/// (key and known friends: `data_dir`), and `extra` flags.
+pub fn chat(data_dir: &Path, name: &str, to: &str, servers: &[&str], extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["chat", "--name", name, "--to", to])
+        .arg("--data-dir")
+        .arg(data_dir);
+    for s in servers {
+        cmd.args(["--server", s]);
+    }
+    if !extra.contains(&"--wait") {
+        cmd.args(["--wait", "60"]);
+    }
+    cmd.args(extra);
+    Proc::spawn(cmd)
+}
+
+/// `chatd lookup --server ADDR ARGS...`: the JSON lines it printed (none
+/// if it failed: no such peer).
+pub fn lookup(server: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(BIN)
+        .args(["lookup", "--server", server])
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run chatd lookup");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The id of the key in a chat client's data dir (created on first use).
+pub fn client_id(data_dir: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["id", "--key"])
+        .arg(data_dir.join("client.key"))
+        .output()
+        .expect("run chatd id");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Lines `"{who} says {i}"` for `i` in `range`.
+pub fn says(who: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{who} says {i}")).collect()
+}
