@@ -429,18 +429,15 @@ async fn find_friend(
     wanted: &FriendRef,
     seen_seq: u64,
 ) -> anyhow::Result<(PeerRecord, Duration)> {
-    status(&format!("request sent: meet {}", describe(wanted)));
+    let who = label(opts, wanted);
+    status(&format!("request sent: meet {who}"));
     let deadline = tokio::time::Instant::now() + opts.wait;
     let mut said_waiting = false;
     let mut warned_key = false;
     let mut notices = home.session.notices();
     loop {
         if tokio::time::Instant::now() >= deadline {
-            let mut msg = format!(
-                "{} did not come online within {:?}",
-                describe(wanted),
-                opts.wait
-            );
+            let mut msg = format!("{who} did not come online within {:?}", opts.wait);
             if warned_key {
                 msg.push_str(
                     "; another key uses that name now — if your friend has a new key, run again with --accept-new-key",
@@ -481,12 +478,9 @@ async fn find_friend(
         if !said_waiting {
             said_waiting = true;
             if seen_seq == 0 {
-                status(&format!("waiting for {} to come online", describe(wanted)));
+                status(&format!("waiting for {who} to come online"));
             } else {
-                status(&format!(
-                    "waiting for {} to register again",
-                    describe(wanted)
-                ));
+                status(&format!("waiting for {who} to register again"));
             }
         }
         if !warned_key && let FriendRef::Id(pinned) = wanted {
@@ -645,6 +639,14 @@ fn describe_nat(n: NatMapping) -> &'static str {
         NatMapping::Unknown => "unknown",
         NatMapping::Independent => "same for every destination",
         NatMapping::Dependent => "per destination (symmetric NAT)",
+    }
+}
+
+/// The friend in words: the name given, with the pinned id if any.
+fn label(opts: &Options, wanted: &FriendRef) -> String {
+    match (&opts.friend, wanted) {
+        (FriendRef::Name(n), FriendRef::Id(id)) => format!("{n} ({})", Id(*id)),
+        _ => describe(wanted),
     }
 }
 

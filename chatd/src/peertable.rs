@@ -510,6 +510,87 @@ mod tests {
     }
 
     #[test]
+    fn a_seq_far_ahead_of_the_clock_is_refused() {
+        let alice = Keypair::from_seed([1; 32]);
+        let home = Keypair::from_seed([9; 32]).id().0;
+        let now = 1_700_000_000u64;
+        let mut t = PeerTable::new();
+        // seq = u64::MAX would win every name lookup forever.
+        assert!(matches!(
+            t.merge(rec(&alice, "alice", home, u64::MAX, now + 60), now),
+            Err(RecordError::Invalid(_))
+        ));
+        let limit = now * 1000 + 999 + MAX_SEQ_AHEAD_MS;
+        assert!(matches!(
+            t.merge(rec(&alice, "alice", home, limit + 1, now + 60), now),
+            Err(RecordError::Invalid(_))
+        ));
+        // A clock up to 10 minutes ahead, or a small counter, is fine.
+        assert_eq!(
+            t.merge(rec(&alice, "alice", home, limit, now + 60), now),
+            Ok(Merged::New)
+        );
+        let bob = Keypair::from_seed([2; 32]);
+        assert!(t.merge(rec(&bob, "bob", home, 1, now + 60), now).is_ok());
+    }
+
+    #[test]
+    fn a_withdrawal_takes_the_record_offline_and_only_a_true_one_is_accepted() {
+        let alice = Keypair::from_seed([1; 32]);
+        let mallory = Keypair::from_seed([2; 32]);
+        let home = Keypair::from_seed([9; 32]).id().0;
+        let now = 1_700_000_000u64;
+        let live = rec(&alice, "alice", home, 5, now + 600);
+        let w = PeerRecord::withdrawal(alice.signing_key(), &live.body, now);
+        assert_eq!(w.check_withdrawal(&live, now), Ok(()));
+        assert!(!w.is_live(now) && w.body.seq == 6);
+        // Not one seq above, not expired, someone else's, or another home.
+        let mut far = live.body.clone();
+        far.seq = 7;
+        let far = PeerRecord::withdrawal(alice.signing_key(), &far, now);
+        assert!(far.check_withdrawal(&live, now).is_err());
+        let mut later = w.body.clone();
+        later.expires_at = now + 10;
+        let later = PeerRecord::sign(alice.signing_key(), later);
+        assert!(later.check_withdrawal(&live, now).is_err());
+        let forged = PeerRecord::withdrawal(mallory.signing_key(), &live.body, now);
+        assert_eq!(
+            forged.check_withdrawal(&live, now),
+            Err(RecordError::BadSignature)
+        );
+        let mut moved = live.body.clone();
+        moved.home_server = alice.id().0;
+        let moved = PeerRecord::withdrawal(alice.signing_key(), &moved, now);
+        assert!(moved.check_withdrawal(&live, now).is_err());
+        // Merged, it replaces the live record: offline, by id and by name.
+        let mut t = PeerTable::new();
+        t.merge(live.clone(), now).unwrap();
+        assert_eq!(t.lookup_name_all("alice").len(), 1);
+        t.merge(w, now).unwrap();
+        assert!(t.lookup(&alice.id().0).is_none());
+        assert!(t.lookup_name_all("alice").is_empty());
+        assert_eq!(t.len(), 1, "kept as a tombstone");
+    }
+
+    #[test]
+    fn every_online_record_of_a_name_is_listed_freshest_first() {
+        let home = Keypair::from_seed([9; 32]).id().0;
+        let (a, b, c) = (
+            Keypair::from_seed([1; 32]),
+            Keypair::from_seed([2; 32]),
+            Keypair::from_seed([3; 32]),
+        );
+        let mut t = PeerTable::new();
+        t.merge(rec(&a, "bob", home, 1, 100), 10).unwrap();
+        t.merge(rec(&b, "bob", home, 3, 100), 10).unwrap();
+        t.merge(rec(&c, "bob", home, 2, 20), 10).unwrap();
+        let seqs: Vec<u64> = t.lookup_name_all("bob").iter().map(|r| r.body.seq).collect();
+        assert_eq!(seqs, vec![3, 2, 1]);
+        t.expire(30, 3600);
+        assert_eq!(t.lookup_name_all("bob").len(), 2, "the expired one is not listed");
+    }
+
+    #[test]
     fn anti_entropy_brings_two_tables_to_the_same_state() {
         let home = Keypair::from_seed([99; 32]).id().0;
         let keys: Vec<Keypair> = (0..200u16)
