@@ -115,11 +115,16 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
     sends her second half; both keep stdin open until then."""
     names = {"a": f"alice-{tag}", "b": f"bob-{tag}"}
     sent = {k: [f"{names[k]} says {i}" for i in range(lines)] for k in "ab"}
-    procs, outs, errs, threads = {}, {}, {}, []
+    procs, outs, errs, threads, data_dirs = {}, {}, {}, [], []
     for k, ns, friend, home, other in (("a", ns_a, names["b"], "srv1", "srv2"),
                                        ("b", ns_b, names["a"], "srv2", "srv1")):
+        # Each client its own data dir (a fresh key, no known friends):
+        # runs never share or pin keys.
+        data_dir = tempfile.mkdtemp(prefix=f"punch-lab-{names[k]}.")
+        data_dirs.append(data_dir)
         args = ["ip", "netns", "exec", ns, "env", "RUST_BACKTRACE=0", "NO_COLOR=1",
                 binary, "chat", "--name", names[k], "--to", friend,
+                "--data-dir", data_dir,
                 "--server", servers.addrs[home], "--server", servers.addrs[other],
                 "--wait", "20"]
         procs[k] = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -173,6 +178,8 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
     if all(r is not None for r in regs) and firsts:
         ms = max(0.0, (min(firsts) - max(regs)) * 1000)
     rejoined = all(any("re-establishing" in l for _, l in errs[k]) for k in "ab")
+    for d in data_dirs:
+        shutil.rmtree(d, ignore_errors=True)
     return {"ok": ok, "path": path, "ms": ms, "rejoined": rejoined,
             "got": {k: len(got[k]) for k in "ab"},
             "err": {k: "\n".join(l for _, l in errs[k]) for k in "ab"},

@@ -179,13 +179,13 @@ async fn chat_until_done(
                 ));
                 // A fresh record (new addresses, newer seq): the friend waits
                 // for one, as we wait for theirs.
-                let fresh = match home.session.is_closed() {
-                    true => Err(anyhow::anyhow!("the connection ended")),
-                    false => homes.reregister(client, opts, &home).await,
-                };
-                if let Err(e) = fresh {
+                // (If the home server is gone, `find_friend` moves to
+                // another one first, and registers there.)
+                if !home.session.is_closed()
+                    && let Err(e) = homes.reregister(client, opts, &home).await
+                {
                     tracing::debug!(error = %e, "home server did not take the new record");
-                    home = homes.rehome(client, opts, &home.session).await?;
+                    home.session.close();
                 }
             }
         }

@@ -10,8 +10,8 @@
 //!   driver — rustls does not tell the verifier which ALPN was chosen;
 //! - the TLS 1.3 handshake signature is verified with that key (ring).
 //!
-//! Owns certificates and verifiers. Must not touch sockets (see
-//! `transport.rs`). Verifier error texts reach the peer in the QUIC close
+//! Owns certificates and verifiers. Must not touch sockets (the QUIC
+//! endpoints are in `driver.rs` and `client.rs`). Verifier error texts reach the peer in the QUIC close
 //! reason, so they contain ids only.
 
 use crate::identity::{Id, Keypair};

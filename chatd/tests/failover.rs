@@ -138,3 +138,29 @@ fn a_chat_relayed_by_a_server_that_dies_is_re_established_through_another() {
         took.as_secs_f64()
     );
 }
+
+/// The friend dies (SIGKILL) and never comes back: the line typed after
+/// that cannot be delivered, and the client says so, by its text, before
+/// it exits.
+#[test]
+fn a_message_that_could_not_be_delivered_is_named_before_exit() {
+    let c = Cluster::start("failover-lost", 1, "127.0.0.1");
+    let tmp = TempDir::new("failover-lost-clients");
+    let s = c.servers[0].addr.as_str();
+    let mut alice = chat(&tmp.0.join("alice"), "alice", "bob", &[s], &["--wait", "3"]);
+    let mut bob = chat(&tmp.0.join("bob"), "bob", "alice", &[s], &[]);
+    bob.write_lines(&says("bob", 0..1));
+    assert!(
+        alice.wait_out(LIMIT, |l| l == says("bob", 0..1)),
+        "{}",
+        alice.err()
+    );
+    bob.signal("-KILL");
+    alice.write_lines(&["are you there?".to_string()]);
+    let st = alice.wait_exit(LIMIT);
+    let err = alice.err();
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{err}");
+    assert!(err.contains("path to the friend broke"), "{err}");
+    assert!(err.contains("1 message(s) were not delivered"), "{err}");
+    assert!(err.contains("not delivered: are you there?"), "{err}");
+}
