@@ -8,7 +8,7 @@
 
 mod procs;
 
-use procs::{Cluster, Proc, TempDir, chat, says};
+use procs::{Cluster, Proc, TempDir, chat, end_both, exchange, says};
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -40,15 +40,7 @@ fn chat_across_a_server_death(
     kill: usize,
     after_kill: impl Fn(&Proc, &Proc) -> bool,
 ) -> Duration {
-    let (a1, b1) = (says("alice", 0..5), says("bob", 0..5));
-    alice.write_lines(&a1);
-    bob.write_lines(&b1);
-    assert!(
-        bob.wait_out(LIMIT, |l| l.len() >= 5) && alice.wait_out(LIMIT, |l| l.len() >= 5),
-        "phase 1 not delivered\nalice:\n{}\nbob:\n{}",
-        alice.err(),
-        bob.err()
-    );
+    exchange(alice, bob, &says("alice", 0..5), &says("bob", 0..5), 5);
     c.kill(kill);
     let killed = Instant::now();
     assert!(
@@ -58,20 +50,8 @@ fn chat_across_a_server_death(
         bob.err()
     );
     let recovered = killed.elapsed();
-    let (a2, b2) = (says("alice", 5..10), says("bob", 5..10));
-    alice.write_lines(&a2);
-    bob.write_lines(&b2);
-    assert!(
-        bob.wait_out(LIMIT, |l| l.len() >= 10) && alice.wait_out(LIMIT, |l| l.len() >= 10),
-        "phase 2 not delivered\nalice:\n{}\nbob:\n{}",
-        alice.err(),
-        bob.err()
-    );
-    alice.close_stdin();
-    bob.close_stdin();
-    let (sa, sb) = (alice.wait_exit(LIMIT), bob.wait_exit(LIMIT));
-    assert!(sa.is_some_and(|s| s.success()), "alice:\n{}", alice.err());
-    assert!(sb.is_some_and(|s| s.success()), "bob:\n{}", bob.err());
+    exchange(alice, bob, &says("alice", 5..10), &says("bob", 5..10), 10);
+    end_both(alice, bob);
     assert_eq!(bob.out(), says("alice", 0..10), "bob:\n{}", bob.err());
     assert_eq!(alice.out(), says("bob", 0..10), "alice:\n{}", alice.err());
     for p in [&alice, &bob] {

@@ -10,7 +10,9 @@
 
 mod procs;
 
-use procs::{Cluster, Proc, TempDir, chat, client_id, lookup, says, wait_until};
+use procs::{
+    Cluster, Proc, TempDir, chat, client_id, end_both, exchange, lookup, says, wait_until,
+};
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,19 +23,14 @@ const LIMIT: Duration = Duration::from_secs(60);
 fn chat_once(a_dir: &Path, b_dir: &Path, s: &[&str], a_extra: &[&str]) -> (Proc, Proc) {
     let mut alice = chat(a_dir, "alice", "bob", s, a_extra);
     let mut bob = chat(b_dir, "bob", "alice", s, &[]);
-    alice.write_lines(&says("alice", 0..1));
-    bob.write_lines(&says("bob", 0..1));
-    assert!(
-        alice.wait_out(LIMIT, |l| !l.is_empty()) && bob.wait_out(LIMIT, |l| !l.is_empty()),
-        "alice:\n{}\nbob:\n{}",
-        alice.err(),
-        bob.err()
+    exchange(
+        &mut alice,
+        &mut bob,
+        &says("alice", 0..1),
+        &says("bob", 0..1),
+        1,
     );
-    alice.close_stdin();
-    bob.close_stdin();
-    let (sa, sb) = (alice.wait_exit(LIMIT), bob.wait_exit(LIMIT));
-    assert!(sa.is_some_and(|s| s.success()), "{}", alice.err());
-    assert!(sb.is_some_and(|s| s.success()), "{}", bob.err());
+    end_both(&mut alice, &mut bob);
     assert_eq!(alice.out(), says("bob", 0..1));
     assert_eq!(bob.out(), says("alice", 0..1));
     (alice, bob)
@@ -47,7 +44,11 @@ fn a_pinned_name_is_not_given_to_another_key() {
     let s: Vec<&str> = c.servers.iter().map(|s| s.addr.as_str()).collect();
     let (alice, _) = chat_once(&a_dir, &b_dir, &s, &[]);
     let bob_id = client_id(&b_dir);
-    assert!(alice.err().contains("bob is now known as"), "{}", alice.err());
+    assert!(
+        alice.err().contains("bob is now known as"),
+        "{}",
+        alice.err()
+    );
     let pins = std::fs::read_to_string(a_dir.join("known_friends")).unwrap();
     assert!(pins.contains(&format!("{bob_id} bob")), "{pins}");
     // Bob's own default key is persistent: the same id next time.
@@ -86,7 +87,9 @@ fn a_pinned_name_is_not_given_to_another_key() {
     let m_again = tmp.0.join("m");
     let (alice, _) = chat_once(&a_dir, &m_again, &s, &["--accept-new-key"]);
     assert!(
-        alice.err().contains(&format!("bob's key changed to {m_id}")),
+        alice
+            .err()
+            .contains(&format!("bob's key changed to {m_id}")),
         "{}",
         alice.err()
     );
@@ -105,10 +108,7 @@ fn a_name_used_by_two_online_peers_is_listed_not_picked() {
         .collect();
     let ids: Vec<String> = ["b1", "b2"]
         .iter()
-        .map(|d| {
-            assert!(wait_until(LIMIT, || tmp.0.join(d).join("client.key").exists()));
-            client_id(&tmp.0.join(d))
-        })
+        .map(|d| client_id(&tmp.0.join(d)))
         .collect();
     assert!(
         wait_until(LIMIT, || lookup(s, &["--name", "bob"]).len() == 2),
@@ -146,18 +146,14 @@ fn two_clients_chat_over_ipv6_loopback() {
     assert_eq!(listed.len(), 2, "{listed:?}");
     let mut alice = chat(&tmp.0.join("a"), "alice", "bob", &[s[0]], &[]);
     let mut bob = chat(&tmp.0.join("b"), "bob", "alice", &[s[1]], &[]);
-    alice.write_lines(&says("alice", 0..5));
-    bob.write_lines(&says("bob", 0..5));
-    assert!(
-        alice.wait_out(LIMIT, |l| l.len() >= 5) && bob.wait_out(LIMIT, |l| l.len() >= 5),
-        "alice:\n{}\nbob:\n{}",
-        alice.err(),
-        bob.err()
+    exchange(
+        &mut alice,
+        &mut bob,
+        &says("alice", 0..5),
+        &says("bob", 0..5),
+        5,
     );
-    alice.close_stdin();
-    bob.close_stdin();
-    assert!(alice.wait_exit(LIMIT).is_some_and(|s| s.success()), "{}", alice.err());
-    assert!(bob.wait_exit(LIMIT).is_some_and(|s| s.success()), "{}", bob.err());
+    end_both(&mut alice, &mut bob);
     assert_eq!(bob.out(), says("alice", 0..5));
     assert_eq!(alice.out(), says("bob", 0..5));
     assert!(alice.err().contains("connected direct"), "{}", alice.err());

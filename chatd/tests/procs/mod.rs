@@ -349,17 +349,49 @@ pub fn lookup(server: &str, args: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The id of the key in a chat client's data dir (created on first use).
+/// The id of the key in a chat client's data dir (created on first use:
+/// waits, bounded, until the client has written it).
 pub fn client_id(data_dir: &Path) -> String {
-    let out = Command::new(BIN)
-        .args(["id", "--key"])
-        .arg(data_dir.join("client.key"))
-        .output()
-        .expect("run chatd id");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let key = data_dir.join("client.key");
+    let mut id = String::new();
+    let read = wait_until(Duration::from_secs(30), || {
+        let out = Command::new(BIN).args(["id", "--key"]).arg(&key).output();
+        id = out
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        !id.is_empty()
+    });
+    assert!(read, "no key at {}", key.display());
+    id
 }
 
 /// Lines `"{who} says {i}"` for `i` in `range`.
 pub fn says(who: &str, range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("{who} says {i}")).collect()
+}
+
+/// Writes `a` to alice and `b` to bob, then waits until each has printed
+/// `total` lines in all (the other's).
+pub fn exchange(alice: &mut Proc, bob: &mut Proc, a: &[String], b: &[String], total: usize) {
+    alice.write_lines(a);
+    bob.write_lines(b);
+    let limit = Duration::from_secs(60);
+    assert!(
+        bob.wait_out(limit, |l| l.len() >= total) && alice.wait_out(limit, |l| l.len() >= total),
+        "not delivered\nalice:\n{}\nbob:\n{}",
+        alice.err(),
+        bob.err()
+    );
+}
+
+/// Ends both inputs; both must exit 0.
+pub fn end_both(alice: &mut Proc, bob: &mut Proc) {
+    alice.close_stdin();
+    bob.close_stdin();
+    let limit = Duration::from_secs(60);
+    let (sa, sb) = (alice.wait_exit(limit), bob.wait_exit(limit));
+    assert!(sa.is_some_and(|s| s.success()), "alice:\n{}", alice.err());
+    assert!(sb.is_some_and(|s| s.success()), "bob:\n{}", bob.err());
 }
