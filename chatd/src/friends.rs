@@ -147,7 +147,11 @@ mod tests {
         let text = format(&pins) + "garbage\nNOTANID bob\n";
         let (back, bad) = parse(&text);
         assert_eq!(back, pins);
-        assert_eq!(bad, vec![5, 6], "two comment lines, two pins, then the bad ones");
+        assert_eq!(
+            bad,
+            vec![5, 6],
+            "two comment lines, two pins, then the bad ones"
+        );
     }
 
     #[test]

@@ -584,10 +584,18 @@ mod tests {
         t.merge(rec(&a, "bob", home, 1, 100), 10).unwrap();
         t.merge(rec(&b, "bob", home, 3, 100), 10).unwrap();
         t.merge(rec(&c, "bob", home, 2, 20), 10).unwrap();
-        let seqs: Vec<u64> = t.lookup_name_all("bob").iter().map(|r| r.body.seq).collect();
+        let seqs: Vec<u64> = t
+            .lookup_name_all("bob")
+            .iter()
+            .map(|r| r.body.seq)
+            .collect();
         assert_eq!(seqs, vec![3, 2, 1]);
         t.expire(30, 3600);
-        assert_eq!(t.lookup_name_all("bob").len(), 2, "the expired one is not listed");
+        assert_eq!(
+            t.lookup_name_all("bob").len(),
+            2,
+            "the expired one is not listed"
+        );
     }
 
     #[test]
