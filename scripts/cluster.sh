@@ -13,7 +13,8 @@ Usage:
   scripts/cluster.sh down [--dir DIR]
   scripts/cluster.sh --help
 
-up N      Builds chatd once (cargo build -q -p chatd), then starts N servers
+up N      Builds chatd (cargo build -p chatd; what it is doing and cargo's
+          progress go to stderr), then starts N servers
           (1..50). Server K lives in DIR/sK: its key DIR/sK/chatd.key (made
           with `chatd keygen` on the first `up`, reused afterwards), the JSON
           line it prints at start (DIR/sK/out.json), its log (DIR/sK/log) and
@@ -21,7 +22,8 @@ up N      Builds chatd once (cargo build -q -p chatd), then starts N servers
           through server 1 (and server 2 from server 3 on). Every server gets
           the ids of all N servers as its --allow list. Ports: the first free
           UDP ports from 7000 (QUIC) and free TCP ports from 9100 (admin).
-          Prints one JSON line per server: {"id":..,"addr":"ID@HOST:PORT","admin":"http://.."}.
+          Prints (on stdout, nothing else) one JSON line per server:
+          {"id":..,"addr":"ID@HOST:PORT","admin":"http://.."}.
           Refuses if servers from an earlier `up` in DIR are still running.
 status    Prints `chatd status` (the JSON of GET /status) of every server
           started by the last `up` in DIR, one line per server.
@@ -231,10 +233,15 @@ cmd_up() {
         rm -f "$d/pid"
     done < <(server_dirs)
 
-    local build=(cargo build -q -p chatd)
+    local build=(cargo build -p chatd)
     [[ "$profile" == release ]] && build+=(--release)
-    (cd "$ROOT" && "${build[@]}") || die "build failed: ${build[*]}"
+    local first=""
+    [[ -x "$BIN" ]] || first="; the first build takes a few minutes"
+    echo "cluster.sh: building chatd (${build[*]}$first)…" >&2
+    # Cargo's progress goes to stderr; stdout carries only the JSON lines.
+    (cd "$ROOT" && "${build[@]}") >&2 || die "build failed: ${build[*]}"
     [[ -x "$BIN" ]] || die "no binary at $BIN after the build"
+    echo "cluster.sh: starting $n server(s) in $dir" >&2
 
     mkdir -p "$dir"
     local k ids=() key id

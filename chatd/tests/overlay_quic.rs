@@ -3,10 +3,13 @@
 //! allowlist is refused while the cluster keeps working. Bounded in time;
 //! asserts behaviour, never durations.
 
+mod common;
+
 use bytes::Bytes;
 use chatd::driver::{Node, NodeConfig};
 use chatd::identity::Keypair;
 use chatd::tls::Admission;
+use common::{eventually, wait_for};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -23,22 +26,6 @@ fn cfg(
     c
 }
 
-/// Polls `check` every 50 ms for at most `limit`.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_servers_form_an_overlay_and_broadcast_to_all() {
     let keys: Vec<Keypair> = (0..5u8).map(|i| Keypair::from_seed([i + 1; 32])).collect();
@@ -51,22 +38,22 @@ async fn five_servers_form_an_overlay_and_broadcast_to_all() {
     }
     // Everyone gets neighbors; with 5 servers and views of 5, everyone is
     // linked to everyone else in the end.
-    let joined = eventually(Duration::from_secs(20), || async {
-        let mut ok = true;
-        for n in &nodes {
-            ok &= n
-                .snapshot()
-                .await
-                .map(|s| s.active.len() == 4)
-                .unwrap_or(false);
-        }
-        ok
-    })
+    let views = wait_for(
+        Duration::from_secs(30),
+        || async {
+            let mut views = Vec::new();
+            for n in &nodes {
+                views.push(n.snapshot().await.map(|s| s.active).unwrap_or_default());
+            }
+            views
+        },
+        |views| views.iter().all(|v| v.len() == 4),
+    )
     .await;
-    for n in &nodes {
-        let s = n.snapshot().await.unwrap();
-        assert!(joined, "server {:?} has active view {:?}", s.id, s.active);
-    }
+    assert!(
+        views.iter().all(|v| v.len() == 4),
+        "active views: {views:?}"
+    );
     let mut receivers: Vec<_> = nodes.iter().map(|n| n.deliveries()).collect();
     let id = nodes[3]
         .broadcast(Bytes::from_static(b"server 3 says hi"))
@@ -76,7 +63,7 @@ async fn five_servers_form_an_overlay_and_broadcast_to_all() {
         if i == 3 {
             continue;
         }
-        let d = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        let d = tokio::time::timeout(Duration::from_secs(20), rx.recv())
             .await
             .unwrap_or_else(|_| panic!("server {i} got nothing"))
             .expect("node running");
@@ -110,7 +97,7 @@ async fn a_server_outside_the_allowlist_is_refused() {
     let s = Node::start(&stranger, cfg(vec![a.addr()], &open))
         .await
         .unwrap();
-    let members_linked = eventually(Duration::from_secs(10), || async {
+    let members_linked = eventually(Duration::from_secs(30), || async {
         a.snapshot()
             .await
             .map(|x| x.active == vec![b.id])
@@ -118,26 +105,32 @@ async fn a_server_outside_the_allowlist_is_refused() {
     })
     .await;
     assert!(members_linked);
-    // Give the stranger several join attempts.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let sa = a.snapshot().await.unwrap();
-    assert!(
-        !sa.active.contains(&s.id),
-        "the stranger got into the active view"
-    );
+    // The stranger keeps trying, with backoff (waited for, not slept on:
+    // how many attempts fit in a fixed time depends on the machine's load).
+    let joins = wait_for(
+        Duration::from_secs(30),
+        || async { s.snapshot().await.unwrap().stats.joins_sent },
+        |&n| n >= 2,
+    )
+    .await;
+    assert!(joins >= 2, "it kept trying, with backoff: {joins} JOINs");
+    // ... and every attempt was refused.
+    for n in [&a, &b] {
+        let view = n.snapshot().await.unwrap().active;
+        assert!(
+            !view.contains(&s.id),
+            "the stranger got into an active view: {view:?}"
+        );
+    }
     assert!(s.snapshot().await.unwrap().active.is_empty());
-    assert!(
-        s.snapshot().await.unwrap().stats.joins_sent >= 2,
-        "it kept trying, with backoff"
-    );
     // The cluster still works.
     let mut rx = b.deliveries();
     a.broadcast(Bytes::from_static(b"members only"))
         .await
         .unwrap();
-    let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+    let d = tokio::time::timeout(Duration::from_secs(20), rx.recv())
         .await
-        .unwrap()
+        .expect("the broadcast within 20 s")
         .unwrap();
     assert_eq!(&d.payload[..], b"members only");
     for n in [&a, &b, &s] {
@@ -167,13 +160,40 @@ async fn malformed_frames_from_a_member_are_refused_and_counted() {
         .await
         .unwrap();
     let mut s = conn.open_uni().await.unwrap();
-    // A frame of type 0xEE, then a length prefix far over the limit.
-    s.write_all(&[0, 0, 0, 3, 0xEE, 1, 2]).await.unwrap();
-    s.write_all(&[0xFF, 0xFF, 0xFF, 0xFF]).await.unwrap();
+    // A frame of type 0xEE, then a length prefix far over the limit. The
+    // server may close the connection on the first frame before the second
+    // write is sent: that is the expected outcome too, so a write that finds
+    // the connection closed by the server is fine.
+    let sent = [&[0, 0, 0, 3, 0xEE, 1, 2][..], &[0xFF, 0xFF, 0xFF, 0xFF]];
+    for bytes in sent {
+        match s.write_all(bytes).await {
+            Ok(()) => {}
+            Err(quinn::WriteError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(
+                _,
+            ))) => break,
+            Err(e) => panic!("unexpected write error: {e}"),
+        }
+    }
     let _ = s.finish();
-    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
-    assert!(closed.is_ok(), "the server closed the connection");
-    let snap = a.snapshot().await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed())
+        .await
+        .expect("the server closed the connection within 20 s");
+    // Closed by the server, with the malformed-frame code (2) and a reason.
+    match &closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, 2u32.into(), "{closed}");
+            assert!(!c.reason.is_empty(), "{closed}");
+        }
+        other => panic!("not closed by the server: {other}"),
+    }
+    // The close may come from the frame reader (the oversize length) before
+    // the protocol core has counted the unknown type: wait for the count.
+    let snap = wait_for(
+        Duration::from_secs(20),
+        || async { a.snapshot().await.unwrap() },
+        |s| s.stats.decode_errors >= 1,
+    )
+    .await;
     assert!(
         snap.stats.decode_errors >= 1,
         "decode errors counted: {}",
@@ -190,7 +210,7 @@ async fn malformed_frames_from_a_member_are_refused_and_counted() {
     let mut allow_b = allow.clone();
     allow_b.insert(b.id);
     a.set_admission(Admission { allow: allow_b });
-    let linked = eventually(Duration::from_secs(10), || async {
+    let linked = eventually(Duration::from_secs(30), || async {
         a.snapshot()
             .await
             .map(|s| s.active == vec![b.id])

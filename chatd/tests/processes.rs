@@ -6,16 +6,17 @@
 //! Observes the servers only through what they print on start and through
 //! their admin endpoint (`/status`, `/healthz`, `/readyz`).
 
+mod common;
+
+use common::eventually_blocking;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_chatd");
-/// How often the admin endpoint is polled.
-const POLL: Duration = Duration::from_millis(100);
 
 /// A directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -78,20 +79,6 @@ fn free_ports(n: usize) -> (Vec<u16>, Vec<u16>) {
         udp.iter().map(|s| port(s.local_addr())).collect(),
         tcp.iter().map(|s| port(s.local_addr())).collect(),
     )
-}
-
-/// Polls `check` every 100 ms until it holds or `limit` has passed.
-fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(POLL);
-    }
 }
 
 /// A plain HTTP/1.1 GET against the admin endpoint: (status code, body).
@@ -214,7 +201,7 @@ impl Cluster {
         // The one line on stdout: {"id":..,"addr":..,"admin":..}.
         let mut line = String::new();
         let mut exited = None;
-        let printed = eventually(Duration::from_secs(20), || {
+        let printed = eventually_blocking(Duration::from_secs(30), || {
             if let Some(c) = s.child.as_mut()
                 && let Ok(Some(code)) = c.try_wait()
             {
@@ -271,7 +258,7 @@ impl Cluster {
     /// Waits until every server in `which` has exactly the servers in
     /// `which` (minus itself) as its active view.
     fn wait_full_mesh(&self, which: &[usize], limit: Duration) {
-        let ok = eventually(limit, || {
+        let ok = eventually_blocking(limit, || {
             which.iter().all(|&i| {
                 let mut want: Vec<&str> = which
                     .iter()
@@ -309,7 +296,7 @@ fn five_servers_see_each_other() {
         assert_eq!(http_get(s.admin, "/readyz").map(|r| r.0), Some(200));
     }
     // Membership: every server reports all 5 live servers, itself included.
-    let all_five = eventually(Duration::from_secs(20), || {
+    let all_five = eventually_blocking(Duration::from_secs(30), || {
         c.servers.iter().all(|s| {
             status(s.admin).is_some_and(|st| st["servers"].as_array().is_some_and(|a| a.len() == 5))
         })
@@ -342,12 +329,12 @@ fn five_servers_see_each_other() {
             .unwrap();
         let bob = Client::new(Keypair::generate(), "127.0.0.1:0".parse().unwrap()).unwrap();
         let s5 = bob.connect(fifth).await.unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut found = None;
-        while found.is_none() && std::time::Instant::now() < deadline {
-            found = s5.lookup_name("alice").await.unwrap();
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let found = common::wait_for(
+            Duration::from_secs(30),
+            || async { s5.lookup_name("alice").await.unwrap() },
+            Option::is_some,
+        )
+        .await;
         let r = found.expect("server 5 never learned the record registered at server 1");
         assert_eq!(r.body.peer, alice.id());
         assert_eq!(r.body.public_addr, Some(seen));
@@ -362,14 +349,14 @@ fn five_servers_see_each_other() {
         .expect("run kill");
     assert!(sent.success());
     let mut code = None;
-    let exited = eventually(Duration::from_secs(10), || {
+    let exited = eventually_blocking(Duration::from_secs(30), || {
         code = c.servers[4]
             .child
             .as_mut()
             .and_then(|ch| ch.try_wait().ok().flatten());
         code.is_some()
     });
-    assert!(exited, "server 5 did not exit within 10 s of SIGTERM");
+    assert!(exited, "server 5 did not exit within 30 s of SIGTERM");
     assert!(code.is_some_and(|c| c.success()), "exit status {code:?}");
     c.servers[4].child = None;
     c.wait_full_mesh(&[0, 1, 2, 3], Duration::from_secs(30));
@@ -386,7 +373,7 @@ fn a_killed_server_is_dropped_and_rejoins_after_restart() {
     // SIGKILL server 3: no goodbye, the others notice by QUIC idle timeout.
     c.kill(2);
     let gone = c.servers[2].id.clone();
-    let dropped = eventually(Duration::from_secs(30), || {
+    let dropped = eventually_blocking(Duration::from_secs(30), || {
         [0, 1, 3]
             .iter()
             .all(|&i| active(c.servers[i].admin).is_some_and(|a| !a.contains(&gone)))
@@ -400,7 +387,7 @@ fn a_killed_server_is_dropped_and_rejoins_after_restart() {
     // Same data dir (same key), same ports: it joins again and the others
     // take it back.
     c.start(2);
-    let rejoined = eventually(Duration::from_secs(30), || {
+    let rejoined = eventually_blocking(Duration::from_secs(30), || {
         active(c.servers[2].admin).is_some_and(|a| !a.is_empty())
             && [0, 1, 3]
                 .iter()

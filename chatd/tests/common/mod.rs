@@ -1,12 +1,80 @@
 //! A cluster of in-process chatd servers on loopback (QUIC, membership,
-//! registry), shared by the integration tests.
+//! registry), and the one way the integration tests wait for something:
+//! poll a condition until it holds, with a generous deadline, never a fixed
+//! sleep followed by an assertion (CI machines are busy).
 
 use chatd::driver::{Node, NodeConfig};
 use chatd::identity::Keypair;
 use chatd::membership::{Service, Settings};
 use chatd::registry::Registry;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How often [`wait_for`] probes.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Evaluates `probe` every 50 ms until `done` holds for its value or `limit`
+/// has passed (it is evaluated at least once, and once more at the
+/// deadline); returns the last value, for the caller's assertion message.
+#[allow(dead_code)] // each test binary uses its own subset
+pub async fn wait_for<T, F, Fut>(limit: Duration, mut probe: F, done: impl Fn(&T) -> bool) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let value = probe().await;
+        if done(&value) || tokio::time::Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Whether `check` comes true within `limit` (polled every 50 ms).
+#[allow(dead_code)] // each test binary uses its own subset
+pub async fn eventually<F, Fut>(limit: Duration, check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_for(limit, check, |ok| *ok).await
+}
+
+/// [`eventually`] for tests without a runtime of their own: a blocking
+/// `check`, polled from a small runtime.
+#[allow(dead_code)] // each test binary uses its own subset
+pub fn eventually_blocking(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime for polling")
+        .block_on(eventually(limit, || std::future::ready(check())))
+}
+
+/// Waits (at most 30 s) until every one of `servers` lists all of them as
+/// live: the overlay carries broadcasts between every pair (replication
+/// and load reports ride on it). Panics with the counts otherwise.
+#[allow(dead_code)] // each test binary uses its own subset
+pub async fn wait_until_formed(servers: &[Server]) {
+    let counts = wait_for(
+        Duration::from_secs(30),
+        || std::future::ready(live_counts(servers)),
+        |c| c.iter().all(|&n| n == servers.len()),
+    )
+    .await;
+    assert!(
+        counts.iter().all(|&n| n == servers.len()),
+        "the {} servers did not all see each other within 30 s; live server counts {counts:?}",
+        servers.len()
+    );
+}
+
+fn live_counts(servers: &[Server]) -> Vec<usize> {
+    servers.iter().map(|s| s.members.servers().len()).collect()
+}
 
 /// One running server; dropping it stops its services.
 #[allow(dead_code)] // each test binary uses its own subset
