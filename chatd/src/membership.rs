@@ -408,14 +408,18 @@ impl Service {
 
     /// Announces that this server leaves, then stops.
     pub async fn leave(&self, node: &Node, key: &SigningKey) {
+        // Stop heartbeats first, then leave at a version above any announce
+        // a last heartbeat may have sent meanwhile (a leave applies at its
+        // version or above; a newer announce would bring us back).
+        self.task.abort();
         let (id, version) = {
-            let me = self.me.lock().unwrap_or_else(|e| e.into_inner());
+            let mut me = self.me.lock().unwrap_or_else(|e| e.into_inner());
+            me.version = me.version.saturating_add(1);
             (me.id, me.version)
         };
         let _ = node
             .broadcast(Msg::leave(key, id, version).to_payload())
             .await;
-        self.task.abort();
     }
 }
 

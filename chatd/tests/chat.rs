@@ -15,7 +15,7 @@ use std::time::Duration;
 /// Two servers (keys from `seed`) that had time to see each other.
 async fn two_servers(seed: u8) -> Vec<common::Server> {
     let servers = cluster(2, seed, overlay::Config::local()).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    common::wait_until_formed(&servers).await;
     servers
 }
 
