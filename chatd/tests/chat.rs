@@ -8,8 +8,7 @@ mod common;
 mod procs;
 
 use common::cluster;
-use std::io::Write;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// Two servers (keys from `seed`) that had time to see each other.
@@ -34,20 +33,8 @@ fn fresh_data_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// Starts `chatd chat --name NAME --to FRIEND --server SERVER` on loopback
-/// with piped stdio and a fresh data dir (a new key).
-fn spawn_chat(name: &str, to: &str, server: &common::Server, extra: &[&str]) -> Child {
-    chat_cmd(name, to, server, extra)
-        .env("NO_COLOR", "1")
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start chatd chat")
-}
-
-/// The `chatd chat` command line for [`spawn_chat`].
+/// The `chatd chat --name NAME --to FRIEND --server SERVER` command line
+/// (loopback, a fresh data dir: a new key).
 fn chat_cmd(name: &str, to: &str, server: &common::Server, extra: &[&str]) -> Command {
     let wait: &[&str] = if extra.contains(&"--wait") {
         &[]
@@ -65,21 +52,6 @@ fn chat_cmd(name: &str, to: &str, server: &common::Server, extra: &[&str]) -> Co
     cmd
 }
 
-/// Waits (at most 30 s, then kills) for `child` and collects its output.
-async fn finish(child: Child) -> Output {
-    tokio::task::spawn_blocking(move || {
-        let mut child = child;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap()
-}
-
 /// What one chat run printed.
 struct Run {
     a_got: Vec<String>,
@@ -91,52 +63,29 @@ struct Run {
 }
 
 /// alice on server 0 and bob on server 1 send 20 lines each (alice also one
-/// too-long line), keep stdin open 4 s, then end it; both must exit 0.
+/// too-long line), then their inputs end; both must exit 0.
 async fn chat_pair(servers: &[common::Server], extra: &[&str]) -> Run {
-    let mut alice = spawn_chat("alice", "bob", &servers[0], extra);
-    let mut bob = spawn_chat("bob", "alice", &servers[1], extra);
-    let long = "x".repeat(chatd::chat::MAX_CHARS + 1);
-    let a_lines: Vec<String> = (0..20).map(|i| format!("alice says {i}")).collect();
-    let b_lines: Vec<String> = (0..20).map(|i| format!("bob says {i}")).collect();
-    {
-        let mut a_in = alice.stdin.take().unwrap();
-        let mut b_in = bob.stdin.take().unwrap();
-        for (i, (a, b)) in a_lines.iter().zip(&b_lines).enumerate() {
-            writeln!(a_in, "{a}").unwrap();
-            writeln!(b_in, "{b}").unwrap();
-            if i == 10 {
-                writeln!(a_in, "{long}").unwrap();
-            }
+    let mut alice = procs::Proc::spawn(chat_cmd("alice", "bob", &servers[0], extra));
+    let mut bob = procs::Proc::spawn(chat_cmd("bob", "alice", &servers[1], extra));
+    let a_lines = procs::says("alice", 0..20);
+    let b_lines = procs::says("bob", 0..20);
+    let mut a_typed = a_lines.clone();
+    a_typed.insert(11, "x".repeat(chatd::chat::MAX_CHARS + 1));
+    alice.write_lines(&a_typed);
+    bob.write_lines(&b_lines);
+    tokio::task::spawn_blocking(move || {
+        procs::end_both(&mut alice, &mut bob);
+        Run {
+            a_got: alice.out(),
+            b_got: bob.out(),
+            a_err: alice.err(),
+            b_err: bob.err(),
+            a_lines,
+            b_lines,
         }
-        // Keep stdin open a moment so the conversation can happen, then EOF.
-        tokio::time::sleep(Duration::from_secs(4)).await;
-    }
-    let a_out = finish(alice).await;
-    let b_out = finish(bob).await;
-    let a_err = String::from_utf8_lossy(&a_out.stderr).to_string();
-    let b_err = String::from_utf8_lossy(&b_out.stderr).to_string();
-    assert!(
-        a_out.status.success(),
-        "alice failed:\n{a_err}\nbob:\n{b_err}"
-    );
-    assert!(
-        b_out.status.success(),
-        "bob failed:\n{b_err}\nalice:\n{a_err}"
-    );
-    let lines = |b: &[u8]| -> Vec<String> {
-        String::from_utf8_lossy(b)
-            .lines()
-            .map(String::from)
-            .collect()
-    };
-    Run {
-        a_got: lines(&a_out.stdout),
-        b_got: lines(&b_out.stdout),
-        a_err,
-        b_err,
-        a_lines,
-        b_lines,
-    }
+    })
+    .await
+    .unwrap()
 }
 
 fn assert_exactly_once_in_order(r: &Run) {
@@ -264,9 +213,13 @@ async fn a_client_moves_to_the_least_loaded_server() {
     })
     .await;
     assert!(loaded, "server 0's load never showed");
-    let carol = spawn_chat("carol", "nobody", &servers[0], &["--wait", "1"]);
-    let out = finish(carol).await;
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let mut carol = procs::Proc::spawn(chat_cmd("carol", "nobody", &servers[0], &["--wait", "1"]));
+    let (status, err) = tokio::task::spawn_blocking(move || {
+        let status = carol.wait_exit(Duration::from_secs(60));
+        (status, carol.err())
+    })
+    .await
+    .unwrap();
     let addr1 = servers[1].node.addr().addr.to_string();
     assert!(
         err.contains("lists a less loaded server") && err.contains(&addr1),
@@ -276,6 +229,6 @@ async fn a_client_moves_to_the_least_loaded_server() {
         err.contains("nobody did not come online within 1s"),
         "{err}"
     );
-    assert!(!out.status.success());
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{err}");
     shutdown(&servers).await;
 }

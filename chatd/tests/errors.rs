@@ -5,9 +5,12 @@
 //! Every wait has a deadline and waits for a condition (never for a fixed
 //! time); every child is killed, by its handle, when its test ends.
 
+mod procs;
+
+use procs::TempDir;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,28 +18,6 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_chatd");
 /// Upper bound of every wait (generous: the machine may be busy).
 const LIMIT: Duration = Duration::from_secs(90);
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("chatd-errors-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `chatd ARGS` in `dir`, with RUST_BACKTRACE=1 and no RUST_LOG.
 fn chatd(dir: &Path, args: &[&str]) -> Command {

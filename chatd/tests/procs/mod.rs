@@ -26,6 +26,10 @@ impl TempDir {
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir(path)
     }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
 }
 
 impl Drop for TempDir {
