@@ -273,6 +273,25 @@ fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let key_path = args
         .key
         .unwrap_or_else(|| data_dir.join(chatd::friends::KEY_FILE));
+    // One chat per key: a second client with the same key would replace the
+    // first one's record (same id) and neither would find its friend.
+    let lock_path = key_path.with_extension("lock");
+    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock() {
+        anyhow::bail!(
+            "another `chatd chat` is running with the key {} — two clients with one key \
+             would be one peer; give this one its own --data-dir (or --key)",
+            key_path.display()
+        );
+    }
     let (keypair, created) = Keypair::load_or_create(&key_path)?;
     if created {
         eprintln!(
@@ -306,6 +325,7 @@ fn chat(args: ChatArgs) -> anyhow::Result<()> {
     // Do not wait for the stdin reader: after Ctrl-C or the friend
     // leaving, stdin may still be open.
     runtime.shutdown_timeout(Duration::from_millis(200));
+    drop(lock);
     res
 }
 

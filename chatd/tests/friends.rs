@@ -160,3 +160,28 @@ fn two_clients_chat_over_ipv6_loopback() {
     let id = client_id(&tmp.0.join("b"));
     assert!(alice.err().contains(&id), "{}", alice.err());
 }
+
+/// Two clients with one key would be one peer: the second is refused in
+/// words while the first runs.
+#[test]
+fn a_second_chat_with_the_same_key_is_refused() {
+    let c = Cluster::start("friends-lock", 1, "127.0.0.1");
+    let tmp = TempDir::new("friends-lock-clients");
+    let s = c.servers[0].addr.as_str();
+    let dir = tmp.0.join("shared");
+    let first = chat(&dir, "alice", "nobody", &[s], &[]);
+    assert!(
+        first.wait_err(LIMIT, "waiting for nobody"),
+        "{}",
+        first.err()
+    );
+    let mut second = chat(&dir, "bob", "nobody", &[s], &[]);
+    let st = second.wait_exit(LIMIT);
+    let err = second.err();
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{err}");
+    assert!(
+        err.contains("another `chatd chat` is running with the key"),
+        "{err}"
+    );
+    assert!(err.contains("--data-dir"), "{err}");
+}
