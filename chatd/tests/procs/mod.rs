@@ -7,7 +7,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -193,22 +193,6 @@ pub struct Cluster {
     _tmp: TempDir,
 }
 
-/// A free port on `host` for `kind` ("udp" or "tcp"); held sockets keep
-/// every chosen port distinct.
-fn free_ports(host: &str, n: usize) -> (Vec<u16>, Vec<u16>) {
-    let ip: std::net::IpAddr = host.parse().unwrap();
-    let udp: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind((ip, 0)).expect("bind udp"))
-        .collect();
-    let tcp: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind tcp"))
-        .collect();
-    (
-        udp.iter().map(|s| s.local_addr().unwrap().port()).collect(),
-        tcp.iter().map(|s| s.local_addr().unwrap().port()).collect(),
-    )
-}
-
 fn keygen(path: &Path) -> String {
     let out = Command::new(BIN)
         .args(["keygen", "--out"])
@@ -222,7 +206,6 @@ fn keygen(path: &Path) -> String {
 impl Cluster {
     pub fn start(name: &str, n: usize, host: &str) -> Cluster {
         let tmp = TempDir::new(name);
-        let (quic, admin) = free_ports(host, n);
         let dirs: Vec<PathBuf> = (0..n).map(|i| tmp.0.join(format!("srv{i}"))).collect();
         let ids: Vec<String> = dirs
             .iter()
@@ -231,30 +214,27 @@ impl Cluster {
                 keygen(&d.join("chatd.key"))
             })
             .collect();
-        let bracket = |h: &str| {
-            if h.contains(':') {
-                format!("[{h}]")
-            } else {
-                h.to_string()
-            }
+        let listen = if host.contains(':') {
+            format!("[{host}]:0")
+        } else {
+            format!("{host}:0")
         };
-        let addrs: Vec<String> = (0..n)
-            .map(|i| format!("{}@{}:{}", ids[i], bracket(host), quic[i]))
-            .collect();
-        let mut servers = Vec::new();
+        let mut servers: Vec<ServerProc> = Vec::new();
         for i in 0..n {
+            // Port 0 (the kernel picks; nothing to race for): the start line
+            // says which.
             let mut cmd = Command::new(BIN);
             cmd.arg("serve")
-                .args(["--listen", &format!("{}:{}", bracket(host), quic[i])])
-                .args(["--admin", &format!("127.0.0.1:{}", admin[i])])
+                .args(["--listen", &listen])
+                .args(["--admin", "127.0.0.1:0"])
                 .arg("--data-dir")
                 .arg(&dirs[i])
                 .args(["--preset", "local"]);
             for id in &ids {
                 cmd.args(["--allow", id]);
             }
-            if i > 0 {
-                cmd.args(["--bootstrap", &addrs[0]]);
+            if let Some(first) = servers.first() {
+                cmd.args(["--bootstrap", &first.addr]);
             }
             let p = Proc::spawn(cmd);
             assert!(
@@ -262,10 +242,18 @@ impl Cluster {
                 "server {i} did not start:\n{}",
                 p.err()
             );
+            let start: serde_json::Value =
+                serde_json::from_str(&p.out()[0]).expect("the start line is JSON");
+            let addr = start["addr"].as_str().expect("addr").to_string();
+            let admin = start["admin"]
+                .as_str()
+                .and_then(|a| a.rsplit(':').next()?.parse().ok())
+                .expect("admin port");
+            assert_eq!(start["id"], ids[i].as_str());
             servers.push(ServerProc {
                 id: ids[i].clone(),
-                addr: addrs[i].clone(),
-                admin: admin[i],
+                addr,
+                admin,
                 proc: Some(p),
             });
         }
