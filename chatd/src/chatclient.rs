@@ -35,7 +35,7 @@ use crate::registry::{FriendRef, Notice, read_msg, unix_millis, write_msg};
 use anyhow::Context;
 use overlay::PeerId;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
@@ -85,6 +85,8 @@ const RECORD_TTL: Duration = Duration::from_secs(600);
 const REFRESH_EVERY: Duration = Duration::from_secs(300);
 /// A server that failed is tried last, and not moved to, for this long.
 const SUSPECT_FOR: Duration = Duration::from_secs(60);
+/// Most servers tried, one after the other, to find a home.
+const MAX_TRIES: usize = 8;
 /// Most servers a client remembers.
 const MAX_KNOWN_SERVERS: usize = 64;
 
@@ -157,6 +159,11 @@ async fn chat_until_done(
         wanted = FriendRef::Id(friend.body.peer);
         if breaks > 0 {
             chat.path_changed();
+            // Input that ended before the break gets a full wait on the new
+            // path for its acknowledgements.
+            if input.closed_at.is_some() {
+                input.closed_at = Some(Instant::now());
+            }
         }
         let end = converse(path, chat, input, client, opts, &homes, &mut home).await;
         match end {
@@ -249,6 +256,10 @@ struct Homes {
     next_seq: AtomicU64,
     /// Servers that failed us lately, and when: tried last, not moved to.
     failed: Mutex<Vec<(PeerId, Instant)>>,
+    /// When our record was last registered (refreshes count from here).
+    registered_at: Mutex<Option<Instant>>,
+    /// When we last moved to another server (moves are paced).
+    moved_at: Mutex<Option<Instant>>,
 }
 
 /// The current home server: the session our record lives on.
@@ -272,7 +283,18 @@ impl Homes {
             v6: bind.is_ipv6(),
             next_seq: AtomicU64::new(0),
             failed: Mutex::new(Vec::new()),
+            registered_at: Mutex::new(None),
+            moved_at: Mutex::new(None),
         }
+    }
+
+    /// Whether the record is due for a refresh ([`REFRESH_EVERY`] since
+    /// the last registration; a failed refresh stays due).
+    fn refresh_due(&self) -> bool {
+        self.registered_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() >= REFRESH_EVERY)
     }
 
     /// Remembers that `server` failed (for [`SUSPECT_FOR`]).
@@ -338,6 +360,8 @@ impl Homes {
         };
         let mut order = known;
         order.sort_by_key(rank);
+        // Each try may take the 5 s connect timeout: a bounded few.
+        order.truncate(MAX_TRIES);
         order
     }
 
@@ -387,6 +411,7 @@ impl Homes {
         record.body.nat = home.nat;
         let record = PeerRecord::sign(client.signing_key(), record.body);
         session.register(record).await?;
+        *self.registered_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         status(&format!(
             "registered as {} with public address {public} (NAT mapping: {})",
             Id(client.id()),
@@ -409,6 +434,13 @@ impl Homes {
         ));
         session.close();
         self.mark_failed(dead.id.0);
+        // A server that takes us and drops us at once must not make us
+        // register (and withdraw) in a loop.
+        let last = *self.moved_at.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(wait) = last.and_then(|at| REHOME_RETRY.checked_sub(at.elapsed())) {
+            tokio::time::sleep(wait).await;
+        }
+        *self.moved_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.establish(client, opts).await
     }
 }
@@ -456,6 +488,14 @@ async fn find_friend(
                     tokio::time::sleep(MEET_POLL).await;
                 }
             }
+            continue;
+        }
+        // A long wait outlasts a record's validity: refresh it meanwhile.
+        if homes.refresh_due()
+            && let Err(e) = homes.reregister(client, opts, home).await
+        {
+            tracing::debug!(error = %e, "refresh failed; moving to another server");
+            home.session.close();
             continue;
         }
         match home.session.meet(wanted.clone()).await {
@@ -808,8 +848,8 @@ struct Input {
     lines: tokio::sync::mpsc::Receiver<String>,
     stop: tokio::sync::mpsc::Receiver<()>,
     chatting: Arc<AtomicBool>,
-    /// Messages not acknowledged, for the words of a hard exit.
-    pending: Arc<AtomicUsize>,
+    /// The texts not acknowledged, for the words of a hard exit.
+    pending: Arc<Mutex<Vec<String>>>,
     open: bool,
     closed_at: Option<Instant>,
 }
@@ -826,7 +866,7 @@ impl Input {
             }
         });
         let chatting = Arc::new(AtomicBool::new(false));
-        let pending = Arc::new(AtomicUsize::new(0));
+        let pending: Arc<Mutex<Vec<String>>> = Arc::default();
         let (stop_tx, stop) = tokio::sync::mpsc::channel(1);
         let (in_chat, unacked) = (chatting.clone(), pending.clone());
         tokio::spawn(async move {
@@ -846,9 +886,13 @@ impl Input {
                 }
                 times += 1;
                 if times > 1 || !in_chat.load(Ordering::SeqCst) {
-                    match unacked.load(Ordering::SeqCst) {
+                    let lost = unacked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    match lost.len() {
                         0 => status("interrupted"),
-                        n => status(&format!("interrupted: {n} message(s) not delivered")),
+                        n => status(&format!("interrupted: {n} message(s) not delivered:")),
+                    }
+                    for text in lost {
+                        status(&format!("  not delivered: {text}"));
                     }
                     // Tell the servers at once (our record goes offline now,
                     // not after an idle timeout).
@@ -918,6 +962,8 @@ enum End {
 /// How long after our input ends we wait for acknowledgements and for the
 /// friend to finish too.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How often a chatting client checks whether its record is due.
+const REFRESH_CHECK: Duration = Duration::from_secs(10);
 /// After a failed move to another server, the next try waits this long.
 const REHOME_RETRY: Duration = Duration::from_secs(2);
 
@@ -962,8 +1008,7 @@ async fn converse<'a>(
         }
     });
     let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut refresh =
-        tokio::time::interval_at(tokio::time::Instant::now() + REFRESH_EVERY, REFRESH_EVERY);
+    let mut refresh = tokio::time::interval(REFRESH_CHECK);
     let mut upkeep: Option<Upkeep<'a>> = None;
     let mut rehome_after = tokio::time::Instant::now();
     input.chatting.store(true, Ordering::SeqCst);
@@ -987,7 +1032,7 @@ async fn converse<'a>(
                 let dead = home.session.clone();
                 upkeep = Some(Box::pin(async move { homes.rehome(client, opts, &dead).await.map(Some) }));
             }
-            _ = refresh.tick(), if upkeep.is_none() => {
+            _ = refresh.tick(), if upkeep.is_none() && homes.refresh_due() => {
                 let current = home.clone();
                 upkeep = Some(Box::pin(async move { homes.reregister(client, opts, &current).await.map(|()| None) }));
             }
@@ -1010,7 +1055,12 @@ async fn converse<'a>(
                         break;
                     }
                 }
-                input.pending.store(session.pending(), Ordering::SeqCst);
+                {
+                    let mut p = input.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    if session.pending() > 0 || !p.is_empty() {
+                        *p = session.undelivered();
+                    }
+                }
                 if let Some(e) = broke {
                     break End::Broke(e);
                 }

@@ -78,9 +78,16 @@ impl KnownFriends {
         }
     }
 
-    /// Pins `name` to `id` (replacing an older pin) and writes the file
-    /// (atomically: a temp file renamed over it).
+    /// Pins `name` to `id` (replacing an older pin) and writes the file:
+    /// re-read first (another chat with this data dir may have pinned
+    /// someone meanwhile), then a temp file of this process renamed over it.
     pub fn remember(&mut self, name: &str, id: PeerId) -> anyhow::Result<()> {
+        if let Ok(text) = std::fs::read_to_string(&self.path) {
+            let (on_disk, _) = parse(&text);
+            for (n, i) in on_disk {
+                self.by_name.entry(n).or_insert(i);
+            }
+        }
         self.by_name.insert(name.to_string(), id);
         if let Some(dir) = self.path.parent()
             && !dir.as_os_str().is_empty()
@@ -88,9 +95,16 @@ impl KnownFriends {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, format(&self.by_name))
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        let tmp = self
+            .path
+            .with_extension(format!("tmp.{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(format(&self.by_name).as_bytes())?;
+            f.sync_all()
+        };
+        write().with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, &self.path)
             .with_context(|| format!("cannot write {}", self.path.display()))?;
         Ok(())
@@ -165,6 +179,22 @@ mod tests {
         k.remember("bob", id).unwrap();
         let k = KnownFriends::load(&path).unwrap();
         assert_eq!(k.pin("bob"), Pin::Known(id));
+        // Two chats on one data dir, each pinning someone: both pins kept.
+        let (mut one, mut two) = (
+            KnownFriends::load(&path).unwrap(),
+            KnownFriends::load(&path).unwrap(),
+        );
+        let (c, d) = (
+            Keypair::from_seed([4; 32]).id().0,
+            Keypair::from_seed([5; 32]).id().0,
+        );
+        one.remember("carol", c).unwrap();
+        two.remember("dave", d).unwrap();
+        let k = KnownFriends::load(&path).unwrap();
+        assert_eq!(
+            (k.pin("bob"), k.pin("carol"), k.pin("dave")),
+            (Pin::Known(id), Pin::Known(c), Pin::Known(d))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

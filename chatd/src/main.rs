@@ -285,12 +285,17 @@ fn chat(args: ChatArgs) -> anyhow::Result<()> {
         .write(true)
         .open(&lock_path)
         .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    if let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock() {
-        anyhow::bail!(
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::Error(e)) => eprintln!(
+            "chatd: warning: cannot lock {} ({e}); make sure no other chat uses this key",
+            lock_path.display()
+        ),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
             "another `chatd chat` is running with the key {} — two clients with one key \
              would be one peer; give this one its own --data-dir (or --key)",
             key_path.display()
-        );
+        ),
     }
     let (keypair, created) = Keypair::load_or_create(&key_path)?;
     if created {

@@ -31,8 +31,9 @@ pub const MAX_TTL: u64 = 86_400;
 /// (e.g. `u64::MAX`, which would win every lookup forever) is refused.
 pub const MAX_SEQ_AHEAD_MS: u64 = 600_000;
 /// A withdrawal's `expires_at` lies this far in the past (seconds), so it is
-/// expired at every server even if the client's clock runs ahead.
-pub const WITHDRAWAL_BACKDATE: u64 = 120;
+/// expired at every server even if the client's clock runs ahead by as much
+/// as [`MAX_SEQ_AHEAD_MS`] allows (and a minute more).
+pub const WITHDRAWAL_BACKDATE: u64 = MAX_SEQ_AHEAD_MS / 1000 + 60;
 /// Most records one name lookup returns.
 pub const MAX_NAME_MATCHES: usize = 16;
 
@@ -147,6 +148,13 @@ impl PeerRecord {
         if w.expires_at > now_unix {
             return Err(RecordError::Invalid(
                 "the withdrawal must already be expired",
+            ));
+        }
+        // Kept MAX_TTL after its expiry, it must outlive the live record, or
+        // anti-entropy from a server that missed it could bring that back.
+        if w.expires_at.saturating_add(MAX_TTL) < l.expires_at {
+            return Err(RecordError::Invalid(
+                "the withdrawal must not expire more than a day before the record",
             ));
         }
         Ok(())
@@ -553,6 +561,13 @@ mod tests {
         later.expires_at = now + 10;
         let later = PeerRecord::sign(alice.signing_key(), later);
         assert!(later.check_withdrawal(&live, now).is_err());
+        let mut early = w.body.clone();
+        early.expires_at = 0;
+        let early = PeerRecord::sign(alice.signing_key(), early);
+        assert!(
+            early.check_withdrawal(&live, now).is_err(),
+            "a tombstone forgotten before the record expires"
+        );
         let forged = PeerRecord::withdrawal(mallory.signing_key(), &live.body, now);
         assert_eq!(
             forged.check_withdrawal(&live, now),

@@ -144,3 +144,34 @@ fn a_message_that_could_not_be_delivered_is_named_before_exit() {
     assert!(err.contains("1 message(s) were not delivered"), "{err}");
     assert!(err.contains("not delivered: are you there?"), "{err}");
 }
+
+/// While alice waits for bob, her only server dies: she moves to the other
+/// one, and when bob comes online there they chat.
+#[test]
+fn a_client_waiting_for_its_friend_moves_when_its_server_dies() {
+    let mut c = Cluster::start("failover-waiting", 2, "127.0.0.1");
+    let tmp = TempDir::new("failover-waiting-clients");
+    let (s0, s1) = (c.servers[0].addr.clone(), c.servers[1].addr.clone());
+    let mut alice = chat(&tmp.0.join("alice"), "alice", "bob", &[&s0], &[]);
+    assert!(alice.wait_err(LIMIT, "waiting for bob"), "{}", alice.err());
+    let home = server_named(&c, &alice, "connected to server");
+    c.kill(home);
+    assert!(
+        alice.wait_err(LIMIT, "lost the connection to server")
+            && alice.wait_err_count(LIMIT, "registered as", 2),
+        "{}",
+        alice.err()
+    );
+    let other = if home == 0 { &s1 } else { &s0 };
+    let mut bob = chat(&tmp.0.join("bob"), "bob", "alice", &[other], &[]);
+    exchange(
+        &mut alice,
+        &mut bob,
+        &says("alice", 0..3),
+        &says("bob", 0..3),
+        3,
+    );
+    end_both(&mut alice, &mut bob);
+    assert_eq!(bob.out(), says("alice", 0..3));
+    assert_eq!(alice.out(), says("bob", 0..3));
+}
