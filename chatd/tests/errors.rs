@@ -430,3 +430,26 @@ fn a_relative_key_flag_is_relative_to_the_current_directory() {
     );
     assert!(abs.exists());
 }
+
+/// `chatd chat --help` shows its two example commands on lines of their
+/// own, and the lines a person needs (data dir, pinning).
+#[test]
+fn chat_help_shows_each_example_on_its_own_line() {
+    let tmp = TempDir::new("chat-help");
+    let (status, out, err) = finish(chatd(tmp.path(), &["chat", "--help"]));
+    assert!(status.success(), "{err}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    for example in [
+        "chatd chat --name alice --to bob --server ID@203.0.113.5:7000",
+        "chatd chat --name bob --to alice --server ID@203.0.113.5:7000",
+    ] {
+        assert!(
+            lines.contains(&example),
+            "{example:?} not on its own line:\n{out}"
+        );
+    }
+    assert!(
+        out.contains("--accept-new-key") && out.contains("--data-dir"),
+        "{out}"
+    );
+}
