@@ -190,6 +190,21 @@ pub struct Rendezvous {
     presence: std::collections::HashMap<PeerId, (usize, PeerRecord)>,
 }
 
+/// Merges `record` into our table and, if it was newer, broadcasts it to
+/// every server.
+async fn store(
+    node: &Node,
+    table: &Mutex<PeerTable>,
+    record: &PeerRecord,
+) -> Result<crate::peertable::Merged, crate::peertable::RecordError> {
+    let merged = table
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .merge(record.clone(), unix_now())?;
+    replicate_record(node, record).await;
+    Ok(merged)
+}
+
 /// Broadcasts `record` to every server (payload tag [`TAG`]).
 async fn replicate_record(node: &Node, record: &PeerRecord) {
     let mut payload = vec![TAG];
@@ -566,15 +581,10 @@ async fn serve_clients(
             };
             // Presence is the connection: the record goes offline everywhere.
             if let Some(w) = withdrawal {
-                let res = table
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .merge(w.clone(), unix_now());
-                match res {
+                match store(&node, &table, &w).await {
                     Ok(_) => {
                         metrics::counter!("chatd_clients_gone_total").increment(1);
                         tracing::debug!(peer = %Id(peer), "client connection ended: record withdrawn");
-                        replicate_record(&node, &w).await;
                     }
                     // A newer record (re-registered elsewhere) already won.
                     Err(e) => {
@@ -610,11 +620,7 @@ async fn register(
             conn.remote_address()
         ));
     }
-    let res = table
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .merge(record.clone(), unix_now());
-    match res {
+    match store(node, table, &record).await {
         Ok(_) => {
             if let Some(withdrawal) = withdrawal {
                 let mut r = rdv.lock().unwrap_or_else(|e| e.into_inner());
@@ -628,7 +634,6 @@ async fn register(
                     .presence
                     .remove(&peer);
             }
-            replicate_record(node, &record).await;
             record_arrived(node, table, rdv, &record).await;
             Response::Registered
         }
