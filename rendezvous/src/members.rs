@@ -1,0 +1,409 @@
+//! Server membership: which servers are alive, where, and how loaded.
+//!
+//! Every server broadcasts on the overlay a signed `Announce` of its own
+//! record (addresses, load, a version that only grows) when it starts and
+//! every heartbeat, and a signed `Leave` when it shuts down. Failure
+//! detection combines connection loss and suspicion (SWIM-like):
+//! - a server whose connection to X fails broadcasts a signed `Suspect(X,
+//!   version)`;
+//! - X, on hearing it, refutes by announcing a higher version;
+//! - X is declared dead once a *second* server suspects the same version,
+//!   or when nothing was heard from it for `dead_after`.
+//!
+//! Records are signed by their server (suspicions by the suspecting
+//! server), so a member cannot forge another's announce or leave. Pure
+//! merge rules over [`Time`]; [`crate::server::Server`] feeds them.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use overlay::{PeerId, Time};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A server's self-description.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    /// Who.
+    pub id: PeerId,
+    /// Where clients and servers dial it.
+    pub addrs: Vec<SocketAddr>,
+    /// Registered clients.
+    pub clients: u32,
+    /// How many clients it is configured for.
+    pub capacity: u32,
+    /// Grows with every announce (and across restarts: it starts from the
+    /// wall clock in milliseconds).
+    pub version: u64,
+}
+
+impl ServerRecord {
+    /// Load in 0..1 (clients / capacity); a server without capacity is full.
+    pub fn load(&self) -> f64 {
+        if self.capacity == 0 {
+            1.0
+        } else {
+            f64::from(self.clients) / f64::from(self.capacity)
+        }
+    }
+}
+
+/// A membership message, as broadcast (payload tag 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// A server's current record, signed by it.
+    Announce {
+        /// The record.
+        record: ServerRecord,
+        /// ed25519 signature of `record` by `record.id`.
+        sig: Vec<u8>,
+    },
+    /// A server leaves for good, signed by it.
+    Leave {
+        /// Who.
+        id: PeerId,
+        /// Its last version.
+        version: u64,
+        /// Signature by `id`.
+        sig: Vec<u8>,
+    },
+    /// `by` lost its connection to `id` while it was at `version`.
+    Suspect {
+        /// The suspect.
+        id: PeerId,
+        /// The version suspected.
+        version: u64,
+        /// Who suspects.
+        by: PeerId,
+        /// Signature by `by`.
+        sig: Vec<u8>,
+    },
+}
+
+/// Why a membership message was ignored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MsgError {
+    /// Not a membership payload or not decodable.
+    #[error("malformed membership message")]
+    Malformed,
+    /// The signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+}
+
+fn signed_bytes<T: Serialize>(domain: &str, value: &T) -> Vec<u8> {
+    let mut out = domain.as_bytes().to_vec();
+    out.extend(postcard::to_allocvec(value).unwrap_or_default());
+    out
+}
+
+fn sign<T: Serialize>(key: &SigningKey, domain: &str, value: &T) -> Vec<u8> {
+    key.sign(&signed_bytes(domain, value)).to_bytes().to_vec()
+}
+
+fn verify<T: Serialize>(
+    signer: &PeerId,
+    domain: &str,
+    value: &T,
+    sig: &[u8],
+) -> Result<(), MsgError> {
+    let key = VerifyingKey::from_bytes(signer.as_bytes()).map_err(|_| MsgError::BadSignature)?;
+    let sig = Signature::from_slice(sig).map_err(|_| MsgError::BadSignature)?;
+    key.verify(&signed_bytes(domain, value), &sig)
+        .map_err(|_| MsgError::BadSignature)
+}
+
+impl Msg {
+    /// A signed announce of `record`.
+    pub fn announce(key: &SigningKey, record: ServerRecord) -> Msg {
+        let sig = sign(key, "chatd-announce-v1", &record);
+        Msg::Announce { record, sig }
+    }
+
+    /// A signed leave.
+    pub fn leave(key: &SigningKey, id: PeerId, version: u64) -> Msg {
+        let sig = sign(key, "chatd-leave-v1", &(id, version));
+        Msg::Leave { id, version, sig }
+    }
+
+    /// A signed suspicion.
+    pub fn suspect(key: &SigningKey, id: PeerId, version: u64, by: PeerId) -> Msg {
+        let sig = sign(key, "chatd-suspect-v1", &(id, version, by));
+        Msg::Suspect {
+            id,
+            version,
+            by,
+            sig,
+        }
+    }
+
+    /// Verifies the signature of the message.
+    pub fn verify(&self) -> Result<(), MsgError> {
+        match self {
+            Msg::Announce { record, sig } => verify(&record.id, "chatd-announce-v1", record, sig),
+            Msg::Leave { id, version, sig } => verify(id, "chatd-leave-v1", &(id, version), sig),
+            Msg::Suspect {
+                id,
+                version,
+                by,
+                sig,
+            } => verify(by, "chatd-suspect-v1", &(id, version, by), sig),
+        }
+    }
+}
+
+/// What we believe about one server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// Heard from recently, no open suspicion.
+    Alive,
+    /// Suspected at its current version by these servers.
+    Suspect(BTreeSet<PeerId>),
+    /// Declared dead (suspicion confirmed or silence).
+    Dead,
+    /// Left for good.
+    Left,
+}
+
+/// One server in the table.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Its latest record.
+    pub record: ServerRecord,
+    /// What we believe.
+    pub liveness: Liveness,
+    /// When we last heard its announce.
+    pub heard: Time,
+}
+
+/// What the table asks its driver to broadcast.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Nothing to say.
+    None,
+    /// Refute a suspicion of us: announce a newer version.
+    Refute,
+}
+
+/// The membership table: pure merge rules, no I/O.
+#[derive(Debug)]
+pub struct Members {
+    me: PeerId,
+    entries: BTreeMap<PeerId, Entry>,
+    dead_after: Duration,
+}
+
+impl Members {
+    /// An empty table for server `me`.
+    pub fn new(me: PeerId, dead_after: Duration) -> Self {
+        Members {
+            me,
+            entries: BTreeMap::new(),
+            dead_after,
+        }
+    }
+
+    /// Applies a verified message received at `now`.
+    pub fn apply(&mut self, msg: &Msg, now: Time) -> Reply {
+        match msg {
+            Msg::Announce { record, .. } => {
+                if record.id == self.me {
+                    return Reply::None;
+                }
+                match self.entries.get_mut(&record.id) {
+                    Some(e) if record.version <= e.record.version => {}
+                    Some(e) => {
+                        e.record = record.clone();
+                        e.liveness = Liveness::Alive;
+                        e.heard = now;
+                    }
+                    None => {
+                        self.entries.insert(
+                            record.id,
+                            Entry {
+                                record: record.clone(),
+                                liveness: Liveness::Alive,
+                                heard: now,
+                            },
+                        );
+                    }
+                }
+                Reply::None
+            }
+            Msg::Leave { id, version, .. } => {
+                if let Some(e) = self.entries.get_mut(id)
+                    && *version >= e.record.version
+                {
+                    e.liveness = Liveness::Left;
+                }
+                Reply::None
+            }
+            Msg::Suspect {
+                id, version, by, ..
+            } => {
+                if *id == self.me {
+                    return Reply::Refute;
+                }
+                self.suspect(*id, *version, *by);
+                Reply::None
+            }
+        }
+    }
+
+    /// Records that `by` suspects `id` at `version` (our own suspicions too).
+    pub fn suspect(&mut self, id: PeerId, version: u64, by: PeerId) {
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        if version != e.record.version {
+            // Older: already refuted by a newer announce. Newer than any
+            // announce we saw: not evidence about the server we know.
+            return;
+        }
+        match &mut e.liveness {
+            Liveness::Alive => e.liveness = Liveness::Suspect(BTreeSet::from([by])),
+            Liveness::Suspect(by_whom) => {
+                by_whom.insert(by);
+                // Confirmed by a second server.
+                if by_whom.len() >= 2 {
+                    e.liveness = Liveness::Dead;
+                }
+            }
+            Liveness::Dead | Liveness::Left => {}
+        }
+    }
+
+    /// Declares dead every server silent for `dead_after`.
+    pub fn expire(&mut self, now: Time) {
+        for e in self.entries.values_mut() {
+            let silent = now.saturating_since(e.heard) > self.dead_after;
+            if silent && matches!(e.liveness, Liveness::Alive | Liveness::Suspect(_)) {
+                e.liveness = Liveness::Dead;
+            }
+        }
+    }
+
+    /// The record we hold for `id`.
+    pub fn get(&self, id: &PeerId) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    /// Whether `id` is believed alive (suspects included).
+    pub fn is_live(&self, id: &PeerId) -> bool {
+        self.entries
+            .get(id)
+            .is_some_and(|e| matches!(e.liveness, Liveness::Alive | Liveness::Suspect(_)))
+    }
+
+    /// Every server we know of, whatever we believe about it.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    /// Servers believed alive (suspects included), other than us.
+    pub fn live(&self) -> impl Iterator<Item = &ServerRecord> {
+        self.entries
+            .values()
+            .filter(|e| matches!(e.liveness, Liveness::Alive | Liveness::Suspect(_)))
+            .map(|e| &e.record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key as the daemon's tests know it.
+    struct Keypair(SigningKey);
+    struct Id(PeerId);
+    impl Keypair {
+        fn from_seed(seed: [u8; 32]) -> Self {
+            Keypair(SigningKey::from_bytes(&seed))
+        }
+        fn id(&self) -> Id {
+            Id(PeerId(self.0.verifying_key().to_bytes()))
+        }
+        fn signing_key(&self) -> &SigningKey {
+            &self.0
+        }
+    }
+
+    fn record(k: &Keypair, version: u64) -> ServerRecord {
+        ServerRecord {
+            id: k.id().0,
+            addrs: vec!["127.0.0.1:1".parse().unwrap()],
+            clients: 1,
+            capacity: 4,
+            version,
+        }
+    }
+
+    #[test]
+    fn messages_are_signed_and_forgeries_refused() {
+        let a = Keypair::from_seed([1; 32]);
+        let b = Keypair::from_seed([2; 32]);
+        let m = Msg::announce(a.signing_key(), record(&a, 5));
+        assert_eq!(m.verify(), Ok(()));
+        // b signs a record claiming to be a.
+        let forged = Msg::announce(b.signing_key(), record(&a, 6));
+        assert_eq!(forged.verify(), Err(MsgError::BadSignature));
+        let leave = Msg::leave(b.signing_key(), a.id().0, 9);
+        assert_eq!(leave.verify(), Err(MsgError::BadSignature));
+    }
+
+    #[test]
+    fn suspicion_needs_a_second_server_and_is_refuted_by_a_newer_version() {
+        let (me, x, s1, s2) = (
+            Keypair::from_seed([1; 32]),
+            Keypair::from_seed([2; 32]),
+            Keypair::from_seed([3; 32]),
+            Keypair::from_seed([4; 32]),
+        );
+        let now = Time::from_secs(100);
+        let mut t = Members::new(me.id().0, Duration::from_secs(20));
+        t.apply(&Msg::announce(x.signing_key(), record(&x, 10)), now);
+        t.suspect(x.id().0, 10, s1.id().0);
+        assert!(matches!(
+            t.get(&x.id().0).unwrap().liveness,
+            Liveness::Suspect(_)
+        ));
+        assert_eq!(t.live().count(), 1, "a suspect still counts as live");
+        // x refutes with a newer version: alive again.
+        t.apply(&Msg::announce(x.signing_key(), record(&x, 11)), now);
+        assert_eq!(t.get(&x.id().0).unwrap().liveness, Liveness::Alive);
+        // A stale suspicion of version 10 changes nothing.
+        t.suspect(x.id().0, 10, s2.id().0);
+        assert_eq!(t.get(&x.id().0).unwrap().liveness, Liveness::Alive);
+        // Two servers suspect version 11: dead.
+        t.suspect(x.id().0, 11, s1.id().0);
+        t.suspect(x.id().0, 11, s2.id().0);
+        assert_eq!(t.get(&x.id().0).unwrap().liveness, Liveness::Dead);
+        assert_eq!(t.live().count(), 0);
+        // A suspicion of us asks for a refutation.
+        let of_me = Msg::suspect(s1.signing_key(), me.id().0, 1, s1.id().0);
+        assert_eq!(t.apply(&of_me, now), Reply::Refute);
+    }
+
+    #[test]
+    fn silence_means_dead_and_leave_means_gone() {
+        let me = Keypair::from_seed([1; 32]);
+        let x = Keypair::from_seed([2; 32]);
+        let y = Keypair::from_seed([3; 32]);
+        let t0 = Time::from_secs(100);
+        let mut t = Members::new(me.id().0, Duration::from_secs(20));
+        t.apply(&Msg::announce(x.signing_key(), record(&x, 1)), t0);
+        t.apply(&Msg::announce(y.signing_key(), record(&y, 1)), t0);
+        t.apply(&Msg::leave(y.signing_key(), y.id().0, 1), t0);
+        assert_eq!(t.get(&y.id().0).unwrap().liveness, Liveness::Left);
+        t.expire(t0 + Duration::from_secs(10));
+        assert_eq!(t.live().count(), 1);
+        t.expire(t0 + Duration::from_secs(21));
+        assert_eq!(t.live().count(), 0);
+        // A later announce (a restart) brings it back.
+        t.apply(
+            &Msg::announce(x.signing_key(), record(&x, 2)),
+            t0 + Duration::from_secs(22),
+        );
+        assert_eq!(t.live().count(), 1);
+    }
+}

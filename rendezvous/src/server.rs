@@ -1,0 +1,1908 @@
+//! The rendezvous server as a state machine: fed [`Input`]s with the time,
+//! drained for [`Output`]s. No sockets, no clock, no threads; the same
+//! inputs give the same outputs (the driver in `chatd` and the simulator in
+//! `sim` are its two drivers).
+//!
+//! What it holds for anonymous clients, and the bound on each:
+//!
+//! | held | bound | refusal |
+//! |---|---|---|
+//! | client connections | `max_connections`, `per_ip_connections` per address (IPv6: per /64) | `TooManyConnections`, closed |
+//! | live registrations | `capacity` here, `per_ip_records` per address, `max_records` in the table, and per home server on replicated records | `ServerFull`, `QuotaAddress`, `TableFull` |
+//! | new identities | `new_ids_per_min` per address | `QuotaNewIds` |
+//! | costly requests (register, meet, relay) | a token bucket per connection and per address | `RateLimited` with retry-after |
+//! | broadcasts clients cause | a token bucket for the whole server | `RateLimited` |
+//! | waiting meets | `max_waits_per_conn`, `max_waits` | `TooManyWaits` |
+//! | relay halves and sessions | per client, per address, per server; only after a meeting | `RelayLimit`, `RelayFull`, `RelayNotMet` |
+//! | notices | one bounded writer per connection (the driver's) | dropped, counted |
+//!
+//! Presence is the connection: a live record is registered with its
+//! withdrawal ([`Request::RegisterLive`]), published when the connection
+//! closes. A registration is acknowledged once another live server has
+//! stored it ([`ServerMsg::Store`]/[`ServerMsg::Stored`]), or at once when
+//! this server is alone in its cluster (there is nobody to copy it to).
+//!
+//! Anti-entropy is paged and stateless: digests ([`ServerMsg::Digest`]),
+//! then for at most `sync_buckets_per_round` differing buckets pages of
+//! versions by id range, then records and wants, every message bounded; a
+//! round that found differences is followed by another after
+//! `sync_retry`, so tables of any size converge, and records learned this
+//! way trigger digests to the other neighbors (an epidemic push).
+
+use crate::limit::TokenBucket;
+use crate::members::{Liveness, Members, Msg, Reply, ServerRecord};
+use crate::proto::{
+    ErrorCode, FriendRef, MAX_NAME_MATCHES, MAX_SERVERS_LISTED, Notice, Payload, Refusal, Request,
+    Response, ServerMsg,
+};
+use crate::record::{MAX_SEQ_AHEAD_MS, MAX_TTL, PeerRecord, RecordError, check_name};
+use crate::table::{BUCKETS, Digest, PeerTable};
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use overlay::{PeerId, Time};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A client connection, numbered by the driver.
+pub type ConnId = u64;
+/// A request on a connection (its stream), numbered by the driver.
+pub type ReqId = u64;
+/// A relay session.
+pub type SessionId = u64;
+
+/// The time, both ways: monotonic for timers, Unix milliseconds for
+/// records (their `seq` and `expires_at` are wall-clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic.
+    pub mono: Time,
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// Unix seconds.
+    pub fn unix(&self) -> u64 {
+        self.unix_ms / 1000
+    }
+}
+
+/// What a relay session may carry (the driver enforces it while copying).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Bytes per second in each direction.
+    pub bytes_per_sec: u64,
+    /// Bytes in all, both directions, before the session is closed.
+    pub max_bytes: u64,
+    /// A session silent this long in both directions is closed.
+    pub idle: Duration,
+}
+
+/// Every limit and tempo of the server, with defaults for the open
+/// internet.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Clients this server serves (live registrations homed here); the
+    /// load it announces is registrations / capacity.
+    pub capacity: u32,
+    /// Records (tombstones included) the table holds at most.
+    pub max_records: usize,
+    /// Client connections at once.
+    pub max_connections: usize,
+    /// Client connections from one address (IPv6: one /64).
+    pub per_ip_connections: u32,
+    /// Live registrations homed here from one address (IPv6: one /64).
+    pub per_ip_records: u32,
+    /// New identities one address may register per minute (a burst of
+    /// twice that).
+    pub new_ids_per_min: f64,
+    /// Costly requests (register, meet, relay) per second per connection,
+    /// and the burst.
+    pub conn_rate: (f64, f64),
+    /// The same per address.
+    pub ip_rate: (f64, f64),
+    /// Broadcasts clients may cause per second at this server, and the
+    /// burst.
+    pub broadcast_rate: (f64, f64),
+    /// Meetings one connection may wait for at once.
+    pub max_waits_per_conn: usize,
+    /// Meetings waited for at this server at once.
+    pub max_waits: usize,
+    /// Relay sessions at once.
+    pub relay_sessions: usize,
+    /// Relay streams (waiting or paired) per client.
+    pub relay_per_client: u32,
+    /// Relay streams per address.
+    pub relay_per_ip: u32,
+    /// How long the first of a pair waits for the second.
+    pub relay_wait: Duration,
+    /// A relay needs a meeting through this server within this.
+    pub relay_met_within: Duration,
+    /// Longest relay session.
+    pub relay_lifetime: Duration,
+    /// What a session may carry.
+    pub relay: RelayLimits,
+    /// Membership heartbeat (announce) interval.
+    pub heartbeat: Duration,
+    /// Silence after which a server is declared dead.
+    pub dead_after: Duration,
+    /// Anti-entropy with each neighbor at least this often.
+    pub sync_interval: Duration,
+    /// After a round that found differences, the next one this soon.
+    pub sync_retry: Duration,
+    /// Differing buckets answered per round.
+    pub sync_buckets_per_round: usize,
+    /// Versions per page.
+    pub page_versions: usize,
+    /// Records per message.
+    pub page_records: usize,
+    /// A `Store` not acknowledged within this goes to another server.
+    pub ack_timeout: Duration,
+    /// Servers tried before a registration is refused as not replicated.
+    pub ack_tries: u32,
+    /// Verify ed25519 signatures (the simulator may turn this off).
+    pub verify_signatures: bool,
+    /// The cluster allowlist (`None`: an open cluster).
+    pub allow: Option<BTreeSet<PeerId>>,
+    /// Addresses this server announces.
+    pub advertise: Vec<SocketAddr>,
+    /// Assumed time for a rendezvous to reach another server.
+    pub server_hop: Duration,
+    /// Longest start delay handed out.
+    pub max_start_delay: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            capacity: 10_000,
+            max_records: 1_000_000,
+            max_connections: 20_000,
+            per_ip_connections: 64,
+            per_ip_records: 32,
+            new_ids_per_min: 60.0,
+            conn_rate: (5.0, 20.0),
+            ip_rate: (50.0, 200.0),
+            broadcast_rate: (4_000.0, 8_000.0),
+            max_waits_per_conn: 4,
+            max_waits: 50_000,
+            relay_sessions: 1_000,
+            relay_per_client: 2,
+            relay_per_ip: 8,
+            relay_wait: Duration::from_secs(15),
+            relay_met_within: Duration::from_secs(300),
+            relay_lifetime: Duration::from_secs(3_600),
+            relay: RelayLimits {
+                bytes_per_sec: 256 * 1024,
+                max_bytes: 256 * 1024 * 1024,
+                idle: Duration::from_secs(60),
+            },
+            heartbeat: Duration::from_secs(5),
+            dead_after: Duration::from_secs(20),
+            sync_interval: Duration::from_secs(30),
+            sync_retry: Duration::from_millis(500),
+            sync_buckets_per_round: 32,
+            page_versions: 1024,
+            page_records: 64,
+            ack_timeout: Duration::from_secs(2),
+            ack_tries: 3,
+            verify_signatures: true,
+            allow: None,
+            advertise: Vec::new(),
+            server_hop: Duration::from_millis(50),
+            max_start_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the driver feeds in.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A client connection completed its handshake.
+    ClientConnected {
+        /// The driver's number for it.
+        conn: ConnId,
+        /// Its authenticated key.
+        peer: PeerId,
+        /// Where it comes from.
+        addr: SocketAddr,
+    },
+    /// A request arrived on a stream of a client connection.
+    ClientRequest {
+        /// Which connection.
+        conn: ConnId,
+        /// Which stream (answered with [`Output::Respond`]).
+        req: ReqId,
+        /// What it asks.
+        request: Request,
+        /// The connection's current round-trip time.
+        rtt: Duration,
+    },
+    /// A request that could not be read (too large, undecodable, late).
+    ClientMalformed {
+        /// Which connection.
+        conn: ConnId,
+        /// Which stream.
+        req: ReqId,
+        /// What was wrong.
+        error: String,
+    },
+    /// A client connection ended (closed, reset or timed out).
+    ClientClosed {
+        /// Which connection.
+        conn: ConnId,
+    },
+    /// A relay session ended in the driver (a side closed, idle, cap).
+    RelayEnded {
+        /// Which.
+        session: SessionId,
+    },
+    /// A broadcast arrived from the overlay.
+    Delivery {
+        /// The server that broadcast it.
+        origin: PeerId,
+        /// What it carries.
+        payload: Bytes,
+    },
+    /// A server became an overlay neighbor.
+    NeighborUp(PeerId),
+    /// A server stopped being an overlay neighbor.
+    NeighborDown(PeerId),
+    /// A connection to a server failed (not a graceful close): failure
+    /// detection's evidence.
+    PeerFailed(PeerId),
+    /// A message from another server.
+    FromServer {
+        /// Who sent it.
+        from: PeerId,
+        /// What.
+        msg: ServerMsg,
+    },
+    /// The cluster allowlist changed (`None`: open).
+    SetAllow(Option<BTreeSet<PeerId>>),
+    /// This server leaves the cluster for good.
+    Leave,
+    /// Time passed: do what is due (see [`Server::poll_timeout`]).
+    Tick,
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Broadcast to every server.
+    Broadcast(Bytes),
+    /// Send to one server (dial `addr` if there is no connection).
+    ToServer {
+        /// Whom.
+        to: PeerId,
+        /// Where it can be dialed, if not a neighbor.
+        addr: Option<SocketAddr>,
+        /// What.
+        msg: ServerMsg,
+    },
+    /// Answer a request.
+    Respond {
+        /// On which connection.
+        conn: ConnId,
+        /// Which request.
+        req: ReqId,
+        /// The answer.
+        response: Response,
+    },
+    /// Push a notice to a client (through its bounded writer).
+    Notify {
+        /// Which connection.
+        conn: ConnId,
+        /// What.
+        notice: Notice,
+    },
+    /// Close a client connection.
+    Close {
+        /// Which.
+        conn: ConnId,
+        /// QUIC application error code.
+        code: u32,
+        /// Why, in words.
+        reason: &'static str,
+    },
+    /// Two relay requests are paired: answer both `Relaying`, then copy
+    /// between their streams within `limits`.
+    RelayPair {
+        /// The session (reported back with [`Input::RelayEnded`]).
+        session: SessionId,
+        /// One half: its connection and request.
+        a: (ConnId, ReqId),
+        /// The other.
+        b: (ConnId, ReqId),
+        /// What it may carry.
+        limits: RelayLimits,
+    },
+    /// End a relay session (a side left, or its lifetime is over).
+    RelayStop {
+        /// Which.
+        session: SessionId,
+    },
+}
+
+/// Counters for operators, by name (exported as metrics by the driver).
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Refused client requests and connections, by [`ErrorCode::label`].
+    pub refused: BTreeMap<&'static str, u64>,
+    /// Records from other servers not applied, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// Everything else that happened, by name.
+    pub counters: BTreeMap<&'static str, u64>,
+}
+
+impl Stats {
+    fn count(&mut self, name: &'static str) {
+        self.add(name, 1);
+    }
+
+    fn add(&mut self, name: &'static str, n: u64) {
+        *self.counters.entry(name).or_insert(0) += n;
+    }
+
+    /// A counter's value.
+    pub fn get(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+
+    /// Refusals with `code` so far.
+    pub fn refusals(&self, code: ErrorCode) -> u64 {
+        self.refused.get(code.label()).copied().unwrap_or(0)
+    }
+}
+
+/// Where a client comes from, for quotas: its IPv4 address, or its IPv6
+/// /64 (one subscriber's prefix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Source(IpAddr);
+
+impl Source {
+    /// The quota key of `addr`.
+    pub fn of(addr: &SocketAddr) -> Source {
+        match addr.ip() {
+            IpAddr::V4(v4) => Source(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Source(IpAddr::V4(v4)),
+                None => {
+                    let s = v6.segments();
+                    Source(IpAddr::V6(std::net::Ipv6Addr::new(
+                        s[0], s[1], s[2], s[3], 0, 0, 0, 0,
+                    )))
+                }
+            },
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    peer: PeerId,
+    addr: SocketAddr,
+    source: Source,
+    rtt: Duration,
+    costly: TokenBucket,
+    waits: Vec<FriendRef>,
+}
+
+#[derive(Debug)]
+struct Presence {
+    conn: ConnId,
+    source: Source,
+    withdrawal: PeerRecord,
+}
+
+#[derive(Debug)]
+struct RelayHalf {
+    conn: ConnId,
+    req: ReqId,
+    source: Source,
+    since: Time,
+}
+
+#[derive(Debug)]
+struct RelaySession {
+    halves: [(ConnId, PeerId, Source); 2],
+    started: Time,
+}
+
+#[derive(Debug)]
+struct Ack {
+    conn: ConnId,
+    req: ReqId,
+    record: Arc<PeerRecord>,
+    tried: Vec<PeerId>,
+    deadline: Time,
+}
+
+/// Whether a record we hold is older, the same, or newer than one offered.
+enum Held {
+    Missing,
+    Older,
+    Same,
+    Newer(u64),
+}
+
+/// The server.
+#[derive(Debug)]
+pub struct Server {
+    me: PeerId,
+    key: SigningKey,
+    cfg: Config,
+    rng: u64,
+    my_record: ServerRecord,
+    members: Members,
+    table: PeerTable,
+    conns: BTreeMap<ConnId, Conn>,
+    /// peer → the connection its notices go to (the one that registered,
+    /// or its first).
+    clients: BTreeMap<PeerId, ConnId>,
+    presence: BTreeMap<PeerId, Presence>,
+    conns_per_source: BTreeMap<Source, u32>,
+    live_per_source: BTreeMap<Source, u32>,
+    costly_per_source: BTreeMap<Source, TokenBucket>,
+    new_ids_per_source: BTreeMap<Source, TokenBucket>,
+    budget: TokenBucket,
+    waits_by_id: BTreeMap<PeerId, BTreeSet<ConnId>>,
+    waits_by_name: BTreeMap<String, BTreeSet<ConnId>>,
+    waits: usize,
+    /// (lower id, higher id) → when they last met through this server.
+    met: BTreeMap<(PeerId, PeerId), Time>,
+    relay_pending: BTreeMap<(PeerId, PeerId), RelayHalf>,
+    relay_sessions: BTreeMap<SessionId, RelaySession>,
+    relay_per_peer: BTreeMap<PeerId, u32>,
+    relay_per_source: BTreeMap<Source, u32>,
+    next_session: SessionId,
+    acks: BTreeMap<u64, Ack>,
+    next_token: u64,
+    neighbors: BTreeSet<PeerId>,
+    next_sync: BTreeMap<PeerId, Time>,
+    sync_cursor: u8,
+    next_heartbeat: Time,
+    next_sweep: Time,
+    left: bool,
+    out: VecDeque<Output>,
+    stats: Stats,
+}
+
+fn pair(a: PeerId, b: PeerId) -> (PeerId, PeerId) {
+    if a < b { (a, b) } else { (b, a) }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn as_ms32(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
+}
+
+/// `start_at_ms` − (`now_ms` + `one_way`), within 0..=`max`.
+pub fn start_delay(start_at_ms: u64, now_ms: u64, one_way: Duration, max: Duration) -> u32 {
+    let arrives = now_ms.saturating_add(millis(one_way));
+    u32::try_from(start_at_ms.saturating_sub(arrives).min(millis(max))).unwrap_or(u32::MAX)
+}
+
+impl Server {
+    /// A server `me` (signing its announces with `key`), started at `now`;
+    /// `seed` drives its only random choices (which server to copy a
+    /// registration to).
+    pub fn new(me: PeerId, key: SigningKey, cfg: Config, now: Now, seed: u64) -> Server {
+        let my_record = ServerRecord {
+            id: me,
+            addrs: cfg.advertise.clone(),
+            clients: 0,
+            capacity: cfg.capacity,
+            version: now.unix_ms.max(1),
+        };
+        Server {
+            me,
+            key,
+            members: Members::new(me, cfg.dead_after),
+            budget: TokenBucket::new(cfg.broadcast_rate.0, cfg.broadcast_rate.1, now.mono),
+            cfg,
+            rng: seed ^ 0x9e37_79b9_7f4a_7c15,
+            my_record,
+            table: PeerTable::new(),
+            conns: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            presence: BTreeMap::new(),
+            conns_per_source: BTreeMap::new(),
+            live_per_source: BTreeMap::new(),
+            costly_per_source: BTreeMap::new(),
+            new_ids_per_source: BTreeMap::new(),
+            waits_by_id: BTreeMap::new(),
+            waits_by_name: BTreeMap::new(),
+            waits: 0,
+            met: BTreeMap::new(),
+            relay_pending: BTreeMap::new(),
+            relay_sessions: BTreeMap::new(),
+            relay_per_peer: BTreeMap::new(),
+            relay_per_source: BTreeMap::new(),
+            next_session: 1,
+            acks: BTreeMap::new(),
+            next_token: 1,
+            neighbors: BTreeSet::new(),
+            next_sync: BTreeMap::new(),
+            sync_cursor: 0,
+            next_heartbeat: now.mono,
+            next_sweep: now.mono + Duration::from_secs(1),
+            left: false,
+            out: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// This server's id.
+    pub fn id(&self) -> PeerId {
+        self.me
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The peer table.
+    pub fn table(&self) -> &PeerTable {
+        &self.table
+    }
+
+    /// The membership table.
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    /// This server's own record as last announced.
+    pub fn my_record(&self) -> &ServerRecord {
+        &self.my_record
+    }
+
+    /// Live servers, this one first.
+    pub fn servers(&self) -> Vec<ServerRecord> {
+        let mut out = vec![self.my_record.clone()];
+        out.extend(self.members.live().cloned());
+        out
+    }
+
+    /// Clients registered here with a live record.
+    pub fn clients_registered(&self) -> usize {
+        self.presence.len()
+    }
+
+    /// Client connections open.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Relay sessions carried now.
+    pub fn relay_sessions(&self) -> usize {
+        self.relay_sessions.len()
+    }
+
+    /// Meetings waited for now.
+    pub fn waiting(&self) -> usize {
+        self.waits
+    }
+
+    /// Registrations waiting for another server's acknowledgement.
+    pub fn pending_acks(&self) -> usize {
+        self.acks.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The online record of `peer`.
+    pub fn lookup(&self, peer: &PeerId, now: Now) -> Option<&Arc<PeerRecord>> {
+        let (me, members) = (self.me, &self.members);
+        self.table
+            .lookup(peer, now.unix(), |h| *h == me || members.is_live(h))
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Every pending output.
+    pub fn drain_outputs(&mut self) -> std::collections::vec_deque::Drain<'_, Output> {
+        self.out.drain(..)
+    }
+
+    /// When [`Input::Tick`] is next due.
+    pub fn poll_timeout(&self) -> Time {
+        let mut t = self.next_sweep;
+        if !self.left {
+            t = t.min(self.next_heartbeat);
+        }
+        if let Some(s) = self.next_sync.values().min() {
+            t = t.min(*s);
+        }
+        t
+    }
+
+    fn random(&mut self) -> u64 {
+        // SplitMix64: small, fast, and enough for picking among servers.
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn admits(&self, id: &PeerId) -> bool {
+        self.cfg.allow.as_ref().is_none_or(|a| a.contains(id))
+    }
+
+    /// Feeds one input at `now`.
+    pub fn handle(&mut self, now: Now, input: Input) {
+        match input {
+            Input::ClientConnected { conn, peer, addr } => self.connected(now, conn, peer, addr),
+            Input::ClientRequest {
+                conn,
+                req,
+                request,
+                rtt,
+            } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.rtt = rtt;
+                    self.request(now, conn, req, request);
+                }
+            }
+            Input::ClientMalformed { conn, req, error } => {
+                if self.conns.contains_key(&conn) {
+                    self.refuse(
+                        conn,
+                        req,
+                        Refusal::new(ErrorCode::Malformed, format!("malformed request: {error}")),
+                    );
+                }
+            }
+            Input::ClientClosed { conn } => self.closed(now, conn),
+            Input::RelayEnded { session } => self.end_session(session, false),
+            Input::Delivery { origin, payload } => self.delivery(now, origin, &payload),
+            Input::NeighborUp(peer) => {
+                self.neighbors.insert(peer);
+                // The lower id starts an exchange at once; the other side
+                // follows its own schedule.
+                let at = if self.me < peer {
+                    now.mono
+                } else {
+                    now.mono + self.cfg.sync_interval
+                };
+                self.next_sync.insert(peer, at);
+            }
+            Input::NeighborDown(peer) => {
+                self.neighbors.remove(&peer);
+                self.next_sync.remove(&peer);
+            }
+            Input::PeerFailed(peer) => self.peer_failed(peer),
+            Input::FromServer { from, msg } => self.server_message(now, from, msg),
+            Input::SetAllow(allow) => self.cfg.allow = allow,
+            Input::Leave => {
+                self.left = true;
+                self.my_record.version = self.my_record.version.saturating_add(1);
+                let msg = Msg::leave(&self.key, self.me, self.my_record.version);
+                self.out
+                    .push_back(Output::Broadcast(Payload::Member(msg).encode()));
+            }
+            Input::Tick => self.tick(now),
+        }
+    }
+
+    // ----- client connections -----
+
+    fn connected(&mut self, now: Now, conn: ConnId, peer: PeerId, addr: SocketAddr) {
+        let source = Source::of(&addr);
+        let from_source = self.conns_per_source.get(&source).copied().unwrap_or(0);
+        let refusal = if self.conns.len() >= self.cfg.max_connections {
+            Some("server full: ask for another server")
+        } else if from_source >= self.cfg.per_ip_connections {
+            Some("too many connections from your address")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            self.count_refusal(ErrorCode::TooManyConnections);
+            self.out.push_back(Output::Close {
+                conn,
+                code: 5,
+                reason,
+            });
+            return;
+        }
+        *self.conns_per_source.entry(source).or_insert(0) += 1;
+        let (rate, burst) = self.cfg.conn_rate;
+        self.conns.insert(
+            conn,
+            Conn {
+                peer,
+                addr,
+                source,
+                rtt: Duration::ZERO,
+                costly: TokenBucket::new(rate, burst, now.mono),
+                waits: Vec::new(),
+            },
+        );
+        // A registered connection of the same client keeps its notices.
+        self.clients.entry(peer).or_insert(conn);
+        self.stats.count("client_connections");
+    }
+
+    fn closed(&mut self, now: Now, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(n) = self.conns_per_source.get_mut(&c.source) {
+            *n -= 1;
+            if *n == 0 {
+                self.conns_per_source.remove(&c.source);
+            }
+        }
+        for w in &c.waits {
+            self.unwait(conn, w);
+        }
+        if self.clients.get(&c.peer) == Some(&conn) {
+            self.clients.remove(&c.peer);
+            // Another connection of the same client takes over its notices.
+            if let Some((&other, _)) = self.conns.iter().find(|(_, o)| o.peer == c.peer) {
+                self.clients.insert(c.peer, other);
+            }
+        }
+        // Relay halves waiting on this connection, sessions through it.
+        let halves: Vec<(PeerId, PeerId)> = self
+            .relay_pending
+            .iter()
+            .filter(|(_, h)| h.conn == conn)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in halves {
+            if let Some(h) = self.relay_pending.remove(&k) {
+                self.release_relay(k.0, h.source);
+            }
+        }
+        let sessions: Vec<SessionId> = self
+            .relay_sessions
+            .iter()
+            .filter(|(_, s)| s.halves.iter().any(|h| h.0 == conn))
+            .map(|(id, _)| *id)
+            .collect();
+        for s in sessions {
+            self.end_session(s, true);
+        }
+        self.acks.retain(|_, a| a.conn != conn);
+        // Presence is the connection: its record goes offline everywhere.
+        let owns = self.presence.get(&c.peer).is_some_and(|p| p.conn == conn);
+        if owns && let Some(p) = self.presence.remove(&c.peer) {
+            self.source_live(p.source, false);
+            let w = Arc::new(p.withdrawal);
+            match self.held(&w) {
+                Held::Older | Held::Missing => {
+                    self.table.insert(w.clone(), now.mono, now.unix());
+                    self.broadcast(Payload::Record((*w).clone()));
+                    self.stats.count("clients_gone");
+                }
+                // A newer record (re-registered elsewhere) already won.
+                Held::Same | Held::Newer(_) => {}
+            }
+        }
+    }
+
+    fn source_live(&mut self, source: Source, up: bool) {
+        let n = self.live_per_source.entry(source).or_insert(0);
+        if up {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.live_per_source.remove(&source);
+            }
+        }
+    }
+
+    fn respond(&mut self, conn: ConnId, req: ReqId, response: Response) {
+        self.out.push_back(Output::Respond {
+            conn,
+            req,
+            response,
+        });
+    }
+
+    fn count_refusal(&mut self, code: ErrorCode) {
+        *self.stats.refused.entry(code.label()).or_insert(0) += 1;
+    }
+
+    fn refuse(&mut self, conn: ConnId, req: ReqId, refusal: Refusal) {
+        self.count_refusal(refusal.code);
+        self.respond(conn, req, Response::Error(refusal));
+    }
+
+    /// Takes one costly request from the connection's and its address's
+    /// buckets.
+    fn charge(&mut self, now: Now, conn: ConnId) -> Result<(), Refusal> {
+        let (rate, burst) = self.cfg.ip_rate;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Err(Refusal::new(ErrorCode::Malformed, "no such connection"));
+        };
+        let per_conn = c.costly.take(1.0, now.mono);
+        let source = c.source;
+        let per_source = self
+            .costly_per_source
+            .entry(source)
+            .or_insert_with(|| TokenBucket::new(rate, burst, now.mono))
+            .take(1.0, now.mono);
+        match per_conn.and(per_source) {
+            Ok(()) => Ok(()),
+            Err(wait) => Err(Refusal {
+                code: ErrorCode::RateLimited,
+                retry_after_ms: as_ms32(wait),
+                detail: format!(
+                    "rate limited: at most {} registrations, meetings and relay requests per second per connection",
+                    self.cfg.conn_rate.0
+                ),
+            }),
+        }
+    }
+
+    fn request(&mut self, now: Now, conn: ConnId, req: ReqId, request: Request) {
+        let costly = matches!(
+            request,
+            Request::Register(_)
+                | Request::RegisterLive { .. }
+                | Request::Meet(_)
+                | Request::Relay(_)
+        );
+        if costly && let Err(r) = self.charge(now, conn) {
+            self.refuse(conn, req, r);
+            return;
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let (peer, addr) = (c.peer, c.addr);
+        match request {
+            Request::WhoAmI => self.respond(conn, req, Response::YouAre(addr)),
+            Request::Register(record) => self.register(now, conn, req, record, None),
+            Request::RegisterLive { record, withdrawal } => {
+                self.register(now, conn, req, record, Some(withdrawal))
+            }
+            Request::Lookup(id) => {
+                let r = self.lookup(&id, now).map(|r| (**r).clone());
+                self.respond(conn, req, Response::Record(r));
+            }
+            Request::LookupName(name) => {
+                let r = match check_name(&name) {
+                    Ok(()) => self.holders(&name, now, 1).into_iter().next(),
+                    Err(_) => None,
+                };
+                self.respond(conn, req, Response::Record(r.map(|r| (*r).clone())));
+            }
+            Request::FindName(name) => {
+                let all = match check_name(&name) {
+                    Ok(()) => self.holders(&name, now, MAX_NAME_MATCHES),
+                    Err(_) => Vec::new(),
+                };
+                let all = all.into_iter().map(|r| (*r).clone()).collect();
+                self.respond(conn, req, Response::Records(all));
+            }
+            Request::Servers => {
+                let mut servers = self.servers();
+                servers.sort_by(|a, b| a.load().total_cmp(&b.load()).then(a.id.cmp(&b.id)));
+                servers.truncate(MAX_SERVERS_LISTED);
+                self.respond(conn, req, Response::Servers(servers));
+            }
+            Request::Meet(friend) => self.meet(now, conn, req, peer, friend),
+            Request::Relay(friend) => self.relay(now, conn, req, peer, friend),
+        }
+    }
+
+    fn holders(&self, name: &str, now: Now, max: usize) -> Vec<Arc<PeerRecord>> {
+        let (me, members) = (self.me, &self.members);
+        self.table
+            .holders(name, now.unix(), |h| *h == me || members.is_live(h), max)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    // ----- records -----
+
+    /// The checks every record meets, wherever it comes from.
+    fn check_record(&self, now: Now, r: &PeerRecord) -> Result<(), RecordError> {
+        if self.cfg.verify_signatures {
+            r.verify()?;
+        } else {
+            r.validate()?;
+        }
+        let b = &r.body;
+        if b.expires_at > now.unix().saturating_add(MAX_TTL) {
+            return Err(RecordError::Invalid("expires more than an hour from now"));
+        }
+        if b.expires_at.saturating_add(MAX_TTL) <= now.unix() {
+            return Err(RecordError::Invalid("expired more than an hour ago"));
+        }
+        let now_ms = now.unix_ms.saturating_add(999);
+        if b.seq > now_ms.saturating_add(MAX_SEQ_AHEAD_MS) {
+            return Err(RecordError::Invalid(
+                "seq is more than 10 minutes ahead of this server's clock (seq counts milliseconds)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn held(&self, r: &PeerRecord) -> Held {
+        match self.table.get(&r.body.peer) {
+            None => Held::Missing,
+            Some(h) if h.body.seq < r.body.seq => Held::Older,
+            Some(h) if h.body.seq == r.body.seq && h.sig == r.sig => Held::Same,
+            Some(h) => Held::Newer(h.body.seq),
+        }
+    }
+
+    /// The most records homed at `home` this table accepts: its announced
+    /// capacity (ours if unknown), never above ours × 10.
+    fn home_cap(&self, home: &PeerId) -> u32 {
+        let announced = if *home == self.me {
+            self.cfg.capacity
+        } else {
+            self.members
+                .get(home)
+                .map(|e| e.record.capacity)
+                .unwrap_or(self.cfg.capacity)
+        };
+        announced.min(self.cfg.capacity.saturating_mul(10))
+    }
+
+    /// Whether storing `r` (newer than ours) stays within the per-home and
+    /// table caps.
+    fn within_caps(&self, r: &PeerRecord, now: Now, held: &Held) -> Result<(), ErrorCode> {
+        let live = r.is_live(now.unix());
+        let homed_already = self
+            .table
+            .get(&r.body.peer)
+            .is_some_and(|h| h.body.home_server == r.body.home_server && h.is_live(now.unix()));
+        if live
+            && !homed_already
+            && self.table.homed_at(&r.body.home_server) >= self.home_cap(&r.body.home_server)
+        {
+            return Err(ErrorCode::ServerFull);
+        }
+        if matches!(held, Held::Missing) && self.table.len() >= self.cfg.max_records {
+            return Err(ErrorCode::TableFull);
+        }
+        Ok(())
+    }
+
+    fn broadcast(&mut self, payload: Payload) {
+        self.out.push_back(Output::Broadcast(payload.encode()));
+    }
+
+    fn register(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        req: ReqId,
+        record: PeerRecord,
+        withdrawal: Option<PeerRecord>,
+    ) {
+        match self.admit_registration(now, conn, &record, withdrawal.as_ref()) {
+            Err(r) => self.refuse(conn, req, r),
+            Ok(held) => {
+                let record = Arc::new(record);
+                if !matches!(held, Held::Same) {
+                    self.table.insert(record.clone(), now.mono, now.unix());
+                    self.broadcast(Payload::Record((*record).clone()));
+                    self.stats.count("registrations");
+                }
+                let peer = record.body.peer;
+                let Some(source) = self.conns.get(&conn).map(|c| c.source) else {
+                    return;
+                };
+                match withdrawal {
+                    Some(withdrawal) => {
+                        let old = self.presence.insert(
+                            peer,
+                            Presence {
+                                conn,
+                                source,
+                                withdrawal,
+                            },
+                        );
+                        if let Some(old) = old {
+                            self.source_live(old.source, false);
+                        }
+                        self.source_live(source, true);
+                        // Notices go to the connection the record lives on.
+                        self.clients.insert(peer, conn);
+                        self.record_arrived(now, &record);
+                        self.replicate(now, conn, req, record, Vec::new());
+                    }
+                    None => {
+                        // Withdrawn by the client itself: nothing to publish later.
+                        if let Some(old) = self.presence.remove(&peer) {
+                            self.source_live(old.source, false);
+                        }
+                        self.respond(conn, req, Response::Registered);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every check of a client's own registration; on success, what we
+    /// held.
+    fn admit_registration(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        record: &PeerRecord,
+        withdrawal: Option<&PeerRecord>,
+    ) -> Result<Held, Refusal> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Err(Refusal::new(ErrorCode::Malformed, "no such connection"));
+        };
+        let (peer, addr, source) = (c.peer, c.addr, c.source);
+        let b = &record.body;
+        if b.peer != peer {
+            return Err(Refusal::new(
+                ErrorCode::NotOwnRecord,
+                "a client may only register its own record",
+            ));
+        }
+        if b.home_server != self.me {
+            return Err(Refusal::new(
+                ErrorCode::WrongHome,
+                "the record must name this server as home",
+            ));
+        }
+        if b.public_addr != Some(addr) {
+            return Err(Refusal::new(
+                ErrorCode::WrongAddress,
+                format!("the record's public address must be the one this server sees: {addr}"),
+            ));
+        }
+        let record_error = |e: RecordError| {
+            let code = match e {
+                RecordError::BadSignature => ErrorCode::BadSignature,
+                RecordError::Invalid(_) => ErrorCode::Invalid,
+                RecordError::Stale { .. } => ErrorCode::Stale,
+            };
+            Refusal::new(code, e.to_string())
+        };
+        self.check_record(now, record).map_err(record_error)?;
+        match withdrawal {
+            Some(w) => w.check_withdrawal(record, now.unix()).map_err(|e| {
+                Refusal::new(ErrorCode::Invalid, format!("withdrawal refused: {e}"))
+            })?,
+            None if record.is_live(now.unix()) => {
+                return Err(Refusal::new(
+                    ErrorCode::Invalid,
+                    "a live record needs RegisterLive with its withdrawal (update the client)",
+                ));
+            }
+            None => {}
+        }
+        let held = self.held(record);
+        if let Held::Newer(have) = held {
+            return Err(record_error(RecordError::Stale { got: b.seq, have }));
+        }
+        if withdrawal.is_some() && !self.presence.contains_key(&peer) {
+            let from_source = self.live_per_source.get(&source).copied().unwrap_or(0);
+            if from_source >= self.cfg.per_ip_records {
+                return Err(Refusal::new(
+                    ErrorCode::QuotaAddress,
+                    format!(
+                        "at most {} live registrations from one address",
+                        self.cfg.per_ip_records
+                    ),
+                ));
+            }
+            if self.presence.len() >= self.cfg.capacity as usize {
+                return Err(Refusal::new(
+                    ErrorCode::ServerFull,
+                    "this server is full: ask for another server",
+                ));
+            }
+        }
+        if matches!(held, Held::Missing) {
+            let per_min = self.cfg.new_ids_per_min;
+            let bucket = self
+                .new_ids_per_source
+                .entry(source)
+                .or_insert_with(|| TokenBucket::new(per_min / 60.0, per_min * 2.0, now.mono));
+            if let Err(wait) = bucket.take(1.0, now.mono) {
+                return Err(Refusal {
+                    code: ErrorCode::QuotaNewIds,
+                    retry_after_ms: as_ms32(wait),
+                    detail: format!(
+                        "too many new identities from your address (at most {per_min} a minute)"
+                    ),
+                });
+            }
+        }
+        if !matches!(held, Held::Same) {
+            self.within_caps(record, now, &held).map_err(|code| {
+                let detail = match code {
+                    ErrorCode::TableFull => "the cluster's peer table is full",
+                    _ => "this server is full: ask for another server",
+                };
+                Refusal::new(code, detail)
+            })?;
+            if let Err(wait) = self.budget.take(1.0, now.mono) {
+                return Err(Refusal {
+                    code: ErrorCode::RateLimited,
+                    retry_after_ms: as_ms32(wait),
+                    detail: "this server is busy replicating registrations".into(),
+                });
+            }
+        }
+        Ok(held)
+    }
+
+    /// Copies `record` to one more live server and answers the request
+    /// once it says it has it.
+    fn replicate(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        req: ReqId,
+        record: Arc<PeerRecord>,
+        tried: Vec<PeerId>,
+    ) {
+        let candidates: Vec<PeerId> = self
+            .neighbors
+            .iter()
+            .filter(|n| !tried.contains(n))
+            .copied()
+            .collect();
+        let others_alive = self.members.live().next().is_some();
+        if candidates.is_empty() || tried.len() >= self.cfg.ack_tries as usize {
+            if tried.is_empty() && !others_alive && self.neighbors.is_empty() {
+                // Alone in the cluster: there is nobody to copy it to.
+                self.stats.count("registrations_acked_alone");
+                self.respond(conn, req, Response::Registered);
+            } else {
+                self.refuse(
+                    conn,
+                    req,
+                    Refusal {
+                        code: ErrorCode::NotReplicated,
+                        retry_after_ms: 1_000,
+                        detail: "the record could not be copied to another server in time".into(),
+                    },
+                );
+            }
+            return;
+        }
+        let pick = candidates[(self.random() % candidates.len() as u64) as usize];
+        let token = self.next_token;
+        self.next_token += 1;
+        let mut tried = tried;
+        tried.push(pick);
+        self.out.push_back(Output::ToServer {
+            to: pick,
+            addr: None,
+            msg: ServerMsg::Store {
+                token,
+                record: (*record).clone(),
+            },
+        });
+        self.acks.insert(
+            token,
+            Ack {
+                conn,
+                req,
+                record,
+                tried,
+                deadline: now.mono + self.cfg.ack_timeout,
+            },
+        );
+    }
+
+    /// A record from another server (broadcast, anti-entropy or a store
+    /// request): checked, capped, stored if newer. `Ok(true)`: stored now;
+    /// `Ok(false)`: we had it or newer.
+    fn absorb(&mut self, now: Now, record: PeerRecord) -> Result<bool, &'static str> {
+        if let Err(e) = self.check_record(now, &record) {
+            return Err(e.reason());
+        }
+        let held = self.held(&record);
+        match held {
+            Held::Same | Held::Newer(_) => return Ok(false),
+            Held::Missing | Held::Older => {}
+        }
+        if let Err(code) = self.within_caps(&record, now, &held) {
+            return Err(match code {
+                ErrorCode::TableFull => "table_full",
+                _ => "home_cap",
+            });
+        }
+        let record = Arc::new(record);
+        self.table.insert(record.clone(), now.mono, now.unix());
+        // A client registered here that re-registered elsewhere is no
+        // longer ours to withdraw.
+        if record.body.home_server != self.me
+            && let Some(p) = self.presence.remove(&record.body.peer)
+        {
+            self.source_live(p.source, false);
+        }
+        self.record_arrived(now, &record);
+        Ok(true)
+    }
+
+    fn reject(&mut self, reason: &'static str) {
+        *self.stats.rejected.entry(reason).or_insert(0) += 1;
+    }
+
+    // ----- rendezvous -----
+
+    fn start_instant(&self, now: Now, a: Duration, b: Option<Duration>) -> u64 {
+        let later = match b {
+            Some(b) => (a / 2).max(b / 2),
+            None => (a / 2).max(self.cfg.server_hop + Duration::from_millis(10)),
+        };
+        now.unix_ms + millis(later.min(self.cfg.max_start_delay))
+    }
+
+    fn notify(&mut self, now: Now, conn: ConnId, record: &PeerRecord, start_at_ms: u64) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let start_in_ms = start_delay(
+            start_at_ms,
+            now.unix_ms,
+            c.rtt / 2,
+            self.cfg.max_start_delay,
+        );
+        self.stats.count("notices");
+        self.out.push_back(Output::Notify {
+            conn,
+            notice: Notice::Friend {
+                record: record.clone(),
+                start_in_ms,
+            },
+        });
+    }
+
+    /// Tells `to` (if connected here) about `from`, or asks its home
+    /// server to — that one server, not the cluster.
+    fn introduce(&mut self, now: Now, to: &PeerRecord, from: &PeerRecord, start_at_ms: u64) {
+        if let Some(&c) = self.clients.get(&to.body.peer) {
+            self.notify(now, c, from, start_at_ms);
+            return;
+        }
+        let home = to.body.home_server;
+        if home == self.me {
+            return;
+        }
+        let addr = self
+            .members
+            .get(&home)
+            .and_then(|e| e.record.addrs.first().copied());
+        self.stats.count("rendezvous_sent");
+        self.out.push_back(Output::ToServer {
+            to: home,
+            addr,
+            msg: ServerMsg::Rendezvous {
+                to: to.body.peer,
+                from: from.clone(),
+                start_at_ms,
+            },
+        });
+    }
+
+    fn met(&mut self, now: Now, a: PeerId, b: PeerId) {
+        self.met.insert(pair(a, b), now.mono);
+    }
+
+    fn meet(&mut self, now: Now, conn: ConnId, req: ReqId, peer: PeerId, friend: FriendRef) {
+        if let FriendRef::Name(n) = &friend
+            && let Err(e) = check_name(n)
+        {
+            self.refuse(conn, req, Refusal::new(ErrorCode::Invalid, e.to_string()));
+            return;
+        }
+        let Some(mine) = self.lookup(&peer, now).cloned() else {
+            self.refuse(
+                conn,
+                req,
+                Refusal::new(
+                    ErrorCode::NotRegistered,
+                    "register before asking to meet someone",
+                ),
+            );
+            return;
+        };
+        let mut theirs: Vec<Arc<PeerRecord>> = match &friend {
+            FriendRef::Id(id) => self.lookup(id, now).cloned().into_iter().collect(),
+            FriendRef::Name(n) => self.holders(n, now, MAX_NAME_MATCHES),
+        };
+        theirs.retain(|r| r.body.peer != peer);
+        if theirs.len() > 1 {
+            // A name several peers use: tell nobody, let the client choose.
+            let all = theirs.iter().map(|r| (**r).clone()).collect();
+            self.respond(conn, req, Response::Records(all));
+            return;
+        }
+        if let Some(theirs) = theirs.pop() {
+            let rtt = self.conns.get(&conn).map(|c| c.rtt).unwrap_or_default();
+            let other_rtt = self
+                .clients
+                .get(&theirs.body.peer)
+                .and_then(|c| self.conns.get(c))
+                .map(|c| c.rtt);
+            let start_at = self.start_instant(now, rtt, other_rtt);
+            self.introduce(now, &theirs, &mine, start_at);
+            self.met(now, peer, theirs.body.peer);
+            let start_in_ms = start_delay(start_at, now.unix_ms, rtt / 2, self.cfg.max_start_delay);
+            self.stats.count("meetings");
+            self.respond(
+                conn,
+                req,
+                Response::Friend {
+                    record: (*theirs).clone(),
+                    start_in_ms,
+                },
+            );
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.waits.contains(&friend) {
+            self.respond(conn, req, Response::Waiting);
+            return;
+        }
+        if c.waits.len() >= self.cfg.max_waits_per_conn || self.waits >= self.cfg.max_waits {
+            let detail = format!(
+                "at most {} meetings waited for at once per connection",
+                self.cfg.max_waits_per_conn
+            );
+            self.refuse(conn, req, Refusal::new(ErrorCode::TooManyWaits, detail));
+            return;
+        }
+        c.waits.push(friend.clone());
+        self.waits += 1;
+        match friend {
+            FriendRef::Id(id) => self.waits_by_id.entry(id).or_default().insert(conn),
+            FriendRef::Name(n) => self.waits_by_name.entry(n).or_default().insert(conn),
+        };
+        self.respond(conn, req, Response::Waiting);
+    }
+
+    /// Removes one wait of `conn` from the indexes.
+    fn unwait(&mut self, conn: ConnId, w: &FriendRef) {
+        let emptied = match w {
+            FriendRef::Id(id) => self.waits_by_id.get_mut(id).map(|s| {
+                s.remove(&conn);
+                s.is_empty()
+            }),
+            FriendRef::Name(n) => self.waits_by_name.get_mut(n).map(|s| {
+                s.remove(&conn);
+                s.is_empty()
+            }),
+        };
+        if emptied == Some(true) {
+            match w {
+                FriendRef::Id(id) => self.waits_by_id.remove(id),
+                FriendRef::Name(n) => self.waits_by_name.remove(n),
+            };
+        }
+        self.waits = self.waits.saturating_sub(1);
+    }
+
+    /// A live record arrived (from anywhere): whoever here waited for that
+    /// peer — by id, or by its name when it is the name's only holder —
+    /// hears about it, and the peer hears about them.
+    fn record_arrived(&mut self, now: Now, record: &Arc<PeerRecord>) {
+        if !record.is_live(now.unix()) {
+            return;
+        }
+        let peer = record.body.peer;
+        let mut waiters: Vec<(ConnId, FriendRef)> = self
+            .waits_by_id
+            .get(&peer)
+            .into_iter()
+            .flatten()
+            .map(|c| (*c, FriendRef::Id(peer)))
+            .collect();
+        let name = &record.body.name;
+        if self.waits_by_name.contains_key(name) {
+            let holders = self.holders(name, now, 2);
+            if holders.len() == 1 && holders[0].body.peer == peer {
+                waiters.extend(
+                    self.waits_by_name
+                        .get(name)
+                        .into_iter()
+                        .flatten()
+                        .map(|c| (*c, FriendRef::Name(name.clone()))),
+                );
+            }
+        }
+        for (conn, wait) in waiters {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            if c.peer == peer {
+                continue;
+            }
+            c.waits.retain(|w| *w != wait);
+            let (waiter, rtt) = (c.peer, c.rtt);
+            self.unwait(conn, &wait);
+            let other_rtt = self
+                .clients
+                .get(&peer)
+                .and_then(|c| self.conns.get(c))
+                .map(|c| c.rtt);
+            let start_at = self.start_instant(now, rtt, other_rtt);
+            self.notify(now, conn, record, start_at);
+            if let Some(mine) = self.lookup(&waiter, now).cloned() {
+                self.introduce(now, record, &mine, start_at);
+            }
+            self.met(now, waiter, peer);
+            self.stats.count("meetings");
+        }
+    }
+
+    // ----- relay -----
+
+    fn relay(&mut self, now: Now, conn: ConnId, req: ReqId, peer: PeerId, friend: PeerId) {
+        let Some(source) = self.conns.get(&conn).map(|c| c.source) else {
+            return;
+        };
+        if friend == peer {
+            self.refuse(
+                conn,
+                req,
+                Refusal::new(ErrorCode::RelaySelf, "cannot relay to yourself"),
+            );
+            return;
+        }
+        let met_recently = self
+            .met
+            .get(&pair(peer, friend))
+            .is_some_and(|t| now.mono.saturating_since(*t) <= self.cfg.relay_met_within);
+        if !met_recently {
+            let detail = "a relay needs a meeting through this server first (Meet, then Relay)";
+            self.refuse(conn, req, Refusal::new(ErrorCode::RelayNotMet, detail));
+            return;
+        }
+        // A newer request for the same friend replaces an older one.
+        if let Some(old) = self.relay_pending.remove(&(peer, friend)) {
+            self.release_relay(peer, old.source);
+            self.refuse(
+                old.conn,
+                old.req,
+                Refusal::new(ErrorCode::Replaced, "replaced by a newer relay request"),
+            );
+        }
+        let per_peer = self.relay_per_peer.get(&peer).copied().unwrap_or(0);
+        let per_source = self.relay_per_source.get(&source).copied().unwrap_or(0);
+        if per_peer >= self.cfg.relay_per_client || per_source >= self.cfg.relay_per_ip {
+            let detail = format!(
+                "relay limit: at most {} relay streams per client and {} per address",
+                self.cfg.relay_per_client, self.cfg.relay_per_ip
+            );
+            self.refuse(conn, req, Refusal::new(ErrorCode::RelayLimit, detail));
+            return;
+        }
+        if self.relay_sessions.len() >= self.cfg.relay_sessions {
+            let detail = format!(
+                "relay full: this server carries {} relay sessions already",
+                self.cfg.relay_sessions
+            );
+            self.refuse(conn, req, Refusal::new(ErrorCode::RelayFull, detail));
+            return;
+        }
+        *self.relay_per_peer.entry(peer).or_insert(0) += 1;
+        *self.relay_per_source.entry(source).or_insert(0) += 1;
+        match self.relay_pending.remove(&(friend, peer)) {
+            Some(other) => {
+                let session = self.next_session;
+                self.next_session += 1;
+                self.relay_sessions.insert(
+                    session,
+                    RelaySession {
+                        halves: [(other.conn, friend, other.source), (conn, peer, source)],
+                        started: now.mono,
+                    },
+                );
+                self.stats.count("relay_sessions");
+                self.out.push_back(Output::RelayPair {
+                    session,
+                    a: (other.conn, other.req),
+                    b: (conn, req),
+                    limits: self.cfg.relay,
+                });
+            }
+            None => {
+                self.relay_pending.insert(
+                    (peer, friend),
+                    RelayHalf {
+                        conn,
+                        req,
+                        source,
+                        since: now.mono,
+                    },
+                );
+            }
+        }
+    }
+
+    fn release_relay(&mut self, peer: PeerId, source: Source) {
+        if let Some(n) = self.relay_per_peer.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.relay_per_peer.remove(&peer);
+            }
+        }
+        if let Some(n) = self.relay_per_source.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.relay_per_source.remove(&source);
+            }
+        }
+    }
+
+    fn end_session(&mut self, session: SessionId, tell_driver: bool) {
+        if let Some(s) = self.relay_sessions.remove(&session) {
+            for (_, peer, source) in s.halves {
+                self.release_relay(peer, source);
+            }
+            if tell_driver {
+                self.out.push_back(Output::RelayStop { session });
+            }
+        }
+    }
+
+    // ----- servers -----
+
+    fn delivery(&mut self, now: Now, origin: PeerId, payload: &[u8]) {
+        match Payload::decode(payload) {
+            Ok(Payload::Record(record)) => {
+                if let Err(reason) = self.absorb(now, record) {
+                    self.reject(reason);
+                }
+            }
+            Ok(Payload::Member(msg)) => self.member_msg(now, msg),
+            Err(_) => {
+                let _ = origin;
+                self.reject("undecodable");
+            }
+        }
+    }
+
+    fn member_msg(&mut self, now: Now, msg: Msg) {
+        // Only cluster members speak for themselves or about others.
+        let admitted = match &msg {
+            Msg::Announce { record, .. } => self.admits(&record.id),
+            Msg::Leave { id, .. } => self.admits(id),
+            Msg::Suspect { id, by, .. } => self.admits(id) && self.admits(by),
+        };
+        if !admitted {
+            self.stats.count("membership_rejected");
+            return;
+        }
+        if self.cfg.verify_signatures && msg.verify().is_err() {
+            self.stats.count("membership_rejected");
+            return;
+        }
+        // A suspicion of us at a version we have moved past needs no
+        // refutation (the newer announce is on its way).
+        if let Msg::Suspect { id, version, .. } = &msg
+            && *id == self.me
+            && *version < self.my_record.version
+        {
+            return;
+        }
+        if self.members.apply(&msg, now.mono) == Reply::Refute && !self.left {
+            self.stats.count("refutations");
+            self.announce();
+        }
+    }
+
+    fn announce(&mut self) {
+        self.my_record.version = self.my_record.version.saturating_add(1);
+        self.my_record.clients = u32::try_from(self.presence.len()).unwrap_or(u32::MAX);
+        let msg = Msg::announce(&self.key, self.my_record.clone());
+        self.broadcast(Payload::Member(msg));
+    }
+
+    fn peer_failed(&mut self, peer: PeerId) {
+        let version = self
+            .members
+            .get(&peer)
+            .filter(|e| matches!(e.liveness, Liveness::Alive | Liveness::Suspect(_)))
+            .map(|e| e.record.version);
+        if let Some(version) = version {
+            self.members.suspect(peer, version, self.me);
+            let msg = Msg::suspect(&self.key, peer, version, self.me);
+            self.broadcast(Payload::Member(msg));
+        }
+    }
+
+    fn send_server(&mut self, to: PeerId, msg: ServerMsg) {
+        self.out.push_back(Output::ToServer {
+            to,
+            addr: None,
+            msg,
+        });
+    }
+
+    fn server_message(&mut self, now: Now, from: PeerId, msg: ServerMsg) {
+        match msg {
+            ServerMsg::Digest(d) => {
+                let Ok(d) = <Digest>::try_from(d.as_slice()) else {
+                    self.reject("bad_digest");
+                    return;
+                };
+                self.answer_digest(from, &d);
+            }
+            ServerMsg::Versions {
+                bucket,
+                after,
+                upto,
+                versions,
+            } => self.compare_versions(now, from, bucket, after, upto, versions),
+            ServerMsg::Want(ids) => {
+                let records: Vec<PeerRecord> = ids
+                    .iter()
+                    .take(self.cfg.page_versions)
+                    .filter_map(|id| self.table.get(id))
+                    .map(|r| (**r).clone())
+                    .collect();
+                self.send_records(from, records);
+            }
+            ServerMsg::Records(records) => {
+                let mut learned = 0u64;
+                for r in records.into_iter().take(self.cfg.page_records * 4) {
+                    match self.absorb(now, r) {
+                        Ok(true) => learned += 1,
+                        Ok(false) => {}
+                        Err(reason) => self.reject(reason),
+                    }
+                }
+                if learned > 0 {
+                    self.stats.add("records_repaired", learned);
+                    // Tell the other neighbors soon: an epidemic push.
+                    let soon = now.mono + self.cfg.sync_retry;
+                    for (n, at) in self.next_sync.iter_mut() {
+                        if *n != from && *at > soon {
+                            *at = soon;
+                        }
+                    }
+                }
+            }
+            ServerMsg::Store { token, record } => match self.absorb(now, record) {
+                Ok(stored) => {
+                    if stored {
+                        self.stats.count("records_stored_for_peer");
+                    }
+                    self.send_server(from, ServerMsg::Stored { token });
+                }
+                Err(reason) => self.reject(reason),
+            },
+            ServerMsg::Stored { token } => {
+                if self
+                    .acks
+                    .get(&token)
+                    .is_some_and(|a| a.tried.last() == Some(&from))
+                    && let Some(a) = self.acks.remove(&token)
+                {
+                    self.stats.count("registrations_acked");
+                    self.respond(a.conn, a.req, Response::Registered);
+                }
+            }
+            ServerMsg::Rendezvous {
+                to,
+                from: who,
+                start_at_ms,
+            } => {
+                if self.cfg.verify_signatures && who.verify().is_err() {
+                    self.reject("bad_signature");
+                    return;
+                }
+                if let Some(&conn) = self.clients.get(&to) {
+                    self.met(now, to, who.body.peer);
+                    self.notify(now, conn, &who, start_at_ms);
+                }
+            }
+        }
+    }
+
+    fn send_records(&mut self, to: PeerId, records: Vec<PeerRecord>) {
+        let page = self.cfg.page_records.max(1);
+        let mut records = records;
+        while !records.is_empty() {
+            let rest = records.split_off(records.len().min(page));
+            self.stats.add("sync_records_sent", records.len() as u64);
+            self.send_server(to, ServerMsg::Records(records));
+            records = rest;
+        }
+    }
+
+    fn answer_digest(&mut self, from: PeerId, theirs: &Digest) {
+        let differing = self.table.differing(theirs);
+        if differing.is_empty() {
+            return;
+        }
+        self.stats.count("sync_rounds_answered");
+        // A rotating start, so every bucket gets its turn in big repairs.
+        let start = differing
+            .iter()
+            .position(|b| *b >= self.sync_cursor)
+            .unwrap_or(0);
+        let chosen: Vec<u8> = differing
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(differing.len().min(self.cfg.sync_buckets_per_round))
+            .copied()
+            .collect();
+        if let Some(last) = chosen.last() {
+            self.sync_cursor = last.wrapping_add(1);
+        }
+        let page = self.cfg.page_versions.max(1);
+        for b in chosen {
+            let mut after = None;
+            // At most 16 pages of one bucket per round; the rest next round.
+            for _ in 0..16 {
+                let versions = self.table.versions(b, after, page);
+                let full = versions.len() == page;
+                let upto = if full {
+                    versions.last().map(|v| v.0)
+                } else {
+                    None
+                };
+                self.send_server(
+                    from,
+                    ServerMsg::Versions {
+                        bucket: b,
+                        after,
+                        upto,
+                        versions,
+                    },
+                );
+                if !full {
+                    break;
+                }
+                after = upto;
+            }
+        }
+    }
+
+    fn compare_versions(
+        &mut self,
+        now: Now,
+        from: PeerId,
+        bucket: u8,
+        after: Option<PeerId>,
+        upto: Option<PeerId>,
+        versions: Vec<(PeerId, u64)>,
+    ) {
+        if versions.len() > self.cfg.page_versions {
+            self.reject("oversized_page");
+            return;
+        }
+        let theirs: BTreeMap<PeerId, u64> = versions
+            .into_iter()
+            .filter(|(p, _)| crate::table::bucket_of(p) == bucket)
+            .collect();
+        let limit = self.cfg.page_records * 4;
+        let newer: Vec<PeerRecord> = self
+            .table
+            .range(bucket, after, upto)
+            .filter(|r| theirs.get(&r.body.peer).is_none_or(|s| *s < r.body.seq))
+            .take(limit)
+            .map(|r| (**r).clone())
+            .collect();
+        let want: Vec<PeerId> = theirs
+            .iter()
+            .filter(|(p, s)| self.table.seq_of(p).is_none_or(|mine| mine < **s))
+            .map(|(p, _)| *p)
+            .collect();
+        self.send_records(from, newer);
+        if !want.is_empty() {
+            self.send_server(from, ServerMsg::Want(want));
+        }
+        // The tables differ: another round soon.
+        let soon = now.mono + self.cfg.sync_retry;
+        if let Some(at) = self.next_sync.get_mut(&from)
+            && *at > soon
+        {
+            *at = soon;
+        }
+    }
+
+    // ----- time -----
+
+    fn tick(&mut self, now: Now) {
+        if !self.left && now.mono >= self.next_heartbeat {
+            self.next_heartbeat = now.mono + self.cfg.heartbeat;
+            self.announce();
+            self.members.expire(now.mono);
+        }
+        let due: Vec<PeerId> = self
+            .next_sync
+            .iter()
+            .filter(|(_, at)| **at <= now.mono)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.next_sync.insert(p, now.mono + self.cfg.sync_interval);
+            self.stats.count("sync_rounds_started");
+            let digest = self.table.digest().to_vec();
+            debug_assert_eq!(digest.len(), BUCKETS);
+            self.send_server(p, ServerMsg::Digest(digest));
+        }
+        if now.mono >= self.next_sweep {
+            self.next_sweep = now.mono + Duration::from_secs(1);
+            self.sweep(now);
+        }
+    }
+
+    fn sweep(&mut self, now: Now) {
+        let forgotten = self.table.expire(now.unix());
+        self.stats.add("records_forgotten", forgotten as u64);
+        let within = self.cfg.relay_met_within;
+        self.met
+            .retain(|_, t| now.mono.saturating_since(*t) <= within);
+        // Buckets of addresses that went quiet are full again: forget them.
+        let mono = now.mono;
+        let conns = &self.conns_per_source;
+        self.costly_per_source
+            .retain(|s, b| conns.contains_key(s) || !b.is_full(mono));
+        self.new_ids_per_source.retain(|_, b| !b.is_full(mono));
+        // Relay halves whose friend never came.
+        let wait = self.cfg.relay_wait;
+        let late: Vec<(PeerId, PeerId)> = self
+            .relay_pending
+            .iter()
+            .filter(|(_, h)| now.mono.saturating_since(h.since) >= wait)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in late {
+            if let Some(h) = self.relay_pending.remove(&k) {
+                self.release_relay(k.0, h.source);
+                let detail = format!("the friend did not join the relay within {wait:?}");
+                self.refuse(
+                    h.conn,
+                    h.req,
+                    Refusal::new(ErrorCode::RelayNoFriend, detail),
+                );
+            }
+        }
+        let lifetime = self.cfg.relay_lifetime;
+        let old: Vec<SessionId> = self
+            .relay_sessions
+            .iter()
+            .filter(|(_, s)| now.mono.saturating_since(s.started) >= lifetime)
+            .map(|(id, _)| *id)
+            .collect();
+        for s in old {
+            self.stats.count("relay_sessions_expired");
+            self.end_session(s, true);
+        }
+        // Registrations whose copy was not acknowledged: another server.
+        let late: Vec<u64> = self
+            .acks
+            .iter()
+            .filter(|(_, a)| a.deadline <= now.mono)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in late {
+            if let Some(a) = self.acks.remove(&t) {
+                self.stats.count("store_timeouts");
+                self.replicate(now, a.conn, a.req, a.record, a.tried);
+            }
+        }
+    }
+}

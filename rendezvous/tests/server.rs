@@ -1,0 +1,553 @@
+//! The server core against the attacks measured in issue 11, without a
+//! socket: every quota, every refusal and its count, presence, rendezvous,
+//! relay pairing, replication acknowledgements.
+
+mod common;
+
+use common::{Net, code_of, key};
+use rendezvous::server::{Config, Input, Output};
+use rendezvous::{ErrorCode, FriendRef, PeerRecord, Request, Response, ServerMsg};
+use std::time::Duration;
+
+fn registered(r: &Option<Response>) -> bool {
+    matches!(r, Some(Response::Registered))
+}
+
+#[test]
+fn a_name_stays_with_its_first_holder_and_a_seq_far_ahead_is_refused() {
+    let mut net = Net::new(3, Config::default());
+    let alice = net.connect(0, 1, "198.51.100.1");
+    assert!(registered(&net.register(&alice, "alice")));
+    // Mallory's seq = u64::MAX used to win every lookup forever.
+    let mallory = net.connect(1, 2, "198.51.100.2");
+    let req = net.register_request(&mallory, "alice", u64::MAX);
+    let r = net.ask(&mallory, req);
+    assert_eq!(code_of(&r), Some(ErrorCode::Invalid), "{r:?}");
+    // A normal later registration of the same name does not take it over.
+    assert!(registered(&net.register(&mallory, "alice")));
+    let bob = net.connect(2, 3, "198.51.100.3");
+    for server in 0..3 {
+        let probe = net.connect(server, 50 + server as u64, "198.51.100.9");
+        match net.ask(&probe, Request::LookupName("alice".into())) {
+            Some(Response::Record(Some(r))) => assert_eq!(r.body.peer, alice.id(), "at {server}"),
+            other => panic!("lookup at {server}: {other:?}"),
+        }
+        match net.ask(&probe, Request::FindName("alice".into())) {
+            Some(Response::Records(all)) => {
+                let ids: Vec<_> = all.iter().map(|r| r.body.peer).collect();
+                assert_eq!(ids, vec![alice.id(), mallory.id()], "oldest holder first");
+            }
+            other => panic!("find at {server}: {other:?}"),
+        }
+    }
+    // Bob meets "alice" by name: ambiguous, so nobody is told anything.
+    assert!(registered(&net.register(&bob, "bob")));
+    let notices_before = net.notices.len();
+    match net.meet(&bob, FriendRef::Name("alice".into())) {
+        Some(Response::Records(all)) => assert_eq!(all.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(net.notices.len(), notices_before);
+    assert_eq!(net.servers[1].stats().refusals(ErrorCode::Invalid), 1);
+}
+
+#[test]
+fn a_name_waiter_is_told_only_about_the_single_holder_it_asked_for() {
+    let mut net = Net::new(2, Config::default());
+    let bob = net.connect(0, 3, "198.51.100.3");
+    assert!(registered(&net.register(&bob, "bob")));
+    assert_eq!(
+        net.meet(&bob, FriendRef::Name("carol".into())),
+        Some(Response::Waiting)
+    );
+    // Someone else registers under another name: bob hears nothing.
+    let dave = net.connect(1, 4, "198.51.100.4");
+    assert!(registered(&net.register(&dave, "dave")));
+    assert!(net.notices_of(&bob).is_empty());
+    // Carol arrives at the other server: bob is told (by his server), and
+    // carol is told about bob by a message to her home server only.
+    let carol = net.connect(1, 5, "198.51.100.5");
+    net.sent.clear();
+    let broadcasts = net.broadcasts;
+    assert!(registered(&net.register(&carol, "carol")));
+    let told: Vec<_> = net.notices_of(&bob).iter().map(|r| r.body.peer).collect();
+    assert_eq!(told, vec![carol.id()]);
+    let told: Vec<_> = net.notices_of(&carol).iter().map(|r| r.body.peer).collect();
+    assert_eq!(told, vec![bob.id()]);
+    let rendezvous: Vec<_> = net
+        .sent
+        .iter()
+        .filter(|(_, _, m)| matches!(m, ServerMsg::Rendezvous { .. }))
+        .map(|(from, to, _)| (*from, *to))
+        .collect();
+    assert_eq!(rendezvous, vec![(0, net.servers[1].id())]);
+    // The registration broadcast is the only broadcast (no rendezvous flood).
+    assert_eq!(net.broadcasts - broadcasts, 1);
+}
+
+#[test]
+fn meeting_by_id_tells_the_friend_at_its_home_only() {
+    let mut net = Net::new(4, Config::default());
+    let a = net.connect(0, 1, "198.51.100.1");
+    let b = net.connect(3, 2, "198.51.100.2");
+    assert!(registered(&net.register(&a, "a")));
+    assert!(registered(&net.register(&b, "b")));
+    net.sent.clear();
+    let broadcasts = net.broadcasts;
+    match net.meet(&a, FriendRef::Id(b.id())) {
+        Some(Response::Friend {
+            record,
+            start_in_ms,
+        }) => {
+            assert_eq!(record.body.peer, b.id());
+            assert!(start_in_ms <= 1000);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(net.broadcasts, broadcasts, "a meeting broadcasts nothing");
+    assert_eq!(net.sent.len(), 1);
+    assert_eq!(net.sent[0].1, net.servers[3].id());
+    assert_eq!(
+        net.notices_of(&b)
+            .iter()
+            .map(|r| r.body.peer)
+            .collect::<Vec<_>>(),
+        vec![a.id()]
+    );
+    // Meeting a peer that is not online waits, within a bound per connection.
+    for i in 0..4 {
+        let (_, ghost) = key(900 + i);
+        assert_eq!(net.meet(&a, FriendRef::Id(ghost)), Some(Response::Waiting));
+    }
+    let (_, ghost) = key(999);
+    let r = net.meet(&a, FriendRef::Id(ghost));
+    assert_eq!(code_of(&r), Some(ErrorCode::TooManyWaits));
+    // Names are checked like record names (a 64 KiB name is refused).
+    let r = net.meet(&a, FriendRef::Name("x".repeat(65_536)));
+    assert_eq!(code_of(&r), Some(ErrorCode::Invalid));
+    let r = net.meet(&a, FriendRef::Name("a\nb".into()));
+    assert_eq!(code_of(&r), Some(ErrorCode::Invalid));
+    assert_eq!(net.servers[0].waiting(), 4);
+    net.close(&a);
+    assert_eq!(net.servers[0].waiting(), 0, "waits go with the connection");
+}
+
+#[test]
+fn one_address_gets_a_bounded_number_of_live_registrations_and_new_ids() {
+    let cfg = Config {
+        per_ip_records: 5,
+        new_ids_per_min: 4.0,
+        conn_rate: (100.0, 100.0),
+        ip_rate: (100.0, 100.0),
+        ..Config::default()
+    };
+    let mut net = Net::new(2, cfg);
+    let mut ok = 0;
+    let mut codes = Vec::new();
+    for seed in 1..=12u64 {
+        let c = net.connect(0, seed, "203.0.113.50");
+        match net.register(&c, &format!("p{seed}")) {
+            Some(Response::Registered) => ok += 1,
+            other => codes.push(code_of(&other)),
+        }
+    }
+    assert_eq!(ok, 5);
+    assert!(
+        codes.iter().all(|c| *c == Some(ErrorCode::QuotaAddress)),
+        "{codes:?}"
+    );
+    // Another address is not affected; an IPv6 /64 counts as one address.
+    let other = net.connect(0, 100, "203.0.113.51");
+    assert!(registered(&net.register(&other, "other")));
+    let mut v6_ok = 0;
+    for seed in 200..210u64 {
+        let c = net.connect(0, seed, &format!("[2001:db8:1:2::{:x}]", seed));
+        if registered(&net.register(&c, "v6")) {
+            v6_ok += 1;
+        }
+    }
+    assert_eq!(v6_ok, 5, "one /64, one quota");
+    // New identities are rate limited per address even when they come and go.
+    let mut net = Net::new(
+        1,
+        Config {
+            new_ids_per_min: 2.0,
+            ..Config::default()
+        },
+    );
+    let mut refused = None;
+    for seed in 1..=10u64 {
+        let c = net.connect(0, seed, "203.0.113.60");
+        let r = net.register(&c, "churn");
+        net.close(&c);
+        if let Some(Response::Error(e)) = r {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("churning identities are refused at some point");
+    assert_eq!(e.code, ErrorCode::QuotaNewIds);
+    assert!(e.retry_after_ms > 0);
+    assert_eq!(net.servers[0].stats().refusals(ErrorCode::QuotaNewIds), 1);
+}
+
+#[test]
+fn capacity_is_enforced_here_and_on_records_replicated_from_elsewhere() {
+    let cfg = Config {
+        capacity: 3,
+        per_ip_records: 100,
+        new_ids_per_min: 1000.0,
+        ..Config::default()
+    };
+    let mut net = Net::new(2, cfg);
+    for seed in 1..=3u64 {
+        let c = net.connect(0, seed, &format!("198.51.100.{seed}"));
+        assert!(registered(&net.register(&c, "x")));
+    }
+    let c = net.connect(0, 4, "198.51.100.4");
+    assert_eq!(code_of(&net.register(&c, "x")), Some(ErrorCode::ServerFull));
+    // A lying home server (or a bug) cannot push more than its capacity
+    // into the other tables: server 1 refuses the fourth record homed at 0.
+    let (k, id) = key(5);
+    let body = rendezvous::RecordBody {
+        peer: id,
+        name: "extra".into(),
+        home_server: net.servers[0].id(),
+        public_addr: Some("198.51.100.5:1".parse().unwrap()),
+        private_addrs: vec![],
+        seq: 1,
+        expires_at: net.now.unix() + 600,
+        nat: rendezvous::NatMapping::Unknown,
+    };
+    let record = PeerRecord::sign(&k, body);
+    let origin = net.servers[0].id();
+    net.input(
+        1,
+        Input::Delivery {
+            origin,
+            payload: rendezvous::Payload::Record(record).encode(),
+        },
+    );
+    assert_eq!(net.servers[1].table().homed_at(&net.servers[0].id()), 3);
+    assert_eq!(net.servers[1].stats().rejected.get("home_cap"), Some(&1));
+}
+
+#[test]
+fn the_table_has_a_global_cap() {
+    let cfg = Config {
+        max_records: 4,
+        per_ip_records: 100,
+        new_ids_per_min: 1000.0,
+        ..Config::default()
+    };
+    let mut net = Net::new(1, cfg);
+    let mut codes = Vec::new();
+    for seed in 1..=6u64 {
+        let c = net.connect(0, seed, &format!("198.51.100.{seed}"));
+        codes.push(code_of(&net.register(&c, "x")));
+    }
+    assert_eq!(
+        codes,
+        vec![
+            None,
+            None,
+            None,
+            None,
+            Some(ErrorCode::TableFull),
+            Some(ErrorCode::TableFull)
+        ]
+    );
+}
+
+#[test]
+fn presence_is_the_connection() {
+    let mut net = Net::new(3, Config::default());
+    let a = net.connect(0, 1, "198.51.100.1");
+    assert!(registered(&net.register(&a, "alice")));
+    for s in 0..3 {
+        assert!(net.servers[s].lookup(&a.id(), net.now).is_some());
+    }
+    net.close(&a);
+    for s in 0..3 {
+        assert!(
+            net.servers[s].lookup(&a.id(), net.now).is_none(),
+            "offline at {s}"
+        );
+        assert!(
+            net.servers[s]
+                .table()
+                .holders("alice", net.now.unix(), |_| true, 4)
+                .is_empty()
+        );
+    }
+    assert_eq!(net.servers[0].stats().get("clients_gone"), 1);
+    assert_eq!(net.servers[0].clients_registered(), 0);
+}
+
+#[test]
+fn a_registration_is_acknowledged_once_another_server_has_it() {
+    let mut net = Net::new(3, Config::default());
+    net.hold_stored = true;
+    let a = net.connect(0, 1, "198.51.100.1");
+    let seq = net.now.unix_ms;
+    let request = net.register_request(&a, "a", seq);
+    let req = net.send(&a, request);
+    assert_eq!(
+        net.response(&a, req),
+        None,
+        "not before a copy is confirmed"
+    );
+    assert_eq!(net.servers[0].pending_acks(), 1);
+    // The Stored answer never comes: after the timeout another server is
+    // asked, then a third; then the client is told to retry.
+    net.run_for(Duration::from_secs(10));
+    let stores = net
+        .sent
+        .iter()
+        .filter(|(f, _, m)| *f == 0 && matches!(m, ServerMsg::Store { .. }))
+        .count();
+    assert_eq!(stores, 2, "each of the two other servers tried once");
+    assert_eq!(
+        code_of(&net.response(&a, req)),
+        Some(ErrorCode::NotReplicated)
+    );
+    // With acknowledgements flowing, a retry is accepted, and so is the
+    // very same record again (idempotent).
+    net.hold_stored = false;
+    let retry = net.register(&a, "a");
+    assert!(registered(&retry), "{retry:?}");
+    let again = net.register_request(&a, "a", net.now.unix_ms);
+    let retry = net.ask(&a, again);
+    assert!(registered(&retry), "{retry:?}");
+    // A server alone in its cluster acknowledges at once.
+    let mut alone = Net::new(1, Config::default());
+    let c = alone.connect(0, 1, "198.51.100.1");
+    assert!(registered(&alone.register(&c, "c")));
+}
+
+#[test]
+fn costly_requests_are_rate_limited_with_a_retry_hint() {
+    let mut net = Net::new(1, Config::default());
+    let a = net.connect(0, 1, "198.51.100.1");
+    assert!(registered(&net.register(&a, "a")));
+    let mut limited = None;
+    for _ in 0..100 {
+        if let Some(Response::Error(e)) = net.meet(&a, FriendRef::Name("nobody".into())) {
+            limited = Some(e);
+            break;
+        }
+    }
+    let e = limited.expect("limited within the burst");
+    assert_eq!(e.code, ErrorCode::RateLimited);
+    assert!(e.retry_after_ms > 0 && e.retry_after_ms <= 1000, "{e:?}");
+    // Lookups are not limited.
+    for _ in 0..100 {
+        assert!(matches!(
+            net.ask(&a, Request::Lookup(a.id())),
+            Some(Response::Record(Some(_)))
+        ));
+    }
+}
+
+#[test]
+fn connections_are_capped_per_address_and_in_all() {
+    let mut net = Net::new(
+        1,
+        Config {
+            per_ip_connections: 3,
+            max_connections: 5,
+            ..Config::default()
+        },
+    );
+    for seed in 1..=4u64 {
+        net.connect(0, seed, "198.51.100.1");
+    }
+    assert_eq!(net.closes.len(), 1, "the fourth from one address");
+    for seed in 5..=8u64 {
+        net.connect(0, seed, &format!("198.51.100.{seed}"));
+    }
+    assert_eq!(net.servers[0].connections(), 5);
+    assert_eq!(net.closes.len(), 3);
+    assert_eq!(
+        net.servers[0]
+            .stats()
+            .refusals(ErrorCode::TooManyConnections),
+        3
+    );
+}
+
+#[test]
+fn private_addresses_that_are_not_lan_addresses_are_refused() {
+    let mut net = Net::new(1, Config::default());
+    let a = net.connect(0, 1, "198.51.100.1");
+    let mut record = net.record(&a, "a", 5);
+    record.body.private_addrs = vec!["8.8.8.8:53".parse().unwrap()];
+    let record = PeerRecord::sign(&key(1).0, record.body);
+    let withdrawal = PeerRecord::withdrawal(&key(1).0, &record.body, net.now.unix());
+    let r = net.ask(&a, Request::RegisterLive { record, withdrawal });
+    assert_eq!(code_of(&r), Some(ErrorCode::Invalid));
+}
+
+#[test]
+fn a_relay_needs_a_meeting_and_its_slots_go_with_the_connection() {
+    let cfg = Config {
+        relay_sessions: 1,
+        ..Config::default()
+    };
+    let mut net = Net::new(1, cfg);
+    let a = net.connect(0, 1, "198.51.100.1");
+    let b = net.connect(0, 2, "198.51.100.2");
+    // Strangers (or unregistered keys) cannot take relay slots.
+    let r = net.ask(&a, Request::Relay(b.id()));
+    assert_eq!(code_of(&r), Some(ErrorCode::RelayNotMet));
+    assert!(registered(&net.register(&a, "a")));
+    assert!(registered(&net.register(&b, "b")));
+    assert!(matches!(
+        net.meet(&a, FriendRef::Id(b.id())),
+        Some(Response::Friend { .. })
+    ));
+    assert_eq!(
+        net.ask(&a, Request::Relay(a.id()))
+            .map(|r| code_of(&Some(r))),
+        Some(Some(ErrorCode::RelaySelf))
+    );
+    assert_eq!(net.ask(&a, Request::Relay(b.id())), None, "waits for b");
+    assert_eq!(net.ask(&b, Request::Relay(a.id())), None, "paired");
+    assert_eq!(net.relay_pairs.len(), 1);
+    assert_eq!(net.servers[0].relay_sessions(), 1);
+    // The server is full now.
+    let c = net.connect(0, 3, "198.51.100.3");
+    let d = net.connect(0, 4, "198.51.100.4");
+    assert!(registered(&net.register(&c, "c")));
+    assert!(registered(&net.register(&d, "d")));
+    assert!(matches!(
+        net.meet(&c, FriendRef::Id(d.id())),
+        Some(Response::Friend { .. })
+    ));
+    assert_eq!(
+        code_of(&net.ask(&c, Request::Relay(d.id()))),
+        Some(ErrorCode::RelayFull)
+    );
+    // a goes: the session is stopped and its slot freed.
+    net.close(&a);
+    assert_eq!(net.relay_stops.len(), 1);
+    assert_eq!(net.servers[0].relay_sessions(), 0);
+    assert_eq!(net.ask(&c, Request::Relay(d.id())), None, "waits for d");
+    // d never comes: c is told after the wait.
+    net.run_for(Duration::from_secs(16));
+    let last = net
+        .responses
+        .iter()
+        .rev()
+        .find(|(_, conn, _, _)| *conn == c.conn)
+        .map(|(_, _, _, r)| r.clone());
+    assert_eq!(code_of(&last), Some(ErrorCode::RelayNoFriend));
+}
+
+#[test]
+fn paged_anti_entropy_converges_on_large_tables_with_bounded_messages() {
+    let cfg = Config {
+        page_versions: 64,
+        page_records: 16,
+        sync_buckets_per_round: 8,
+        per_ip_records: 1_000_000,
+        new_ids_per_min: 1e9,
+        capacity: 100_000,
+        broadcast_rate: (1e9, 1e9),
+        conn_rate: (1e9, 1e9),
+        ip_rate: (1e9, 1e9),
+        ..Config::default()
+    };
+    let mut net = Net::new(2, cfg);
+    // Server 1 is cut off while 3,000 clients register at server 0.
+    net.unreachable.insert(1);
+    for seed in 1..=3_000u64 {
+        let c = net.connect(
+            0,
+            seed,
+            &format!("10.{}.{}.{}", seed >> 16, (seed >> 8) & 255, seed & 255),
+        );
+        let r = net.register(&c, "many");
+        assert!(matches!(r, Some(Response::Error(_)) | Some(Response::Registered)) || r.is_none());
+    }
+    net.unreachable.clear();
+    assert_eq!(net.servers[1].table().len(), 0);
+    net.sent.clear();
+    let mut rounds = 0;
+    while net.servers[0].table().digest() != net.servers[1].table().digest() {
+        net.run_for(Duration::from_secs(1));
+        rounds += 1;
+        assert!(
+            rounds < 300,
+            "did not converge: {} of 3000",
+            net.servers[1].table().len()
+        );
+    }
+    assert_eq!(net.servers[1].table().len(), 3_000);
+    let biggest = net
+        .sent
+        .iter()
+        .map(|(_, _, m)| postcard::to_allocvec(m).unwrap().len())
+        .max()
+        .unwrap();
+    assert!(biggest <= rendezvous::proto::MAX_SERVER_FRAME, "{biggest}");
+    assert!(biggest <= 16 * 1024, "pages stay small: {biggest} bytes");
+}
+
+#[test]
+fn the_same_inputs_give_the_same_outputs() {
+    let run = || {
+        let mut net = Net::new(3, Config::default());
+        let a = net.connect(0, 1, "198.51.100.1");
+        let b = net.connect(1, 2, "198.51.100.2");
+        net.register(&a, "a");
+        net.register(&b, "b");
+        net.meet(&a, FriendRef::Name("b".into()));
+        net.run_for(Duration::from_secs(3));
+        net.close(&a);
+        net.run_for(Duration::from_secs(1));
+        format!("{:?}{:?}", net.responses, net.sent)
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn refusals_and_rejections_are_counted_by_reason() {
+    let mut net = Net::new(2, Config::default());
+    let a = net.connect(0, 1, "198.51.100.1");
+    let mut r = net.record(&a, "a", 5);
+    r.body.home_server = net.servers[1].id();
+    let r = PeerRecord::sign(&key(1).0, r.body);
+    let w = PeerRecord::withdrawal(&key(1).0, &r.body, net.now.unix());
+    assert_eq!(
+        code_of(&net.ask(
+            &a,
+            Request::RegisterLive {
+                record: r,
+                withdrawal: w
+            }
+        )),
+        Some(ErrorCode::WrongHome)
+    );
+    net.input(
+        0,
+        Input::ClientMalformed {
+            conn: a.conn,
+            req: 77,
+            error: "bad".into(),
+        },
+    );
+    let stats = net.servers[0].stats();
+    assert_eq!(stats.refusals(ErrorCode::WrongHome), 1);
+    assert_eq!(stats.refusals(ErrorCode::Malformed), 1);
+    let origin = net.servers[1].id();
+    net.input(
+        0,
+        Input::Delivery {
+            origin,
+            payload: bytes::Bytes::from_static(&[2, 0xff]),
+        },
+    );
+    assert_eq!(net.servers[0].stats().rejected.get("undecodable"), Some(&1));
+    let _ = Output::Broadcast(bytes::Bytes::new());
+}
