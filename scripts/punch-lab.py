@@ -67,6 +67,8 @@ class Servers:
                     "--listen", SRV[name], "--admin", "127.0.0.1:9100",
                     "--data-dir", work, "--key", os.path.join(work, f"{name}.key"),
                     "--preset", "local"]
+            for other in ("srv1", "srv2"):
+                args += ["--allow", self.addrs[other].split("@")[0]]
             if name == "srv2":
                 args += ["--bootstrap", self.addrs["srv1"]]
             log = open(os.path.join(work, f"{name}.log"), "w")

@@ -7,7 +7,7 @@
 
 use crate::driver::{Node, Snapshot};
 use crate::identity::Id;
-use crate::membership::Service;
+use crate::server::Server;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
 pub async fn serve(
     addr: SocketAddr,
     node: Arc<Node>,
-    members: Arc<Service>,
+    members: Arc<Server>,
     metrics: PrometheusHandle,
     alone_by_config: bool,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
@@ -79,7 +79,7 @@ pub async fn serve(
 async fn respond(
     path: &str,
     node: &Node,
-    members: &Service,
+    members: &Server,
     metrics: &PrometheusHandle,
     alone_by_config: bool,
 ) -> (&'static str, &'static str, String) {

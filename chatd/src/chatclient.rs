@@ -26,14 +26,16 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)] // the chat command talks to its user
 
 use crate::chat::{Frame, Session};
+use crate::client::unix_millis;
 use crate::client::{Client, Meeting, Refused, Session as ClientSession};
+use crate::framing::{read_msg, write_msg};
 use crate::friends::{KnownFriends, Pin};
 use crate::identity::{Id, Keypair, ServerAddr};
-use crate::membership::ServerRecord;
-use crate::peertable::{NatMapping, PeerRecord};
-use crate::registry::{FriendRef, Notice, read_msg, unix_millis, write_msg};
 use anyhow::Context;
 use overlay::PeerId;
+use rendezvous::ServerRecord;
+use rendezvous::{FriendRef, Notice};
+use rendezvous::{NatMapping, PeerRecord};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,6 +74,18 @@ fn lan_addr(server: SocketAddr, port: u16) -> Option<SocketAddr> {
     let probe = std::net::UdpSocket::bind(crate::client::any_addr_for(server)).ok()?;
     probe.connect(server).ok()?;
     Some(SocketAddr::new(probe.local_addr().ok()?.ip(), port))
+}
+
+/// The longest start delay a server hands out (guards against a skewed
+/// server clock).
+const MAX_START_DELAY: Duration = Duration::from_secs(1);
+
+/// Whether `r` is the friend asked for.
+fn friend_matches(wanted: &FriendRef, r: &PeerRecord) -> bool {
+    match wanted {
+        FriendRef::Id(id) => r.body.peer == *id,
+        FriendRef::Name(n) => r.body.name == *n,
+    }
 }
 
 /// How many times a broken path is re-established before giving up.
@@ -137,7 +151,7 @@ async fn chat_until_done(
         // The common start instant the server chose: both sides begin
         // punching together, as the later of the two hears of the meeting.
         // Capped here too, whatever a server says.
-        tokio::time::sleep(start_in.min(crate::registry::MAX_START_DELAY)).await;
+        tokio::time::sleep(start_in.min(MAX_START_DELAY)).await;
         let path = connect(
             client,
             &home.session,
@@ -334,7 +348,7 @@ impl Homes {
     /// Remembers the live servers of a `Servers` answer.
     fn learn(&self, servers: &[ServerRecord]) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        for a in servers.iter().filter_map(ServerRecord::dial_addr) {
+        for a in servers.iter().filter_map(crate::client::dial_addr) {
             if a.addr.is_ipv6() == self.v6
                 && !known.iter().any(|k| k.id == a.id)
                 && known.len() < MAX_KNOWN_SERVERS
@@ -407,7 +421,8 @@ impl Homes {
         let session = &home.session;
         let port = client.endpoint().local_addr()?.port();
         let mut record = client.record(session, &opts.name, public, self.seq(), RECORD_TTL);
-        record.body.private_addrs = lan_addr(session.server().addr, port).into_iter().collect();
+        let lan: Vec<SocketAddr> = lan_addr(session.server().addr, port).into_iter().collect();
+        record.body.private_addrs = rendezvous::record::usable_private_addrs(&lan, Some(public));
         record.body.nat = home.nat;
         let record = PeerRecord::sign(client.signing_key(), record.body);
         session.register(record).await?;
@@ -533,7 +548,7 @@ async fn find_friend(
             Ok(Some(Notice::Friend {
                 record,
                 start_in_ms,
-            })) if wanted.matches(&record) && record.body.seq > seen_seq => {
+            })) if friend_matches(wanted, &record) && record.body.seq > seen_seq => {
                 say_found(&record);
                 return Ok((record, Duration::from_millis(start_in_ms.into())));
             }
@@ -621,7 +636,10 @@ async fn pick_home(
         .iter()
         .find(|s| s.id == here)
         .map_or(f64::INFINITY, |s| s.load());
-    let Some((best, target)) = servers.first().and_then(|b| Some((b, b.dial_addr()?))) else {
+    let Some((best, target)) = servers
+        .first()
+        .and_then(|b| Some((b, crate::client::dial_addr(b)?)))
+    else {
         return session;
     };
     if best.id == here || best.load() >= load_here {
@@ -655,7 +673,7 @@ async fn nat_mapping(
     let here = session.server();
     let other = servers
         .iter()
-        .filter_map(ServerRecord::dial_addr)
+        .filter_map(crate::client::dial_addr)
         .find(|s| s.id != here.id && s.addr != here.addr);
     let Some(other) = other else {
         return NatMapping::Unknown;
@@ -791,8 +809,8 @@ async fn relay(
         servers
             .iter()
             .find(|s| s.id == friend.body.home_server)
-            .context("the friend's home server is not live, so it cannot relay")?
-            .dial_addr()
+            .context("the friend's home server is not live, so it cannot relay")
+            .map(crate::client::dial_addr)?
             .context("the friend's home server has no address")?
     };
     status(&format!("requesting a relay via server {}", home.addr));

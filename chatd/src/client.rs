@@ -6,13 +6,14 @@
 //! Owns client connections only; never acts as a server.
 
 use crate::driver::CLIENT_ALPN;
+use crate::framing::{read_msg, write_msg};
 use crate::identity::{Keypair, ServerAddr};
-use crate::membership::ServerRecord;
-use crate::peertable::{PeerRecord, RecordBody};
-use crate::registry::{FriendRef, Notice, Request, Response, read_msg, write_msg};
 use crate::tls::{self, Credentials};
 use anyhow::Context;
 use overlay::PeerId;
+use rendezvous::ServerRecord;
+use rendezvous::{FriendRef, Notice, Request, Response};
+use rendezvous::{PeerRecord, RecordBody};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,12 +40,41 @@ pub const CHAT_ALPN: &[u8] = b"chatd-chat/1";
 /// opposed to a server that did not answer: callers tell the two apart
 /// with `anyhow::Error::downcast_ref::<Refused>()`.
 #[derive(Debug, thiserror::Error)]
-#[error("{server}: {reason}")]
+#[error("{server}: {refusal}")]
 pub struct Refused {
     /// The server that refused.
     pub server: ServerAddr,
-    /// Its reason, in words.
-    pub reason: String,
+    /// What it said: a code to act on, words to show.
+    pub refusal: rendezvous::Refusal,
+}
+
+impl Refused {
+    /// The refusal's code.
+    pub fn code(&self) -> rendezvous::ErrorCode {
+        self.refusal.code
+    }
+
+    /// When the server said a retry makes sense, after how long.
+    pub fn retry_after(&self) -> Option<Duration> {
+        (self.refusal.retry_after_ms > 0)
+            .then(|| Duration::from_millis(u64::from(self.refusal.retry_after_ms)))
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Where to dial a server: its first address, its key pinned.
+pub fn dial_addr(s: &ServerRecord) -> Option<ServerAddr> {
+    Some(ServerAddr {
+        id: crate::identity::Id(s.id),
+        addr: *s.addrs.first()?,
+    })
 }
 
 /// A connection to one server (cheap to clone: one connection).
@@ -263,7 +293,7 @@ impl Client {
         seq: u64,
         ttl: Duration,
     ) -> PeerRecord {
-        let expires_at = crate::registry::unix_millis() / 1000 + ttl.as_secs();
+        let expires_at = unix_millis() / 1000 + ttl.as_secs();
         PeerRecord::sign(
             self.keypair.signing_key(),
             RecordBody {
@@ -271,10 +301,13 @@ impl Client {
                 name: name.to_string(),
                 home_server: session.server.id.0,
                 public_addr: Some(public_addr),
-                private_addrs: self.endpoint.local_addr().into_iter().collect(),
+                private_addrs: rendezvous::record::usable_private_addrs(
+                    &self.endpoint.local_addr().into_iter().collect::<Vec<_>>(),
+                    Some(public_addr),
+                ),
                 seq,
                 expires_at,
-                nat: crate::peertable::NatMapping::Unknown,
+                nat: rendezvous::NatMapping::Unknown,
             },
         )
     }
@@ -342,7 +375,7 @@ impl Session {
         if let Response::Error(e) = resp {
             return Err(Refused {
                 server: self.server,
-                reason: e,
+                refusal: e,
             }
             .into());
         }
@@ -362,7 +395,7 @@ impl Session {
     /// online only while this connection lives. An expired record is a
     /// withdrawal of its own.
     pub async fn register(&self, record: PeerRecord) -> anyhow::Result<()> {
-        let now = crate::registry::unix_millis() / 1000;
+        let now = unix_millis() / 1000;
         let req = if record.is_live(now) {
             let withdrawal = PeerRecord::withdrawal(self.keypair.signing_key(), &record.body, now);
             Request::RegisterLive { record, withdrawal }

@@ -26,6 +26,26 @@ pub struct File {
     /// `[relay]`
     #[serde(default)]
     pub relay: RelaySection,
+    /// `[limits]`
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[limits]`: what anonymous clients may make the server hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Client connections at once (default 20000).
+    pub max_connections: Option<usize>,
+    /// Client connections from one address or IPv6 /64 (default 64).
+    pub per_ip_connections: Option<u32>,
+    /// Live registrations here from one address or /64 (default 32).
+    pub per_ip_records: Option<u32>,
+    /// New identities one address may register per minute (default 60).
+    pub new_ids_per_min: Option<f64>,
+    /// Records the peer table holds at most, tombstones included (default
+    /// 1000000).
+    pub max_records: Option<usize>,
 }
 
 /// `[server]`
@@ -46,9 +66,16 @@ pub struct ServerSection {
     /// Servers to join through, `ID@HOST:PORT`.
     #[serde(default)]
     pub bootstrap: Vec<String>,
-    /// Server ids allowed to join; empty = any server (open cluster).
+    /// Server ids allowed to join; empty = nobody can be checked, which
+    /// needs `open_cluster = true`.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Run without an allowlist: any server that knows our id may join,
+    /// read every client's addresses and vote on failures (default false).
+    pub open_cluster: Option<bool>,
+    /// Clients this server serves (default 10000): the load it announces is
+    /// registrations / capacity, and registrations beyond it are refused.
+    pub capacity: Option<u32>,
 }
 
 /// `[admin]`
@@ -103,8 +130,10 @@ pub struct ServerConfig {
     pub admin: SocketAddr,
     /// Overlay parameters.
     pub overlay: overlay::Config,
-    /// Relay limits.
-    pub relay: crate::relay::RelayLimits,
+    /// The server core's limits and tempo (relay and `[limits]` included).
+    pub core: rendezvous::Config,
+    /// Whether running without an allowlist was asked for.
+    pub open_cluster: bool,
 }
 
 /// Default QUIC port.
@@ -167,27 +196,65 @@ impl File {
         overlay
             .validate()
             .map_err(|e| anyhow::anyhow!("{origin}: overlay: {e}"))?;
-        let mut relay = crate::relay::RelayLimits::default();
+        let mut core = rendezvous::Config::default();
         let r = self.relay;
         if let Some(n) = r.max_per_client {
             anyhow::ensure!(n >= 1, "{origin}: relay.max_per_client: must be at least 1");
-            relay.max_per_client = n;
+            core.relay_per_client = u32::try_from(n).unwrap_or(u32::MAX);
         }
-        relay.max_sessions = r.max_sessions.unwrap_or(relay.max_sessions);
+        core.relay_sessions = r.max_sessions.unwrap_or(core.relay_sessions);
         if let Some(b) = r.bytes_per_sec {
             anyhow::ensure!(
                 b >= 1500,
                 "{origin}: relay.bytes_per_sec: {b} is below one packet (1500) per second"
             );
-            relay.bytes_per_sec = b;
+            core.relay.bytes_per_sec = b;
         }
         if let Some(w) = r.wait_secs {
             anyhow::ensure!(
                 (1..=300).contains(&w),
                 "{origin}: relay.wait_secs: {w} is not within 1..=300"
             );
-            relay.wait = std::time::Duration::from_secs(w);
+            core.relay_wait = std::time::Duration::from_secs(w);
         }
+        if let Some(c) = s.capacity {
+            anyhow::ensure!(c >= 1, "{origin}: server.capacity: must be at least 1");
+            core.capacity = c;
+        }
+        let l = self.limits;
+        if let Some(n) = l.max_connections {
+            anyhow::ensure!(
+                n >= 1,
+                "{origin}: limits.max_connections: must be at least 1"
+            );
+            core.max_connections = n;
+        }
+        if let Some(n) = l.per_ip_connections {
+            anyhow::ensure!(
+                n >= 1,
+                "{origin}: limits.per_ip_connections: must be at least 1"
+            );
+            core.per_ip_connections = n;
+        }
+        if let Some(n) = l.per_ip_records {
+            anyhow::ensure!(
+                n >= 1,
+                "{origin}: limits.per_ip_records: must be at least 1"
+            );
+            core.per_ip_records = n;
+        }
+        if let Some(n) = l.new_ids_per_min {
+            anyhow::ensure!(
+                n.is_finite() && n > 0.0,
+                "{origin}: limits.new_ids_per_min: must be a positive number"
+            );
+            core.new_ids_per_min = n;
+        }
+        if let Some(n) = l.max_records {
+            anyhow::ensure!(n >= 1, "{origin}: limits.max_records: must be at least 1");
+            core.max_records = n;
+        }
+        let open_cluster = s.open_cluster.unwrap_or(false);
         Ok(ServerConfig {
             listen: s
                 .listen
@@ -202,7 +269,8 @@ impl File {
                 .listen
                 .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default")),
             overlay,
-            relay,
+            core,
+            open_cluster,
         })
     }
 }

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 /// ALPN of server-to-server overlay connections, with the protocol version.
 pub const OVERLAY_ALPN: &[u8] = b"chatd-overlay/1";
 /// ALPN of client-to-server connections.
-pub const CLIENT_ALPN: &[u8] = b"chatd-client/1";
+pub const CLIENT_ALPN: &[u8] = b"chatd-client/2";
 
 /// A client connection accepted by the node: its authenticated id and the
 /// connection (for the registry to serve).
@@ -109,6 +109,8 @@ pub enum NodeEvent {
     PeerFailed(PeerId),
     /// A server became an overlay neighbor (anti-entropy runs now).
     NeighborUp(PeerId),
+    /// A server stopped being an overlay neighbor.
+    NeighborDown(PeerId),
 }
 
 /// A bidirectional stream a neighbor opened on its overlay connection.
@@ -139,6 +141,13 @@ enum Command {
     Snapshot(oneshot::Sender<Snapshot>),
     Leave(oneshot::Sender<()>),
     Connection(PeerId, oneshot::Sender<Option<quinn::Connection>>),
+    /// A connection to this server: the existing link, or a new one dialed
+    /// at the address (admission checked first).
+    Connect(
+        PeerId,
+        Option<SocketAddr>,
+        oneshot::Sender<Option<quinn::Connection>>,
+    ),
     Block(std::collections::BTreeSet<PeerId>),
     /// The allowlist changed: close links to servers no longer admitted.
     Readmit,
@@ -196,7 +205,9 @@ impl Node {
         let tls = tls::server_config(&creds, &[OVERLAY_ALPN, CLIENT_ALPN])?;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        server.transport_config(transport.clone());
+        // Accepted connections start with the limits of an anonymous client;
+        // an overlay connection gets the server's once its ALPN is known.
+        server.transport_config(Arc::new(accepted_transport_config(&cfg)?));
         let endpoint = quinn::Endpoint::server(server, cfg.listen).map_err(|error| BindError {
             socket: "QUIC",
             proto: "UDP",
@@ -231,6 +242,7 @@ impl Node {
             timers: BinaryHeap::new(),
             links: HashMap::new(),
             dialing: HashMap::new(),
+            connect_waiters: HashMap::new(),
             addrs: cfg.bootstrap.iter().map(|b| (b.id.0, b.addr)).collect(),
             next_conn_id: 0,
             endpoint: endpoint.clone(),
@@ -298,6 +310,20 @@ impl Node {
             .await?
             .ok_or_else(|| anyhow::anyhow!("no connection to {}", Id(peer)))?;
         Ok(conn.open_bi().await?)
+    }
+
+    /// A connection to server `peer` for application streams: the overlay
+    /// link if there is one, else a new link dialed at `addr` (or where the
+    /// overlay says it is), if `peer` is admitted.
+    pub async fn connect(
+        &self,
+        peer: PeerId,
+        addr: Option<SocketAddr>,
+    ) -> anyhow::Result<quinn::Connection> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Connect(peer, addr, tx)).await?;
+        rx.await?
+            .ok_or_else(|| anyhow::anyhow!("no connection to {}", Id(peer)))
     }
 
     /// Fault injection (tests, drills): cuts every link to these servers and
@@ -435,15 +461,51 @@ impl std::fmt::Display for BindError {
 
 impl std::error::Error for BindError {}
 
+/// Bidirectional streams a client may open at once (one per request).
+pub const CLIENT_BIDI_STREAMS: u32 = 8;
+/// Bytes a client may have in flight towards us on one connection, all
+/// streams together (QUIC connection flow control).
+pub const CLIENT_RECEIVE_WINDOW: u32 = 64 * 1024;
+/// The same for an overlay connection of an admitted server.
+const SERVER_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+/// Per-stream window (both kinds; for clients the connection window binds).
+const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
+
+/// The transport of overlay connections we dial (and, once raised, of the
+/// ones we accept): one unidirectional stream per direction for overlay
+/// frames, bidirectional streams for server-to-server messages.
 fn transport_config(cfg: &NodeConfig) -> anyhow::Result<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(cfg.keep_alive));
     t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(cfg.idle_timeout)?));
-    // Overlay traffic uses one unidirectional stream per direction; client
-    // requests use one bidirectional stream each.
     t.max_concurrent_bidi_streams(16u32.into());
     t.max_concurrent_uni_streams(4u32.into());
+    t.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
+    t.receive_window(SERVER_RECEIVE_WINDOW.into());
+    t.datagram_receive_buffer_size(None);
     Ok(t)
+}
+
+/// The transport of every accepted connection until its ALPN says it is a
+/// server: what an anonymous client gets — no unidirectional streams, a
+/// few bidirectional ones, a small connection window, no datagrams.
+fn accepted_transport_config(cfg: &NodeConfig) -> anyhow::Result<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(cfg.keep_alive));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(cfg.idle_timeout)?));
+    t.max_concurrent_bidi_streams(CLIENT_BIDI_STREAMS.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
+    t.receive_window(CLIENT_RECEIVE_WINDOW.into());
+    t.datagram_receive_buffer_size(None);
+    Ok(t)
+}
+
+/// Gives an admitted server's accepted connection the overlay's limits.
+fn raise_to_server_limits(conn: &quinn::Connection) {
+    conn.set_receive_window(SERVER_RECEIVE_WINDOW.into());
+    conn.set_max_concurrent_uni_streams(4u32.into());
+    conn.set_max_concurrent_bi_streams(16u32.into());
 }
 
 /// Peer data on the wire: the server's dialable addresses, postcard-encoded.
@@ -490,6 +552,7 @@ async fn accept_loop(
                                 );
                                 return;
                             }
+                            raise_to_server_limits(&conn);
                             let _ = net
                                 .send(NetEvent::Up {
                                     peer,
@@ -533,6 +596,8 @@ struct Core {
     timers: BinaryHeap<Reverse<(Time, Timer)>>,
     links: HashMap<PeerId, Link>,
     dialing: HashMap<PeerId, Vec<Bytes>>,
+    /// Who waits for a dial to finish (see [`Command::Connect`]).
+    connect_waiters: HashMap<PeerId, Vec<oneshot::Sender<Option<quinn::Connection>>>>,
     addrs: HashMap<PeerId, SocketAddr>,
     next_conn_id: usize,
     endpoint: quinn::Endpoint,
@@ -602,6 +667,7 @@ impl Core {
                     Some(Command::Connection(peer, reply)) => {
                         let _ = reply.send(self.links.get(&peer).map(|l| l.conn.clone()));
                     }
+                    Some(Command::Connect(peer, addr, reply)) => self.connect(peer, addr, reply),
                     Some(Command::Readmit) => {
                         let refused: Vec<PeerId> = self
                             .links
@@ -737,7 +803,10 @@ impl Core {
                 self.last_failure = None;
                 let _ = self.events.send(NodeEvent::NeighborUp(p));
             }
-            Event::NeighborDown(p) => tracing::info!(peer = %Id(p), "neighbor down"),
+            Event::NeighborDown(p) => {
+                tracing::info!(peer = %Id(p), "neighbor down");
+                let _ = self.events.send(NodeEvent::NeighborDown(p));
+            }
             Event::Received(d) => {
                 metrics::counter!("chatd_broadcast_payloads_received_total").increment(1);
                 let _ = self.events.send(NodeEvent::Delivery(d));
@@ -809,7 +878,48 @@ impl Core {
             self.deferred.push(Input::PeerDown(to));
             return;
         };
+        if !self.admitted(&to) {
+            // An address learned from the overlay is dialed only for a member.
+            metrics::counter!("chatd_cluster_admission_refused_total").increment(1);
+            self.deferred.push(Input::PeerDown(to));
+            return;
+        }
         self.dialing.insert(to, vec![frame]);
+        self.dial(to, addr);
+    }
+
+    /// Gives `reply` a connection to `peer`: the link we have, or one
+    /// dialed now (at `addr`, or the address the overlay told us).
+    fn connect(
+        &mut self,
+        peer: PeerId,
+        addr: Option<SocketAddr>,
+        reply: oneshot::Sender<Option<quinn::Connection>>,
+    ) {
+        if let Some(link) = self.links.get(&peer) {
+            let _ = reply.send(Some(link.conn.clone()));
+            return;
+        }
+        if peer == self.me || !self.admitted(&peer) || self.blocked.contains(&peer) {
+            let _ = reply.send(None);
+            return;
+        }
+        self.connect_waiters.entry(peer).or_default().push(reply);
+        if self.dialing.contains_key(&peer) {
+            return;
+        }
+        let Some(addr) = self.addrs.get(&peer).copied().or(addr) else {
+            for w in self.connect_waiters.remove(&peer).unwrap_or_default() {
+                let _ = w.send(None);
+            }
+            return;
+        };
+        self.addrs.entry(peer).or_insert(addr);
+        self.dialing.insert(peer, Vec::new());
+        self.dial(peer, addr);
+    }
+
+    fn dial(&mut self, to: PeerId, addr: SocketAddr) {
         let endpoint = self.endpoint.clone();
         let creds = self.creds.clone();
         let transport = self.transport.clone();
@@ -835,6 +945,9 @@ impl Core {
             NetEvent::Up { peer, conn, dialed } => self.link_up(peer, conn, dialed),
             NetEvent::DialFailed { peer, error } => {
                 self.last_failure = Some(error);
+                for w in self.connect_waiters.remove(&peer).unwrap_or_default() {
+                    let _ = w.send(None);
+                }
                 if self.dialing.remove(&peer).is_some() {
                     let _ = self.events.send(NodeEvent::PeerFailed(peer));
                     self.input(Input::PeerDown(peer));
@@ -941,6 +1054,9 @@ impl Core {
             }
         });
         let queued = self.dialing.remove(&peer).unwrap_or_default();
+        for w in self.connect_waiters.remove(&peer).unwrap_or_default() {
+            let _ = w.send(Some(conn.clone()));
+        }
         for frame in queued {
             if tx.try_send(frame).is_err() {
                 self.dropped += 1;

@@ -7,13 +7,13 @@
 //! - [`driver`]: the overlay core on tokio and QUIC: connections, framing,
 //!   timers, bounded queues, deliveries.
 //! - [`config`]: the TOML file and its defaults.
-//! - [`membership`]: the live server set (signed announces, leaves and
-//!   suspicions; failure detection).
-//! - [`peertable`]: signed peer records, merge rules, lookup, anti-entropy
-//!   digests (pure).
-//! - [`registry`]: the client protocol (`chatd-client/1`) and the
-//!   replicated peer table; [`client`]: its client side; [`relay`]: the
-//!   server splicing two clients' streams, and the client's virtual socket.
+//! - [`framing`]: length-prefixed postcard messages on QUIC streams.
+//! - [`server`]: the rendezvous server: a thin driver of the sans-IO
+//!   `rendezvous::Server` (membership, peer table, rendezvous,
+//!   anti-entropy, relay pairing, quotas all live there), client streams,
+//!   notices, server links, relay splicing.
+//! - [`client`]: the client side of the client protocol; [`relay`]: the
+//!   client's virtual socket over a relay stream.
 //! - [`chatclient`]: `chatd chat` (rendezvous, NAT kind, relay client,
 //!   re-homing when a server dies, the conversation); [`punch`]: the direct
 //!   path (probes, birthday method); [`friends`]: known friends' keys
@@ -31,12 +31,10 @@ pub mod chatclient;
 pub mod client;
 pub mod config;
 pub mod driver;
+pub mod framing;
 pub mod friends;
 pub mod identity;
-pub mod limit;
-pub mod membership;
-pub mod peertable;
 pub mod punch;
-pub mod registry;
 pub mod relay;
+pub mod server;
 pub mod tls;

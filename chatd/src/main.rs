@@ -148,9 +148,19 @@ struct ServeArgs {
     /// A server to join through, ID@HOST:PORT (repeat for several).
     #[arg(long, value_name = "ID@HOST:PORT")]
     bootstrap: Vec<ServerAddr>,
-    /// A server id allowed to join this cluster (repeat); none = any server.
+    /// A server id allowed to join this cluster (repeat). Without one,
+    /// `--open-cluster` is required.
     #[arg(long, value_name = "ID")]
     allow: Vec<Id>,
+    /// Run without an allowlist: any server that knows this server's id may
+    /// join, read every client's addresses and vote on failures. Only for
+    /// a trusted network or a test.
+    #[arg(long)]
+    open_cluster: bool,
+    /// Clients this server serves [default: 10000]; registrations beyond
+    /// it are refused (clients pick another server).
+    #[arg(long)]
+    capacity: Option<u32>,
     /// Overlay timing preset: lan (default), wan or local.
     #[arg(long)]
     preset: Option<String>,
@@ -307,8 +317,8 @@ fn chat(args: ChatArgs) -> anyhow::Result<()> {
     }
     let known = chatd::friends::KnownFriends::load(&data_dir.join(chatd::friends::FILE))?;
     let friend = match args.to.parse::<Id>() {
-        Ok(id) => chatd::registry::FriendRef::Id(id.0),
-        Err(_) => chatd::registry::FriendRef::Name(args.to),
+        Ok(id) => rendezvous::FriendRef::Id(id.0),
+        Err(_) => rendezvous::FriendRef::Name(args.to),
     };
     let bind = args
         .bind
@@ -389,7 +399,7 @@ fn lookup(
                         "{}",
                         serde_json::json!({
                             "id": Id(s.id).to_string(),
-                            "addr": s.dial_addr().map(|a| a.to_string()),
+                            "addr": chatd::client::dial_addr(&s).map(|a| a.to_string()),
                             "clients": s.clients,
                             "capacity": s.capacity,
                             "load": s.load(),
@@ -424,6 +434,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     s.bootstrap
         .extend(args.bootstrap.iter().map(|b| b.to_string()));
     s.allow.extend(args.allow.iter().map(|a| a.to_string()));
+    if args.open_cluster {
+        s.open_cluster = Some(true);
+    }
+    if args.capacity.is_some() {
+        s.capacity = args.capacity;
+    }
     if args.admin.is_some() {
         file.admin.listen = args.admin;
     }
@@ -431,6 +447,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         file.overlay.preset = args.preset.clone();
     }
     let cfg = file.resolve(&origin)?;
+    anyhow::ensure!(
+        !cfg.allow.is_empty() || cfg.open_cluster,
+        "no cluster allowlist: name the servers that may join with --allow ID (repeat; `chatd id --key FILE` prints a server's id), \
+         or pass --open-cluster to accept any server (a trusted network or a test only)"
+    );
     let (keypair, created) = Keypair::load_or_create(&cfg.key_file)?;
     let key_path = std::path::absolute(&cfg.key_file).unwrap_or_else(|_| cfg.key_file.clone());
     if created {
@@ -453,17 +474,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         node_cfg.overlay = cfg.overlay.clone();
         if node_cfg.admission.allow.is_empty() {
             tracing::warn!(
-                "no --allow list: any server that knows this server's id may join (open cluster)"
+                "open cluster (--open-cluster): any server that knows this server's id may join"
             );
         }
         let node = Arc::new(Node::start(&keypair, node_cfg).await?);
-        let members = Arc::new(chatd::membership::Service::start(
+        let mut core = cfg.core.clone();
+        (core.heartbeat, core.dead_after) = membership_tempo(&cfg);
+        core.allow = (!cfg.allow.is_empty()).then(|| cfg.allow.iter().map(|i| i.0).collect());
+        let members = Arc::new(chatd::server::Server::start(
             node.clone(),
             keypair.signing_key().clone(),
-            membership_settings(&cfg),
+            core,
         ));
-        let _registry =
-            chatd::registry::Registry::start_with(node.clone(), members.clone(), cfg.relay.clone());
         let alone = cfg.bootstrap.is_empty();
         let (admin, _admin_task) =
             chatd::admin::serve(cfg.admin, node.clone(), members.clone(), metrics, alone).await?;
@@ -491,11 +513,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             });
         }
         while let Signal::Reload = signals.next().await {
-            reload(&args, &node);
+            reload(&args, &node, &members);
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("shutting down: announcing the leave, telling neighbors");
-        members.leave(&node, keypair.signing_key()).await;
+        members.leave().await;
         // Let the leave announce spread a little before the links close.
         tokio::time::sleep(Duration::from_millis(300)).await;
         node.shutdown(Duration::from_secs(3)).await;
@@ -505,17 +527,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Heartbeat and failure timeout follow the overlay preset's tempo.
-fn membership_settings(cfg: &config::ServerConfig) -> chatd::membership::Settings {
+fn membership_tempo(cfg: &config::ServerConfig) -> (Duration, Duration) {
     let local = cfg.overlay.hyparview.repair_interval < Duration::from_secs(1);
-    let (heartbeat, dead_after) = if local {
+    if local {
         (Duration::from_secs(1), Duration::from_secs(6))
     } else {
         (Duration::from_secs(5), Duration::from_secs(20))
-    };
-    chatd::membership::Settings {
-        heartbeat,
-        dead_after,
-        ..Default::default()
     }
 }
 
@@ -553,7 +570,7 @@ impl Signals {
 
 /// SIGHUP: re-reads the config file and applies what can change without a
 /// restart — the cluster allowlist. Everything else needs a restart (logged).
-fn reload(args: &ServeArgs, node: &Node) {
+fn reload(args: &ServeArgs, node: &Node, server: &chatd::server::Server) {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
     let Some(path) = &args.config else {
         tracing::info!("SIGHUP: no --config file; nothing to reload");
@@ -568,6 +585,14 @@ fn reload(args: &ServeArgs, node: &Node) {
                 servers = allow.len(),
                 "SIGHUP: reloaded the cluster allowlist (other changes need a restart)"
             );
+            if allow.is_empty() && !cfg.open_cluster && !args.open_cluster {
+                tracing::error!(
+                    "SIGHUP: the new config has no allowlist (and no open_cluster = true); the old one stays in force"
+                );
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                return;
+            }
+            server.set_allow((!allow.is_empty()).then(|| allow.clone()));
             node.set_admission(Admission { allow });
         }
         Err(e) => {

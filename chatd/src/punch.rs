@@ -7,10 +7,10 @@
 use crate::chat::Frame;
 use crate::chatclient::status;
 use crate::client::{CHAT_ALPN, Client};
-use crate::peertable::{NatMapping, PeerRecord};
-use crate::registry::write_msg;
+use crate::framing::write_msg;
 use overlay::PeerId;
 use rand::RngExt;
+use rendezvous::{NatMapping, PeerRecord};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -109,6 +109,9 @@ impl Server {
     fn start(dir: &Path, args: &[&str]) -> Server {
         let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
         all.extend_from_slice(args);
+        if !args.contains(&"--allow") {
+            all.push("--open-cluster");
+        }
         let child = chatd(dir, &all)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -190,6 +193,31 @@ fn keygen(dir: &Path, file: &str) -> String {
 }
 
 #[test]
+fn a_server_without_an_allowlist_needs_open_cluster() {
+    let tmp = TempDir::new("no-allow");
+    let (status, _, err) = finish(chatd(
+        tmp.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--data-dir",
+            "d",
+        ],
+    ));
+    assert_eq!(status.code(), Some(1), "{err}");
+    let line = the_error_line(&err);
+    assert!(
+        line.starts_with(
+            "chatd: error: no cluster allowlist: name the servers that may join with --allow ID"
+        ) && line.contains("--open-cluster"),
+        "{line}"
+    );
+}
+
+#[test]
 fn a_busy_quic_port_names_the_socket_and_the_address() {
     let tmp = TempDir::new("quic-bind");
     let taken = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
@@ -204,6 +232,7 @@ fn a_busy_quic_port_names_the_socket_and_the_address() {
             "127.0.0.1:0",
             "--data-dir",
             "d",
+            "--open-cluster",
         ],
     ));
     assert_eq!(status.code(), Some(1), "{err}");
@@ -232,6 +261,7 @@ fn a_busy_admin_port_names_the_socket_and_the_address() {
             &addr.to_string(),
             "--data-dir",
             "d",
+            "--open-cluster",
         ],
     ));
     assert_eq!(status.code(), Some(1), "{err}");

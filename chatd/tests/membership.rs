@@ -7,18 +7,11 @@ mod common;
 
 use chatd::driver::{Node, NodeConfig};
 use chatd::identity::Keypair;
-use chatd::membership::{Liveness, Service, Settings};
+use chatd::server::Server as Service;
 use common::{eventually, wait_for};
+use rendezvous::Liveness;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn settings() -> Settings {
-    Settings {
-        heartbeat: Duration::from_millis(500),
-        dead_after: Duration::from_secs(4),
-        capacity: 100,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_learn_each_other_and_notice_crashes_and_leaves() {
@@ -33,7 +26,7 @@ async fn servers_learn_each_other_and_notice_crashes_and_leaves() {
         services.push(Service::start(
             node.clone(),
             k.signing_key().clone(),
-            settings(),
+            common::test_core(),
         ));
         nodes.push(node);
     }
@@ -79,15 +72,17 @@ async fn servers_learn_each_other_and_notice_crashes_and_leaves() {
     // (Left), not because it fell silent for dead_after (Dead). Checked by
     // the recorded reason rather than by a deadline shorter than
     // dead_after, which a busy machine can miss.
-    services[3].leave(&nodes[3], keys[3].signing_key()).await;
+    services[3].leave().await;
     let left = nodes[3].id;
     let liveness = || -> Vec<Option<Liveness>> {
         services[..3]
             .iter()
             .map(|s| {
-                let m = s.members();
-                let m = m.lock().unwrap_or_else(|e| e.into_inner());
-                m.get(&left).map(|e| e.liveness.clone())
+                s.status()
+                    .members
+                    .iter()
+                    .find(|(r, _)| r.id == left)
+                    .map(|(_, l)| l.clone())
             })
             .collect()
     };

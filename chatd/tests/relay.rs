@@ -1,12 +1,17 @@
-//! The server relay (issue 6): only mutual requests are paired, bytes pass
-//! both ways unchanged, and the limits (per client, per server, the wait
-//! for the friend, no relay to oneself) refuse with clear errors. Loopback
-//! only; every wait bounded.
+//! The server relay (issues 6 and 11): only peers that met through the
+//! cluster, only mutual requests are paired, bytes pass both ways
+//! unchanged, and the limits (per client, per server, the wait for the
+//! friend, no relay to oneself) refuse with clear errors. Loopback only;
+//! every wait bounded.
 
 mod common;
 
-use chatd::relay::RelayLimits;
+use rendezvous::{ErrorCode, FriendRef};
 use std::time::Duration;
+
+fn code(e: &anyhow::Error) -> Option<ErrorCode> {
+    e.downcast_ref::<chatd::client::Refused>().map(|r| r.code())
+}
 
 async fn read_n(r: &mut quinn::RecvStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
@@ -19,16 +24,15 @@ async fn read_n(r: &mut quinn::RecvStream, n: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_pairs_mutual_requests_forwards_bytes_and_enforces_limits() {
-    let limits = RelayLimits {
-        max_per_client: 1,
-        max_sessions: 1,
-        bytes_per_sec: 1_000_000,
-        // How long a request waits for the friend's: the two mutual
-        // requests below are sent together, but a busy machine may deliver
-        // them a while apart, so not too short.
-        wait: Duration::from_secs(3),
-    };
-    let servers = common::cluster_with_relay(1, 140, overlay::Config::local(), limits).await;
+    let mut core = common::test_core();
+    core.relay_per_client = 1;
+    core.relay_sessions = 1;
+    core.relay.bytes_per_sec = 1_000_000;
+    // How long a request waits for the friend's: the two mutual requests
+    // below are sent together, but a busy machine may deliver them a while
+    // apart, so not too short.
+    core.relay_wait = Duration::from_secs(3);
+    let servers = common::cluster_with(1, 140, overlay::Config::local(), core).await;
     let addr = servers[0].node.addr();
     let (a, b, c, d) = (
         common::client(41),
@@ -39,6 +43,23 @@ async fn relay_pairs_mutual_requests_forwards_bytes_and_enforces_limits() {
     let sa = a.connect(addr).await.unwrap();
     let sb = b.connect(addr).await.unwrap();
     let sc = c.connect(addr).await.unwrap();
+    let sd = d.connect(addr).await.unwrap();
+
+    // Keys that never met through the cluster get no relay slot.
+    let e = sc.relay(d.id()).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::RelayNotMet), "{e}");
+    let ttl = Duration::from_secs(600);
+    for (client, session, name) in [
+        (&a, &sa, "a"),
+        (&b, &sb, "b"),
+        (&c, &sc, "c"),
+        (&d, &sd, "d"),
+    ] {
+        common::register(client, session, name, ttl).await;
+    }
+    for (session, friend) in [(&sa, b.id()), (&sc, a.id()), (&sc, d.id())] {
+        session.meet(FriendRef::Id(friend)).await.unwrap();
+    }
 
     // Nobody asks for a: refused after the wait.
     let e = sc.relay(a.id()).await.unwrap_err().to_string();

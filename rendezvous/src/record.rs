@@ -155,6 +155,28 @@ pub fn is_private(ip: IpAddr, loopback_ok: bool) -> bool {
     }
 }
 
+/// The addresses of `candidates` a record may carry as private addresses
+/// next to `public` (what [`PeerRecord::validate`] accepts): LAN ranges of
+/// the same family, not the public address, no repeats, at most
+/// [`MAX_PRIVATE_ADDRS`]. Clients filter their interface addresses with it.
+pub fn usable_private_addrs(
+    candidates: &[SocketAddr],
+    public: Option<SocketAddr>,
+) -> Vec<SocketAddr> {
+    let loopback_ok = public.is_some_and(|a| a.ip().is_loopback());
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in candidates {
+        let ok = is_private(a.ip(), loopback_ok)
+            && a.port() != 0
+            && public.is_none_or(|p| p.is_ipv4() == a.is_ipv4() && p != *a)
+            && !out.contains(a);
+        if ok && out.len() < MAX_PRIVATE_ADDRS {
+            out.push(*a);
+        }
+    }
+    out
+}
+
 impl PeerRecord {
     /// Signs `body` with the peer's key (the key must be `body.peer`'s).
     pub fn sign(key: &SigningKey, body: RecordBody) -> PeerRecord {

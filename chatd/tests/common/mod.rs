@@ -5,8 +5,7 @@
 
 use chatd::driver::{Node, NodeConfig};
 use chatd::identity::Keypair;
-use chatd::membership::{Service, Settings};
-use chatd::registry::Registry;
+use chatd::server::Server as Rendezvous;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,27 +75,39 @@ fn live_counts(servers: &[Server]) -> Vec<usize> {
     servers.iter().map(|s| s.members.servers().len()).collect()
 }
 
-/// One running server; dropping it stops its services.
+/// One running server: the overlay node and the rendezvous server on it.
 #[allow(dead_code)] // each test binary uses its own subset
 pub struct Server {
     pub node: Arc<Node>,
-    pub members: Arc<Service>,
-    _registry: Registry,
+    pub members: Arc<Rendezvous>,
+}
+
+/// The core configuration of test servers: heartbeats every 0.5 s, dead
+/// after 4 s, capacity 100, quotas as in production.
+#[allow(dead_code)]
+pub fn test_core() -> rendezvous::Config {
+    rendezvous::Config {
+        heartbeat: Duration::from_millis(500),
+        dead_after: Duration::from_secs(4),
+        capacity: 100,
+        sync_interval: Duration::from_secs(2),
+        ..rendezvous::Config::default()
+    }
 }
 
 /// Starts `n` servers with keys seeded `seed..seed + n`, every one
 /// bootstrapping through the first. Heartbeats every 0.5 s, dead after 4 s.
 #[allow(dead_code)] // each test binary uses its own subset
 pub async fn cluster(n: u8, seed: u8, overlay_cfg: overlay::Config) -> Vec<Server> {
-    cluster_with_relay(n, seed, overlay_cfg, chatd::relay::RelayLimits::default()).await
+    cluster_with(n, seed, overlay_cfg, test_core()).await
 }
 
-/// [`cluster`] with the servers' relay limits.
-pub async fn cluster_with_relay(
+/// [`cluster`] with the servers' core configuration.
+pub async fn cluster_with(
     n: u8,
     seed: u8,
     overlay_cfg: overlay::Config,
-    relay: chatd::relay::RelayLimits,
+    core: rendezvous::Config,
 ) -> Vec<Server> {
     let mut out: Vec<Server> = Vec::new();
     for i in 0..n {
@@ -105,22 +116,12 @@ pub async fn cluster_with_relay(
         c.overlay = overlay_cfg.clone();
         c.bootstrap = out.first().map(|s| vec![s.node.addr()]).unwrap_or_default();
         let node = Arc::new(Node::start(&k, c).await.unwrap());
-        let settings = Settings {
-            heartbeat: Duration::from_millis(500),
-            dead_after: Duration::from_secs(4),
-            capacity: 100,
-        };
-        let members = Arc::new(Service::start(
+        let members = Arc::new(Rendezvous::start(
             node.clone(),
             k.signing_key().clone(),
-            settings,
+            core.clone(),
         ));
-        let registry = Registry::start_with(node.clone(), members.clone(), relay.clone());
-        out.push(Server {
-            node,
-            members,
-            _registry: registry,
-        });
+        out.push(Server { node, members });
     }
     out
 }
