@@ -14,7 +14,7 @@
 
 use anyhow::Context;
 use chatd::client::{Client, Session};
-use chatd::identity::{Keypair, ServerAddr};
+use chatd::net::identity::{Keypair, ServerAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 //! errors (a typo must not be silently ignored); errors name the key and the
 //! line. Must not start anything: it only produces a `ServerConfig`.
 
-use crate::identity::{Id, ServerAddr};
+use crate::net::identity::{Id, ServerAddr};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

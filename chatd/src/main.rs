@@ -4,9 +4,9 @@
 
 use anyhow::Context;
 use chatd::config::{self, File};
-use chatd::driver::{Node, NodeConfig};
-use chatd::identity::{Id, Keypair, ServerAddr};
-use chatd::tls::Admission;
+use chatd::net::driver::{Node, NodeConfig};
+use chatd::net::identity::{Id, Keypair, ServerAddr};
+use chatd::net::tls::Admission;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -278,11 +278,11 @@ fn chat(args: ChatArgs) -> anyhow::Result<()> {
     }
     let data_dir = match args.data_dir {
         Some(d) => d,
-        None => chatd::friends::default_data_dir()?,
+        None => chatd::client::friends::default_data_dir()?,
     };
     let key_path = args
         .key
-        .unwrap_or_else(|| data_dir.join(chatd::friends::KEY_FILE));
+        .unwrap_or_else(|| data_dir.join(chatd::client::friends::KEY_FILE));
     // One chat per key: a second client with the same key would replace the
     // first one's record (same id) and neither would find its friend.
     let lock_path = key_path.with_extension("lock");
@@ -315,7 +315,8 @@ fn chat(args: ChatArgs) -> anyhow::Result<()> {
             keypair.id()
         );
     }
-    let known = chatd::friends::KnownFriends::load(&data_dir.join(chatd::friends::FILE))?;
+    let known =
+        chatd::client::friends::KnownFriends::load(&data_dir.join(chatd::client::friends::FILE))?;
     let friend = match args.to.parse::<Id>() {
         Ok(id) => rendezvous::FriendRef::Id(id.0),
         Err(_) => rendezvous::FriendRef::Name(args.to),
@@ -326,7 +327,7 @@ fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let res = runtime.block_on(chatd::chatclient::run(chatd::chatclient::Options {
+    let res = runtime.block_on(chatd::client::run::run(chatd::client::run::Options {
         name: args.name,
         friend,
         servers: args.servers,
@@ -464,7 +465,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let mut signals = Signals::install()?;
-        let metrics = chatd::admin::install_recorder()?;
+        let metrics = chatd::server::admin::install_recorder()?;
         let mut node_cfg = NodeConfig::new(cfg.listen);
         node_cfg.advertise = cfg.advertise.clone();
         node_cfg.bootstrap = cfg.bootstrap.clone();
@@ -488,7 +489,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ));
         let alone = cfg.bootstrap.is_empty();
         let (admin, _admin_task) =
-            chatd::admin::serve(cfg.admin, node.clone(), members.clone(), metrics, alone).await?;
+            chatd::server::admin::serve(cfg.admin, node.clone(), members.clone(), metrics, alone)
+                .await?;
         // One line on stdout a launcher can parse.
         println!(
             "{{\"id\":\"{}\",\"addr\":\"{}\",\"admin\":\"http://{}\"}}",

@@ -70,7 +70,7 @@ async fn chat_pair(servers: &[common::Server], extra: &[&str]) -> Run {
     let a_lines = procs::says("alice", 0..20);
     let b_lines = procs::says("bob", 0..20);
     let mut a_typed = a_lines.clone();
-    a_typed.insert(11, "x".repeat(chatd::chat::MAX_CHARS + 1));
+    a_typed.insert(11, "x".repeat(chatd::client::chat::MAX_CHARS + 1));
     alice.write_lines(&a_typed);
     bob.write_lines(&b_lines);
     tokio::task::spawn_blocking(move || {

@@ -5,8 +5,8 @@
 
 mod common;
 
-use chatd::driver::{Node, NodeConfig};
-use chatd::identity::Keypair;
+use chatd::net::driver::{Node, NodeConfig};
+use chatd::net::identity::Keypair;
 use chatd::server::Server as Service;
 use common::{eventually, wait_for};
 use rendezvous::Liveness;

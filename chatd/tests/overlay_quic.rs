@@ -6,15 +6,15 @@
 mod common;
 
 use bytes::Bytes;
-use chatd::driver::{Node, NodeConfig};
-use chatd::identity::Keypair;
-use chatd::tls::Admission;
+use chatd::net::driver::{Node, NodeConfig};
+use chatd::net::identity::Keypair;
+use chatd::net::tls::Admission;
 use common::{eventually, wait_for};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 fn cfg(
-    bootstrap: Vec<chatd::identity::ServerAddr>,
+    bootstrap: Vec<chatd::net::identity::ServerAddr>,
     allow: &BTreeSet<overlay::PeerId>,
 ) -> NodeConfig {
     let mut c = NodeConfig::new("127.0.0.1:0".parse().unwrap());
@@ -140,14 +140,14 @@ async fn a_server_outside_the_allowlist_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_from_a_member_are_refused_and_counted() {
-    use chatd::tls::{self, Credentials};
+    use chatd::net::tls::{self, Credentials};
     let a_key = Keypair::from_seed([31; 32]);
     let rogue_key = Keypair::from_seed([32; 32]);
     let allow: BTreeSet<_> = [a_key.id().0, rogue_key.id().0].into();
     let a = Node::start(&a_key, cfg(vec![], &allow)).await.unwrap();
     // A member (it passes admission) that speaks garbage on the overlay ALPN.
     let creds = Credentials::new(&rogue_key).unwrap();
-    let tls = tls::client_config(&creds, a.id, chatd::driver::OVERLAY_ALPN).unwrap();
+    let tls = tls::client_config(&creds, a.id, chatd::net::driver::OVERLAY_ALPN).unwrap();
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let conn = endpoint

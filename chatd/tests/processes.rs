@@ -295,7 +295,7 @@ fn five_servers_see_each_other() {
         .enable_all()
         .build()
         .unwrap();
-    let addr_of = |i: usize| -> chatd::identity::ServerAddr {
+    let addr_of = |i: usize| -> chatd::net::identity::ServerAddr {
         format!("{}@127.0.0.1:{}", c.servers[i].id, c.servers[i].quic)
             .parse()
             .unwrap()
@@ -303,7 +303,7 @@ fn five_servers_see_each_other() {
     let (first, fifth) = (addr_of(0), addr_of(4));
     rt.block_on(async {
         use chatd::client::Client;
-        use chatd::identity::Keypair;
+        use chatd::net::identity::Keypair;
         let alice = Client::new(Keypair::generate(), "127.0.0.1:0".parse().unwrap()).unwrap();
         let s1 = alice.connect(first).await.unwrap();
         let seen = s1.who_am_i().await.unwrap();

@@ -1,20 +1,28 @@
-//! # proto-spec — the overlay wire specification, executable
+//! # proto-spec — the chatd wire specification, executable
 //!
-//! `SPEC.md` in this crate is the normative description of the overlay
-//! protocol. This library holds what makes it checkable:
+//! `SPEC.md` in this crate is the normative description of everything
+//! chatd puts on the wire: the overlay protocol (§1–§10) and, above it, the
+//! client protocol, peer records, membership, broadcast payloads,
+//! server-to-server messages, relay streams and chat frames (§11). This
+//! library holds what makes it checkable:
 //!
-//! - [`valid_vectors`]: one canonical message of every type (and the
-//!   interesting variants), whose frames are frozen as hex in
+//! - [`valid_vectors`]: one canonical overlay message of every type (and
+//!   the interesting variants), whose frames are frozen as hex in
 //!   `vectors/valid.txt`;
-//! - `vectors/malformed.txt`: hand-written bad frames, each with the error
-//!   kind a decoder must report;
-//! - [`parse_vector_file`]: the reader for both files.
+//! - [`app`]: the same for every message above the overlay, built from
+//!   fixed keys, frozen in `vectors/client-*.txt`, `payload.txt`,
+//!   `server.txt`, `chat.txt`, `relay.txt` and `peer-data.txt`;
+//! - `vectors/*malformed.txt`: hand-written bad frames, each with the
+//!   error kind a decoder must report;
+//! - [`parse_vector_file`]: the reader for every file.
 //!
-//! `tests/vectors.rs` decodes every valid vector and re-encodes it byte for
-//! byte, and checks every malformed one. `cargo run -p proto-spec --bin
-//! gen-vectors` rewrites `vectors/valid.txt` from [`valid_vectors`]; a diff
-//! in that file is a wire-format change and must follow the compatibility
-//! policy in SPEC.md.
+//! `tests/vectors.rs` decodes every valid vector with the real types and
+//! re-encodes it byte for byte, and checks every malformed one. `cargo run
+//! -p proto-spec --bin gen-vectors` rewrites the valid-vector files from
+//! these lists; a diff in them is a wire-format change and must follow the
+//! compatibility policy in SPEC.md.
+
+pub mod app;
 
 use bytes::Bytes;
 use overlay::wire::{

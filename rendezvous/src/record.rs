@@ -204,9 +204,9 @@ impl PeerRecord {
     pub fn check_withdrawal(&self, live: &PeerRecord, now_unix: u64) -> Result<(), RecordError> {
         self.verify()?;
         let (w, l) = (&self.body, &live.body);
-        if w.peer != l.peer || w.home_server != l.home_server {
+        if w.peer != l.peer || w.home_server != l.home_server || w.name != l.name {
             return Err(RecordError::Invalid(
-                "the withdrawal must be for the same peer and home server",
+                "the withdrawal must be for the same peer, name and home server",
             ));
         }
         if l.seq.checked_add(1) != Some(w.seq) {

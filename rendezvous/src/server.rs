@@ -186,7 +186,7 @@ impl Default for Config {
             sync_buckets_per_round: 32,
             page_versions: 1024,
             page_records: 64,
-            ack_timeout: Duration::from_secs(2),
+            ack_timeout: Duration::from_secs(1),
             ack_tries: 3,
             verify_signatures: true,
             allow: None,
@@ -417,6 +417,7 @@ struct Ack {
     req: ReqId,
     record: Arc<PeerRecord>,
     tried: Vec<PeerId>,
+    attempts: u32,
     deadline: Time,
 }
 
@@ -463,6 +464,9 @@ pub struct Server {
     neighbors: BTreeSet<PeerId>,
     next_sync: BTreeMap<PeerId, Time>,
     sync_cursor: u8,
+    /// Where the next round resumes a bucket too big for one round, per
+    /// neighbor (the last id sent).
+    sync_resume: BTreeMap<(PeerId, u8), PeerId>,
     next_heartbeat: Time,
     next_sweep: Time,
     left: bool,
@@ -530,6 +534,7 @@ impl Server {
             neighbors: BTreeSet::new(),
             next_sync: BTreeMap::new(),
             sync_cursor: 0,
+            sync_resume: BTreeMap::new(),
             next_heartbeat: now.mono,
             next_sweep: now.mono + Duration::from_secs(1),
             left: false,
@@ -683,6 +688,7 @@ impl Server {
             Input::NeighborDown(peer) => {
                 self.neighbors.remove(&peer);
                 self.next_sync.remove(&peer);
+                self.sync_resume.retain(|(p, _), _| *p != peer);
             }
             Input::PeerFailed(peer) => self.peer_failed(peer),
             Input::FromServer { from, msg } => self.server_message(now, from, msg),
@@ -1023,7 +1029,7 @@ impl Server {
                         // Notices go to the connection the record lives on.
                         self.clients.insert(peer, conn);
                         self.record_arrived(now, &record);
-                        self.replicate(now, conn, req, record, Vec::new());
+                        self.replicate(now, conn, req, record, Vec::new(), 0);
                     }
                     None => {
                         // Withdrawn by the client itself: nothing to publish later.
@@ -1148,53 +1154,63 @@ impl Server {
     }
 
     /// Copies `record` to one more live server and answers the request
-    /// once it says it has it.
+    /// once it says it has it. Each attempt waits `ack_timeout`; with no
+    /// neighbor at hand an attempt waits for one; after `ack_tries`
+    /// attempts the client is told to retry.
     fn replicate(
         &mut self,
         now: Now,
         conn: ConnId,
         req: ReqId,
         record: Arc<PeerRecord>,
-        tried: Vec<PeerId>,
+        mut tried: Vec<PeerId>,
+        attempts: u32,
     ) {
-        let candidates: Vec<PeerId> = self
+        let alone = self.members.live().next().is_none() && self.neighbors.is_empty();
+        if alone && tried.is_empty() {
+            // Alone in the cluster: there is nobody to copy it to.
+            self.stats.count("registrations_acked_alone");
+            self.respond(conn, req, Response::Registered);
+            return;
+        }
+        if attempts >= self.cfg.ack_tries {
+            self.refuse(
+                conn,
+                req,
+                Refusal {
+                    code: ErrorCode::NotReplicated,
+                    retry_after_ms: 1_000,
+                    detail: "the record could not be copied to another server in time".into(),
+                },
+            );
+            return;
+        }
+        let mut candidates: Vec<PeerId> = self
             .neighbors
             .iter()
             .filter(|n| !tried.contains(n))
             .copied()
             .collect();
-        let others_alive = self.members.live().next().is_some();
-        if candidates.is_empty() || tried.len() >= self.cfg.ack_tries as usize {
-            if tried.is_empty() && !others_alive && self.neighbors.is_empty() {
-                // Alone in the cluster: there is nobody to copy it to.
-                self.stats.count("registrations_acked_alone");
-                self.respond(conn, req, Response::Registered);
-            } else {
-                self.refuse(
-                    conn,
-                    req,
-                    Refusal {
-                        code: ErrorCode::NotReplicated,
-                        retry_after_ms: 1_000,
-                        detail: "the record could not be copied to another server in time".into(),
-                    },
-                );
-            }
-            return;
+        if candidates.is_empty() {
+            // Every neighbor was asked once: ask them again.
+            candidates = self.neighbors.iter().copied().collect();
         }
-        let pick = candidates[(self.random() % candidates.len() as u64) as usize];
         let token = self.next_token;
         self.next_token += 1;
-        let mut tried = tried;
-        tried.push(pick);
-        self.out.push_back(Output::ToServer {
-            to: pick,
-            addr: None,
-            msg: ServerMsg::Store {
-                token,
-                record: (*record).clone(),
-            },
-        });
+        if !candidates.is_empty() {
+            let pick = candidates[(self.random() % candidates.len() as u64) as usize];
+            if !tried.contains(&pick) {
+                tried.push(pick);
+            }
+            self.out.push_back(Output::ToServer {
+                to: pick,
+                addr: None,
+                msg: ServerMsg::Store {
+                    token,
+                    record: (*record).clone(),
+                },
+            });
+        }
         self.acks.insert(
             token,
             Ack {
@@ -1202,6 +1218,7 @@ impl Server {
                 req,
                 record,
                 tried,
+                attempts: attempts + 1,
                 deadline: now.mono + self.cfg.ack_timeout,
             },
         );
@@ -1694,7 +1711,7 @@ impl Server {
                 if self
                     .acks
                     .get(&token)
-                    .is_some_and(|a| a.tried.last() == Some(&from))
+                    .is_some_and(|a| a.tried.contains(&from))
                     && let Some(a) = self.acks.remove(&token)
                 {
                     self.stats.count("registrations_acked");
@@ -1706,8 +1723,8 @@ impl Server {
                 from: who,
                 start_at_ms,
             } => {
-                if self.cfg.verify_signatures && who.verify().is_err() {
-                    self.reject("bad_signature");
+                if let Err(e) = self.check_record(now, &who) {
+                    self.reject(e.reason());
                     return;
                 }
                 if let Some(&conn) = self.clients.get(&to) {
@@ -1752,9 +1769,10 @@ impl Server {
         }
         let page = self.cfg.page_versions.max(1);
         for b in chosen {
-            let mut after = None;
-            // At most 16 pages of one bucket per round; the rest next round.
-            for _ in 0..16 {
+            // At most 16 pages of one bucket per round; the next round goes
+            // on from there, and after the bucket's end starts over.
+            let mut after = self.sync_resume.remove(&(from, b));
+            for page_no in 0..16 {
                 let versions = self.table.versions(b, after, page);
                 let full = versions.len() == page;
                 let upto = if full {
@@ -1775,6 +1793,11 @@ impl Server {
                     break;
                 }
                 after = upto;
+                if page_no == 15
+                    && let Some(last) = after
+                {
+                    self.sync_resume.insert((from, b), last);
+                }
             }
         }
     }
@@ -1901,7 +1924,7 @@ impl Server {
         for t in late {
             if let Some(a) = self.acks.remove(&t) {
                 self.stats.count("store_timeouts");
-                self.replicate(now, a.conn, a.req, a.record, a.tried);
+                self.replicate(now, a.conn, a.req, a.record, a.tried, a.attempts);
             }
         }
     }

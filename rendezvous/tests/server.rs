@@ -298,15 +298,20 @@ fn a_registration_is_acknowledged_once_another_server_has_it() {
         "not before a copy is confirmed"
     );
     assert_eq!(net.servers[0].pending_acks(), 1);
-    // The Stored answer never comes: after the timeout another server is
-    // asked, then a third; then the client is told to retry.
+    // The Stored answer never comes: after each timeout another server is
+    // asked (both others, then one again); then the client is told to retry.
     net.run_for(Duration::from_secs(10));
-    let stores = net
+    let stores: Vec<_> = net
         .sent
         .iter()
         .filter(|(f, _, m)| *f == 0 && matches!(m, ServerMsg::Store { .. }))
-        .count();
-    assert_eq!(stores, 2, "each of the two other servers tried once");
+        .map(|(_, to, _)| *to)
+        .collect();
+    assert_eq!(stores.len(), 3, "three attempts");
+    assert_ne!(
+        stores[0], stores[1],
+        "the second attempt asks another server"
+    );
     assert_eq!(
         code_of(&net.response(&a, req)),
         Some(ErrorCode::NotReplicated)
@@ -446,10 +451,25 @@ fn a_relay_needs_a_meeting_and_its_slots_go_with_the_connection() {
 
 #[test]
 fn paged_anti_entropy_converges_on_large_tables_with_bounded_messages() {
+    converge_after_a_cut(64, 8, 0);
+}
+
+/// A bucket bigger than one round's pages (16 pages of 1 version here) is
+/// resumed where the last round stopped, not started over.
+#[test]
+fn a_bucket_bigger_than_a_round_is_resumed_not_restarted() {
+    // 6,000 records both hold (~23 per bucket), then 3,000 more at one
+    // server: many differences lie beyond the first 16 ids of a bucket.
+    converge_after_a_cut(1, 256, 6_000);
+}
+
+/// `common` records reach both servers; then server 1 is cut off while
+/// 3,000 more register at server 0; after the cut the tables must agree.
+fn converge_after_a_cut(page_versions: usize, buckets_per_round: usize, common: u64) {
     let cfg = Config {
-        page_versions: 64,
+        page_versions,
         page_records: 16,
-        sync_buckets_per_round: 8,
+        sync_buckets_per_round: buckets_per_round,
         per_ip_records: 1_000_000,
         new_ids_per_min: 1e9,
         capacity: 100_000,
@@ -459,6 +479,15 @@ fn paged_anti_entropy_converges_on_large_tables_with_bounded_messages() {
         ..Config::default()
     };
     let mut net = Net::new(2, cfg);
+    for seed in 1_000_000..1_000_000 + common {
+        let c = net.connect(
+            0,
+            seed,
+            &format!("10.9.{}.{}", (seed >> 8) & 255, seed & 255),
+        );
+        net.register(&c, "both");
+    }
+    assert_eq!(net.servers[1].table().len() as u64, common);
     // Server 1 is cut off while 3,000 clients register at server 0.
     net.unreachable.insert(1);
     for seed in 1..=3_000u64 {
@@ -470,8 +499,12 @@ fn paged_anti_entropy_converges_on_large_tables_with_bounded_messages() {
         let r = net.register(&c, "many");
         assert!(matches!(r, Some(Response::Error(_)) | Some(Response::Registered)) || r.is_none());
     }
+    // Long enough for every copy request (Store) to give up: only
+    // anti-entropy can repair server 1.
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(net.servers[0].pending_acks(), 0);
     net.unreachable.clear();
-    assert_eq!(net.servers[1].table().len(), 0);
+    assert_eq!(net.servers[1].table().len() as u64, common);
     net.sent.clear();
     let mut rounds = 0;
     while net.servers[0].table().digest() != net.servers[1].table().digest() {
@@ -479,11 +512,12 @@ fn paged_anti_entropy_converges_on_large_tables_with_bounded_messages() {
         rounds += 1;
         assert!(
             rounds < 300,
-            "did not converge: {} of 3000",
-            net.servers[1].table().len()
+            "did not converge: {} of {}",
+            net.servers[1].table().len(),
+            3_000 + common
         );
     }
-    assert_eq!(net.servers[1].table().len(), 3_000);
+    assert_eq!(net.servers[1].table().len() as u64, 3_000 + common);
     let biggest = net
         .sent
         .iter()

@@ -3,8 +3,8 @@
 //! poll a condition until it holds, with a generous deadline, never a fixed
 //! sleep followed by an assertion (CI machines are busy).
 
-use chatd::driver::{Node, NodeConfig};
-use chatd::identity::Keypair;
+use chatd::net::driver::{Node, NodeConfig};
+use chatd::net::identity::Keypair;
 use chatd::server::Server as Rendezvous;
 use std::future::Future;
 use std::sync::Arc;
@@ -109,6 +109,13 @@ pub async fn cluster_with(
     overlay_cfg: overlay::Config,
     core: rendezvous::Config,
 ) -> Vec<Server> {
+    if let Ok(filter) = std::env::var("CHATD_TEST_LOG") {
+        // Debugging aid: CHATD_TEST_LOG=chatd=debug shows the servers' logs.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
     let mut out: Vec<Server> = Vec::new();
     for i in 0..n {
         let k = Keypair::from_seed([seed + i; 32]);

@@ -384,6 +384,7 @@ pub fn end_both(alice: &mut Proc, bob: &mut Proc) {
     bob.close_stdin();
     let limit = Duration::from_secs(60);
     let (sa, sb) = (alice.wait_exit(limit), bob.wait_exit(limit));
-    assert!(sa.is_some_and(|s| s.success()), "alice:\n{}", alice.err());
-    assert!(sb.is_some_and(|s| s.success()), "bob:\n{}", bob.err());
+    let both = || format!("alice:\n{}\nbob:\n{}", alice.err(), bob.err());
+    assert!(sa.is_some_and(|s| s.success()), "alice failed\n{}", both());
+    assert!(sb.is_some_and(|s| s.success()), "bob failed\n{}", both());
 }

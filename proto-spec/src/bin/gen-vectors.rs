@@ -1,8 +1,12 @@
-//! Rewrites `proto-spec/vectors/valid.txt` from `proto_spec::valid_vectors`.
+//! Rewrites the valid-vector files in `proto-spec/vectors/`: `valid.txt`
+//! from `proto_spec::valid_vectors` (overlay frames) and the files of
+//! `proto_spec::app::vector_files` (everything above the overlay). The
+//! `*malformed.txt` files are hand-written and left alone.
 //!
 //! Run `cargo run -p proto-spec --bin gen-vectors` after a deliberate wire
 //! change, then review the diff: existing lines must not change (SPEC.md,
-//! "Compatibility").
+//! "Compatibility"). The output is the same on every run (fixed keys,
+//! deterministic signatures, fixed times).
 #![allow(clippy::print_stdout)]
 
 use overlay::Config;
@@ -18,8 +22,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let frame = msg.to_frame(&limits)?;
         writeln!(text, "{name} {}", proto_spec::encode_hex(&frame))?;
     }
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/valid.txt");
-    std::fs::write(path, text)?;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors");
+    let path = format!("{dir}/valid.txt");
+    std::fs::write(&path, text)?;
     println!("wrote {path}");
+    for file in proto_spec::app::vector_files() {
+        let path = format!("{dir}/{}", file.name);
+        std::fs::write(&path, file.render())?;
+        println!("wrote {path} ({} vectors)", file.vectors.len());
+    }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The rendezvous server on tokio and QUIC: a thin driver of
-//! [`rendezvous::Server`], as [`crate::driver`] is of `overlay::State`.
+//! [`rendezvous::Server`], as [`crate::net::driver`] is of `overlay::State`.
 //!
 //! One task (the *core task*) owns the core and everything that refers to
 //! its numbers: client connections, streams waiting for an answer, relay
@@ -15,7 +15,7 @@
 //! - per relay session: a splice copying between two client streams within
 //!   the session's limits (rate, total bytes, idle time).
 //!
-//! Client connections get the transport limits set in [`crate::driver`]
+//! Client connections get the transport limits set in [`crate::net::driver`]
 //! (no unidirectional streams, 8 bidirectional, a 64 KiB connection
 //! window, no datagrams). The worst case one client connection pins:
 //! 64 KiB of QUIC receive buffer, 8 × 8 KiB of request buffers, 16 queued
@@ -23,9 +23,11 @@
 //! (under 1 KiB) — about 150 KiB; with `per_ip_connections` = 64, about
 //! 10 MB per address.
 
-use crate::driver::{Node, NodeEvent};
-use crate::framing::{MAX_REQUEST, MAX_SERVER_FRAME, read_msg_max, write_msg};
-use crate::identity::Id;
+pub mod admin;
+
+use crate::net::driver::{Node, NodeEvent};
+use crate::net::framing::{MAX_REQUEST, MAX_SERVER_FRAME, read_msg_max, write_msg};
+use crate::net::identity::Id;
 use overlay::{PeerId, Time};
 use rendezvous::server::{ConnId, Input, Now, Output, RelayLimits, ReqId, SessionId};
 use rendezvous::{Liveness, Notice, Request, Response, ServerMsg, ServerRecord};
@@ -46,11 +48,7 @@ const SERVER_QUEUE: usize = 4096;
 /// Streams other servers may have open to us at once.
 const MAX_SERVER_STREAMS: usize = 64;
 
-/// Locks a mutex, carrying on with the data if a holder panicked (the data
-/// here is plain values, consistent between statements).
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::net::lock;
 
 /// What the core knows, for status pages and tests (refreshed by the core
 /// task at least every second).
@@ -140,7 +138,10 @@ impl Server {
             last_status: start,
         };
         let id = node.id;
-        tokio::spawn(driver.run(cmd_rx, events_rx));
+        // Subscribed before anything else runs: no neighbor event is missed
+        // (the ones before now are read from a snapshot at the start).
+        let node_events = node.events();
+        tokio::spawn(driver.run(cmd_rx, events_rx, node_events));
         Server {
             commands,
             status,
@@ -188,7 +189,7 @@ impl Server {
 fn now_at(start: Instant) -> Now {
     Now {
         mono: Time::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)),
-        unix_ms: crate::client::unix_millis(),
+        unix_ms: crate::net::unix_millis(),
     }
 }
 
@@ -220,8 +221,18 @@ impl Driver {
         self.start + Duration::from_micros(t.as_micros())
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<Cmd>, mut events: mpsc::Receiver<Event>) {
-        let mut node_events = self.node.events();
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Cmd>,
+        mut events: mpsc::Receiver<Event>,
+        mut node_events: tokio::sync::broadcast::Receiver<NodeEvent>,
+    ) {
+        // Neighbors the node had before we subscribed.
+        if let Ok(snap) = self.node.snapshot().await {
+            for p in snap.active {
+                self.input(Input::NeighborUp(p)).await;
+            }
+        }
         let mut clients = self.node.take_client_connections();
         let mut app_streams = self.node.take_app_streams();
         let server_streams = Arc::new(tokio::sync::Semaphore::new(MAX_SERVER_STREAMS));
@@ -524,7 +535,10 @@ async fn write_notices(conn: quinn::Connection, mut rx: mpsc::Receiver<Notice>) 
     }
 }
 
-/// Writes messages to server `to` on one stream of a connection to it.
+/// Writes messages to server `to` on one stream of a connection to it. A
+/// failed write is retried once on a fresh stream (the overlay may have
+/// replaced the connection: a simultaneous dial, a reconnect); after a
+/// second failure the link ends and the next message starts a new one.
 async fn write_server_link(
     node: Arc<Node>,
     to: PeerId,
@@ -532,19 +546,44 @@ async fn write_server_link(
     mut rx: mpsc::Receiver<ServerMsg>,
     events: mpsc::Sender<Event>,
 ) {
-    let run = async {
+    let open = || async {
         let conn = tokio::time::timeout(Duration::from_secs(10), node.connect(to, addr)).await??;
-        let (mut send, _recv) = conn.open_bi().await?;
-        while let Some(msg) = rx.recv().await {
-            tokio::time::timeout(Duration::from_secs(10), write_msg(&mut send, &msg)).await??;
-        }
-        anyhow::Ok(())
+        let (send, _recv) = conn.open_bi().await?;
+        anyhow::Ok(send)
     };
-    if let Err(e) = run.await {
-        tracing::debug!(server = %Id(to), error = %e, "server link ended");
+    let mut stream: Option<quinn::SendStream> = None;
+    'messages: while let Some(msg) = rx.recv().await {
+        for attempt in 0..2 {
+            if stream.is_none() {
+                match open().await {
+                    Ok(s) => stream = Some(s),
+                    Err(e) => {
+                        tracing::debug!(server = %Id(to), error = %e, attempt, "no stream to server");
+                        continue;
+                    }
+                }
+            }
+            if let Some(s) = stream.as_mut() {
+                match write_frame(s, &msg).await {
+                    Ok(()) => continue 'messages,
+                    Err(e) => {
+                        tracing::debug!(server = %Id(to), error = %e, attempt, "server stream broke");
+                        stream = None;
+                    }
+                }
+            }
+        }
+        metrics::counter!("chatd_server_messages_dropped_total").increment(1);
+        break;
     }
     rx.close();
     let _ = events.send(Event::LinkDown { to }).await;
+}
+
+async fn write_frame(send: &mut quinn::SendStream, msg: &ServerMsg) -> anyhow::Result<()> {
+    let frame = crate::net::framing::encode(msg)?;
+    tokio::time::timeout(Duration::from_secs(10), send.write_all(&frame)).await??;
+    Ok(())
 }
 
 /// Reads [`ServerMsg`]s from a stream another server opened.

@@ -15,8 +15,8 @@
 //! Must not know what the broadcasts mean (that is the server layer's
 //! business): deliveries go out on a channel.
 
-use crate::identity::{Id, Keypair, ServerAddr};
-use crate::tls::{self, Admission, Credentials, DialError, DialFailure, SharedAdmission};
+use crate::net::identity::{Id, Keypair, ServerAddr};
+use crate::net::tls::{self, Admission, Credentials, DialError, DialFailure, SharedAdmission};
 use bytes::Bytes;
 use overlay::{
     BroadcastError, Config, Delivery, Event, Input, MessageId, Output, PeerId, PeerInfo, State,
@@ -1010,6 +1010,7 @@ impl Core {
             if self.dialing.remove(&peer).is_some() {
                 self.input(Input::PeerDown(peer));
             }
+            self.connect_waiters.remove(&peer);
             return;
         }
         if self.blocked.contains(&peer) {
@@ -1017,6 +1018,7 @@ impl Core {
             if self.dialing.remove(&peer).is_some() {
                 self.input(Input::PeerDown(peer));
             }
+            self.connect_waiters.remove(&peer);
             return;
         }
         if let Some(existing) = self.links.get(&peer) {
@@ -1028,6 +1030,17 @@ impl Core {
                 || existing.established.elapsed() > Duration::from_secs(2);
             if !keep_new && existing.dialed != dialed {
                 conn.close(0u32.into(), b"duplicate connection");
+                // What waited for our dial goes on the link we keep.
+                let kept = existing.conn.clone();
+                let tx = existing.tx.clone();
+                for frame in self.dialing.remove(&peer).unwrap_or_default() {
+                    if tx.try_send(frame).is_err() {
+                        self.dropped += 1;
+                    }
+                }
+                for w in self.connect_waiters.remove(&peer).unwrap_or_default() {
+                    let _ = w.send(Some(kept.clone()));
+                }
                 return;
             }
             self.close_link(peer);

@@ -1,14 +1,26 @@
-//! The client side of `chatd-client/1`: connect to a server (its key
-//! pinned), ask who we are, register a signed record, look peers up, list
-//! servers, meet a friend, ask for a relay. Used by `chatd lookup` and
-//! `chatd chat`.
+//! The client: this module is the client side of `chatd-client/2` —
+//! connect to a server (its key pinned), ask who we are, register a signed
+//! record, look peers up, list servers, meet a friend, ask for a relay.
+//! Around it:
+//! - [`run`]: `chatd chat` (rendezvous, NAT kind, relay, re-homing when a
+//!   server dies, the conversation);
+//! - [`punch`]: the direct path (probes, the birthday method);
+//! - [`relay`]: the virtual UDP socket over a relay stream;
+//! - [`chat`]: chat semantics between two peers as a pure state machine;
+//! - [`friends`]: known friends' keys (trust on first use), the data dir.
 //!
 //! Owns client connections only; never acts as a server.
 
-use crate::driver::CLIENT_ALPN;
-use crate::framing::{read_msg, write_msg};
-use crate::identity::{Keypair, ServerAddr};
-use crate::tls::{self, Credentials};
+pub mod chat;
+pub mod friends;
+pub mod punch;
+pub mod relay;
+pub mod run;
+
+use crate::net::driver::CLIENT_ALPN;
+use crate::net::framing::{read_msg, write_msg};
+use crate::net::identity::{Keypair, ServerAddr};
+use crate::net::tls::{self, Credentials};
 use anyhow::Context;
 use overlay::PeerId;
 use rendezvous::ServerRecord;
@@ -61,18 +73,18 @@ impl Refused {
     }
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_millis() -> u64 {
-    std::time::SystemTime::UNIX_EPOCH
-        .elapsed()
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+pub use crate::net::unix_millis;
+
+/// One status line for the user (stderr).
+#[allow(clippy::print_stderr)] // the chat client talks to its user here
+pub(crate) fn status(line: &str) {
+    eprintln!("chatd: {line}");
 }
 
 /// Where to dial a server: its first address, its key pinned.
 pub fn dial_addr(s: &ServerRecord) -> Option<ServerAddr> {
     Some(ServerAddr {
-        id: crate::identity::Id(s.id),
+        id: crate::net::identity::Id(s.id),
         addr: *s.addrs.first()?,
     })
 }
@@ -153,7 +165,7 @@ impl Client {
         recv: quinn::RecvStream,
     ) -> anyhow::Result<(quinn::Endpoint, tokio::sync::oneshot::Receiver<()>)> {
         let local = self.endpoint.local_addr()?;
-        let (socket, closed) = crate::relay::RelaySocket::new(send, recv, local);
+        let (socket, closed) = crate::client::relay::RelaySocket::new(send, recv, local);
         let runtime = quinn::default_runtime().context("no async runtime")?;
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
@@ -402,10 +414,26 @@ impl Session {
         } else {
             Request::Register(record)
         };
-        match self.request(&req).await? {
-            Response::Registered => Ok(()),
-            other => anyhow::bail!("unexpected answer {other:?}"),
+        // A refusal that says when to retry (rate limited, not yet copied
+        // to another server) is retried, a few times: the same request is
+        // idempotent at the server.
+        for attempt in 0.. {
+            match self.request(&req).await {
+                Ok(Response::Registered) => return Ok(()),
+                Ok(other) => anyhow::bail!("unexpected answer {other:?}"),
+                Err(e) => {
+                    let wait = e
+                        .downcast_ref::<Refused>()
+                        .and_then(Refused::retry_after)
+                        .filter(|w| *w <= Duration::from_secs(5));
+                    match wait {
+                        Some(w) if attempt < 4 => tokio::time::sleep(w).await,
+                        _ => return Err(e),
+                    }
+                }
+            }
         }
+        unreachable!("the loop returns")
     }
 
     /// Withdraws our record: registers a newer one that is already
@@ -465,7 +493,7 @@ impl Session {
 
     /// Asks the server to relay us to `friend`, who must ask for us too
     /// within the server's wait; returns the stream that then carries the
-    /// friend's datagrams ([`crate::relay`]).
+    /// friend's datagrams ([`crate::client::relay`]).
     pub async fn relay(
         &self,
         friend: PeerId,

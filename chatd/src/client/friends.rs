@@ -11,7 +11,7 @@
 //! no spaces, names may); `#` starts a comment. Owns the file and the
 //! client's default paths; no network.
 
-use crate::identity::Id;
+use crate::net::identity::Id;
 use anyhow::Context;
 use overlay::PeerId;
 use std::collections::BTreeMap;
@@ -147,7 +147,7 @@ fn format(pins: &BTreeMap<String, PeerId>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Keypair;
+    use crate::net::identity::Keypair;
 
     #[test]
     fn pins_survive_a_round_trip_and_bad_lines_are_skipped() {

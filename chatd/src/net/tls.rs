@@ -14,7 +14,7 @@
 //! endpoints are in `driver.rs` and `client.rs`). Verifier error texts reach the peer in the QUIC close
 //! reason, so they contain ids only.
 
-use crate::identity::{Id, Keypair};
+use crate::net::identity::{Id, Keypair};
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use overlay::PeerId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -174,11 +174,11 @@ pub struct PinCheck(Arc<Mutex<Option<WrongServer>>>);
 impl PinCheck {
     /// The mismatch the verifier saw, if any.
     pub fn wrong_server(&self) -> Option<WrongServer> {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        *crate::net::lock(&self.0)
     }
 
     fn record(&self, wrong: WrongServer) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(wrong);
+        *crate::net::lock(&self.0) = Some(wrong);
     }
 }
 

@@ -4,10 +4,10 @@
 //! method when exactly one side's NAT maps per destination; and the rule by
 //! which the two sides agree on one connection and its chat stream.
 
-use crate::chat::Frame;
-use crate::chatclient::status;
+use crate::client::chat::Frame;
+use crate::client::status;
 use crate::client::{CHAT_ALPN, Client};
-use crate::framing::write_msg;
+use crate::net::framing::write_msg;
 use overlay::PeerId;
 use rand::RngExt;
 use rendezvous::{NatMapping, PeerRecord};
@@ -82,7 +82,7 @@ pub(crate) async fn direct(
         let connecting =
             match client
                 .endpoint()
-                .connect_with(cfg.clone(), addr, crate::tls::SERVER_NAME)
+                .connect_with(cfg.clone(), addr, crate::net::tls::SERVER_NAME)
             {
                 Ok(c) => c,
                 Err(e) => {
@@ -192,8 +192,8 @@ pub(crate) async fn accept_friend(
 }
 
 fn is_friend(conn: &quinn::Connection, fid: PeerId) -> bool {
-    crate::tls::alpn_of(conn).as_deref() == Some(CHAT_ALPN)
-        && crate::tls::peer_of(conn) == Some(fid)
+    crate::net::tls::alpn_of(conn).as_deref() == Some(CHAT_ALPN)
+        && crate::net::tls::peer_of(conn) == Some(fid)
 }
 
 /// Probe rounds: one datagram to every candidate every `PUNCH_EVERY`, at
@@ -294,7 +294,7 @@ async fn birthday_sockets(
             .map_err(anyhow::Error::from)
             .and_then(Client::endpoint_on);
         let Ok(endpoint) = endpoint else { return };
-        let Ok(connecting) = endpoint.connect_with(cfg, from, crate::tls::SERVER_NAME) else {
+        let Ok(connecting) = endpoint.connect_with(cfg, from, crate::net::tls::SERVER_NAME) else {
             return;
         };
         if let Ok(conn) = connecting.await {

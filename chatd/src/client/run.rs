@@ -7,11 +7,11 @@
 //! signed record with the public address the server observed (online only
 //! while this connection to the home server lives), ask to meet the friend
 //! (wait if it is not online yet), connect directly on the same UDP socket
-//! ([`crate::punch`]: dials, probes, the birthday method) or, when no direct
+//! ([`crate::client::punch`]: dials, probes, the birthday method) or, when no direct
 //! path comes up within `--direct-timeout`, through the home server of the
-//! lower id ([`crate::relay`]; the chat stays end-to-end encrypted), then
+//! lower id ([`crate::client::relay`]; the chat stays end-to-end encrypted), then
 //! chat: stdin lines are messages, received messages go to stdout, one per
-//! line, with the guarantees of [`crate::chat::Session`]. A broken path is
+//! line, with the guarantees of [`crate::client::chat::Session`]. A broken path is
 //! re-established the same way, without losing or duplicating a message.
 //!
 //! **Servers die.** When the home server's connection ends (while waiting,
@@ -21,16 +21,16 @@
 //!
 //! **A friend is a key.** Once a chat has connected, the friend is its id
 //! for the rest of the run; across runs a name is pinned to the id first
-//! seen ([`crate::friends`], trust on first use).
+//! seen ([`crate::client::friends`], trust on first use).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // the chat command talks to its user
 
-use crate::chat::{Frame, Session};
+use crate::client::chat::{Frame, Session};
+use crate::client::friends::{KnownFriends, Pin};
 use crate::client::unix_millis;
 use crate::client::{Client, Meeting, Refused, Session as ClientSession};
-use crate::framing::{read_msg, write_msg};
-use crate::friends::{KnownFriends, Pin};
-use crate::identity::{Id, Keypair, ServerAddr};
+use crate::net::framing::{read_msg, write_msg};
+use crate::net::identity::{Id, Keypair, ServerAddr};
 use anyhow::Context;
 use overlay::PeerId;
 use rendezvous::ServerRecord;
@@ -64,10 +64,7 @@ pub struct Options {
     pub accept_new_key: bool,
 }
 
-/// One status line for the user (stderr).
-pub(crate) fn status(line: &str) {
-    eprintln!("chatd: {line}");
-}
+use crate::client::status;
 
 /// The local address packets to `server` leave from (our LAN address).
 fn lan_addr(server: SocketAddr, port: u16) -> Option<SocketAddr> {
@@ -305,15 +302,12 @@ impl Homes {
     /// Whether the record is due for a refresh ([`REFRESH_EVERY`] since
     /// the last registration; a failed refresh stays due).
     fn refresh_due(&self) -> bool {
-        self.registered_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|at| at.elapsed() >= REFRESH_EVERY)
+        crate::net::lock(&self.registered_at).is_some_and(|at| at.elapsed() >= REFRESH_EVERY)
     }
 
     /// Remembers that `server` failed (for [`SUSPECT_FOR`]).
     fn mark_failed(&self, server: PeerId) {
-        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = crate::net::lock(&self.failed);
         f.retain(|(id, at)| *id != server && at.elapsed() < SUSPECT_FOR);
         f.push((server, Instant::now()));
     }
@@ -321,9 +315,7 @@ impl Homes {
     /// Whether `server` failed within [`SUSPECT_FOR`] (other servers may
     /// still list it as live until they notice).
     fn suspect(&self, server: PeerId) -> bool {
-        self.failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::net::lock(&self.failed)
             .iter()
             .any(|(id, at)| *id == server && at.elapsed() < SUSPECT_FOR)
     }
@@ -347,7 +339,7 @@ impl Homes {
 
     /// Remembers the live servers of a `Servers` answer.
     fn learn(&self, servers: &[ServerRecord]) {
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = crate::net::lock(&self.known);
         for a in servers.iter().filter_map(crate::client::dial_addr) {
             if a.addr.is_ipv6() == self.v6
                 && !known.iter().any(|k| k.id == a.id)
@@ -356,15 +348,14 @@ impl Homes {
                 known.push(a);
             }
         }
-        *self.live.lock().unwrap_or_else(|e| e.into_inner()) =
-            servers.iter().map(|s| s.id).collect();
+        *crate::net::lock(&self.live) = servers.iter().map(|s| s.id).collect();
     }
 
     /// The order to try servers in: those listed live (least loaded
     /// first), then the rest as learned; those that failed lately last.
     fn order(&self) -> Vec<ServerAddr> {
-        let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let live = self.live.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let known = crate::net::lock(&self.known).clone();
+        let live = crate::net::lock(&self.live).clone();
         let rank = |s: &ServerAddr| {
             let listed = live
                 .iter()
@@ -426,7 +417,7 @@ impl Homes {
         record.body.nat = home.nat;
         let record = PeerRecord::sign(client.signing_key(), record.body);
         session.register(record).await?;
-        *self.registered_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *crate::net::lock(&self.registered_at) = Some(Instant::now());
         status(&format!(
             "registered as {} with public address {public} (NAT mapping: {})",
             Id(client.id()),
@@ -451,11 +442,11 @@ impl Homes {
         self.mark_failed(dead.id.0);
         // A server that takes us and drops us at once must not make us
         // register (and withdraw) in a loop.
-        let last = *self.moved_at.lock().unwrap_or_else(|e| e.into_inner());
+        let last = *crate::net::lock(&self.moved_at);
         if let Some(wait) = last.and_then(|at| REHOME_RETRY.checked_sub(at.elapsed())) {
             tokio::time::sleep(wait).await;
         }
-        *self.moved_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *crate::net::lock(&self.moved_at) = Some(Instant::now());
         self.establish(client, opts).await
     }
 }
@@ -770,7 +761,7 @@ async fn connect(
         direct_timeout
     };
     if !budget.is_zero() {
-        match crate::punch::direct(client, own_nat, friend, budget).await {
+        match crate::client::punch::direct(client, own_nat, friend, budget).await {
             Ok((conn, send, recv)) => {
                 let kind = if friend.body.private_addrs.contains(&conn.remote_address()) {
                     PathKind::Lan
@@ -828,8 +819,8 @@ async fn relay(
     let task = if me < fid {
         let connecting = endpoint.connect_with(
             client.friend_config(fid)?,
-            crate::relay::RELAY_PEER_ADDR,
-            crate::tls::SERVER_NAME,
+            crate::client::relay::RELAY_PEER_ADDR,
+            crate::net::tls::SERVER_NAME,
         )?;
         tokio::spawn(async move {
             match connecting.await {
@@ -840,10 +831,14 @@ async fn relay(
             }
         })
     } else {
-        tokio::spawn(crate::punch::accept_friend(endpoint.clone(), fid, tx))
+        tokio::spawn(crate::client::punch::accept_friend(
+            endpoint.clone(),
+            fid,
+            tx,
+        ))
     };
     let deadline = tokio::time::Instant::now() + RELAY_HANDSHAKE_TIMEOUT;
-    let chat = crate::punch::agree(me, fid, rx, deadline).await;
+    let chat = crate::client::punch::agree(me, fid, rx, deadline).await;
     task.abort();
     let chat = chat.context("no chat through the relay")?;
     let (conn, send, recv) = chat;
@@ -904,7 +899,7 @@ impl Input {
                 }
                 times += 1;
                 if times > 1 || !in_chat.load(Ordering::SeqCst) {
-                    let lost = unacked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let lost = crate::net::lock(&unacked).clone();
                     match lost.len() {
                         0 => status("interrupted"),
                         n => status(&format!("interrupted: {n} message(s) not delivered:")),
@@ -1074,7 +1069,7 @@ async fn converse<'a>(
                     }
                 }
                 {
-                    let mut p = input.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut p = crate::net::lock(&input.pending);
                     if session.pending() > 0 || !p.is_empty() {
                         *p = session.undelivered();
                     }

@@ -125,7 +125,7 @@ impl quinn::AsyncUdpSocket for RelaySocket {
         let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut()) else {
             return Poll::Ready(Ok(0));
         };
-        let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inbox = crate::net::lock(&self.inbox);
         match inbox.poll_recv(cx) {
             Poll::Ready(Some(d)) => {
                 let n = d.len().min(buf.len());

@@ -5,8 +5,8 @@
 //! A deliberately small HTTP/1.1 responder: one request per connection,
 //! bounded request size and time. Must not change node state.
 
-use crate::driver::{Node, Snapshot};
-use crate::identity::Id;
+use crate::net::driver::{Node, Snapshot};
+use crate::net::identity::Id;
 use crate::server::Server;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
@@ -29,15 +29,16 @@ pub async fn serve(
     metrics: PrometheusHandle,
     alone_by_config: bool,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|error| crate::driver::BindError {
-            socket: "admin HTTP",
-            proto: "TCP",
-            addr,
-            flag: "--admin",
-            error,
-        })?;
+    let listener =
+        TcpListener::bind(addr)
+            .await
+            .map_err(|error| crate::net::driver::BindError {
+                socket: "admin HTTP",
+                proto: "TCP",
+                addr,
+                flag: "--admin",
+                error,
+            })?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
         loop {
