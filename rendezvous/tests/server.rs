@@ -324,6 +324,25 @@ fn a_registration_is_acknowledged_once_another_server_has_it() {
     let again = net.register_request(&a, "a", net.now.unix_ms);
     let retry = net.ask(&a, again);
     assert!(registered(&retry), "{retry:?}");
+    // Cut off from servers it has heard lately (a partition), a server
+    // does not acknowledge on its own; once nobody was heard for
+    // `alone_after`, it does.
+    let mut cut = Net::new(2, Config::default());
+    cut.unreachable.insert(1);
+    let peer = cut.servers[1].id();
+    cut.input(0, Input::NeighborDown(peer));
+    let c = cut.connect(0, 1, "198.51.100.1");
+    let req = {
+        let r = cut.register_request(&c, "c", cut.now.unix_ms);
+        cut.send(&c, r)
+    };
+    cut.run_for(Duration::from_secs(5));
+    assert_eq!(
+        code_of(&cut.response(&c, req)),
+        Some(ErrorCode::NotReplicated)
+    );
+    cut.run_for(Duration::from_secs(300));
+    assert!(registered(&cut.register(&c, "c")));
     // A server alone in its cluster acknowledges at once.
     let mut alone = Net::new(1, Config::default());
     let c = alone.connect(0, 1, "198.51.100.1");

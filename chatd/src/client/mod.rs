@@ -249,13 +249,24 @@ impl Client {
     /// Connects to `server`, verifying that it holds the pinned key. Errors
     /// are a [`tls::DialError`] in plain words (wrong id, no answer, ...).
     pub async fn connect(&self, server: ServerAddr) -> anyhow::Result<Session> {
+        self.connect_with_transport(server, client_transport()?)
+            .await
+    }
+
+    /// [`Client::connect`] with a transport of the caller's (tests and the
+    /// abuse benchmark use it to play misbehaving clients).
+    pub async fn connect_with_transport(
+        &self,
+        server: ServerAddr,
+        transport: quinn::TransportConfig,
+    ) -> anyhow::Result<Session> {
         // Not `dial_config`: the pin check must be kept to say, after a
         // failed handshake, whether the server holds another key.
         let (tls, pin) = tls::pinned_client_config(&self.creds, server.id.0, CLIENT_ALPN)?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(
             quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
         ));
-        cfg.transport_config(Arc::new(client_transport()?));
+        cfg.transport_config(Arc::new(transport));
         let connecting = self
             .endpoint
             .connect_with(cfg, server.addr, tls::SERVER_NAME)
@@ -344,6 +355,11 @@ fn client_transport() -> anyhow::Result<quinn::TransportConfig> {
 }
 
 impl Session {
+    /// The QUIC connection to the server.
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
     /// Closes the connection to the server.
     pub fn close(&self) {
         self.conn.close(0u32.into(), b"done");

@@ -74,6 +74,7 @@ enum Cmd {
     Leave(oneshot::Sender<()>),
     SetAllow(Option<BTreeSet<PeerId>>),
     Lookup(PeerId, oneshot::Sender<Option<rendezvous::PeerRecord>>),
+    Held(Vec<PeerId>, oneshot::Sender<Vec<Option<u64>>>),
 }
 
 enum Event {
@@ -104,6 +105,7 @@ pub struct Server {
     commands: mpsc::Sender<Cmd>,
     status: Arc<Mutex<Status>>,
     id: PeerId,
+    task: tokio::task::AbortHandle,
 }
 
 impl Server {
@@ -141,11 +143,12 @@ impl Server {
         // Subscribed before anything else runs: no neighbor event is missed
         // (the ones before now are read from a snapshot at the start).
         let node_events = node.events();
-        tokio::spawn(driver.run(cmd_rx, events_rx, node_events));
+        let task = tokio::spawn(driver.run(cmd_rx, events_rx, node_events)).abort_handle();
         Server {
             commands,
             status,
             id,
+            task,
         }
     }
 
@@ -169,6 +172,22 @@ impl Server {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Cmd::Lookup(peer, tx)).await.ok()?;
         rx.await.ok().flatten()
+    }
+
+    /// The seq of the record held for each of `peers` (online or not).
+    pub async fn held(&self, peers: Vec<PeerId>) -> Vec<Option<u64>> {
+        let n = peers.len();
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Cmd::Held(peers, tx)).await.is_err() {
+            return vec![None; n];
+        }
+        rx.await.unwrap_or_else(|_| vec![None; n])
+    }
+
+    /// Stops at once without a word, as a crash would (tests): with
+    /// [`Node::kill`] it is the in-process `kill -9`.
+    pub fn kill(&self) {
+        self.task.abort();
     }
 
     /// Replaces the cluster allowlist the core checks membership messages
@@ -245,6 +264,10 @@ impl Driver {
                         let _ = done.send(());
                     }
                     Some(Cmd::SetAllow(allow)) => self.input(Input::SetAllow(allow)).await,
+                    Some(Cmd::Held(peers, reply)) => {
+                        let t = self.core.table();
+                        let _ = reply.send(peers.iter().map(|p| t.seq_of(p)).collect());
+                    }
                     Some(Cmd::Lookup(peer, reply)) => {
                         let now = self.now();
                         let _ = reply.send(self.core.lookup(&peer, now).map(|r| (**r).clone()));
