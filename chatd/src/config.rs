@@ -280,6 +280,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_file_is_valid_and_states_the_defaults() {
+        let text = include_str!("../../scripts/chatd.example.toml");
+        let f: File = toml::from_str(text).unwrap();
+        let c = f.resolve("example").unwrap();
+        let d = rendezvous::Config::default();
+        assert_eq!(c.core.capacity, d.capacity);
+        assert_eq!(c.core.per_ip_connections, d.per_ip_connections);
+        assert_eq!(c.core.per_ip_records, d.per_ip_records);
+        assert_eq!(c.core.new_ids_per_min, d.new_ids_per_min);
+        assert_eq!(c.core.max_records, d.max_records);
+        assert_eq!(c.core.max_connections, d.max_connections);
+        assert!(!c.open_cluster);
+    }
+
+    #[test]
     fn defaults_run_one_local_server() {
         let c = File::default().resolve("defaults").unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);

@@ -262,6 +262,9 @@ impl PeerRecord {
         if self.sig.len() != 64 {
             return Err(RecordError::BadSignature);
         }
+        if postcard::experimental::serialized_size(b).unwrap_or(usize::MAX) > MAX_RECORD_BYTES {
+            return Err(RecordError::Invalid("record over 512 bytes"));
+        }
         Ok(())
     }
 
