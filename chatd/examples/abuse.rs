@@ -430,9 +430,13 @@ async fn fresh_ids(ctx: Ctx) -> anyhow::Result<()> {
                 };
                 if register_conn(&ctx, &conn, &kp, server, &format!("sybil-{i}"), "register").await
                 {
+                    // First half: hold them (live records and connections
+                    // pile up); second half: let them go (new identities).
+                    let first_half = ctx.remaining() > ctx.duration / 2;
+                    let cap = if first_half { hold_max } else { 0 };
                     let mut h = lock(&held);
                     h.push_back(conn);
-                    if h.len() > hold_max
+                    while h.len() > cap
                         && let Some(old) = h.pop_front()
                     {
                         note_end(&ctx.counts, "held", &old);
@@ -1191,6 +1195,10 @@ async fn loris(ctx: &Ctx, ip: Ipv4Addr, admin: SocketAddr, drip: bool) {
             }
         };
         ctx.counts.inc(format!("{op}:{end}"));
+        if end == "answered" {
+            // A slow client, not a flood: wait before the next connection.
+            sleep(Duration::from_secs(1)).await;
+        }
         if end == "closed_by_server" {
             ctx.counts.max(
                 format!("{op}:held_ms_max"),
@@ -1224,14 +1232,22 @@ fn error_kind(e: &anyhow::Error) -> String {
     }
 }
 
-fn summary(lat: &mut [f64], failures: u64) -> Value {
+/// Percentiles of (seconds into the run, milliseconds) samples, and the
+/// five slowest with when they happened.
+fn summary(samples: &[(f64, f64)], failures: u64) -> Value {
+    let mut lat: Vec<f64> = samples.iter().map(|s| s.1).collect();
     lat.sort_by(f64::total_cmp);
+    let mut slow = samples.to_vec();
+    slow.sort_by(|a, b| b.1.total_cmp(&a.1));
+    slow.truncate(5);
+    let slow: Vec<[f64; 2]> = slow.iter().map(|(t, l)| [round1(*t), round1(*l)]).collect();
     json!({
         "n": lat.len(),
         "failures": failures,
-        "p50_ms": round1(percentile(lat, 0.5)),
-        "p99_ms": round1(percentile(lat, 0.99)),
+        "p50_ms": round1(percentile(&lat, 0.5)),
+        "p99_ms": round1(percentile(&lat, 0.99)),
         "max_ms": round1(lat.last().copied().unwrap_or(f64::NAN)),
+        "slowest_at_s_ms": slow,
     })
 }
 
@@ -1272,8 +1288,8 @@ async fn legit(
                 Ok(Ok((s, a))) => (session, addr) = (s, a),
                 _ => {
                     errors.inc("reconnect_failed");
-                    reg.push(10_000.0);
-                    look.push(10_000.0);
+                    reg.push((start.elapsed().as_secs_f64(), 10_000.0));
+                    look.push((start.elapsed().as_secs_f64(), 10_000.0));
                     reg_fail += 1;
                     look_fail += 1;
                     continue;
@@ -1293,7 +1309,7 @@ async fn legit(
                 errors.inc("register:timeout");
             }
         }
-        reg.push(ms(t.elapsed()));
+        reg.push((start.elapsed().as_secs_f64(), ms(t.elapsed())));
         let t = Instant::now();
         match timeout(Duration::from_secs(10), session.lookup(client.id())).await {
             Ok(Ok(Some(_))) => {}
@@ -1310,12 +1326,12 @@ async fn legit(
                 errors.inc("lookup:timeout");
             }
         }
-        look.push(ms(t.elapsed()));
+        look.push((start.elapsed().as_secs_f64(), ms(t.elapsed())));
     }
     session.close();
     Ok(json!({
-        "register": summary(&mut reg, reg_fail),
-        "lookup": summary(&mut look, look_fail),
+        "register": summary(&reg, reg_fail),
+        "lookup": summary(&look, look_fail),
         "reconnects": reconnects,
         "errors": errors.snapshot(),
     }))
@@ -1719,7 +1735,10 @@ async fn main() -> anyhow::Result<()> {
         ("name", json!(args.attack)),
         ("rss_growth_mb", json!(round1(max_growth))),
         ("refused", json!(refused)),
-        ("refused_server", json!(refused_server)),
+        (
+            "refused_server",
+            json!(refused_server.max(0.0).round() as u64),
+        ),
         ("legit_register_p99_ms", json!(p99("register"))),
         ("legit_lookup_p99_ms", json!(p99("lookup"))),
         ("rss_growth_mb_per_server", json!(growth)),

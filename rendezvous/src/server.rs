@@ -142,12 +142,6 @@ pub struct Config {
     pub ack_timeout: Duration,
     /// Servers tried before a registration is refused as not replicated.
     pub ack_tries: u32,
-    /// A server acknowledges a registration on its own (nobody to copy it
-    /// to) only when no other server was heard for this long: a
-    /// single-server cluster, or one whose peers all left or died long
-    /// ago. Cut off from its peers for less, it tells clients to retry
-    /// (elsewhere), since it may be on the losing side of a partition.
-    pub alone_after: Duration,
     /// Verify ed25519 signatures (the simulator may turn this off).
     pub verify_signatures: bool,
     /// The cluster allowlist (`None`: an open cluster).
@@ -194,7 +188,6 @@ impl Default for Config {
             page_records: 64,
             ack_timeout: Duration::from_secs(1),
             ack_tries: 3,
-            alone_after: Duration::from_secs(300),
             verify_signatures: true,
             allow: None,
             advertise: Vec::new(),
@@ -1173,12 +1166,14 @@ impl Server {
         mut tried: Vec<PeerId>,
         attempts: u32,
     ) {
-        let window = self.cfg.alone_after;
-        let heard_lately = self
-            .members
-            .entries()
-            .any(|e| e.liveness != Liveness::Left && now.mono.saturating_since(e.heard) < window);
-        let alone = self.neighbors.is_empty() && !heard_lately;
+        // Alone: no neighbor, and every other server known is dead or gone
+        // (a single-server cluster, or the last survivor). Cut off from
+        // servers it still believes alive, a server does not acknowledge on
+        // its own: it may be on the losing side of a partition. Past
+        // `dead_after` it serves alone — its clients' records are then only
+        // on its side, and offline everywhere if it dies, so nothing a
+        // client relies on is lost (it registers again elsewhere).
+        let alone = self.neighbors.is_empty() && self.members.live().next().is_none();
         if alone && tried.is_empty() {
             // Alone in the cluster: there is nobody to copy it to.
             self.stats.count("registrations_acked_alone");

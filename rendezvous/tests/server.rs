@@ -324,9 +324,9 @@ fn a_registration_is_acknowledged_once_another_server_has_it() {
     let again = net.register_request(&a, "a", net.now.unix_ms);
     let retry = net.ask(&a, again);
     assert!(registered(&retry), "{retry:?}");
-    // Cut off from servers it has heard lately (a partition), a server
-    // does not acknowledge on its own; once nobody was heard for
-    // `alone_after`, it does.
+    // Cut off from a server it still believes alive (a partition), a
+    // server does not acknowledge on its own; once that one is declared
+    // dead (silent for `dead_after`), it serves alone.
     let mut cut = Net::new(2, Config::default());
     cut.unreachable.insert(1);
     let peer = cut.servers[1].id();
@@ -341,7 +341,9 @@ fn a_registration_is_acknowledged_once_another_server_has_it() {
         code_of(&cut.response(&c, req)),
         Some(ErrorCode::NotReplicated)
     );
-    cut.run_for(Duration::from_secs(300));
+    assert!(cut.servers[0].members().live().next().is_some());
+    cut.run_for(Duration::from_secs(25));
+    assert!(cut.servers[0].members().live().next().is_none());
     assert!(registered(&cut.register(&c, "c")));
     // A server alone in its cluster acknowledges at once.
     let mut alone = Net::new(1, Config::default());

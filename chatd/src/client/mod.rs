@@ -430,9 +430,9 @@ impl Session {
         } else {
             Request::Register(record)
         };
-        // A refusal that says when to retry (rate limited, not yet copied
-        // to another server) is retried, a few times: the same request is
-        // idempotent at the server.
+        // Not yet copied to another server (a server just started or cut
+        // off): retried when the server says, a few times — the same
+        // request is idempotent there. Rate limits are the caller's to obey.
         for attempt in 0.. {
             match self.request(&req).await {
                 Ok(Response::Registered) => return Ok(()),
@@ -440,6 +440,7 @@ impl Session {
                 Err(e) => {
                     let wait = e
                         .downcast_ref::<Refused>()
+                        .filter(|r| r.code() == rendezvous::ErrorCode::NotReplicated)
                         .and_then(Refused::retry_after)
                         .filter(|w| *w <= Duration::from_secs(5));
                     match wait {
