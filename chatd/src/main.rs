@@ -534,7 +534,7 @@ fn membership_tempo(cfg: &config::ServerConfig) -> (Duration, Duration) {
     if local {
         (Duration::from_secs(1), Duration::from_secs(6))
     } else {
-        (Duration::from_secs(5), Duration::from_secs(20))
+        (Duration::from_secs(30), Duration::from_secs(90))
     }
 }
 

@@ -252,6 +252,15 @@ impl Members {
 
     /// Records that `by` suspects `id` at `version` (our own suspicions too).
     pub fn suspect(&mut self, id: PeerId, version: u64, by: PeerId) {
+        // Confirmed by a second server — or by the only one there is: in a
+        // cluster of two, the survivor's word is all the evidence there is.
+        let others = self
+            .entries
+            .values()
+            .filter(|o| o.record.id != id)
+            .filter(|o| matches!(o.liveness, Liveness::Alive | Liveness::Suspect(_)))
+            .count();
+        let needed = if others == 0 { 1 } else { 2 };
         let Some(e) = self.entries.get_mut(&id) else {
             return;
         };
@@ -260,17 +269,17 @@ impl Members {
             // announce we saw: not evidence about the server we know.
             return;
         }
-        match &mut e.liveness {
-            Liveness::Alive => e.liveness = Liveness::Suspect(BTreeSet::from([by])),
-            Liveness::Suspect(by_whom) => {
-                by_whom.insert(by);
-                // Confirmed by a second server.
-                if by_whom.len() >= 2 {
-                    e.liveness = Liveness::Dead;
-                }
-            }
-            Liveness::Dead | Liveness::Left => {}
-        }
+        let mut by_whom = match &e.liveness {
+            Liveness::Alive => BTreeSet::new(),
+            Liveness::Suspect(by_whom) => by_whom.clone(),
+            Liveness::Dead | Liveness::Left => return,
+        };
+        by_whom.insert(by);
+        e.liveness = if by_whom.len() >= needed {
+            Liveness::Dead
+        } else {
+            Liveness::Suspect(by_whom)
+        };
     }
 
     /// Declares dead every server silent for `dead_after`.
@@ -362,12 +371,13 @@ mod tests {
         let now = Time::from_secs(100);
         let mut t = Members::new(me.id().0, Duration::from_secs(20));
         t.apply(&Msg::announce(x.signing_key(), record(&x, 10)), now);
+        t.apply(&Msg::announce(s1.signing_key(), record(&s1, 1)), now);
         t.suspect(x.id().0, 10, s1.id().0);
         assert!(matches!(
             t.get(&x.id().0).unwrap().liveness,
             Liveness::Suspect(_)
         ));
-        assert_eq!(t.live().count(), 1, "a suspect still counts as live");
+        assert_eq!(t.live().count(), 2, "a suspect still counts as live");
         // x refutes with a newer version: alive again.
         t.apply(&Msg::announce(x.signing_key(), record(&x, 11)), now);
         assert_eq!(t.get(&x.id().0).unwrap().liveness, Liveness::Alive);
@@ -378,7 +388,12 @@ mod tests {
         t.suspect(x.id().0, 11, s1.id().0);
         t.suspect(x.id().0, 11, s2.id().0);
         assert_eq!(t.get(&x.id().0).unwrap().liveness, Liveness::Dead);
-        assert_eq!(t.live().count(), 0);
+        assert_eq!(t.live().count(), 1);
+        // In a cluster of two, the survivor's suspicion is enough.
+        let mut pair = Members::new(me.id().0, Duration::from_secs(20));
+        pair.apply(&Msg::announce(x.signing_key(), record(&x, 10)), now);
+        pair.suspect(x.id().0, 10, me.id().0);
+        assert_eq!(pair.get(&x.id().0).unwrap().liveness, Liveness::Dead);
         // A suspicion of us asks for a refutation.
         let of_me = Msg::suspect(s1.signing_key(), me.id().0, 1, s1.id().0);
         assert_eq!(t.apply(&of_me, now), Reply::Refute);

@@ -124,9 +124,15 @@ pub struct Config {
     pub relay_lifetime: Duration,
     /// What a session may carry.
     pub relay: RelayLimits,
-    /// Membership heartbeat (announce) interval.
+    /// How often a server announces itself (its record, its load) to the
+    /// cluster. Failures are found by the servers connected to the one
+    /// that fails (suspicion, confirmed by a second), not by missing
+    /// announces, so this can be slow: the cost is servers²/interval
+    /// deliveries in the cluster. A load change of 1% of capacity (at
+    /// least 10 clients) is announced early, at most every 5 s.
     pub heartbeat: Duration,
-    /// Silence after which a server is declared dead.
+    /// Silence after which a server is declared dead (the backstop when
+    /// no neighbor suspected it): a few announce intervals.
     pub dead_after: Duration,
     /// Anti-entropy with each neighbor at least this often.
     pub sync_interval: Duration,
@@ -179,8 +185,8 @@ impl Default for Config {
                 max_bytes: 256 * 1024 * 1024,
                 idle: Duration::from_secs(60),
             },
-            heartbeat: Duration::from_secs(5),
-            dead_after: Duration::from_secs(20),
+            heartbeat: Duration::from_secs(30),
+            dead_after: Duration::from_secs(90),
             sync_interval: Duration::from_secs(30),
             sync_retry: Duration::from_millis(500),
             sync_buckets_per_round: 32,
@@ -468,6 +474,7 @@ pub struct Server {
     /// neighbor (the last id sent).
     sync_resume: BTreeMap<(PeerId, u8), PeerId>,
     next_heartbeat: Time,
+    last_announce: Time,
     next_sweep: Time,
     left: bool,
     out: VecDeque<Output>,
@@ -536,6 +543,7 @@ impl Server {
             sync_cursor: 0,
             sync_resume: BTreeMap::new(),
             next_heartbeat: now.mono,
+            last_announce: now.mono,
             next_sweep: now.mono + Duration::from_secs(1),
             left: false,
             out: VecDeque::new(),
@@ -1855,10 +1863,19 @@ impl Server {
     // ----- time -----
 
     fn tick(&mut self, now: Now) {
-        if !self.left && now.mono >= self.next_heartbeat {
+        let load_moved = {
+            let (now_n, then) = (
+                self.presence.len() as u64,
+                u64::from(self.my_record.clients),
+            );
+            now_n.abs_diff(then) >= (u64::from(self.cfg.capacity) / 100).max(10)
+        };
+        let early =
+            load_moved && now.mono.saturating_since(self.last_announce) >= Duration::from_secs(5);
+        if !self.left && (now.mono >= self.next_heartbeat || early) {
             self.next_heartbeat = now.mono + self.cfg.heartbeat;
+            self.last_announce = now.mono;
             self.announce();
-            self.members.expire(now.mono);
         }
         let due: Vec<PeerId> = self
             .next_sync
@@ -1880,6 +1897,7 @@ impl Server {
     }
 
     fn sweep(&mut self, now: Now) {
+        self.members.expire(now.mono);
         let forgotten = self.table.expire(now.unix());
         self.stats.add("records_forgotten", forgotten as u64);
         let within = self.cfg.relay_met_within;
