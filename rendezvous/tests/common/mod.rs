@@ -220,17 +220,7 @@ impl Net {
 
     /// Sends a request; returns the response if one came at once.
     pub fn ask(&mut self, c: &Client, request: Request) -> Option<Response> {
-        let req = self.next_req;
-        self.next_req += 1;
-        self.input(
-            c.server,
-            Input::ClientRequest {
-                conn: c.conn,
-                req,
-                request,
-                rtt: Duration::from_millis(20),
-            },
-        );
+        let req = self.send(c, request);
         self.response(c, req)
     }
 
