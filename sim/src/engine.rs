@@ -17,6 +17,13 @@
 //! Determinism: one seeded RNG for the network, one per node (derived from
 //! the seed and the node index), events ordered by (time, sequence number).
 //! Same arguments and seed → same run.
+//!
+//! Applications on top (the `servers` scenario runs a `rendezvous::Server`
+//! on every node) turn on [`Sim::collect_signals`]: deliveries, neighbor
+//! changes, failure notices and their own scheduled events
+//! ([`Sim::schedule_app`]) then come back as [`Signal`]s, handed to the
+//! callback of [`Sim::run_until_with`] at their simulated instant, in the
+//! same (time, sequence) order as everything else.
 
 use crate::queue::Queue;
 use bytes::Bytes;
@@ -105,6 +112,58 @@ impl Traffic {
     }
 }
 
+/// Broadcast classes an application can tag its broadcasts with
+/// ([`Sim::broadcast_class`]), so GOSSIP, IHAVE and GRAFT bytes can be
+/// attributed to what they carry ([`Sim::class_traffic`]). Class 0 is
+/// everything not attributable to one broadcast (HyParView, PRUNE, and
+/// untagged broadcasts).
+pub const CLASSES: usize = 4;
+
+/// What the engine tells an application (with [`Sim::collect_signals`] on).
+#[derive(Clone, Debug)]
+pub enum Signal {
+    /// `node` received a broadcast for the first time.
+    Received {
+        /// The receiver.
+        node: NodeId,
+        /// Who broadcast it.
+        origin: NodeId,
+        /// The broadcast's id.
+        id: MessageId,
+        /// Its payload.
+        payload: Bytes,
+    },
+    /// `peer` joined `node`'s active view.
+    NeighborUp {
+        /// The node.
+        node: NodeId,
+        /// The new neighbor.
+        peer: NodeId,
+    },
+    /// `peer` left `node`'s active view.
+    NeighborDown {
+        /// The node.
+        node: NodeId,
+        /// The former neighbor.
+        peer: NodeId,
+    },
+    /// `node` was told `peer` is unreachable (a crash, a partition, or a
+    /// send to a dead node), after the detection delay.
+    PeerDown {
+        /// The node told.
+        node: NodeId,
+        /// The unreachable peer.
+        peer: NodeId,
+    },
+    /// An event the application scheduled with [`Sim::schedule_app`].
+    App {
+        /// The node it was scheduled for.
+        node: NodeId,
+        /// The application's token.
+        token: u32,
+    },
+}
+
 /// A queued event, 16 bytes: the queue holds hundreds of thousands at the
 /// peak of a 10,000-node flood, so the common messages (GOSSIP, IHAVE,
 /// GRAFT, PRUNE) refer to message ids by their index in [`Interned`]
@@ -159,6 +218,11 @@ enum Ev {
         node: NodeId,
         peer: NodeId,
     },
+    /// An application event (see [`Signal::App`]).
+    App {
+        node: NodeId,
+        token: u32,
+    },
 }
 
 /// [`Timer`] with the message id of a GRAFT timer interned (4 bytes
@@ -181,6 +245,8 @@ struct Interned {
     ids: Vec<MessageId>,
     /// Origin and body, once a GOSSIP was seen.
     bodies: Vec<Option<(NodeId, Bytes)>>,
+    /// Broadcast class (0 unless tagged by [`Sim::broadcast_class`]).
+    classes: Vec<u8>,
     index: HashMap<MessageId, u32>,
 }
 
@@ -192,6 +258,7 @@ impl Interned {
         let i = self.ids.len() as u32;
         self.ids.push(*id);
         self.bodies.push(None);
+        self.classes.push(0);
         self.index.insert(*id, i);
         i
     }
@@ -207,6 +274,13 @@ impl Interned {
                 Some(i)
             }
         }
+    }
+
+    /// The class of a message id (0 if never seen or untagged).
+    fn class(&self, id: &MessageId) -> usize {
+        self.index
+            .get(id)
+            .map_or(0, |&i| usize::from(self.classes[i as usize]))
     }
 }
 
@@ -278,6 +352,10 @@ pub struct Sim {
     pending_down: HashSet<(NodeId, NodeId)>,
     broadcasts: HashMap<MessageId, Broadcast>,
     traffic: Traffic,
+    /// Traffic by broadcast class, when [`Sim::collect_signals`] is on.
+    class_traffic: [Traffic; CLASSES],
+    /// Signals for the application, when it asked for them.
+    signals: Option<std::collections::VecDeque<Signal>>,
     scratch: Vec<u8>,
     events: u64,
 }
@@ -303,9 +381,54 @@ impl Sim {
             pending_down: HashSet::new(),
             broadcasts: HashMap::new(),
             traffic: Traffic::default(),
+            class_traffic: [Traffic::default(); CLASSES],
+            signals: None,
             scratch: Vec::new(),
             events: 0,
         }
+    }
+
+    /// From now on, collect [`Signal`]s for an application (handed out by
+    /// [`Sim::run_until_with`]) and count traffic by broadcast class.
+    /// Overlay-only scenarios leave it off (and run exactly as before).
+    pub fn collect_signals(&mut self) {
+        self.signals.get_or_insert_with(Default::default);
+    }
+
+    /// Messages and bytes sent so far by broadcast class (GOSSIP, IHAVE and
+    /// GRAFT by the class of their message; an IHAVE's bytes are split
+    /// evenly among its entries; everything else in class 0). Only counted
+    /// with [`Sim::collect_signals`] on.
+    pub fn class_traffic(&self) -> [Traffic; CLASSES] {
+        self.class_traffic
+    }
+
+    /// Schedules an application event for `node` at `at` (never before
+    /// now): it comes back as [`Signal::App`] with `token`.
+    pub fn schedule_app(&mut self, at: Time, node: NodeId, token: u32) {
+        self.schedule(at, Ev::App { node, token });
+    }
+
+    /// Broadcasts `payload` from `origin` now, without per-delivery
+    /// tracking (unlike [`Sim::broadcast`]), tagging its traffic with
+    /// `class` (below [`CLASSES`]).
+    pub fn broadcast_class(
+        &mut self,
+        origin: NodeId,
+        payload: Bytes,
+        class: u8,
+    ) -> Option<MessageId> {
+        let now = self.now;
+        let id = self
+            .nodes
+            .get_mut(origin as usize)?
+            .as_mut()?
+            .broadcast(now, payload)
+            .ok()?;
+        let i = self.interned.id(&id);
+        self.interned.classes[i as usize] = class.min(CLASSES as u8 - 1);
+        self.flush(origin);
+        Some(id)
     }
 
     /// Current simulated time.
@@ -453,7 +576,8 @@ impl Sim {
         self.partitioned = false;
     }
 
-    fn crosses(&self, a: NodeId, b: NodeId) -> bool {
+    /// Whether a message from `a` to `b` would cross the partition now.
+    pub fn crosses(&self, a: NodeId, b: NodeId) -> bool {
         self.partitioned && self.group[a as usize] != self.group[b as usize]
     }
 
@@ -493,6 +617,15 @@ impl Sim {
 
     /// Processes events up to and including `until`; time is then `until`.
     pub fn run_until(&mut self, until: Time) {
+        self.run_until_with(until, &mut |_, _| {});
+    }
+
+    /// [`Sim::run_until`], handing every [`Signal`] to `on` at its instant
+    /// (after the event that caused it). `on` may act on the simulation
+    /// (broadcast, schedule, crash); signals that causes are handed out in
+    /// turn before the next event.
+    pub fn run_until_with(&mut self, until: Time, on: &mut dyn FnMut(&mut Sim, Signal)) {
+        self.drain_signals(on);
         while self
             .queue
             .peek_at()
@@ -504,8 +637,24 @@ impl Sim {
             self.now = Time::from_micros(at);
             self.events += 1;
             self.step(ev);
+            self.drain_signals(on);
         }
         self.now = self.now.max(until);
+    }
+
+    fn drain_signals(&mut self, on: &mut dyn FnMut(&mut Sim, Signal)) {
+        // Bounded: a signal's handler runs to completion, and what it
+        // causes at this instant (its broadcasts) signals nothing back to
+        // the broadcaster itself.
+        while let Some(sig) = self.signals.as_mut().and_then(|q| q.pop_front()) {
+            on(self, sig);
+        }
+    }
+
+    fn signal(&mut self, sig: Signal) {
+        if let Some(q) = self.signals.as_mut() {
+            q.push_back(sig);
+        }
     }
 
     /// Runs for `d` of simulated time.
@@ -548,8 +697,12 @@ impl Sim {
             }
             Ev::Down { node, peer } => {
                 self.pending_down.remove(&(node, peer));
-                self.input(node, Input::PeerDown(peer));
+                if self.is_alive(node) {
+                    self.input(node, Input::PeerDown(peer));
+                    self.signal(Signal::PeerDown { node, peer });
+                }
             }
+            Ev::App { node, token } => self.signal(Signal::App { node, token }),
         }
     }
 
@@ -585,6 +738,18 @@ impl Sim {
                         let latency = now.saturating_since(b.sent_at).as_micros() as u64;
                         b.deliveries.push((n, d.hops, latency));
                     }
+                    self.signal(Signal::Received {
+                        node: n,
+                        origin: d.origin,
+                        id: d.id,
+                        payload: d.payload,
+                    });
+                }
+                Output::Event(Event::NeighborUp(peer)) => {
+                    self.signal(Signal::NeighborUp { node: n, peer });
+                }
+                Output::Event(Event::NeighborDown(peer)) => {
+                    self.signal(Signal::NeighborDown { node: n, peer });
                 }
                 Output::Disconnect { .. } | Output::Event(_) => {}
             }
@@ -597,7 +762,11 @@ impl Sim {
         msg.encode_body(&mut self.scratch);
         self.traffic.messages[t] += 1;
         self.traffic.bytes[t] += self.scratch.len() as u64 + 4;
+        let bytes = self.scratch.len() as u64 + 4;
         if self.net.loss > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < self.net.loss {
+            if self.signals.is_some() {
+                self.count_lost(&msg, t, bytes);
+            }
             return;
         }
         let at = self.now + self.link_latency(from, to);
@@ -651,7 +820,61 @@ impl Sim {
                 slot: self.slab.put(msg),
             },
         };
+        if self.signals.is_some() {
+            self.count_sent(&ev, t, bytes);
+        }
         self.schedule(at, ev);
+    }
+
+    /// Attributes a message about to be queued to the broadcast classes it
+    /// carries (by its interned ids: no lookups).
+    fn count_sent(&mut self, ev: &Ev, t: usize, bytes: u64) {
+        let class = |i: u32| usize::from(self.interned.classes[i as usize]);
+        let mut per = [0u64; CLASSES];
+        let first = match *ev {
+            Ev::Gossip { msg, .. } | Ev::Graft { msg, .. } | Ev::IHave1 { msg, .. } => class(msg),
+            Ev::IHave { slot, .. } => {
+                let entries = self.ihaves.slots[slot as usize].as_deref().unwrap_or(&[]);
+                for &(i, _) in entries {
+                    per[class(i)] += 1;
+                }
+                entries.first().map_or(0, |&(i, _)| class(i))
+            }
+            _ => 0,
+        };
+        self.count_split(t, bytes, per, first);
+    }
+
+    /// The same for a lost message (not interned: by lookups).
+    fn count_lost(&mut self, msg: &Message<NodeId>, t: usize, bytes: u64) {
+        let mut per = [0u64; CLASSES];
+        let first = match msg {
+            Message::Gossip(g) => self.interned.class(&g.id()),
+            Message::Graft(g) => self.interned.class(&g.id),
+            Message::IHave(IHave { entries }) => {
+                for e in entries {
+                    per[self.interned.class(&e.id)] += 1;
+                }
+                entries.first().map_or(0, |e| self.interned.class(&e.id))
+            }
+            _ => 0,
+        };
+        self.count_split(t, bytes, per, first);
+    }
+
+    /// Counts one message of type `t` and `bytes`: the bytes split evenly
+    /// among the classes of its IHAVE entries (`per`, all zero for other
+    /// messages), the message and any remainder to class `first`.
+    fn count_split(&mut self, t: usize, bytes: u64, per: [u64; CLASSES], first: usize) {
+        let n: u64 = per.iter().sum();
+        let mut given = 0;
+        for (c, k) in per.iter().enumerate() {
+            let share = (bytes * k).checked_div(n).unwrap_or(0);
+            self.class_traffic[c].bytes[t] += share;
+            given += share;
+        }
+        self.class_traffic[first].bytes[t] += bytes - given;
+        self.class_traffic[first].messages[t] += 1;
     }
 
     /// The message a delivery event carries (taking it out of the slab).
@@ -685,7 +908,7 @@ impl Sim {
                     .collect(),
             }),
             Ev::Deliver { slot, .. } => self.slab.take(slot)?,
-            Ev::Timer { .. } | Ev::Down { .. } => return None,
+            Ev::Timer { .. } | Ev::Down { .. } | Ev::App { .. } => return None,
         })
     }
 }

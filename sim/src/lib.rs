@@ -9,6 +9,8 @@
 //! - `queue`: the engine's event queue (bucketed by time, exact order).
 //! - [`metrics`]: snapshots of the overlay and per-round figures.
 //! - [`scenario`]: join, single, multi, failure, churn, partition.
+//! - [`servers`]: `rendezvous::Server`s on the overlay nodes, with clients,
+//!   a crash and a partition.
 //! - [`report`]: CSV, JSON and SVG output.
 //!
 //! The CLI (`cargo run --release -p sim -- SCENARIO ...`) prints per-round
@@ -20,5 +22,7 @@ pub mod metrics;
 mod queue;
 pub mod report;
 pub mod scenario;
+pub mod servers;
 
 pub use scenario::{Params, Preset, Report, Scenario, Summary, run};
+pub use servers::{ServersParams, ServersSummary};

@@ -20,6 +20,7 @@ use std::time::Duration;
 ///   sim multi --nodes 10000 --latency 10..50
 ///   sim failure --kill 0.8 --rounds 8 --out target/sim-failure
 ///   sim partition --for 60 --rounds 40
+///   sim servers --servers 1000 --loss 5
 #[derive(Parser, Debug)]
 #[command(name = "sim", version, verbatim_doc_comment)]
 struct Args {
@@ -100,6 +101,47 @@ struct Args {
     /// No progress on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// servers: rendezvous servers (default: --nodes).
+    #[arg(long, value_name = "N")]
+    servers: Option<usize>,
+    /// servers: synthetic clients (default: changes / 10, at most
+    /// 10,000,000 / servers, at least 10).
+    #[arg(long, value_name = "N")]
+    clients: Option<usize>,
+    /// servers: record changes during the partition (default: 100 per
+    /// server, at most 100,000).
+    #[arg(long, value_name = "N")]
+    changes: Option<usize>,
+    /// servers: record changes per second in the steady phase (default:
+    /// clients / 20).
+    #[arg(long, value_name = "PER_SEC")]
+    steady_rate: Option<f64>,
+    /// servers: seconds of steady registrations (the crash is halfway).
+    #[arg(long, default_value_t = 30.0)]
+    steady_secs: f64,
+    /// servers: seconds to wait for equal tables after the heal.
+    #[arg(long, default_value_t = 120.0)]
+    heal_timeout: f64,
+    /// servers: probability that a client asks to meet another after registering.
+    #[arg(long, default_value_t = 0.2)]
+    meet_prob: f64,
+    /// servers: one-way client↔server latency, per client from MIN..MAX ms.
+    #[arg(long, value_name = "MIN..MAX", default_value = "2..10")]
+    client_latency: String,
+    /// servers: rendezvous Config.heartbeat in seconds (default 5).
+    #[arg(long, value_name = "SECS")]
+    heartbeat_secs: Option<f64>,
+    /// servers: rendezvous Config.dead_after in seconds (default 20).
+    #[arg(long, value_name = "SECS")]
+    dead_after_secs: Option<f64>,
+    /// servers: rendezvous Config.sync_interval in seconds (default 30).
+    #[arg(long, value_name = "SECS")]
+    sync_secs: Option<f64>,
+    /// servers: stop after this much wall-clock time and report what was
+    /// measured ("completed": false) — the one thing that can make two runs
+    /// with the same seed differ.
+    #[arg(long, value_name = "SECS")]
+    max_wall_secs: Option<f64>,
 }
 
 fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
@@ -199,9 +241,99 @@ fn params(a: &Args) -> anyhow::Result<Params> {
     Ok(p)
 }
 
+fn servers_params(a: &Args, p: &Params) -> anyhow::Result<sim::ServersParams> {
+    let n = a.servers.unwrap_or(a.nodes);
+    if n < 2 {
+        bail!("--servers must be at least 2");
+    }
+    if n > 100_000 {
+        bail!("--servers above 100,000 will not fit in memory (beliefs are n² bits)");
+    }
+    if a.clients.is_some_and(|c| c < 2) {
+        bail!("--clients must be at least 2");
+    }
+    if !(0.0..=1.0).contains(&a.meet_prob) {
+        bail!("--meet-prob is a probability, 0 to 1");
+    }
+    if a.partition_for < 1.0 {
+        bail!("servers: --for must be at least 1 second");
+    }
+    for (name, v) in [
+        ("--steady-secs", Some(a.steady_secs)),
+        ("--heal-timeout", Some(a.heal_timeout)),
+        ("--steady-rate", a.steady_rate),
+        ("--max-wall-secs", a.max_wall_secs),
+    ] {
+        if v.is_some_and(|v| v < 0.0 || !v.is_finite()) {
+            bail!("{name} must be zero or more");
+        }
+    }
+    let (lo, hi) = parse_range(&a.client_latency)?;
+    let mut s = sim::ServersParams::new(n);
+    s.clients = a.clients;
+    s.changes = a.changes;
+    s.steady_rate = a.steady_rate;
+    s.seed = p.seed;
+    s.latency = p.latency;
+    s.loss = p.loss;
+    s.detect_secs = p.detect_secs;
+    s.join_secs = p.join_secs;
+    s.settle_secs = p.settle_secs;
+    s.steady_secs = a.steady_secs;
+    s.partition_secs = a.partition_for;
+    s.heal_timeout_secs = a.heal_timeout;
+    s.contacts = p.contacts;
+    s.client_latency_ms = (lo, hi);
+    s.meet_prob = a.meet_prob;
+    if let Some(c) = &p.config {
+        s.overlay = c.clone();
+    }
+    for (name, v, field) in [
+        (
+            "--heartbeat-secs",
+            a.heartbeat_secs,
+            &mut s.server.heartbeat,
+        ),
+        (
+            "--dead-after-secs",
+            a.dead_after_secs,
+            &mut s.server.dead_after,
+        ),
+        ("--sync-secs", a.sync_secs, &mut s.server.sync_interval),
+    ] {
+        if let Some(v) = v {
+            if v <= 0.0 || !v.is_finite() {
+                bail!("{name} must be a positive number of seconds");
+            }
+            *field = Duration::from_secs_f64(v);
+        }
+    }
+    s.max_wall_secs = a.max_wall_secs;
+    Ok(s)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let p = params(&args)?;
+    if p.scenario == Scenario::Servers {
+        let s = servers_params(&args, &p)?;
+        let quiet = args.quiet;
+        let summary = sim::servers::run(&s, &mut |line| {
+            if !quiet {
+                eprintln!("{line}");
+            }
+        });
+        if let Some(dir) = &args.out {
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(
+                dir.join("servers.json"),
+                serde_json::to_string_pretty(&summary)?,
+            )
+            .with_context(|| format!("writing {}", dir.display()))?;
+        }
+        println!("{}", serde_json::to_string(&summary)?);
+        return Ok(());
+    }
     let quiet = args.quiet;
     let report = sim::run(&p, &mut |line| {
         if !quiet {

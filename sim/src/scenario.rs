@@ -32,6 +32,9 @@ pub enum Scenario {
     Churn,
     /// Split into two halves for `partition_secs`, broadcast on both sides, heal.
     Partition,
+    /// A `rendezvous::Server` on every node, with clients, a crash and a
+    /// partition: run it with [`crate::servers::run`] (here it is `join`).
+    Servers,
 }
 
 /// Overlay parameter preset.
@@ -263,7 +266,7 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(String)) -> Report {
     sim.run_until(time_s(settled));
 
     // --- the event ---
-    let rounds_total = if p.scenario == Scenario::Join {
+    let rounds_total = if matches!(p.scenario, Scenario::Join | Scenario::Servers) {
         0
     } else {
         p.warmup + p.rounds
