@@ -214,7 +214,7 @@ fn now_at(start: Instant) -> Now {
 
 struct ClientHandle {
     conn: quinn::Connection,
-    notices: mpsc::Sender<Notice>,
+    notices: mpsc::Sender<Box<Notice>>,
 }
 
 struct Driver {
@@ -339,6 +339,8 @@ impl Driver {
     async fn client_connected(&mut self, peer: PeerId, conn: quinn::Connection) {
         let id = self.next_conn;
         self.next_conn += 1;
+        // Boxed: tokio allocates a channel's slots in blocks of 32, and a
+        // notice is ~200 bytes (6 KiB per idle connection unboxed).
         let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
         tokio::spawn(write_notices(conn.clone(), rx));
         tokio::spawn(read_requests(id, conn.clone(), self.events.clone()));
@@ -429,7 +431,7 @@ impl Driver {
             }
             Output::Notify { conn, notice } => {
                 if let Some(c) = self.conns.get(&conn)
-                    && c.notices.try_send(notice).is_err()
+                    && c.notices.try_send(Box::new(notice)).is_err()
                 {
                     metrics::counter!("chatd_notices_dropped_total").increment(1);
                 }
@@ -538,11 +540,11 @@ async fn read_requests(conn_id: ConnId, conn: quinn::Connection, events: mpsc::S
 
 /// Writes notices to one client, each on a stream of its own; a client
 /// that does not take them within [`WRITE_TIMEOUT`] is closed.
-async fn write_notices(conn: quinn::Connection, mut rx: mpsc::Receiver<Notice>) {
+async fn write_notices(conn: quinn::Connection, mut rx: mpsc::Receiver<Box<Notice>>) {
     while let Some(notice) = rx.recv().await {
         let write = async {
             let mut s = conn.open_uni().await?;
-            write_msg(&mut s, &notice).await?;
+            write_msg(&mut s, &*notice).await?;
             s.finish()?;
             anyhow::Ok(())
         };
