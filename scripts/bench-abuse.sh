@@ -2,7 +2,8 @@
 # Abuse benchmark (issue 11, "safe in front of anonymous clients"): for each
 # attack a FRESH cluster of 3 release servers on 127.0.0.1 (keys, a full
 # --allow list, server 2 and 3 joining through 1), the attacker
-# (chatd/examples/abuse.rs) against server 1 for DURATION seconds while a
+# (chatd/examples/abuse.rs) against server 1 (fresh-ids and notice-flood
+# register at all three) for DURATION seconds while a
 # legitimate client from 127.0.0.2 registers and looks itself up
 # LEGIT_REQUESTS times spread over the attack; then the cluster is stopped.
 #
@@ -11,8 +12,9 @@
 # ATTACK: baseline fresh-ids held-conns stream-bomb notice-flood relay-grab
 # long-names admin-slowloris (default: all, in that order). What each does
 # is in the doc of chatd/examples/abuse.rs. Defaults: 60 s per attack
-# (baseline 20 s, fresh-ids 2×: 50,000 handshakes), 100 legitimate requests of each kind; about 12 minutes
-# in all on 2 cores. Loopback only (attackers spread over 127.0.0.0/8 as
+# (baseline 20 s; fresh-ids 2×, for its 50,000 handshakes), 100 legitimate
+# requests of each kind; about 11 minutes in all on 2 cores (10 min 39 s
+# measured). Loopback only (attackers spread over 127.0.0.0/8 as
 # each attack needs); every wait is bounded; on exit (also on failure or
 # Ctrl-C) it stops exactly the server processes it started, by PID.
 #

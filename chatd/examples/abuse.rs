@@ -14,8 +14,11 @@
 //! at its deadline, `--duration`, default 60 s; `--count` scales it):
 //! - `baseline`: no attacker, the legitimate client alone;
 //! - `fresh-ids`: 50,000 fresh identities from 127.0.1.1, each its own
-//!   connection, registering round-robin at every server (96 at once;
-//!   registered ones are held open, up to 3 × 64, so live records pile up);
+//!   connection (keys and certificates made before the clock starts),
+//!   registering round-robin at every server, 96 at once; in the first
+//!   half registered ones are held open (up to 64 per server: live records
+//!   and connections pile up), in the second half they are let go (new
+//!   identities keep coming);
 //! - `held-conns`: 5,000 connections held open to the attacked server, 50
 //!   from each of 100 addresses 127.0.2.x (under the 64 per address), plus
 //!   100 from the single address 127.0.9.1 (64 expected served);
