@@ -21,11 +21,15 @@
 //!   identities keep coming);
 //! - `held-conns`: 5,000 connections held open to the attacked server, 50
 //!   from each of 100 addresses 127.0.2.x (under the 64 per address), plus
-//!   100 from the single address 127.0.9.1 (64 expected served);
-//! - `stream-bomb`: 1,024 connections (64 from each of 127.0.3.1–16), each
+//!   100 from the single address 127.0.9.1 (64 expected served), each with
+//!   an identity of its own, and 20 with one identity from 127.0.9.2 (4
+//!   expected served);
+//! - `stream-bomb`: 1,024 connections (64 from each of 127.0.3.1–16, each
+//!   its own identity), each
 //!   trying a unidirectional stream and a datagram, then keeping 10 stream
-//!   slots busy (the server grants 8): frames announcing 8 KiB with 8191
-//!   bytes sent and never finished, 8 KiB announced and dripped a byte per
+//!   slots busy (the server grants 8): frames announcing `MAX_REQUEST`
+//!   (2 KiB) with one byte less sent and never finished, 2 KiB announced
+//!   and dripped a byte per
 //!   500 ms, a `u32::MAX` length with 64 KiB behind it, a valid request
 //!   followed by 60 KB of junk never finished;
 //! - `notice-flood`: two registered victims (127.0.0.3) that never read
@@ -39,7 +43,7 @@
 //!   did meet take what the per-address limit lets them and hold it; at
 //!   half time a legitimate pair (127.0.0.4, 127.0.0.5) meets and must get
 //!   a relay that carries bytes;
-//! - `long-names`: 256 connections (127.0.8.1–4) sending `Meet(Name)` with
+//! - `long-names`: 256 connections (127.0.8.1–4, each its own identity) sending `Meet(Name)` with
 //!   64 KiB and 8,000-byte names, `FindName` with 8,000 bytes and
 //!   `LookupName` with 64 KiB, each 5 (8,000) or 1 (64 KiB) times a second;
 //! - `admin-slowloris`: 2,000 TCP connections to the attacked server's
@@ -60,7 +64,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use chatd::client::{Client, Meeting, Refused};
 use chatd::net::driver::CLIENT_ALPN;
-use chatd::net::framing::{encode, read_msg};
+use chatd::net::framing::{MAX_REQUEST, encode, read_msg};
 use chatd::net::identity::{Keypair, ServerAddr};
 use chatd::net::lock;
 use chatd::net::tls::{self, Credentials};
@@ -242,7 +246,7 @@ fn kind(o: &Outcome) -> String {
     }
 }
 
-fn classify(e: &anyhow::Error) -> &'static str {
+fn classify(e: &dyn std::fmt::Display) -> &'static str {
     let s = format!("{e:#}");
     if s.contains("stopped") {
         "stopped"
@@ -513,19 +517,26 @@ async fn held_conns(ctx: Ctx) -> anyhow::Result<()> {
         .map(|k| (addr_in(2, k), per_ip.min(total - k * per_ip), "many"))
         .collect();
     plan.push((Ipv4Addr::new(127, 0, 9, 1), 100, "one_address"));
+    plan.push((Ipv4Addr::new(127, 0, 9, 2), 20, "one_identity"));
     let mut endpoints = Vec::new();
     let mut tasks = Vec::new();
     let started = Instant::now();
     for (ip, n, op) in plan {
         let ep = endpoint(ip)?;
-        let creds = Arc::new(Credentials::new(&Keypair::generate())?);
+        // A fresh identity per connection (they cost an attacker nothing),
+        // except for the group that tests the per-identity cap.
+        let shared = Arc::new(Credentials::new(&Keypair::generate())?);
         for _ in 0..n {
-            let (ctx, ep, t, sem, creds, conns) = (
+            let creds = if op == "one_identity" {
+                shared.clone()
+            } else {
+                Arc::new(Credentials::new(&Keypair::generate())?)
+            };
+            let (ctx, ep, t, sem, conns) = (
                 ctx.clone(),
                 ep.clone(),
                 t.clone(),
                 sem.clone(),
-                creds.clone(),
                 conns.clone(),
             );
             tasks.push(tokio::spawn(async move {
@@ -600,13 +611,12 @@ async fn stream_bomb(ctx: Ctx) -> anyhow::Result<()> {
     let sem = Arc::new(Semaphore::new(48));
     let mut tasks = Vec::new();
     let mut ep = None;
-    let mut creds = None;
     for k in 0..total {
         if k % 64 == 0 {
             ep = Some(endpoint(addr_in(3, k / 64))?);
-            creds = Some(Arc::new(Credentials::new(&Keypair::generate())?));
         }
-        let (Some(ep), Some(creds)) = (ep.clone(), creds.clone()) else {
+        let creds = Arc::new(Credentials::new(&Keypair::generate())?);
+        let Some(ep) = ep.clone() else {
             continue;
         };
         let (ctx, t, sem) = (ctx.clone(), t.clone(), sem.clone());
@@ -683,12 +693,12 @@ async fn bomb_streams(ctx: &Ctx, conn: &quinn::Connection, mode: Bomb) {
         let write = async {
             match mode {
                 Bomb::Stall => {
-                    send.write_all(&8192u32.to_be_bytes()).await?;
-                    send.write_all(&[7u8; 8191]).await?;
+                    send.write_all(&(MAX_REQUEST as u32).to_be_bytes()).await?;
+                    send.write_all(&vec![7u8; MAX_REQUEST - 1]).await?;
                 }
                 Bomb::Drip => {
-                    send.write_all(&8192u32.to_be_bytes()).await?;
-                    for _ in 0..8191 {
+                    send.write_all(&(MAX_REQUEST as u32).to_be_bytes()).await?;
+                    for _ in 0..MAX_REQUEST - 1 {
                         sleep(Duration::from_millis(500)).await;
                         send.write_all(&[7u8]).await?;
                     }
@@ -1112,13 +1122,12 @@ async fn long_names(ctx: Ctx) -> anyhow::Result<()> {
     ]);
     let mut tasks = Vec::new();
     let mut ep = None;
-    let mut creds = None;
     for k in 0..total {
         if k % 64 == 0 {
             ep = Some(endpoint(addr_in(8, k / 64))?);
-            creds = Some(Arc::new(Credentials::new(&Keypair::generate())?));
         }
-        let (Some(ep), Some(creds)) = (ep.clone(), creds.clone()) else {
+        let creds = Arc::new(Credentials::new(&Keypair::generate())?);
+        let Some(ep) = ep.clone() else {
             continue;
         };
         let (ctx, t, sem, frames) = (ctx.clone(), t.clone(), sem.clone(), frames.clone());

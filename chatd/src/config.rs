@@ -46,6 +46,21 @@ pub struct LimitsSection {
     /// Records the peer table holds at most, tombstones included (default
     /// 1000000).
     pub max_records: Option<usize>,
+    /// Client connections of one identity (default 4).
+    pub per_peer_connections: Option<u32>,
+    /// Connections that never registered, at once (default 1024; a new one
+    /// beyond it closes the one idle longest).
+    pub max_anonymous: Option<usize>,
+    /// Seconds an unregistered connection may stay without a request
+    /// (default 30).
+    pub anonymous_idle_secs: Option<u64>,
+    /// New connections (QUIC handshakes) accepted per second in all
+    /// (default 500; bursts of a sixteenth of it): beyond it they are
+    /// refused before any cryptography.
+    pub handshakes_per_sec: Option<f64>,
+    /// The same per address or /64 (default 10, bursts of twice that):
+    /// beyond it attempts are dropped.
+    pub handshakes_per_ip_per_sec: Option<f64>,
 }
 
 /// `[server]`
@@ -134,6 +149,8 @@ pub struct ServerConfig {
     pub core: rendezvous::Config,
     /// Whether running without an allowlist was asked for.
     pub open_cluster: bool,
+    /// Handshakes per second in all and per address, with their bursts.
+    pub handshakes: ((f64, f64), (f64, f64)),
 }
 
 /// Default QUIC port.
@@ -254,6 +271,48 @@ impl File {
             anyhow::ensure!(n >= 1, "{origin}: limits.max_records: must be at least 1");
             core.max_records = n;
         }
+        if let Some(n) = l.per_peer_connections {
+            anyhow::ensure!(
+                n >= 1,
+                "{origin}: limits.per_peer_connections: must be at least 1"
+            );
+            core.per_peer_connections = n;
+        }
+        if let Some(n) = l.max_anonymous {
+            anyhow::ensure!(n >= 1, "{origin}: limits.max_anonymous: must be at least 1");
+            core.max_anonymous = n;
+        }
+        if let Some(n) = l.anonymous_idle_secs {
+            anyhow::ensure!(
+                n >= 1,
+                "{origin}: limits.anonymous_idle_secs: must be at least 1"
+            );
+            core.anonymous_idle = std::time::Duration::from_secs(n);
+        }
+        let defaults = crate::net::driver::NodeConfig::new(DEFAULT_LISTEN.parse()?);
+        let mut handshakes = (defaults.handshakes, defaults.handshakes_per_ip);
+        for (value, key, slot, burst) in [
+            (
+                l.handshakes_per_sec,
+                "handshakes_per_sec",
+                &mut handshakes.0,
+                1.0 / 16.0,
+            ),
+            (
+                l.handshakes_per_ip_per_sec,
+                "handshakes_per_ip_per_sec",
+                &mut handshakes.1,
+                2.0,
+            ),
+        ] {
+            if let Some(n) = value {
+                anyhow::ensure!(
+                    n.is_finite() && n >= 1.0,
+                    "{origin}: limits.{key}: must be a number, at least 1"
+                );
+                *slot = (n, (n * burst).ceil().max(4.0));
+            }
+        }
         let open_cluster = s.open_cluster.unwrap_or(false);
         Ok(ServerConfig {
             listen: s
@@ -271,6 +330,7 @@ impl File {
             overlay,
             core,
             open_cluster,
+            handshakes,
         })
     }
 }
@@ -291,6 +351,11 @@ mod tests {
         assert_eq!(c.core.new_ids_per_min, d.new_ids_per_min);
         assert_eq!(c.core.max_records, d.max_records);
         assert_eq!(c.core.max_connections, d.max_connections);
+        assert_eq!(c.core.per_peer_connections, d.per_peer_connections);
+        assert_eq!(c.core.max_anonymous, d.max_anonymous);
+        assert_eq!(c.core.anonymous_idle, d.anonymous_idle);
+        let n = crate::net::driver::NodeConfig::new(DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.handshakes, (n.handshakes, n.handshakes_per_ip));
         assert!(!c.open_cluster);
     }
 

@@ -473,6 +473,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             allow: cfg.allow.iter().map(|i| i.0).collect(),
         };
         node_cfg.overlay = cfg.overlay.clone();
+        (node_cfg.handshakes, node_cfg.handshakes_per_ip) = cfg.handshakes;
         if node_cfg.admission.allow.is_empty() {
             tracing::warn!(
                 "open cluster (--open-cluster): any server that knows this server's id may join"

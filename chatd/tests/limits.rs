@@ -1,7 +1,8 @@
 //! What an anonymous client can make a server hold, over real QUIC on
 //! loopback (issue 11): client connections get client limits (no
 //! unidirectional streams, no datagrams, 8 bidirectional streams), an
-//! announced frame over the request limit is refused before its body, a
+//! announced frame over the request limit closes the connection before its
+//! body is read, an undecodable request is answered, a
 //! client that never takes its notices is closed, and one address gets a
 //! bounded number of connections. Every wait bounded.
 
@@ -36,28 +37,6 @@ async fn a_client_connection_gets_client_limits() {
             .is_err(),
         "a unidirectional stream was granted"
     );
-    // An announced length over the request limit is refused at once, with
-    // nothing of the body read.
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&(64 * 1024u32).to_be_bytes()).await.unwrap();
-    let answer: rendezvous::Response = tokio::time::timeout(
-        Duration::from_secs(20),
-        chatd::net::framing::read_msg(&mut recv),
-    )
-    .await
-    .expect("an answer within 20 s")
-    .unwrap();
-    match answer {
-        rendezvous::Response::Error(e) => {
-            assert_eq!(e.code, ErrorCode::Malformed);
-            assert!(e.detail.contains("over the 8192-byte limit"), "{e}");
-        }
-        other => panic!("{other:?}"),
-    }
-    drop((send, recv));
-    // Until the server saw that stream's end, it may still count: wait for
-    // a plain request to be answered.
-    assert!(session.who_am_i().await.is_ok());
     // Eight requests may wait at once; a ninth stream waits for one of them.
     let mut held = Vec::new();
     for _ in 0..8 {
@@ -75,12 +54,43 @@ async fn a_client_connection_gets_client_limits() {
             .is_err(),
         "a ninth concurrent stream was granted"
     );
-    // The connection still answers once a stream is done.
+    // The connection still answers once a stream is done (reset streams
+    // are cancelled requests, not malformed ones).
     drop(held);
     let who = tokio::time::timeout(Duration::from_secs(30), session.who_am_i())
         .await
         .expect("an answer within 30 s");
     assert!(who.is_ok(), "{who:?}");
+    // An undecodable request is answered `Malformed`; the connection stays.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0, 0, 0, 2, 0xff, 0xff]).await.unwrap();
+    send.finish().unwrap();
+    let answer: rendezvous::Response = tokio::time::timeout(
+        Duration::from_secs(20),
+        chatd::net::framing::read_msg(&mut recv),
+    )
+    .await
+    .expect("an answer within 20 s")
+    .unwrap();
+    assert!(
+        matches!(&answer, rendezvous::Response::Error(e) if e.code == ErrorCode::Malformed),
+        "{answer:?}"
+    );
+    assert!(session.who_am_i().await.is_ok());
+    // An announced length over the request limit is a protocol violation:
+    // the connection is closed at once (code 10), nothing of the body read.
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&(64 * 1024u32).to_be_bytes()).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed())
+        .await
+        .expect("closed within 20 s");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, rendezvous::server::CLOSE_VIOLATION.into());
+            assert_eq!(&c.reason[..], b"request over the size limit");
+        }
+        other => panic!("{other:?}"),
+    }
     servers[0].node.shutdown(Duration::from_secs(2)).await;
 }
 
@@ -182,4 +192,47 @@ async fn refusals_carry_their_code_to_the_client() {
         "{e}"
     );
     servers[0].node.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_beyond_the_servers_rate_are_refused_before_any_work() {
+    use chatd::net::driver::{Node, NodeConfig};
+    let k = chatd::net::identity::Keypair::from_seed([178; 32]);
+    let mut c = NodeConfig::new("127.0.0.1:0".parse().unwrap());
+    c.overlay = overlay::Config::local();
+    // Two at once, then one every 2 s.
+    c.handshakes = (0.5, 2.0);
+    c.handshakes_per_ip = (1e9, 1e9);
+    let node = std::sync::Arc::new(Node::start(&k, c).await.unwrap());
+    let _server =
+        chatd::server::Server::start(node.clone(), k.signing_key().clone(), common::test_core());
+    let addr = node.addr();
+    let (a, b, x) = (
+        common::client(111),
+        common::client(112),
+        common::client(113),
+    );
+    let sa = a.connect(addr).await.unwrap();
+    let sb = b.connect(addr).await.unwrap();
+    // The third is refused at once (QUIC CONNECTION_REFUSED), not left to
+    // time out: a client moves on to another server.
+    let third = tokio::time::timeout(Duration::from_secs(20), x.connect(addr))
+        .await
+        .expect("an answer within 20 s");
+    let Err(e) = third else {
+        panic!("a third handshake within the burst was admitted");
+    };
+    assert!(format!("{e:#}").contains("refused"), "{e:#}");
+    // The connections it has are served meanwhile.
+    assert!(sa.who_am_i().await.is_ok() && sb.who_am_i().await.is_ok());
+    // Later the budget is back.
+    let again = common::eventually(Duration::from_secs(30), || async {
+        match x.connect(addr).await {
+            Ok(s) => s.who_am_i().await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(again, "no handshake was admitted again");
+    node.shutdown(Duration::from_secs(2)).await;
 }

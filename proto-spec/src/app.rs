@@ -538,7 +538,7 @@ pub fn vector_files() -> Vec<VectorFile> {
             name: "client-request.txt",
             header: &[
                 "Client requests (rendezvous::Request): NAME HEX, each a complete frame:",
-                "u32 big-endian length (at most 8192, MAX_REQUEST), postcard body. SPEC §11.6.",
+                "u32 big-endian length (at most 2048, MAX_REQUEST), postcard body. SPEC §11.6.",
                 KEYS,
                 GENERATED,
             ],

@@ -490,7 +490,7 @@ fn the_digest_follows_the_spec_formula() {
 #[test]
 fn constants_are_the_ones_spec_quotes() {
     use rendezvous::{proto, record};
-    assert_eq!(MAX_REQUEST, 8 * 1024);
+    assert_eq!(MAX_REQUEST, 2 * 1024);
     assert_eq!(MAX_FRAME, 64 * 1024);
     assert_eq!(MAX_SERVER_FRAME, 256 * 1024);
     assert_eq!(proto::MAX_SERVERS_LISTED, 100);

@@ -40,5 +40,5 @@ pub mod table;
 pub use members::{Liveness, Members, Msg, ServerRecord};
 pub use proto::{ErrorCode, FriendRef, Notice, Payload, Refusal, Request, Response, ServerMsg};
 pub use record::{NatMapping, PeerRecord, RecordBody, RecordError};
-pub use server::{Config, ConnId, Input, Now, Output, ReqId, Server};
+pub use server::{Config, ConnId, Input, Malformed, Now, Output, ReqId, Server};
 pub use table::PeerTable;

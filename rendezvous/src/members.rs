@@ -2,13 +2,19 @@
 //!
 //! Every server broadcasts on the overlay a signed `Announce` of its own
 //! record (addresses, load, a version that only grows) when it starts and
-//! every heartbeat, and a signed `Leave` when it shuts down. Failure
-//! detection combines connection loss and suspicion (SWIM-like):
+//! every announce interval, and a signed `Leave` when it shuts down.
+//! Failure detection combines connection loss and suspicion (SWIM-like):
 //! - a server whose connection to X fails broadcasts a signed `Suspect(X,
 //!   version)`;
 //! - X, on hearing it, refutes by announcing a higher version;
 //! - X is declared dead once a *second* server suspects the same version,
 //!   or when nothing was heard from it for `dead_after`.
+//!
+//! Every announce reaches every server, so the cluster's announces cost
+//! each server servers ÷ interval deliveries per second: the interval and
+//! `dead_after` grow with the cluster (the rule is on
+//! [`crate::server::Config::announce_budget`]); [`Members::live_count`] is
+//! the count they grow with.
 //!
 //! Records are signed by their server (suspicions by the suspecting
 //! server), so a member cannot forge another's announce or leave. Pure
@@ -185,12 +191,18 @@ pub enum Reply {
     Refute,
 }
 
+fn counts_as_live(l: &Liveness) -> bool {
+    matches!(l, Liveness::Alive | Liveness::Suspect(_))
+}
+
 /// The membership table: pure merge rules, no I/O.
 #[derive(Debug)]
 pub struct Members {
     me: PeerId,
     entries: BTreeMap<PeerId, Entry>,
     dead_after: Duration,
+    /// Entries that are `Alive` or `Suspect` (kept with every change).
+    live: usize,
 }
 
 impl Members {
@@ -200,7 +212,24 @@ impl Members {
             me,
             entries: BTreeMap::new(),
             dead_after,
+            live: 0,
         }
+    }
+
+    /// Silence after which [`Members::expire`] declares a server dead.
+    pub fn dead_after(&self) -> Duration {
+        self.dead_after
+    }
+
+    /// Changes the silence limit (the server scales it with the cluster).
+    pub fn set_dead_after(&mut self, dead_after: Duration) {
+        self.dead_after = dead_after;
+    }
+
+    /// Servers believed alive (suspects included), other than us: the
+    /// length of [`Members::live`], without walking the table.
+    pub fn live_count(&self) -> usize {
+        self.live
     }
 
     /// Applies a verified message received at `now`.
@@ -213,11 +242,15 @@ impl Members {
                 match self.entries.get_mut(&record.id) {
                     Some(e) if record.version <= e.record.version => {}
                     Some(e) => {
+                        if !counts_as_live(&e.liveness) {
+                            self.live += 1;
+                        }
                         e.record = record.clone();
                         e.liveness = Liveness::Alive;
                         e.heard = now;
                     }
                     None => {
+                        self.live += 1;
                         self.entries.insert(
                             record.id,
                             Entry {
@@ -234,6 +267,9 @@ impl Members {
                 if let Some(e) = self.entries.get_mut(id)
                     && *version >= e.record.version
                 {
+                    if counts_as_live(&e.liveness) {
+                        self.live -= 1;
+                    }
                     e.liveness = Liveness::Left;
                 }
                 Reply::None
@@ -254,16 +290,11 @@ impl Members {
     pub fn suspect(&mut self, id: PeerId, version: u64, by: PeerId) {
         // Confirmed by a second server — or by the only one there is: in a
         // cluster of two, the survivor's word is all the evidence there is.
-        let others = self
-            .entries
-            .values()
-            .filter(|o| o.record.id != id)
-            .filter(|o| matches!(o.liveness, Liveness::Alive | Liveness::Suspect(_)))
-            .count();
-        let needed = if others == 0 { 1 } else { 2 };
         let Some(e) = self.entries.get_mut(&id) else {
             return;
         };
+        let others = self.live - usize::from(counts_as_live(&e.liveness));
+        let needed = if others == 0 { 1 } else { 2 };
         if version != e.record.version {
             // Older: already refuted by a newer announce. Newer than any
             // announce we saw: not evidence about the server we know.
@@ -276,6 +307,7 @@ impl Members {
         };
         by_whom.insert(by);
         e.liveness = if by_whom.len() >= needed {
+            self.live -= 1;
             Liveness::Dead
         } else {
             Liveness::Suspect(by_whom)
@@ -286,8 +318,9 @@ impl Members {
     pub fn expire(&mut self, now: Time) {
         for e in self.entries.values_mut() {
             let silent = now.saturating_since(e.heard) > self.dead_after;
-            if silent && matches!(e.liveness, Liveness::Alive | Liveness::Suspect(_)) {
+            if silent && counts_as_live(&e.liveness) {
                 e.liveness = Liveness::Dead;
+                self.live -= 1;
             }
         }
     }
@@ -301,7 +334,7 @@ impl Members {
     pub fn is_live(&self, id: &PeerId) -> bool {
         self.entries
             .get(id)
-            .is_some_and(|e| matches!(e.liveness, Liveness::Alive | Liveness::Suspect(_)))
+            .is_some_and(|e| counts_as_live(&e.liveness))
     }
 
     /// Every server we know of, whatever we believe about it.
@@ -313,7 +346,7 @@ impl Members {
     pub fn live(&self) -> impl Iterator<Item = &ServerRecord> {
         self.entries
             .values()
-            .filter(|e| matches!(e.liveness, Liveness::Alive | Liveness::Suspect(_)))
+            .filter(|e| counts_as_live(&e.liveness))
             .map(|e| &e.record)
     }
 }
@@ -389,6 +422,7 @@ mod tests {
         t.suspect(x.id().0, 11, s2.id().0);
         assert_eq!(t.get(&x.id().0).unwrap().liveness, Liveness::Dead);
         assert_eq!(t.live().count(), 1);
+        assert_eq!(t.live_count(), 1);
         // In a cluster of two, the survivor's suspicion is enough.
         let mut pair = Members::new(me.id().0, Duration::from_secs(20));
         pair.apply(&Msg::announce(x.signing_key(), record(&x, 10)), now);
@@ -411,14 +445,22 @@ mod tests {
         t.apply(&Msg::leave(y.signing_key(), y.id().0, 1), t0);
         assert_eq!(t.get(&y.id().0).unwrap().liveness, Liveness::Left);
         t.expire(t0 + Duration::from_secs(10));
-        assert_eq!(t.live().count(), 1);
+        assert_eq!((t.live().count(), t.live_count()), (1, 1));
+        // The limit can move (the server scales it with the cluster).
+        t.set_dead_after(Duration::from_secs(60));
         t.expire(t0 + Duration::from_secs(21));
-        assert_eq!(t.live().count(), 0);
+        assert_eq!((t.live().count(), t.live_count()), (1, 1));
+        t.expire(t0 + Duration::from_secs(61));
+        assert_eq!((t.live().count(), t.live_count()), (0, 0));
         // A later announce (a restart) brings it back.
         t.apply(
             &Msg::announce(x.signing_key(), record(&x, 2)),
-            t0 + Duration::from_secs(22),
+            t0 + Duration::from_secs(62),
         );
-        assert_eq!(t.live().count(), 1);
+        assert_eq!((t.live().count(), t.live_count()), (1, 1));
+        // A leave of a live server, and one of a server already gone.
+        t.apply(&Msg::leave(x.signing_key(), x.id().0, 2), t0);
+        t.apply(&Msg::leave(y.signing_key(), y.id().0, 1), t0);
+        assert_eq!((t.live().count(), t.live_count()), (0, 0));
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! | held | bound | refusal |
 //! |---|---|---|
-//! | client connections | `max_connections`, `per_ip_connections` per address (IPv6: per /64) | `TooManyConnections`, closed |
+//! | client connections | `max_connections`, `per_ip_connections` per address (IPv6: per /64), `per_peer_connections` per identity | `TooManyConnections`, closed |
+//! | connections that never registered | `max_anonymous` (a new one closes the one idle longest), each closed after `anonymous_idle` without a request | `TooManyConnections`, closed |
 //! | live registrations | `capacity` here, `per_ip_records` per address, `max_records` in the table, and per home server on replicated records | `ServerFull`, `QuotaAddress`, `TableFull` |
 //! | new identities | `new_ids_per_min` per address | `QuotaNewIds` |
 //! | costly requests (register, meet, relay) | a token bucket per connection and per address | `RateLimited` with retry-after |
@@ -80,6 +81,26 @@ pub struct RelayLimits {
     pub idle: Duration,
 }
 
+/// Why a client's request could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Malformed {
+    /// Its announced length is over the limit: no client of this protocol
+    /// sends that. The connection is closed (code 10).
+    TooLarge,
+    /// Not complete within the driver's request timeout: a stalled or
+    /// dripping stream. The connection is closed (code 10).
+    Late,
+    /// Read but not understood (a newer client, a corrupt body): answered
+    /// `Malformed`; the [`MAX_UNDECODABLE`]th on one connection closes it.
+    Undecodable(String),
+}
+
+/// Undecodable requests one connection may send before it is closed.
+pub const MAX_UNDECODABLE: u32 = 4;
+
+/// QUIC application code of a connection closed for a protocol violation.
+pub const CLOSE_VIOLATION: u32 = 10;
+
 /// Every limit and tempo of the server, with defaults for the open
 /// internet.
 #[derive(Clone, Debug)]
@@ -93,6 +114,17 @@ pub struct Config {
     pub max_connections: usize,
     /// Client connections from one address (IPv6: one /64).
     pub per_ip_connections: u32,
+    /// Client connections of one identity.
+    pub per_peer_connections: u32,
+    /// Connections that have not registered (lookups, status, an attacker
+    /// holding sockets): at most this many at once. A new one beyond it
+    /// closes the anonymous connection idle the longest, so a crowd of
+    /// idle sockets cannot lock out newcomers, which register within a
+    /// round trip. Each idle connection costs ~33 KiB in QUIC and TLS
+    /// state (measured), so this bounds that memory (~34 MB at 1,024).
+    pub max_anonymous: usize,
+    /// An anonymous connection without a request for this long is closed.
+    pub anonymous_idle: Duration,
     /// Live registrations homed here from one address (IPv6: one /64).
     pub per_ip_records: u32,
     /// New identities one address may register per minute (a burst of
@@ -106,6 +138,12 @@ pub struct Config {
     /// Broadcasts clients may cause per second at this server, and the
     /// burst.
     pub broadcast_rate: (f64, f64),
+    /// Introductions of one peer (meetings arranged with it, each a
+    /// notice to it and a message to its home server) per second, and the
+    /// burst, whoever asks: a crowd meeting one victim cannot flood it or
+    /// the links between servers. Beyond it `Meet` is refused
+    /// `RateLimited` with a retry hint.
+    pub introductions_per_peer: (f64, f64),
     /// Meetings one connection may wait for at once.
     pub max_waits_per_conn: usize,
     /// Meetings waited for at this server at once.
@@ -125,15 +163,50 @@ pub struct Config {
     /// What a session may carry.
     pub relay: RelayLimits,
     /// How often a server announces itself (its record, its load) to the
-    /// cluster. Failures are found by the servers connected to the one
-    /// that fails (suspicion, confirmed by a second), not by missing
-    /// announces, so this can be slow: the cost is servers²/interval
-    /// deliveries in the cluster. A load change of 1% of capacity (at
-    /// least 10 clients) is announced early, at most every 5 s.
+    /// cluster, at least: the interval in a cluster of up to
+    /// `heartbeat` × `announce_budget` ÷ 2 servers (3,000 with the
+    /// defaults: 30 s, 200/s). Failures are found by the servers connected
+    /// to the one that fails (suspicion, confirmed by a second), not by
+    /// missing announces, so this can be slow: every announce reaches
+    /// every server, so the cost is servers ÷ interval deliveries per
+    /// second at each server. In a larger cluster the interval grows with
+    /// it (see `announce_budget`). A load change of 1% of capacity (at
+    /// least 10 clients) is announced early (see `announce_spacing`).
     pub heartbeat: Duration,
     /// Silence after which a server is declared dead (the backstop when
-    /// no neighbor suspected it): a few announce intervals.
+    /// no neighbor suspected it), at the `heartbeat` interval: three
+    /// intervals and the time a late announce takes to spread. Not exactly
+    /// three: a server cut off by a partition of one to two intervals
+    /// misses two announces, and its third arrives 90 s after the last
+    /// one heard — at 90 s it would be declared dead a moment before that
+    /// announce arrives, right after the heal (`sim servers` measured it).
+    /// It grows in the same proportion as the interval (100 s at 30 s →
+    /// 333 s at 100 s).
     pub dead_after: Duration,
+    /// Announces per second the whole cluster may send each server, at
+    /// most (every announce reaches every server). With `n` servers
+    /// believed alive (this one included):
+    /// - regular announces take half of it: one every
+    ///   max(`heartbeat`, 2·`n` ÷ `announce_budget` s) — 30 s up to 3,000
+    ///   servers with the defaults, 100 s at 10,000 — and `dead_after`
+    ///   scales by the same factor;
+    /// - no announce (early ones included) comes sooner than
+    ///   max(`announce_spacing`, `n` ÷ `announce_budget` s) after the
+    ///   previous one — 5 s up to 1,000 servers, 50 s at 10,000 — so even
+    ///   if every server's load kept moving, each server receives at most
+    ///   `announce_budget` announces per second.
+    ///
+    /// The interval is set at each announce from the count then. At about
+    /// 300 bytes per announce and server (measured by `sim servers`:
+    /// GOSSIP, IHAVE and GRAFT shares) the default budget is ~30 KB/s per
+    /// server of regular announces, ~60 KB/s at the very worst. Zero or
+    /// less: no scaling (`heartbeat`, `dead_after` and `announce_spacing`
+    /// as they are, whatever the cluster's size).
+    pub announce_budget: f64,
+    /// The shortest time between two announces of a small cluster (an
+    /// early one after a load change); it grows in a large one (see
+    /// `announce_budget`). Refutations of a suspicion are not held back.
+    pub announce_spacing: Duration,
     /// Anti-entropy with each neighbor at least this often.
     pub sync_interval: Duration,
     /// After a round that found differences, the next one this soon.
@@ -167,11 +240,15 @@ impl Default for Config {
             max_records: 1_000_000,
             max_connections: 20_000,
             per_ip_connections: 64,
+            per_peer_connections: 4,
+            max_anonymous: 1_024,
+            anonymous_idle: Duration::from_secs(30),
             per_ip_records: 32,
             new_ids_per_min: 60.0,
             conn_rate: (5.0, 20.0),
             ip_rate: (50.0, 200.0),
             broadcast_rate: (4_000.0, 8_000.0),
+            introductions_per_peer: (2.0, 10.0),
             max_waits_per_conn: 4,
             max_waits: 50_000,
             relay_sessions: 1_000,
@@ -186,7 +263,9 @@ impl Default for Config {
                 idle: Duration::from_secs(60),
             },
             heartbeat: Duration::from_secs(30),
-            dead_after: Duration::from_secs(90),
+            dead_after: Duration::from_secs(100),
+            announce_budget: 200.0,
+            announce_spacing: Duration::from_secs(5),
             sync_interval: Duration::from_secs(30),
             sync_retry: Duration::from_millis(500),
             sync_buckets_per_round: 32,
@@ -233,7 +312,7 @@ pub enum Input {
         /// Which stream.
         req: ReqId,
         /// What was wrong.
-        error: String,
+        error: Malformed,
     },
     /// A client connection ended (closed, reset or timed out).
     ClientClosed {
@@ -369,6 +448,11 @@ impl Stats {
 pub struct Source(IpAddr);
 
 impl Source {
+    /// The address (an IPv6 one with its last 64 bits zero).
+    pub fn ip(&self) -> IpAddr {
+        self.0
+    }
+
     /// The quota key of `addr`.
     pub fn of(addr: &SocketAddr) -> Source {
         match addr.ip() {
@@ -394,6 +478,11 @@ struct Conn {
     rtt: Duration,
     costly: TokenBucket,
     waits: Vec<FriendRef>,
+    /// Never registered on this connection: (last request, id) is in
+    /// `anonymous`. `None` once registered or being closed.
+    anonymous_since: Option<Time>,
+    /// Undecodable requests so far.
+    undecodable: u32,
 }
 
 #[derive(Debug)]
@@ -451,9 +540,15 @@ pub struct Server {
     clients: BTreeMap<PeerId, ConnId>,
     presence: BTreeMap<PeerId, Presence>,
     conns_per_source: BTreeMap<Source, u32>,
+    /// peer → its connections.
+    conns_of: BTreeMap<PeerId, BTreeSet<ConnId>>,
+    /// Connections that never registered, by their last request.
+    anonymous: BTreeSet<(Time, ConnId)>,
     live_per_source: BTreeMap<Source, u32>,
     costly_per_source: BTreeMap<Source, TokenBucket>,
     new_ids_per_source: BTreeMap<Source, TokenBucket>,
+    /// Introductions per peer met (`introductions_per_peer`).
+    introductions: BTreeMap<PeerId, TokenBucket>,
     budget: TokenBucket,
     waits_by_id: BTreeMap<PeerId, BTreeSet<ConnId>>,
     waits_by_name: BTreeMap<String, BTreeSet<ConnId>>,
@@ -524,9 +619,12 @@ impl Server {
             clients: BTreeMap::new(),
             presence: BTreeMap::new(),
             conns_per_source: BTreeMap::new(),
+            conns_of: BTreeMap::new(),
+            anonymous: BTreeSet::new(),
             live_per_source: BTreeMap::new(),
             costly_per_source: BTreeMap::new(),
             new_ids_per_source: BTreeMap::new(),
+            introductions: BTreeMap::new(),
             waits_by_id: BTreeMap::new(),
             waits_by_name: BTreeMap::new(),
             waits: 0,
@@ -670,15 +768,7 @@ impl Server {
                     self.request(now, conn, req, request);
                 }
             }
-            Input::ClientMalformed { conn, req, error } => {
-                if self.conns.contains_key(&conn) {
-                    self.refuse(
-                        conn,
-                        req,
-                        Refusal::new(ErrorCode::Malformed, format!("malformed request: {error}")),
-                    );
-                }
-            }
+            Input::ClientMalformed { conn, req, error } => self.malformed(conn, req, error),
             Input::ClientClosed { conn } => self.closed(now, conn),
             Input::RelayEnded { session } => self.end_session(session, false),
             Input::Delivery { origin, payload } => self.delivery(now, origin, &payload),
@@ -717,10 +807,13 @@ impl Server {
     fn connected(&mut self, now: Now, conn: ConnId, peer: PeerId, addr: SocketAddr) {
         let source = Source::of(&addr);
         let from_source = self.conns_per_source.get(&source).copied().unwrap_or(0);
+        let of_peer = self.conns_of.get(&peer).map_or(0, BTreeSet::len);
         let refusal = if self.conns.len() >= self.cfg.max_connections {
             Some("server full: ask for another server")
         } else if from_source >= self.cfg.per_ip_connections {
             Some("too many connections from your address")
+        } else if of_peer >= self.cfg.per_peer_connections as usize {
+            Some("too many connections with your identity")
         } else {
             None
         };
@@ -733,7 +826,14 @@ impl Server {
             });
             return;
         }
+        if self.anonymous.len() >= self.cfg.max_anonymous
+            && let Some(&(_, oldest)) = self.anonymous.first()
+        {
+            self.close_anonymous(oldest, "too many connections without a registration");
+        }
         *self.conns_per_source.entry(source).or_insert(0) += 1;
+        self.conns_of.entry(peer).or_default().insert(conn);
+        self.anonymous.insert((now.mono, conn));
         let (rate, burst) = self.cfg.conn_rate;
         self.conns.insert(
             conn,
@@ -744,6 +844,8 @@ impl Server {
                 rtt: Duration::ZERO,
                 costly: TokenBucket::new(rate, burst, now.mono),
                 waits: Vec::new(),
+                anonymous_since: Some(now.mono),
+                undecodable: 0,
             },
         );
         // A registered connection of the same client keeps its notices.
@@ -751,10 +853,91 @@ impl Server {
         self.stats.count("client_connections");
     }
 
+    fn malformed(&mut self, conn: ConnId, req: ReqId, error: Malformed) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let reason = match error {
+            Malformed::TooLarge => "request over the size limit",
+            Malformed::Late => "request not complete in time",
+            Malformed::Undecodable(error) => {
+                c.undecodable += 1;
+                let last = c.undecodable >= MAX_UNDECODABLE;
+                self.refuse(
+                    conn,
+                    req,
+                    Refusal::new(ErrorCode::Malformed, format!("malformed request: {error}")),
+                );
+                if !last {
+                    return;
+                }
+                "too many malformed requests"
+            }
+        };
+        self.count_refusal(ErrorCode::Malformed);
+        self.stats.count("protocol_violations");
+        if let Some(since) = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.anonymous_since.take())
+        {
+            self.anonymous.remove(&(since, conn));
+        }
+        self.out.push_back(Output::Close {
+            conn,
+            code: CLOSE_VIOLATION,
+            reason,
+        });
+    }
+
+    /// Closes a connection that never registered (idle too long, or the
+    /// one idle longest when too many are open).
+    fn close_anonymous(&mut self, conn: ConnId, reason: &'static str) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Some(since) = c.anonymous_since.take() {
+            self.anonymous.remove(&(since, conn));
+        }
+        self.count_refusal(ErrorCode::TooManyConnections);
+        self.stats.count("anonymous_closed");
+        self.out.push_back(Output::Close {
+            conn,
+            code: 5,
+            reason,
+        });
+    }
+
+    /// A request on `conn`: it is not idle; once it registers it is no
+    /// longer anonymous.
+    fn touch(&mut self, now: Now, conn: ConnId, registered: bool) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Some(since) = c.anonymous_since.take() {
+            self.anonymous.remove(&(since, conn));
+            if !registered {
+                c.anonymous_since = Some(now.mono);
+                self.anonymous.insert((now.mono, conn));
+            }
+        }
+    }
+
     fn closed(&mut self, now: Now, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if let Some(since) = c.anonymous_since {
+            self.anonymous.remove(&(since, conn));
+        }
+        let mut others = None;
+        if let Some(set) = self.conns_of.get_mut(&c.peer) {
+            set.remove(&conn);
+            others = set.first().copied();
+            if set.is_empty() {
+                self.conns_of.remove(&c.peer);
+            }
+        }
         if let Some(n) = self.conns_per_source.get_mut(&c.source) {
             *n -= 1;
             if *n == 0 {
@@ -767,7 +950,7 @@ impl Server {
         if self.clients.get(&c.peer) == Some(&conn) {
             self.clients.remove(&c.peer);
             // Another connection of the same client takes over its notices.
-            if let Some((&other, _)) = self.conns.iter().find(|(_, o)| o.peer == c.peer) {
+            if let Some(other) = others {
                 self.clients.insert(c.peer, other);
             }
         }
@@ -882,6 +1065,7 @@ impl Server {
             return;
         };
         let (peer, addr) = (c.peer, c.addr);
+        self.touch(now, conn, false);
         match request {
             Request::WhoAmI => self.respond(conn, req, Response::YouAre(addr)),
             Request::Register(record) => self.register(now, conn, req, record, None),
@@ -1010,6 +1194,7 @@ impl Server {
         match self.admit_registration(now, conn, &record, withdrawal.as_ref()) {
             Err(r) => self.refuse(conn, req, r),
             Ok(held) => {
+                self.touch(now, conn, true);
                 let record = Arc::new(record);
                 if !matches!(held, Held::Same) {
                     self.table.insert(record.clone(), now.mono, now.unix());
@@ -1365,6 +1550,20 @@ impl Server {
             return;
         }
         if let Some(theirs) = theirs.pop() {
+            let (rate, burst) = self.cfg.introductions_per_peer;
+            let bucket = self
+                .introductions
+                .entry(theirs.body.peer)
+                .or_insert_with(|| TokenBucket::new(rate, burst, now.mono));
+            if let Err(wait) = bucket.take(1.0, now.mono) {
+                let refusal = Refusal {
+                    code: ErrorCode::RateLimited,
+                    retry_after_ms: as_ms32(wait),
+                    detail: "that peer is being asked for too often: try again later".into(),
+                };
+                self.refuse(conn, req, refusal);
+                return;
+            }
             let rtt = self.conns.get(&conn).map(|c| c.rtt).unwrap_or_default();
             let other_rtt = self
                 .clients
@@ -1871,9 +2070,9 @@ impl Server {
             now_n.abs_diff(then) >= (u64::from(self.cfg.capacity) / 100).max(10)
         };
         let early =
-            load_moved && now.mono.saturating_since(self.last_announce) >= Duration::from_secs(5);
+            load_moved && now.mono.saturating_since(self.last_announce) >= self.announce_spacing();
         if !self.left && (now.mono >= self.next_heartbeat || early) {
-            self.next_heartbeat = now.mono + self.cfg.heartbeat;
+            self.next_heartbeat = now.mono + self.announce_interval();
             self.last_announce = now.mono;
             self.announce();
         }
@@ -1896,7 +2095,65 @@ impl Server {
         }
     }
 
+    /// How much longer than at `heartbeat` the announce interval is in a
+    /// cluster of this size: max(1, 2·n ÷ `announce_budget` ÷ `heartbeat`),
+    /// n = the servers believed alive, this one included.
+    fn tempo_factor(&self) -> f64 {
+        let budget = self.cfg.announce_budget;
+        let heartbeat = self.cfg.heartbeat.as_secs_f64();
+        if !budget.is_finite() || budget <= 0.0 || heartbeat <= 0.0 {
+            return 1.0;
+        }
+        let n = (self.members.live_count() + 1) as f64;
+        (2.0 * n / budget / heartbeat).max(1.0)
+    }
+
+    fn scaled(d: Duration, factor: f64) -> Duration {
+        if factor <= 1.0 {
+            d
+        } else {
+            Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+        }
+    }
+
+    /// The interval between two regular announces at the cluster's
+    /// current size: `heartbeat`, or longer in a large cluster (see
+    /// [`Config::announce_budget`]).
+    pub fn announce_interval(&self) -> Duration {
+        Self::scaled(self.cfg.heartbeat, self.tempo_factor())
+    }
+
+    /// The shortest time between two announces (early ones included) at
+    /// the cluster's current size (see [`Config::announce_budget`]).
+    pub fn announce_spacing(&self) -> Duration {
+        let budget = self.cfg.announce_budget;
+        if !budget.is_finite() || budget <= 0.0 {
+            return self.cfg.announce_spacing;
+        }
+        let n = (self.members.live_count() + 1) as f64;
+        let share = Duration::try_from_secs_f64(n / budget).unwrap_or(Duration::MAX);
+        self.cfg.announce_spacing.max(share)
+    }
+
+    /// Silence after which a server is declared dead at the cluster's
+    /// current size: `dead_after`, scaled like the announce interval.
+    pub fn dead_after(&self) -> Duration {
+        Self::scaled(self.cfg.dead_after, self.tempo_factor())
+    }
+
+    /// When the next regular announce is due (none once left).
+    pub fn next_announce(&self) -> Option<Time> {
+        (!self.left).then_some(self.next_heartbeat)
+    }
+
     fn sweep(&mut self, now: Now) {
+        while let Some(&(since, conn)) = self.anonymous.first()
+            && now.mono.saturating_since(since) >= self.cfg.anonymous_idle
+        {
+            self.close_anonymous(conn, "idle without a registration");
+        }
+        let dead_after = self.dead_after();
+        self.members.set_dead_after(dead_after);
         self.members.expire(now.mono);
         let forgotten = self.table.expire(now.unix());
         self.stats.add("records_forgotten", forgotten as u64);
@@ -1909,6 +2166,7 @@ impl Server {
         self.costly_per_source
             .retain(|s, b| conns.contains_key(s) || !b.is_full(mono));
         self.new_ids_per_source.retain(|_, b| !b.is_full(mono));
+        self.introductions.retain(|_, b| !b.is_full(mono));
         // Relay halves whose friend never came.
         let wait = self.cfg.relay_wait;
         let late: Vec<(PeerId, PeerId)> = self

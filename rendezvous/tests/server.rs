@@ -342,7 +342,7 @@ fn a_registration_is_acknowledged_once_another_server_has_it() {
         Some(ErrorCode::NotReplicated)
     );
     assert!(cut.servers[0].members().live().next().is_some());
-    cut.run_for(Duration::from_secs(95));
+    cut.run_for(Duration::from_secs(97));
     assert!(cut.servers[0].members().live().next().is_none());
     assert!(registered(&cut.register(&c, "c")));
     // A server alone in its cluster acknowledges at once.
@@ -400,6 +400,58 @@ fn connections_are_capped_per_address_and_in_all() {
             .refusals(ErrorCode::TooManyConnections),
         3
     );
+}
+
+#[test]
+fn connections_are_capped_per_identity_and_idle_anonymous_ones_make_room() {
+    let mut net = Net::new(
+        1,
+        Config {
+            per_peer_connections: 2,
+            max_anonymous: 3,
+            anonymous_idle: Duration::from_secs(30),
+            ..Config::default()
+        },
+    );
+    let closed = |net: &Net, c: &common::Client| net.closes.iter().any(|(_, id, _)| *id == c.conn);
+    // One identity: two connections, not a third (from any address).
+    let a1 = net.connect(0, 1, "198.51.100.1");
+    let a2 = net.connect(0, 1, "198.51.100.2");
+    let a3 = net.connect(0, 1, "198.51.100.3");
+    assert!(!closed(&net, &a1) && !closed(&net, &a2));
+    assert!(
+        net.closes
+            .iter()
+            .any(|(_, id, why)| *id == a3.conn && why.contains("identity"))
+    );
+    // A registered connection is not anonymous any more.
+    assert!(registered(&net.register(&a1, "alice")));
+    // Anonymous now: a2, b, c (the cap). A fourth closes the one idle
+    // longest: a2, not the newcomer.
+    let b = net.connect(0, 2, "198.51.100.4");
+    let c = net.connect(0, 3, "198.51.100.5");
+    net.run_for(Duration::from_secs(5));
+    assert!(
+        net.ask(&a2, Request::WhoAmI).is_some(),
+        "a request: a2 is the newest now"
+    );
+    let d = net.connect(0, 4, "198.51.100.6");
+    assert!(closed(&net, &b), "b was idle longest");
+    assert!(!closed(&net, &a2) && !closed(&net, &c) && !closed(&net, &d));
+    assert_eq!(
+        net.servers[0]
+            .stats()
+            .refusals(ErrorCode::TooManyConnections),
+        2
+    );
+    // Idle anonymous connections go after 30 s without a request; one that
+    // keeps asking stays, and so does the registered one.
+    for _ in 0..4 {
+        net.run_for(Duration::from_secs(10));
+        assert!(net.ask(&d, Request::WhoAmI).is_some());
+    }
+    assert!(closed(&net, &a2) && closed(&net, &c));
+    assert!(!closed(&net, &d) && !closed(&net, &a1));
 }
 
 #[test]
@@ -589,7 +641,7 @@ fn refusals_and_rejections_are_counted_by_reason() {
         Input::ClientMalformed {
             conn: a.conn,
             req: 77,
-            error: "bad".into(),
+            error: rendezvous::Malformed::Undecodable("bad".into()),
         },
     );
     let stats = net.servers[0].stats();
@@ -605,4 +657,98 @@ fn refusals_and_rejections_are_counted_by_reason() {
     );
     assert_eq!(net.servers[0].stats().rejected.get("undecodable"), Some(&1));
     let _ = Output::Broadcast(bytes::Bytes::new());
+}
+
+/// Announces every `heartbeat` would cost each server servers ÷ 30 s
+/// deliveries per second, without bound: in a cluster larger than
+/// `heartbeat` × `announce_budget` ÷ 2 the interval, the silence backstop
+/// and the spacing of early announces grow with the cluster. Here a budget
+/// of 0.2 announces/s makes 10 servers a "large" cluster: 2·10 ÷ 0.2 =
+/// 100 s between announces (not 30), dead after 333 s (not 100), early
+/// announces 10 ÷ 0.2 = 50 s apart at least (not 5).
+#[test]
+fn the_announce_interval_and_the_silence_limit_grow_with_the_cluster() {
+    let cfg = Config {
+        announce_budget: 0.2,
+        capacity: 100,
+        ..Config::default()
+    };
+    assert_eq!(cfg.heartbeat, Duration::from_secs(30));
+    assert_eq!(cfg.dead_after, Duration::from_secs(100));
+    let secs = |d: Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
+    let mut net = Net::new(10, cfg.clone());
+    // The first announces were made knowing nobody: the next in 30 s.
+    assert_eq!(net.broadcasts, 10);
+    let s0 = &net.servers[0];
+    assert_eq!(s0.members().live_count(), 9);
+    assert_eq!(s0.announce_interval(), Duration::from_secs(100));
+    assert_eq!(secs(s0.dead_after()), 333.333);
+    assert_eq!(s0.announce_spacing(), Duration::from_secs(50));
+    net.run_for(Duration::from_secs(30));
+    assert_eq!(net.broadcasts, 20, "the second round, 30 s after the first");
+    // Knowing 10 servers, the next one is scheduled 100 s on.
+    assert_eq!(
+        net.servers[0].next_announce(),
+        Some(net.now.mono + Duration::from_secs(100))
+    );
+    let last_heard = net.now.mono;
+    // Server 9 falls silent (no neighbor notices: no suspicion).
+    net.unreachable.insert(9);
+    let nine = net.servers[9].id();
+    net.run_for(Duration::from_secs(99));
+    assert_eq!(net.broadcasts, 20, "nobody announced within 100 s");
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.broadcasts, 30, "everyone announced at 100 s");
+    // Silent for longer than the unscaled 100 s, less than 333 s: alive.
+    net.run_for(Duration::from_secs(230));
+    assert_eq!(net.now.mono.saturating_since(last_heard).as_secs(), 330);
+    assert!(
+        (0..9).all(|i| net.servers[i].members().is_live(&nine)),
+        "silent for 330 s of 333: not dead yet"
+    );
+    net.run_for(Duration::from_secs(5));
+    assert!(
+        (0..9).all(|i| !net.servers[i].members().is_live(&nine)),
+        "silent for 335 s: dead"
+    );
+    // Nine left: 2·9 ÷ 0.2 = 90 s, and dead after 300 s.
+    assert_eq!(net.servers[0].members().live_count(), 8);
+    assert_eq!(secs(net.servers[0].announce_interval()), 90.0);
+    assert_eq!(secs(net.servers[0].dead_after()), 300.0);
+
+    // A load change (10 clients: 1% of capacity, at least 10) is announced
+    // early, but not before the scaled spacing of 50 s.
+    let mut net = Net::new(10, cfg);
+    net.run_for(Duration::from_secs(30)); // the second round: 100 s to the next
+    let zero = net.servers[0].id();
+    let clients_at_1 = |net: &Net| net.servers[1].members().get(&zero).unwrap().record.clients;
+    for k in 0..10u64 {
+        let c = net.connect(0, 100 + k, &format!("198.51.100.{}", 10 + k));
+        assert!(registered(&net.register(&c, &format!("c{k}"))));
+    }
+    net.run_for(Duration::from_secs(45));
+    assert_eq!(
+        clients_at_1(&net),
+        0,
+        "45 s after the last announce: held back"
+    );
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(clients_at_1(&net), 10, "50 s after it: announced early");
+}
+
+/// Up to `heartbeat` × `announce_budget` ÷ 2 servers (3,000 with the
+/// defaults) the tempo is the configured one, unscaled.
+#[test]
+fn a_small_cluster_keeps_the_configured_announce_tempo() {
+    let mut net = Net::new(5, Config::default());
+    let s = &net.servers[0];
+    assert_eq!(s.announce_interval(), Duration::from_secs(30));
+    assert_eq!(s.dead_after(), Duration::from_secs(100));
+    assert_eq!(s.announce_spacing(), Duration::from_secs(5));
+    net.run_for(Duration::from_secs(30));
+    assert_eq!(net.broadcasts, 10);
+    assert_eq!(
+        net.servers[0].next_announce(),
+        Some(net.now.mono + Duration::from_secs(30))
+    );
 }

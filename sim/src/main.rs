@@ -128,12 +128,19 @@ struct Args {
     /// servers: one-way client↔server latency, per client from MIN..MAX ms.
     #[arg(long, value_name = "MIN..MAX", default_value = "2..10")]
     client_latency: String,
-    /// servers: rendezvous Config.heartbeat in seconds (default 5).
+    /// servers: rendezvous Config.heartbeat in seconds: the announce
+    /// interval up to heartbeat × announce budget ÷ 2 servers (default 30).
     #[arg(long, value_name = "SECS")]
     heartbeat_secs: Option<f64>,
-    /// servers: rendezvous Config.dead_after in seconds (default 20).
+    /// servers: rendezvous Config.dead_after in seconds, at the heartbeat
+    /// interval (default 90).
     #[arg(long, value_name = "SECS")]
     dead_after_secs: Option<f64>,
+    /// servers: rendezvous Config.announce_budget: announces per second
+    /// the cluster may send each server (default 200; 0: the interval does
+    /// not grow with the cluster).
+    #[arg(long, value_name = "PER_SEC")]
+    announce_budget: Option<f64>,
     /// servers: rendezvous Config.sync_interval in seconds (default 30).
     #[arg(long, value_name = "SECS")]
     sync_secs: Option<f64>,
@@ -142,6 +149,10 @@ struct Args {
     /// with the same seed differ.
     #[arg(long, value_name = "SECS")]
     max_wall_secs: Option<f64>,
+    /// servers: stop the same way once resident memory reaches this many
+    /// MiB (instead of being killed with nothing printed).
+    #[arg(long, value_name = "MIB")]
+    max_rss_mb: Option<f64>,
 }
 
 fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
@@ -263,6 +274,8 @@ fn servers_params(a: &Args, p: &Params) -> anyhow::Result<sim::ServersParams> {
         ("--heal-timeout", Some(a.heal_timeout)),
         ("--steady-rate", a.steady_rate),
         ("--max-wall-secs", a.max_wall_secs),
+        ("--max-rss-mb", a.max_rss_mb),
+        ("--announce-budget", a.announce_budget),
     ] {
         if v.is_some_and(|v| v < 0.0 || !v.is_finite()) {
             bail!("{name} must be zero or more");
@@ -309,6 +322,10 @@ fn servers_params(a: &Args, p: &Params) -> anyhow::Result<sim::ServersParams> {
         }
     }
     s.max_wall_secs = a.max_wall_secs;
+    s.max_rss_mb = a.max_rss_mb;
+    if let Some(b) = a.announce_budget {
+        s.server.announce_budget = b;
+    }
     Ok(s)
 }
 

@@ -95,8 +95,12 @@ pub struct ServersParams {
     pub server: ServerConfig,
     /// Stop (and report `completed: false`) after this much wall-clock time.
     /// The only input that can make a run differ from another with the same
-    /// seed.
+    /// seed (with `max_rss_mb`).
     pub max_wall_secs: Option<f64>,
+    /// Stop the same way once the resident memory reaches this many MiB
+    /// (checked every 100 simulated ms, and every 100 starts while
+    /// joining), rather than be killed by the kernel with nothing printed.
+    pub max_rss_mb: Option<f64>,
 }
 
 impl ServersParams {
@@ -125,6 +129,7 @@ impl ServersParams {
             overlay: overlay::Config::lan(),
             server: ServerConfig::default(),
             max_wall_secs: None,
+            max_rss_mb: None,
         }
     }
 
@@ -206,8 +211,11 @@ pub struct ServersSummary {
     pub clients: usize,
     /// Seed.
     pub seed: u64,
-    /// Whether every phase ran (false: stopped by `--max-wall-secs`).
+    /// Whether every phase ran (false: stopped by `--max-wall-secs` or
+    /// `--max-rss-mb`, or the heal was never reached).
     pub completed: bool,
+    /// What stopped the run early: "wall" or "rss" (null: nothing).
+    pub stopped_by: Option<&'static str>,
     /// The last phase reached: join, settle, steady, steady after the
     /// crash, partition, heal.
     pub reached: &'static str,
@@ -257,6 +265,15 @@ pub struct ServersSummary {
     /// Membership traffic per server per second in the steady window (see
     /// `steady`): GOSSIP with tag-1 payloads + IHAVE shares + GRAFTs for them.
     pub membership_bytes_per_server_per_s: Option<f64>,
+    /// Membership broadcasts delivered to a server (each first delivery of
+    /// an announce, suspicion or leave at one server), in the whole run.
+    pub membership_deliveries: u64,
+    /// Membership bytes of the whole run (the same parts as
+    /// `membership_bytes_per_server_per_s`) ÷ `membership_deliveries`:
+    /// what one announce costs each server that gets it. Times the
+    /// announces per second of a cluster (servers ÷ announce interval),
+    /// it is the membership traffic per server of any window.
+    pub membership_bytes_per_delivery: Option<f64>,
     /// Traffic rates in the steady window: from the end of the settle phase
     /// to the crash (if the run got that far; otherwise from the end of the
     /// join phase to where it stopped).
@@ -527,7 +544,6 @@ struct World {
     crashed: Vec<u32>,
     /// Pending tick per server (µs; `u64::MAX`: none).
     tick_at: Vec<u64>,
-    last_version: Vec<u64>,
     apps: Slab<AppEv>,
     rng: Xoshiro256PlusPlus,
     clients: Vec<Client>,
@@ -565,6 +581,8 @@ struct World {
     direct_dropped: u64,
     client_stats: BTreeMap<String, u64>,
     scratch: Vec<u8>,
+    /// First deliveries of membership broadcasts.
+    member_deliveries: u64,
 }
 
 impl World {
@@ -612,7 +630,6 @@ impl World {
             now,
             splitmix(self.seed ^ 7) ^ u64::from(j),
         );
-        self.last_version.push(server.my_record().version);
         self.servers.push(Some(server));
         self.ids.push(id);
         self.index.insert(id, j);
@@ -909,7 +926,8 @@ impl World {
         }
     }
 
-    /// After a heartbeat (the only time silence can kill): every entry.
+    /// After a tick that declared servers dead for their silence: every
+    /// entry.
     fn scan_beliefs(&mut self, sim: &Sim, obs: u32) {
         let Some(s) = self.servers[obs as usize].as_ref() else {
             return;
@@ -1164,7 +1182,10 @@ impl World {
                 }
                 match self.bcasts.get(&id).copied() {
                     Some(Bcast::Record(c)) => self.learn(sim, node, c),
-                    Some(Bcast::Member(s)) => self.belief(sim, node, s),
+                    Some(Bcast::Member(s)) => {
+                        self.member_deliveries += 1;
+                        self.belief(sim, node, s);
+                    }
                     _ => {}
                 }
                 self.after(sim, node, false);
@@ -1207,14 +1228,16 @@ impl World {
                 let due = self.servers[j as usize]
                     .as_ref()
                     .is_some_and(|s| s.poll_timeout() <= now);
-                if due && self.handle(sim, j, Input::Tick) {
-                    let v = self.servers[j as usize]
+                let live = |w: &World| {
+                    w.servers[j as usize]
                         .as_ref()
-                        .map_or(0, |s| s.my_record().version);
-                    if v != self.last_version[j as usize] {
-                        self.last_version[j as usize] = v;
-                        self.scan_beliefs(sim, j);
-                    }
+                        .map_or(0, |s| s.members().live_count())
+                };
+                let before = live(self);
+                if due && self.handle(sim, j, Input::Tick) && live(self) < before {
+                    // A tick only ever kills (silence, in the sweep): when
+                    // it did, every entry is checked, at that instant.
+                    self.scan_beliefs(sim, j);
                 }
                 self.after(sim, j, due);
             }
@@ -1403,7 +1426,6 @@ pub fn run(p: &ServersParams, progress: &mut dyn FnMut(String)) -> ServersSummar
         running: Vec::with_capacity(n),
         crashed: Vec::new(),
         tick_at: Vec::with_capacity(n),
-        last_version: Vec::with_capacity(n),
         apps: Slab {
             slots: Vec::new(),
             free: Vec::new(),
@@ -1442,14 +1464,25 @@ pub fn run(p: &ServersParams, progress: &mut dyn FnMut(String)) -> ServersSummar
         direct_dropped: 0,
         client_stats: BTreeMap::new(),
         scratch: Vec::new(),
+        member_deliveries: 0,
     };
     progress(format!(
         "[servers] {n} servers, {nclients} clients, {changes} changes in the partition ({part_rate:.0}/s), steady {steady_rate:.0}/s"
     ));
 
-    let over_wall = |wall: &Instant| {
-        p.max_wall_secs
+    let mut stopped_by: Option<&'static str> = None;
+    let mut over_limit = |wall: &Instant| {
+        if p.max_wall_secs
             .is_some_and(|m| wall.elapsed().as_secs_f64() > m)
+        {
+            stopped_by = Some("wall");
+        } else if p
+            .max_rss_mb
+            .is_some_and(|m| metrics::rss_mb().is_some_and(|r| r >= m))
+        {
+            stopped_by = Some("rss");
+        }
+        stopped_by.is_some()
     };
     let mut completed = true;
 
@@ -1475,7 +1508,7 @@ pub fn run(p: &ServersParams, progress: &mut dyn FnMut(String)) -> ServersSummar
                 history.pop_front();
             }
         }
-        if i % 100 == 99 && over_wall(&wall) {
+        if i % 100 == 99 && over_limit(&wall) {
             completed = false;
             break;
         }
@@ -1504,7 +1537,7 @@ pub fn run(p: &ServersParams, progress: &mut dyn FnMut(String)) -> ServersSummar
     let mut heal_records_s: Option<f64> = None;
     let mut membership_heal_s: Option<f64> = None;
     let mut debt = 0.0f64;
-    let mut next_progress = 5.0f64;
+    let mut next_progress = (secs_of(sim.now()) / 5.0).floor() * 5.0 + 5.0;
     while completed && t < micros(t_end) {
         let now_s = t as f64 / 1e6;
         if steady_from.is_none() && now_s >= t_settled {
@@ -1617,7 +1650,7 @@ pub fn run(p: &ServersParams, progress: &mut dyn FnMut(String)) -> ServersSummar
                 metrics::peak_rss_mb().unwrap_or(0.0)
             ));
         }
-        if over_wall(&wall) {
+        if over_limit(&wall) {
             completed = false;
         }
     }
@@ -1697,6 +1730,7 @@ pub fn run(p: &ServersParams, progress: &mut dyn FnMut(String)) -> ServersSummar
         clients: nclients,
         seed: p.seed,
         completed,
+        stopped_by,
         reached,
         records: w.records.iter().sum(),
         records_steady: w.records[0],
@@ -1720,6 +1754,13 @@ pub fn run(p: &ServersParams, progress: &mut dyn FnMut(String)) -> ServersSummar
         members_formed_s: formed.map(|f| f.saturating_since(last_start).as_secs_f64()),
         membership_heal_s,
         membership_bytes_per_server_per_s: steady.as_ref().map(|r| r.membership_bytes),
+        membership_deliveries: w.member_deliveries,
+        membership_bytes_per_delivery: {
+            let m = sim.class_traffic()[CLASS_MEMBER as usize];
+            let member_types = [MessageType::Gossip, MessageType::IHave, MessageType::Graft];
+            let bytes: u64 = member_types.iter().map(|&x| m.bytes[x.index()]).sum();
+            (w.member_deliveries > 0).then(|| bytes as f64 / w.member_deliveries as f64)
+        },
         steady,
         heal_s,
         heal_records_s,

@@ -513,6 +513,21 @@ async fn find_friend(
                 return Err(ambiguous(wanted, &candidates));
             }
             Ok(_) => {}
+            Err(e)
+                if e.downcast_ref::<Refused>()
+                    .is_some_and(|r| r.code() == rendezvous::ErrorCode::RateLimited) =>
+            {
+                // Asked too often (by us or by others): wait as told, within
+                // the deadline, and ask again.
+                let wait = e
+                    .downcast_ref::<Refused>()
+                    .and_then(Refused::retry_after)
+                    .unwrap_or(MEET_POLL)
+                    .min(MEET_POLL * 4);
+                status(&format!("{e:#}; asking again in {wait:?}"));
+                tokio::time::sleep_until((tokio::time::Instant::now() + wait).min(deadline)).await;
+                continue;
+            }
             Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
             Err(e) => {
                 // No answer: treat the server as gone.

@@ -24,6 +24,7 @@ use overlay::{
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rendezvous::limit::{Admit, HandshakeLimiter};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
@@ -63,6 +64,13 @@ pub struct NodeConfig {
     /// While the node has bootstrap servers but no overlay neighbor, a
     /// warning with the reason of the last failed dial is logged this often.
     pub isolation_warning: Duration,
+    /// New connections (handshakes) accepted per second in all, and the
+    /// burst; beyond it attempts are refused before any cryptography (see
+    /// [`rendezvous::limit::HandshakeLimiter`]).
+    pub handshakes: (f64, f64),
+    /// The same per address (IPv6: per /64); beyond it attempts are
+    /// dropped silently.
+    pub handshakes_per_ip: (f64, f64),
 }
 
 impl NodeConfig {
@@ -78,6 +86,8 @@ impl NodeConfig {
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
             isolation_warning: Duration::from_secs(5),
+            handshakes: (500.0, 32.0),
+            handshakes_per_ip: (10.0, 20.0),
         }
     }
 }
@@ -208,13 +218,21 @@ impl Node {
         // Accepted connections start with the limits of an anonymous client;
         // an overlay connection gets the server's once its ALPN is known.
         server.transport_config(Arc::new(accepted_transport_config(&cfg)?));
-        let endpoint = quinn::Endpoint::server(server, cfg.listen).map_err(|error| BindError {
+        let bind_error = |error| BindError {
             socket: "QUIC",
             proto: "UDP",
             addr: cfg.listen,
             flag: "--listen",
             error,
-        })?;
+        };
+        let socket = bind_udp(cfg.listen).map_err(bind_error)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
         let local_addr = endpoint.local_addr()?;
         let id = keypair.id().0;
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
@@ -223,6 +241,7 @@ impl Node {
         let (client_tx, client_rx) = mpsc::channel(256);
         let (app_tx, app_rx) = mpsc::channel(64);
         tokio::spawn(accept_loop(
+            HandshakeLimiter::new(cfg.handshakes, cfg.handshakes_per_ip, Time::from_micros(0)),
             endpoint.clone(),
             net_tx.clone(),
             admission.clone(),
@@ -465,7 +484,7 @@ impl std::error::Error for BindError {}
 pub const CLIENT_BIDI_STREAMS: u32 = 8;
 /// Bytes a client may have in flight towards us on one connection, all
 /// streams together (QUIC connection flow control).
-pub const CLIENT_RECEIVE_WINDOW: u32 = 64 * 1024;
+pub const CLIENT_RECEIVE_WINDOW: u32 = 16 * 1024;
 /// The same for an overlay connection of an admitted server.
 const SERVER_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
 /// Per-stream window (both kinds; for clients the connection window binds).
@@ -488,10 +507,15 @@ fn transport_config(cfg: &NodeConfig) -> anyhow::Result<quinn::TransportConfig> 
 
 /// The transport of every accepted connection until its ALPN says it is a
 /// server: what an anonymous client gets — no unidirectional streams, a
-/// few bidirectional ones, a small connection window, no datagrams.
+/// few bidirectional ones, a small connection window, no datagrams. No
+/// keep-alive from this side: whoever dialed keeps the connection alive
+/// (clients and servers both ping every second), and the idle timeout
+/// still ends a connection whose dialer went silent. Pinging every
+/// accepted connection would double the packets a crowd of idle
+/// connections costs.
 fn accepted_transport_config(cfg: &NodeConfig) -> anyhow::Result<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(cfg.keep_alive));
+    t.keep_alive_interval(None);
     t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(cfg.idle_timeout)?));
     t.max_concurrent_bidi_streams(CLIENT_BIDI_STREAMS.into());
     t.max_concurrent_uni_streams(0u32.into());
@@ -499,6 +523,57 @@ fn accepted_transport_config(cfg: &NodeConfig) -> anyhow::Result<quinn::Transpor
     t.receive_window(CLIENT_RECEIVE_WINDOW.into());
     t.datagram_receive_buffer_size(None);
     Ok(t)
+}
+
+/// Kernel receive (and send) buffer asked for the server's UDP socket. The
+/// default (~208 KiB on Linux) overflows within milliseconds when a crowd
+/// of clients sends at once (measured: thousands of drops a minute under
+/// the abuse benchmark even at 8 MiB), and every dropped packet costs its
+/// sender — attacker or not — a retransmission timeout.
+pub const UDP_BUFFER_BYTES: usize = 32 * 1024 * 1024;
+
+/// Binds the server's UDP socket with [`UDP_BUFFER_BYTES`] buffers. The
+/// kernel caps what it grants at `net.core.rmem_max` / `wmem_max` unless
+/// the process may override it (CAP_NET_ADMIN: `SO_RCVBUFFORCE`); when it
+/// grants less, that is logged with the sysctl that raises it.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // As std's bind leaves it: a `[::]` socket also takes IPv4.
+        let _ = socket.set_only_v6(false);
+    }
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    // Linux reports twice what it granted (its bookkeeping overhead).
+    if socket.recv_buffer_size().unwrap_or(0) < UDP_BUFFER_BYTES {
+        force_buffers(&socket);
+    }
+    socket.bind(&addr.into())?;
+    let got = socket.recv_buffer_size().unwrap_or(0);
+    metrics::gauge!("chatd_udp_receive_buffer_bytes").set(got as f64);
+    if got < UDP_BUFFER_BYTES {
+        tracing::warn!(
+            granted = got,
+            wanted = UDP_BUFFER_BYTES,
+            "the kernel granted a smaller UDP receive buffer than wanted: under a burst of \
+             clients packets will be dropped; raise the limit with \
+             `sysctl -w net.core.rmem_max={0} net.core.wmem_max={0}` \
+             (scripts/chatd-sysctl.conf)",
+            UDP_BUFFER_BYTES
+        );
+    }
+    Ok(socket.into())
+}
+
+/// `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`: beyond the sysctl limit, allowed
+/// with CAP_NET_ADMIN (root, or a unit that grants it); otherwise refused
+/// and ignored.
+fn force_buffers(socket: &socket2::Socket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let size = UDP_BUFFER_BYTES;
+    let _ = setsockopt(socket, sockopt::RcvBufForce, &size);
+    let _ = setsockopt(socket, sockopt::SndBufForce, &size);
 }
 
 /// Gives an admitted server's accepted connection the overlay's limits.
@@ -521,12 +596,28 @@ fn decode_addrs(data: &[u8]) -> Option<Vec<SocketAddr>> {
 /// admission — a refused one is closed before anything it sends is read;
 /// clients (client ALPN) go to the registry.
 async fn accept_loop(
+    mut limiter: HandshakeLimiter,
     endpoint: quinn::Endpoint,
     net: mpsc::Sender<NetEvent>,
     admission: SharedAdmission,
     clients: mpsc::Sender<ClientConn>,
 ) {
+    let start = Instant::now();
     while let Some(incoming) = endpoint.accept().await {
+        let now = Time::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
+        match limiter.admit(&incoming.remote_address(), now) {
+            Admit::Accept => {}
+            Admit::Ignore => {
+                metrics::counter!("chatd_handshakes_ignored_total").increment(1);
+                incoming.ignore();
+                continue;
+            }
+            Admit::Refuse => {
+                metrics::counter!("chatd_handshakes_refused_total").increment(1);
+                incoming.refuse();
+                continue;
+            }
+        }
         let net = net.clone();
         let admission = admission.clone();
         let clients = clients.clone();

@@ -228,12 +228,20 @@ pub enum DialFailure {
     WrongServer(WrongServer),
     /// The server's cluster allowlist does not admit us.
     NotAdmitted,
+    /// The server refused new connections for now (QUIC
+    /// `CONNECTION_REFUSED`: it admits only so many handshakes a second).
+    Busy,
     /// The server closed the connection with this reason.
     Closed(String),
     /// The TLS handshake failed.
     Handshake(String),
     /// Anything else (the error's own words).
     Other(String),
+}
+
+/// QUIC's `CONNECTION_REFUSED` transport error code.
+fn quinn_proto_refused() -> quinn::TransportErrorCode {
+    quinn::TransportErrorCode::CONNECTION_REFUSED
 }
 
 /// A failed dial to the server at `addr`.
@@ -260,6 +268,9 @@ impl DialError {
                 }
                 E::ApplicationClosed(c) => {
                     DialFailure::Closed(String::from_utf8_lossy(&c.reason).into_owned())
+                }
+                E::ConnectionClosed(c) if c.error_code == quinn_proto_refused() => {
+                    DialFailure::Busy
                 }
                 E::ConnectionClosed(c) => {
                     DialFailure::Handshake(String::from_utf8_lossy(&c.reason).into_owned())
@@ -309,6 +320,10 @@ impl fmt::Display for DialError {
             DialFailure::NotAdmitted => write!(
                 f,
                 "server at {addr} refused this server: its allowlist (--allow) does not admit this server's id"
+            ),
+            DialFailure::Busy => write!(
+                f,
+                "server at {addr} refused the connection: it is taking too many new connections right now (try again shortly, or another server)"
             ),
             DialFailure::Closed(reason) if reason.is_empty() => {
                 write!(f, "server at {addr} closed the connection")

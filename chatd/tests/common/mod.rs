@@ -121,6 +121,11 @@ pub async fn cluster_with(
         let k = Keypair::from_seed([seed + i; 32]);
         let mut c = NodeConfig::new("127.0.0.1:0".parse().unwrap());
         c.overlay = overlay_cfg.clone();
+        // Every test client dials from 127.0.0.1, often hundreds at once:
+        // no handshake rate (it is tested in rendezvous::limit, in
+        // limits.rs and by the abuse benchmark).
+        c.handshakes = (1e9, 1e9);
+        c.handshakes_per_ip = (1e9, 1e9);
         c.bootstrap = out.first().map(|s| vec![s.node.addr()]).unwrap_or_default();
         let node = Arc::new(Node::start(&k, c).await.unwrap());
         let members = Arc::new(Rendezvous::start(
