@@ -211,6 +211,29 @@ async fn dial(
         .context("handshake timed out")??)
 }
 
+/// One attacker connection: waits for a dial slot (freed once connected),
+/// then dials the attacked server; `None` past the deadline or when the
+/// dial failed (counted).
+async fn dial_in_slot(
+    ctx: &Ctx,
+    ep: &quinn::Endpoint,
+    creds: &Credentials,
+    t: &Arc<quinn::TransportConfig>,
+    sem: &Semaphore,
+) -> Option<quinn::Connection> {
+    let _permit = sem.acquire().await.ok()?;
+    if !ctx.left() {
+        return None;
+    }
+    match dial(ep, creds, ctx.target(), t).await {
+        Ok(c) => Some(c),
+        Err(_) => {
+            ctx.counts.inc("connect_failed");
+            None
+        }
+    }
+}
+
 /// What became of one request.
 enum Outcome {
     Answer(Response),
@@ -621,20 +644,8 @@ async fn stream_bomb(ctx: Ctx) -> anyhow::Result<()> {
         };
         let (ctx, t, sem) = (ctx.clone(), t.clone(), sem.clone());
         tasks.push(tokio::spawn(async move {
-            let conn = {
-                let Ok(_permit) = sem.acquire().await else {
-                    return;
-                };
-                if !ctx.left() {
-                    return;
-                }
-                match dial(&ep, &creds, ctx.target(), &t).await {
-                    Ok(c) => c,
-                    Err(_) => {
-                        ctx.counts.inc("connect_failed");
-                        return;
-                    }
-                }
+            let Some(conn) = dial_in_slot(&ctx, &ep, &creds, &t, &sem).await else {
+                return;
             };
             ctx.counts.inc("connected");
             bomb_conn(&ctx, &conn).await;
@@ -1132,20 +1143,8 @@ async fn long_names(ctx: Ctx) -> anyhow::Result<()> {
         };
         let (ctx, t, sem, frames) = (ctx.clone(), t.clone(), sem.clone(), frames.clone());
         tasks.push(tokio::spawn(async move {
-            let conn = {
-                let Ok(_permit) = sem.acquire().await else {
-                    return;
-                };
-                if !ctx.left() {
-                    return;
-                }
-                match dial(&ep, &creds, ctx.target(), &t).await {
-                    Ok(c) => c,
-                    Err(_) => {
-                        ctx.counts.inc("connect_failed");
-                        return;
-                    }
-                }
+            let Some(conn) = dial_in_slot(&ctx, &ep, &creds, &t, &sem).await else {
+                return;
             };
             let mut loops = Vec::new();
             for f in 0..frames.len() {

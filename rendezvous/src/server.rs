@@ -133,6 +133,10 @@ pub struct Config {
     /// Costly requests (register, meet, relay) per second per connection,
     /// and the burst.
     pub conn_rate: (f64, f64),
+    /// Refusals one connection may get per second, and the burst; beyond
+    /// it the connection is closed (code 10, "too many refused requests").
+    /// A client that waits as told (`retry_after_ms`) stays far below.
+    pub refusals_per_conn: (f64, f64),
     /// The same per address.
     pub ip_rate: (f64, f64),
     /// Broadcasts clients may cause per second at this server, and the
@@ -246,6 +250,7 @@ impl Default for Config {
             per_ip_records: 32,
             new_ids_per_min: 60.0,
             conn_rate: (5.0, 20.0),
+            refusals_per_conn: (0.5, 30.0),
             ip_rate: (50.0, 200.0),
             broadcast_rate: (4_000.0, 8_000.0),
             introductions_per_peer: (2.0, 10.0),
@@ -483,6 +488,10 @@ struct Conn {
     anonymous_since: Option<Time>,
     /// Undecodable requests so far.
     undecodable: u32,
+    /// Refusals it may still get (`refusals_per_conn`) before it is closed.
+    refusals: TokenBucket,
+    /// Told to close.
+    closing: bool,
 }
 
 #[derive(Debug)]
@@ -571,6 +580,8 @@ pub struct Server {
     next_heartbeat: Time,
     last_announce: Time,
     next_sweep: Time,
+    /// The time of the input being handled.
+    clock: Time,
     left: bool,
     out: VecDeque<Output>,
     stats: Stats,
@@ -643,6 +654,7 @@ impl Server {
             next_heartbeat: now.mono,
             last_announce: now.mono,
             next_sweep: now.mono + Duration::from_secs(1),
+            clock: now.mono,
             left: false,
             out: VecDeque::new(),
             stats: Stats::default(),
@@ -755,6 +767,7 @@ impl Server {
 
     /// Feeds one input at `now`.
     pub fn handle(&mut self, now: Now, input: Input) {
+        self.clock = now.mono;
         match input {
             Input::ClientConnected { conn, peer, addr } => self.connected(now, conn, peer, addr),
             Input::ClientRequest {
@@ -846,6 +859,12 @@ impl Server {
                 waits: Vec::new(),
                 anonymous_since: Some(now.mono),
                 undecodable: 0,
+                refusals: TokenBucket::new(
+                    self.cfg.refusals_per_conn.0,
+                    self.cfg.refusals_per_conn.1,
+                    now.mono,
+                ),
+                closing: false,
             },
         );
         // A registered connection of the same client keeps its notices.
@@ -1020,6 +1039,24 @@ impl Server {
     fn refuse(&mut self, conn: ConnId, req: ReqId, refusal: Refusal) {
         self.count_refusal(refusal.code);
         self.respond(conn, req, Response::Error(refusal));
+        // A connection that keeps asking for what it is refused is closed:
+        // its requests cost the server the same refused or not.
+        let clock = self.clock;
+        if let Some(c) = self.conns.get_mut(&conn)
+            && c.refusals.take(1.0, clock).is_err()
+            && !c.closing
+        {
+            c.closing = true;
+            if let Some(since) = c.anonymous_since.take() {
+                self.anonymous.remove(&(since, conn));
+            }
+            self.stats.count("protocol_violations");
+            self.out.push_back(Output::Close {
+                conn,
+                code: CLOSE_VIOLATION,
+                reason: "too many refused requests",
+            });
+        }
     }
 
     /// Takes one costly request from the connection's and its address's

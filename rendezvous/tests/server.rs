@@ -455,6 +455,40 @@ fn connections_are_capped_per_identity_and_idle_anonymous_ones_make_room() {
 }
 
 #[test]
+fn a_connection_that_keeps_asking_for_what_it_is_refused_is_closed() {
+    let mut net = Net::new(
+        1,
+        Config {
+            refusals_per_conn: (0.5, 5.0),
+            ..Config::default()
+        },
+    );
+    let a = net.connect(0, 1, "198.51.100.1");
+    let b = net.connect(0, 2, "198.51.100.2");
+    let closed = |net: &Net, c: &common::Client| {
+        net.closes
+            .iter()
+            .any(|(_, id, why)| *id == c.conn && *why == "too many refused requests")
+    };
+    // Meeting before registering is refused; five are tolerated.
+    for _ in 0..5 {
+        assert_eq!(
+            code_of(&net.meet(&a, FriendRef::Id(key(2).1))),
+            Some(ErrorCode::NotRegistered)
+        );
+    }
+    assert!(!closed(&net, &a));
+    assert!(code_of(&net.meet(&a, FriendRef::Id(key(2).1))).is_some());
+    assert!(closed(&net, &a), "the sixth refusal in a row closes it");
+    // One that waits between refusals (one per 2 s here) stays.
+    for _ in 0..12 {
+        assert!(code_of(&net.meet(&b, FriendRef::Id(key(1).1))).is_some());
+        net.run_for(Duration::from_secs(2));
+    }
+    assert!(!closed(&net, &b));
+}
+
+#[test]
 fn private_addresses_that_are_not_lan_addresses_are_refused() {
     let mut net = Net::new(1, Config::default());
     let a = net.connect(0, 1, "198.51.100.1");

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 /// Longest message, in characters (seed 002).
 pub const MAX_CHARS: usize = 2048;
 
+/// Delivered in place of a received message over [`MAX_CHARS`].
+pub const OVERLONG: &str = "[a message over the 2048-character limit was dropped]";
+
 /// What travels between the two peers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
@@ -224,9 +227,16 @@ impl Session {
                 }
                 // Acknowledge even duplicates: our last ack may have been lost.
                 self.ack_due = true;
-                if seq < self.expected || text.chars().count() > MAX_CHARS {
+                if seq < self.expected {
                     return Vec::new();
                 }
+                // Over the limit (a peer that does not check): shown as a
+                // note in its place, so the stream and the acks go on.
+                let text = if text.chars().count() > MAX_CHARS {
+                    OVERLONG.to_string()
+                } else {
+                    text
+                };
                 self.early.entry(seq).or_insert(text);
                 let mut out = Vec::new();
                 while let Some(t) = self.early.remove(&self.expected) {
@@ -246,6 +256,24 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overlong_message_from_the_peer_takes_its_place_without_stalling() {
+        let mut s = Session::new(1, Duration::from_secs(1));
+        let long = "x".repeat(MAX_CHARS + 1);
+        let got = s.on_frame(Frame::Msg {
+            epoch: 9,
+            seq: 1,
+            text: long,
+        });
+        assert_eq!(got, vec![OVERLONG.to_string()]);
+        let got = s.on_frame(Frame::Msg {
+            epoch: 9,
+            seq: 2,
+            text: "next".into(),
+        });
+        assert_eq!(got, vec!["next".to_string()]);
+    }
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};
 
