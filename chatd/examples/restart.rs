@@ -129,15 +129,17 @@ async fn main() -> anyhow::Result<()> {
                         &format!("r{i}"),
                         seen,
                         1,
-                        Duration::from_secs(3_000),
+                        Duration::from_secs(2_400),
                     );
                     session.register(record).await?;
                     session.close();
                     anyhow::Ok(())
                 }
                 .await;
-                if ok.is_err() {
-                    failed.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = ok
+                    && failed.fetch_add(1, Ordering::Relaxed) < 3
+                {
+                    eprintln!("restart: registration {i} failed: {e:#}");
                 }
                 if i > 0 && i % 10_000 == 0 {
                     eprintln!(
@@ -152,6 +154,10 @@ async fn main() -> anyhow::Result<()> {
         w.await?;
     }
     let failed = failed.load(Ordering::Relaxed);
+    anyhow::ensure!(
+        failed * 100 <= n as usize,
+        "{failed} of {n} registrations failed (see the first errors above)"
+    );
     let want = n as usize - failed;
     // Withdrawals of the last ones may still be on their way.
     let filled = until(Duration::from_secs(120), || {
