@@ -535,7 +535,11 @@ fn membership_tempo(cfg: &config::ServerConfig) -> (Duration, Duration) {
     if local {
         (Duration::from_secs(1), Duration::from_secs(6))
     } else {
-        (Duration::from_secs(30), Duration::from_secs(90))
+        // The core's defaults: a silence limit of exactly three 30 s
+        // intervals raced the third announce after a 60 s partition
+        // (false deaths in the simulator); 100 s does not.
+        let d = rendezvous::Config::default();
+        (d.heartbeat, d.dead_after)
     }
 }
 
