@@ -24,11 +24,14 @@ async fn shutdown(servers: &[common::Server]) {
     }
 }
 
-/// A fresh data dir (key, known friends) for each client this binary starts.
+/// A fresh data dir (key, known friends) for each client this binary
+/// starts, under cargo's per-target scratch directory (`target/tmp`), not
+/// the system's /tmp: nothing is left behind outside the build tree.
 fn fresh_data_dir(name: &str) -> std::path::PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("chatd-chat-{}-{name}-{n}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("chatd-chat-{}-{name}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
