@@ -894,37 +894,36 @@ impl Server {
             }
         };
         self.count_refusal(ErrorCode::Malformed);
-        self.stats.count("protocol_violations");
-        if let Some(since) = self
-            .conns
-            .get_mut(&conn)
-            .and_then(|c| c.anonymous_since.take())
-        {
+        if self.close_conn(conn, CLOSE_VIOLATION, reason) {
+            self.stats.count("protocol_violations");
+        }
+    }
+
+    /// Tells the driver to close `conn` (once: a connection being closed is
+    /// no longer anonymous, and a second reason is not sent); whether this
+    /// call did.
+    fn close_conn(&mut self, conn: ConnId, code: u32, reason: &'static str) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if c.closing {
+            return false;
+        }
+        c.closing = true;
+        if let Some(since) = c.anonymous_since.take() {
             self.anonymous.remove(&(since, conn));
         }
-        self.out.push_back(Output::Close {
-            conn,
-            code: CLOSE_VIOLATION,
-            reason,
-        });
+        self.out.push_back(Output::Close { conn, code, reason });
+        true
     }
 
     /// Closes a connection that never registered (idle too long, or the
     /// one idle longest when too many are open).
     fn close_anonymous(&mut self, conn: ConnId, reason: &'static str) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        if let Some(since) = c.anonymous_since.take() {
-            self.anonymous.remove(&(since, conn));
+        if self.close_conn(conn, 5, reason) {
+            self.count_refusal(ErrorCode::TooManyConnections);
+            self.stats.count("anonymous_closed");
         }
-        self.count_refusal(ErrorCode::TooManyConnections);
-        self.stats.count("anonymous_closed");
-        self.out.push_back(Output::Close {
-            conn,
-            code: 5,
-            reason,
-        });
     }
 
     /// A request on `conn`: it is not idle; once it registers it is no
@@ -1044,18 +1043,9 @@ impl Server {
         let clock = self.clock;
         if let Some(c) = self.conns.get_mut(&conn)
             && c.refusals.take(1.0, clock).is_err()
-            && !c.closing
+            && self.close_conn(conn, CLOSE_VIOLATION, "too many refused requests")
         {
-            c.closing = true;
-            if let Some(since) = c.anonymous_since.take() {
-                self.anonymous.remove(&(since, conn));
-            }
             self.stats.count("protocol_violations");
-            self.out.push_back(Output::Close {
-                conn,
-                code: CLOSE_VIOLATION,
-                reason: "too many refused requests",
-            });
         }
     }
 
