@@ -60,6 +60,8 @@
 //! deadline.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark reports
 
+mod common;
+
 use anyhow::Context;
 use bytes::Bytes;
 use chatd::client::{Client, Meeting, Refused};
@@ -69,6 +71,7 @@ use chatd::net::identity::{Keypair, ServerAddr};
 use chatd::net::lock;
 use chatd::net::tls::{self, Credentials};
 use chatd::net::unix_millis;
+use common::{percentile, rss_mb};
 use overlay::PeerId;
 use rendezvous::{FriendRef, NatMapping, PeerRecord, RecordBody, Request, Response};
 use serde_json::{Value, json};
@@ -115,15 +118,6 @@ fn refusals(counts: &BTreeMap<String, u64>) -> u64 {
         .filter(|(k, _)| k.contains("refused:") || k.contains("closed_by_server"))
         .map(|(_, v)| v)
         .sum()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 * p).ceil() as usize)
-        .saturating_sub(1)
-        .min(sorted.len() - 1)]
 }
 
 fn round1(x: f64) -> f64 {
@@ -1429,18 +1423,6 @@ async fn wait_legit(mut child: std::process::Child, limit: Instant) -> Value {
 }
 
 // ----- server-side measurements -----
-
-fn rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
 
 /// Datagrams the kernel dropped on the UDP socket bound to `port` (its
 /// receive buffer was full): the `drops` column of /proc/net/udp.

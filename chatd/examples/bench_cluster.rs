@@ -12,9 +12,12 @@
 //! Prints a table and, last, one JSON object. Loopback only.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark reports
 
+mod common;
+
 use anyhow::Context;
 use chatd::client::{Client, Session};
 use chatd::net::identity::{Keypair, ServerAddr};
+use common::{percentile, rss_mb};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,27 +42,6 @@ fn servers(dir: &Path) -> anyhow::Result<Vec<Server>> {
     }
     anyhow::ensure!(!out.is_empty(), "no servers in {}", dir.display());
     Ok(out)
-}
-
-fn rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 * p).ceil() as usize)
-        .saturating_sub(1)
-        .min(sorted.len() - 1)]
 }
 
 async fn register_one(server: ServerAddr, name: String) -> anyhow::Result<(Client, Session)> {

@@ -64,6 +64,13 @@ struct Tree {
     eager: u64,
     /// Last time this origin's tree was used (for eviction).
     used: Time,
+    /// Eager neighbors this tree lost to a link going down and has not
+    /// replaced yet: the next new neighbors are eager in it (the
+    /// Plumtree paper makes every new neighbor eager, which costs a
+    /// duplicate and a PRUNE per origin per link; lazy only, an origin
+    /// that broadcasts rarely finds its tree cut after churn and every cut
+    /// hop costs a GRAFT timeout).
+    lost: u8,
 }
 
 /// Plumtree state of one node.
@@ -149,20 +156,13 @@ impl<PI: PeerIdentity> Plumtree<PI> {
     }
 
     /// Makes sure `origin` has a tree, creating it from the reference and,
-    /// beyond `max_origins`, evicting the least recently used one (never the
+    /// beyond `max_origins`, evicting the least recently used (never the
     /// reference itself, which every node must agree on).
     fn tree<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, origin: PI) -> &mut Tree {
         if !self.trees.contains_key(&origin) {
-            if self.trees.len() >= io.config.plumtree.max_origins.max(1) {
-                let oldest = self
-                    .trees
-                    .iter()
-                    .skip(1)
-                    .min_by_key(|(_, t)| t.used)
-                    .map(|(o, _)| *o);
-                if let Some(o) = oldest {
-                    self.trees.remove(&o);
-                }
+            let max = io.config.plumtree.max_origins.max(1);
+            if self.trees.len() >= max {
+                self.evict_oldest_trees(max);
             }
             let eager = self.reference();
             self.trees.insert(
@@ -170,15 +170,41 @@ impl<PI: PeerIdentity> Plumtree<PI> {
                 Tree {
                     eager,
                     used: io.now,
+                    lost: 0,
                 },
             );
         }
         let t = self.trees.entry(origin).or_insert(Tree {
             eager: 0,
             used: io.now,
+            lost: 0,
         });
         t.used = io.now;
         t
+    }
+
+    /// Forgets the least recently used eighth of the trees (at least one,
+    /// never the reference): one scan per `max / 8` new origins, not one
+    /// per new origin (with more origins than `max`, 10,000 servers each
+    /// announcing, a scan per broadcast stalled the simulator).
+    fn evict_oldest_trees(&mut self, max: usize) {
+        let mut used: Vec<Time> = self.trees.values().skip(1).map(|t| t.used).collect();
+        let evict = (max / 8).clamp(1, used.len().max(1));
+        if used.is_empty() {
+            return;
+        }
+        let (_, cutoff, _) = used.select_nth_unstable(evict - 1);
+        let cutoff = *cutoff;
+        let reference = self.trees.keys().next().copied();
+        let mut left = evict;
+        self.trees.retain(|o, t| {
+            if left > 0 && t.used <= cutoff && Some(*o) != reference {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Makes `peer` eager or lazy for `origin`. Creates the origin's tree
@@ -260,6 +286,12 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         };
         self.slots[i] = Some(peer);
         self.occupied |= 1 << i;
+        for t in self.trees.values_mut() {
+            if t.lost > 0 {
+                t.lost -= 1;
+                t.eager |= 1 << i;
+            }
+        }
         let max = io.config.plumtree.ihave_max_entries;
         let recent: Vec<IHaveEntry> = self
             .store
@@ -280,7 +312,10 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         let bit = 1u64 << i;
         self.occupied &= !bit;
         for t in self.trees.values_mut() {
-            t.eager &= !bit;
+            if t.eager & bit != 0 {
+                t.eager &= !bit;
+                t.lost = t.lost.saturating_add(1);
+            }
         }
         self.ihave_queue.retain(|(p, _)| *p != peer);
         for (id, m) in self.missing.iter_mut() {

@@ -212,6 +212,82 @@ fn prunes_for_one_origin_leave_other_origins_trees_alone() {
     assert_eq!(n.eager_peers(&50), vec![2, 3]);
 }
 
+/// A tree that lost an eager neighbor to a link going down makes the next
+/// new neighbor eager in its place; trees that lost nothing keep new
+/// neighbors lazy. (Lazy only, an origin that broadcasts rarely found its
+/// tree cut after churn, and every cut hop cost a GRAFT timeout: the
+/// first records after a cold start of 1,000 servers took seconds.)
+#[test]
+fn a_lost_eager_link_is_replaced_by_the_next_new_neighbor() {
+    let mut n = with_neighbors(3);
+    // Origin 99: eager 1 and 3, lazy 2.
+    msg(&mut n, Time::ZERO, 1, gossip(1, 0));
+    msg(&mut n, Time::ZERO, 2, gossip(1, 0));
+    // Origin 7: eager 1 and 2, lazy 3.
+    let from_7 = |id: u8| Message::Gossip(Gossip::new(MessageId([id; 32]), 7, 0, b""));
+    msg(&mut n, Time::ZERO, 2, from_7(70));
+    msg(&mut n, Time::ZERO, 3, from_7(70));
+    n.drain_outputs().for_each(drop);
+    assert_eq!(n.eager_peers(&99), vec![1, 3]);
+    assert_eq!(n.eager_peers(&7), vec![1, 2]);
+    // 3 goes: eager for 99, lazy for 7.
+    msg(
+        &mut n,
+        Time::ZERO,
+        3,
+        Message::Disconnect(Disconnect { alive: true }),
+    );
+    assert_eq!(n.eager_peers(&99), vec![1]);
+    msg(&mut n, Time::ZERO, 4, neighbor_req(Priority::High));
+    assert_eq!(n.eager_peers(&99), vec![1, 4], "4 takes 3's place");
+    assert_eq!(n.eager_peers(&7), vec![1, 2], "7 lost nothing");
+    msg(&mut n, Time::ZERO, 5, neighbor_req(Priority::High));
+    assert_eq!(n.eager_peers(&99), vec![1, 4], "one loss, one replacement");
+    assert_eq!(n.lazy_peers(&99), vec![2, 5]);
+}
+
+/// Beyond `max_origins` trees the least recently used eighth goes at
+/// once (one scan per `max / 8` new origins, not one per new origin),
+/// and the table never exceeds the limit.
+#[test]
+fn origins_beyond_the_limit_evict_the_least_recently_used_in_batches() {
+    let mut cfg = Config::lan();
+    cfg.plumtree.max_origins = 16;
+    let mut n = State::new(0u32, cfg, Xoshiro256PlusPlus::seed_from_u64(0));
+    n.handle(Time::ZERO, Input::Join(vec![]));
+    for p in 1..=3 {
+        msg(&mut n, Time::ZERO, p, neighbor_req(Priority::High));
+    }
+    let mut most = 0;
+    for k in 0..40u32 {
+        let now = Time::from_millis(u64::from(k) * 10);
+        let id = MessageId([k as u8 + 1; 32]);
+        // Origins 100..139 (the reference stays 100), one broadcast each;
+        // origin 100 broadcasts again every time, so it is never the oldest.
+        msg(
+            &mut n,
+            now,
+            1,
+            Message::Gossip(Gossip::new(id, 100 + k, 0, b"")),
+        );
+        let again = MessageId([200 - k as u8; 32]);
+        msg(
+            &mut n,
+            now,
+            1,
+            Message::Gossip(Gossip::new(again, 100, 0, b"")),
+        );
+        most = most.max(n.origins_len());
+    }
+    n.drain_outputs().for_each(drop);
+    assert_eq!(most, 16, "filled up to the limit, never above");
+    assert!(
+        (14..=16).contains(&n.origins_len()),
+        "only an eighth at a time: {}",
+        n.origins_len()
+    );
+}
+
 #[test]
 fn a_missing_message_is_grafted_from_each_announcer_in_turn() {
     let mut n = with_neighbors(3);

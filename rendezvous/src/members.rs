@@ -189,6 +189,14 @@ pub enum Reply {
     None,
     /// Refute a suspicion of us: announce a newer version.
     Refute,
+    /// A server we had declared dead (or gone) announced again: a
+    /// partition healed or it restarted. Servers on the other side may
+    /// not have heard from us for as long, so announce soon (within the
+    /// spacing rule) instead of at the next interval: otherwise one that
+    /// never declared us dead (its suspicions were of another version)
+    /// can reach `dead_after` of silence before our next regular
+    /// announce crosses.
+    Revived,
 }
 
 fn counts_as_live(l: &Liveness) -> bool {
@@ -242,12 +250,16 @@ impl Members {
                 match self.entries.get_mut(&record.id) {
                     Some(e) if record.version <= e.record.version => {}
                     Some(e) => {
-                        if !counts_as_live(&e.liveness) {
+                        let revived = !counts_as_live(&e.liveness);
+                        if revived {
                             self.live += 1;
                         }
                         e.record = record.clone();
                         e.liveness = Liveness::Alive;
                         e.heard = now;
+                        if revived {
+                            return Reply::Revived;
+                        }
                     }
                     None => {
                         self.live += 1;
@@ -452,14 +464,21 @@ mod tests {
         assert_eq!((t.live().count(), t.live_count()), (1, 1));
         t.expire(t0 + Duration::from_secs(61));
         assert_eq!((t.live().count(), t.live_count()), (0, 0));
-        // A later announce (a restart) brings it back.
-        t.apply(
+        // A later announce (a restart, a healed partition) brings it back
+        // and says so.
+        let back = t.apply(
             &Msg::announce(x.signing_key(), record(&x, 2)),
             t0 + Duration::from_secs(62),
         );
+        assert_eq!(back, Reply::Revived);
+        let again = t.apply(
+            &Msg::announce(x.signing_key(), record(&x, 3)),
+            t0 + Duration::from_secs(63),
+        );
+        assert_eq!(again, Reply::None, "only a return is news");
         assert_eq!((t.live().count(), t.live_count()), (1, 1));
         // A leave of a live server, and one of a server already gone.
-        t.apply(&Msg::leave(x.signing_key(), x.id().0, 2), t0);
+        t.apply(&Msg::leave(x.signing_key(), x.id().0, 3), t0);
         t.apply(&Msg::leave(y.signing_key(), y.id().0, 1), t0);
         assert_eq!((t.live().count(), t.live_count()), (0, 0));
     }

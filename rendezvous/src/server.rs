@@ -579,6 +579,9 @@ pub struct Server {
     sync_resume: BTreeMap<(PeerId, u8), PeerId>,
     next_heartbeat: Time,
     last_announce: Time,
+    /// A server came back (see [`Reply::Revived`]): announce at the next
+    /// tick the spacing allows.
+    announce_soon: bool,
     next_sweep: Time,
     /// The time of the input being handled.
     clock: Time,
@@ -653,6 +656,7 @@ impl Server {
             sync_resume: BTreeMap::new(),
             next_heartbeat: now.mono,
             last_announce: now.mono,
+            announce_soon: false,
             next_sweep: now.mono + Duration::from_secs(1),
             clock: now.mono,
             left: false,
@@ -745,6 +749,9 @@ impl Server {
         let mut t = self.next_sweep;
         if !self.left {
             t = t.min(self.next_heartbeat);
+            if self.announce_soon {
+                t = t.min(self.last_announce + self.announce_spacing());
+            }
         }
         if let Some(s) = self.next_sync.values().min() {
             t = t.min(*s);
@@ -1861,9 +1868,16 @@ impl Server {
         {
             return;
         }
-        if self.members.apply(&msg, now.mono) == Reply::Refute && !self.left {
-            self.stats.count("refutations");
-            self.announce();
+        match self.members.apply(&msg, now.mono) {
+            Reply::Refute if !self.left => {
+                self.stats.count("refutations");
+                self.announce();
+            }
+            Reply::Revived => {
+                self.stats.count("members_revived");
+                self.announce_soon = true;
+            }
+            _ => {}
         }
     }
 
@@ -2096,9 +2110,10 @@ impl Server {
             );
             now_n.abs_diff(then) >= (u64::from(self.cfg.capacity) / 100).max(10)
         };
-        let early =
-            load_moved && now.mono.saturating_since(self.last_announce) >= self.announce_spacing();
+        let early = (load_moved || self.announce_soon)
+            && now.mono.saturating_since(self.last_announce) >= self.announce_spacing();
         if !self.left && (now.mono >= self.next_heartbeat || early) {
+            self.announce_soon = false;
             self.next_heartbeat = now.mono + self.announce_interval();
             self.last_announce = now.mono;
             self.announce();

@@ -786,3 +786,48 @@ fn a_small_cluster_keeps_the_configured_announce_tempo() {
         Some(net.now.mono + Duration::from_secs(30))
     );
 }
+
+/// After a partition, the servers of each side declared the other's dead
+/// (by suspicion or silence). The first announce that crosses the healed
+/// link revives its sender; whoever sees a revival announces within the
+/// spacing rule instead of at its next regular interval, so the other
+/// side hears from it in seconds — a server that never declared it dead
+/// (its suspicions were of another version) would otherwise reach the
+/// silence limit before its next regular announce crossed.
+#[test]
+fn a_server_that_sees_another_come_back_announces_soon() {
+    let cfg = Config {
+        capacity: 100, // 10 new clients are a load change worth announcing
+        ..Config::default()
+    };
+    let mut net = Net::new(4, cfg);
+    net.run_for(Duration::from_secs(30));
+    net.unreachable.insert(3);
+    net.run_for(Duration::from_secs(102));
+    let ids: Vec<_> = net.servers.iter().map(|s| s.id()).collect();
+    assert!((0..3).all(|i| !net.servers[i].members().is_live(&ids[3])));
+    assert!((0..3).all(|i| !net.servers[3].members().is_live(&ids[i])));
+    // Healed, 12 s after everyone's last regular announce (18 s to the
+    // next): server 3's load moves and it announces early.
+    net.unreachable.clear();
+    for k in 0..10u64 {
+        let c = net.connect(3, 500 + k, &format!("198.51.100.{}", 50 + k));
+        assert!(registered(&net.register(&c, &format!("h{k}"))));
+    }
+    let healed = net.now.mono;
+    let next_regular = net.servers[0].next_announce().unwrap();
+    assert!(next_regular.saturating_since(healed) >= Duration::from_secs(15));
+    net.run_for(Duration::from_secs(1));
+    assert!(
+        (0..3).all(|i| net.servers[i].members().is_live(&ids[3])),
+        "3's early announce crossed"
+    );
+    // The others announce as soon as the spacing (5 s since their last)
+    // allows: already, so at their next tick.
+    assert!(
+        (0..3).all(|i| net.servers[3].members().is_live(&ids[i])),
+        "everyone is alive again for 3, long before the next regular announce"
+    );
+    assert!(net.now.mono < next_regular);
+    assert!(net.servers[0].stats().counters.get("members_revived") == Some(&1));
+}

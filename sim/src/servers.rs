@@ -240,6 +240,11 @@ pub struct ServersSummary {
     pub replication_measured: usize,
     /// Of which never known everywhere (by the end of the run).
     pub replication_incomplete: usize,
+    /// The same changes by the 5 s window they were created in: `[window
+    /// start s, changes, p50 ms, p99 ms]` (incomplete ones left out) — to
+    /// see whether a tail belongs to an event (the crash, a round of
+    /// announces) or to the whole phase.
+    pub replication_by_5s: Vec<[f64; 4]>,
     /// Seconds from the crash until no live server has the crashed one in
     /// `members().live()` (null: not by the end).
     pub death_detect_max_s: Option<f64>,
@@ -1681,11 +1686,17 @@ pub fn run(p: &ServersParams, progress: &mut dyn FnMut(String)) -> ServersSummar
         }
     };
     let mut lat: Vec<u64> = Vec::new();
+    let mut by_5s: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     let mut incomplete = 0usize;
     let mut part_incomplete = 0usize;
     for tr in &w.trackers {
         match (tr.phase, tr.done) {
-            (Phase::Steady, Some(d)) => lat.push(d.saturating_since(tr.created).as_micros() as u64),
+            (Phase::Steady, Some(d)) => {
+                let us = d.saturating_since(tr.created).as_micros() as u64;
+                lat.push(us);
+                let window = tr.created.saturating_since(Time::ZERO).as_secs() / 5 * 5;
+                by_5s.entry(window).or_default().push(us);
+            }
             (Phase::Steady, None) => incomplete += 1,
             (Phase::Partition, None) => part_incomplete += 1,
             _ => {}
@@ -1745,6 +1756,17 @@ pub fn run(p: &ServersParams, progress: &mut dyn FnMut(String)) -> ServersSummar
         },
         replication_measured: measured,
         replication_incomplete: incomplete,
+        replication_by_5s: by_5s
+            .into_iter()
+            .map(|(window, mut v)| {
+                v.sort_unstable();
+                let at = |q: f64| {
+                    let i = ((v.len() as f64 * q).ceil() as usize).saturating_sub(1);
+                    v[i.min(v.len() - 1)] as f64 / 1000.0
+                };
+                [window as f64, v.len() as f64, at(0.5), at(0.99)]
+            })
+            .collect(),
         death_detect_max_s: crash_s(w.death_known),
         death_detect_min_s: crash_s(w.death_first),
         crash_revivals: w.crash_revivals,
