@@ -287,6 +287,33 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// How much longer than at `heartbeat` the announce interval is in a
+    /// cluster of `servers` (this one included): max(1, 2·n ÷
+    /// `announce_budget` ÷ `heartbeat`); 1 without a budget.
+    pub fn tempo_factor(&self, servers: usize) -> f64 {
+        let budget = self.announce_budget;
+        let heartbeat = self.heartbeat.as_secs_f64();
+        if !budget.is_finite() || budget <= 0.0 || heartbeat <= 0.0 {
+            return 1.0;
+        }
+        (2.0 * servers as f64 / budget / heartbeat).max(1.0)
+    }
+
+    /// The regular announce interval in a cluster of `servers`.
+    pub fn announce_interval_at(&self, servers: usize) -> Duration {
+        scaled(self.heartbeat, self.tempo_factor(servers))
+    }
+}
+
+fn scaled(d: Duration, factor: f64) -> Duration {
+    if factor <= 1.0 {
+        d
+    } else {
+        Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+    }
+}
+
 /// What the driver feeds in.
 #[derive(Clone, Debug)]
 pub enum Input {
@@ -2137,32 +2164,17 @@ impl Server {
         }
     }
 
-    /// How much longer than at `heartbeat` the announce interval is in a
-    /// cluster of this size: max(1, 2·n ÷ `announce_budget` ÷ `heartbeat`),
-    /// n = the servers believed alive, this one included.
+    /// [`Config::tempo_factor`] at the servers believed alive, this one
+    /// included.
     fn tempo_factor(&self) -> f64 {
-        let budget = self.cfg.announce_budget;
-        let heartbeat = self.cfg.heartbeat.as_secs_f64();
-        if !budget.is_finite() || budget <= 0.0 || heartbeat <= 0.0 {
-            return 1.0;
-        }
-        let n = (self.members.live_count() + 1) as f64;
-        (2.0 * n / budget / heartbeat).max(1.0)
-    }
-
-    fn scaled(d: Duration, factor: f64) -> Duration {
-        if factor <= 1.0 {
-            d
-        } else {
-            Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
-        }
+        self.cfg.tempo_factor(self.members.live_count() + 1)
     }
 
     /// The interval between two regular announces at the cluster's
     /// current size: `heartbeat`, or longer in a large cluster (see
     /// [`Config::announce_budget`]).
     pub fn announce_interval(&self) -> Duration {
-        Self::scaled(self.cfg.heartbeat, self.tempo_factor())
+        scaled(self.cfg.heartbeat, self.tempo_factor())
     }
 
     /// The shortest time between two announces (early ones included) at
@@ -2180,7 +2192,7 @@ impl Server {
     /// Silence after which a server is declared dead at the cluster's
     /// current size: `dead_after`, scaled like the announce interval.
     pub fn dead_after(&self) -> Duration {
-        Self::scaled(self.cfg.dead_after, self.tempo_factor())
+        scaled(self.cfg.dead_after, self.tempo_factor())
     }
 
     /// When the next regular announce is due (none once left).

@@ -76,9 +76,11 @@ struct Args {
     /// Seconds over which the nodes start.
     #[arg(long, default_value_t = 10.0)]
     join_secs: f64,
-    /// Seconds the overlay settles before the first round.
-    #[arg(long, default_value_t = 20.0)]
-    settle_secs: f64,
+    /// Seconds the overlay settles before the first round [default: 20;
+    /// servers: one regular announce interval at --servers plus 10 s, at
+    /// least 20: 40 up to 3,000 servers, 110 at 10,000].
+    #[arg(long)]
+    settle_secs: Option<f64>,
     /// Bootstrap contacts every node is given (the first nodes).
     #[arg(long, default_value_t = 5)]
     contacts: usize,
@@ -199,7 +201,7 @@ fn params(a: &Args) -> anyhow::Result<Params> {
     }
     for (name, v) in [
         ("--join-secs", a.join_secs),
-        ("--settle-secs", a.settle_secs),
+        ("--settle-secs", a.settle_secs.unwrap_or(0.0)),
         ("--for", a.partition_for),
     ] {
         if v < 0.0 || !v.is_finite() {
@@ -233,7 +235,7 @@ fn params(a: &Args) -> anyhow::Result<Params> {
     p.sender_pool = a.sender_pool.unwrap_or(p.senders);
     p.round_secs = a.round_secs;
     p.join_secs = a.join_secs;
-    p.settle_secs = a.settle_secs;
+    p.settle_secs = a.settle_secs.unwrap_or(p.settle_secs);
     p.contacts = a.contacts;
     p.detect_secs = a.detect_secs;
     p.preset = a.preset;
@@ -291,7 +293,6 @@ fn servers_params(a: &Args, p: &Params) -> anyhow::Result<sim::ServersParams> {
     s.loss = p.loss;
     s.detect_secs = p.detect_secs;
     s.join_secs = p.join_secs;
-    s.settle_secs = p.settle_secs;
     s.steady_secs = a.steady_secs;
     s.partition_secs = a.partition_for;
     s.heal_timeout_secs = a.heal_timeout;
@@ -326,6 +327,9 @@ fn servers_params(a: &Args, p: &Params) -> anyhow::Result<sim::ServersParams> {
     if let Some(b) = a.announce_budget {
         s.server.announce_budget = b;
     }
+    s.settle_secs = a
+        .settle_secs
+        .unwrap_or_else(|| sim::ServersParams::default_settle(n, &s.server));
     Ok(s)
 }
 
