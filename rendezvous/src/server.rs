@@ -175,7 +175,8 @@ pub struct Config {
     /// every server, so the cost is servers ÷ interval deliveries per
     /// second at each server. In a larger cluster the interval grows with
     /// it (see `announce_budget`). A load change of 1% of capacity (at
-    /// least 10 clients) is announced early (see `announce_spacing`).
+    /// least 10 clients), and hearing from a server declared dead or gone
+    /// ([`Reply::Revived`]), are announced early (see `announce_spacing`).
     pub heartbeat: Duration,
     /// Silence after which a server is declared dead (the backstop when
     /// no neighbor suspected it), at the `heartbeat` interval: three
