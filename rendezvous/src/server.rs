@@ -610,6 +610,8 @@ pub struct Server {
     /// A server came back (see [`Reply::Revived`]): announce at the next
     /// tick the spacing allows.
     announce_soon: bool,
+    /// The regular announces have their random phase (set at the first).
+    phased: bool,
     next_sweep: Time,
     /// The time of the input being handled.
     clock: Time,
@@ -639,7 +641,7 @@ pub fn start_delay(start_at_ms: u64, now_ms: u64, one_way: Duration, max: Durati
 impl Server {
     /// A server `me` (signing its announces with `key`), started at `now`;
     /// `seed` drives its only random choices (which server to copy a
-    /// registration to).
+    /// registration to, the phase of its announces).
     pub fn new(me: PeerId, key: SigningKey, cfg: Config, now: Now, seed: u64) -> Server {
         let my_record = ServerRecord {
             id: me,
@@ -685,6 +687,7 @@ impl Server {
             next_heartbeat: now.mono,
             last_announce: now.mono,
             announce_soon: false,
+            phased: false,
             next_sweep: now.mono + Duration::from_secs(1),
             clock: now.mono,
             left: false,
@@ -2142,7 +2145,20 @@ impl Server {
             && now.mono.saturating_since(self.last_announce) >= self.announce_spacing();
         if !self.left && (now.mono >= self.next_heartbeat || early) {
             self.announce_soon = false;
-            self.next_heartbeat = now.mono + self.announce_interval();
+            let interval = self.announce_interval();
+            self.next_heartbeat = now.mono
+                + if self.phased {
+                    interval
+                } else {
+                    // The announce at start is followed by one at a random
+                    // point of the first interval: servers started together
+                    // (a fleet, a simulator's join) would otherwise all
+                    // announce in the same few seconds of every interval,
+                    // and after a partition heals nothing would cross the
+                    // link until that window came round again.
+                    self.phased = true;
+                    interval.mul_f64((self.random() >> 11) as f64 / (1u64 << 53) as f64)
+                };
             self.last_announce = now.mono;
             self.announce();
         }

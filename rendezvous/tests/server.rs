@@ -711,7 +711,8 @@ fn the_announce_interval_and_the_silence_limit_grow_with_the_cluster() {
     assert_eq!(cfg.dead_after, Duration::from_secs(100));
     let secs = |d: Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
     let mut net = Net::new(10, cfg.clone());
-    // The first announces were made knowing nobody: the next in 30 s.
+    // The first announces were made knowing nobody: the next one within
+    // 30 s, at a random point of that interval (their phases spread).
     assert_eq!(net.broadcasts, 10);
     let s0 = &net.servers[0];
     assert_eq!(s0.members().live_count(), 9);
@@ -719,28 +720,47 @@ fn the_announce_interval_and_the_silence_limit_grow_with_the_cluster() {
     assert_eq!(secs(s0.dead_after()), 333.333);
     assert_eq!(s0.announce_spacing(), Duration::from_secs(50));
     net.run_for(Duration::from_secs(30));
-    assert_eq!(net.broadcasts, 20, "the second round, 30 s after the first");
-    // Knowing 10 servers, the next one is scheduled 100 s on.
-    assert_eq!(
-        net.servers[0].next_announce(),
-        Some(net.now.mono + Duration::from_secs(100))
+    assert_eq!(net.broadcasts, 20, "each one's second, within 30 s");
+    // Knowing 10 servers, each schedules its next one 100 s after its
+    // second: between 70 and 100 s from now, spread out.
+    let nexts: Vec<overlay::Time> = net
+        .servers
+        .iter()
+        .map(|s| s.next_announce().unwrap())
+        .collect();
+    for t in &nexts {
+        let ahead = t.saturating_since(net.now.mono);
+        assert!(ahead > Duration::from_secs(70) && ahead <= Duration::from_secs(100));
+    }
+    let spread = nexts
+        .iter()
+        .max()
+        .unwrap()
+        .saturating_since(*nexts.iter().min().unwrap());
+    assert!(
+        spread >= Duration::from_secs(10),
+        "phases spread: {spread:?}"
     );
-    let last_heard = net.now.mono;
     // Server 9 falls silent (no neighbor notices: no suspicion).
+    let last_heard = nexts[9] - Duration::from_secs(100);
     net.unreachable.insert(9);
     let nine = net.servers[9].id();
-    net.run_for(Duration::from_secs(99));
+    let first = *nexts.iter().min().unwrap();
+    net.run_for(first.saturating_since(net.now.mono) - Duration::from_millis(100));
     assert_eq!(net.broadcasts, 20, "nobody announced within 100 s");
-    net.run_for(Duration::from_secs(1));
-    assert_eq!(net.broadcasts, 30, "everyone announced at 100 s");
+    let last = *nexts.iter().max().unwrap();
+    net.run_for(last.saturating_since(net.now.mono) + Duration::from_millis(100));
+    assert_eq!(net.broadcasts, 30, "everyone announced 100 s after");
     // Silent for longer than the unscaled 100 s, less than 333 s: alive.
-    net.run_for(Duration::from_secs(230));
-    assert_eq!(net.now.mono.saturating_since(last_heard).as_secs(), 330);
+    let until = |net: &Net, secs: u64| {
+        (last_heard + Duration::from_secs(secs)).saturating_since(net.now.mono)
+    };
+    net.run_for(until(&net, 330));
     assert!(
         (0..9).all(|i| net.servers[i].members().is_live(&nine)),
         "silent for 330 s of 333: not dead yet"
     );
-    net.run_for(Duration::from_secs(5));
+    net.run_for(until(&net, 335));
     assert!(
         (0..9).all(|i| !net.servers[i].members().is_live(&nine)),
         "silent for 335 s: dead"
@@ -754,19 +774,22 @@ fn the_announce_interval_and_the_silence_limit_grow_with_the_cluster() {
     // early, but not before the scaled spacing of 50 s.
     let mut net = Net::new(10, cfg);
     net.run_for(Duration::from_secs(30)); // the second round: 100 s to the next
+    // From server 0's second announce on.
+    let second = net.servers[0].next_announce().unwrap() - Duration::from_secs(100);
+    net.run_for((second + Duration::from_secs(1)).saturating_since(net.now.mono));
     let zero = net.servers[0].id();
     let clients_at_1 = |net: &Net| net.servers[1].members().get(&zero).unwrap().record.clients;
     for k in 0..10u64 {
         let c = net.connect(0, 100 + k, &format!("198.51.100.{}", 10 + k));
         assert!(registered(&net.register(&c, &format!("c{k}"))));
     }
-    net.run_for(Duration::from_secs(45));
+    net.run_for((second + Duration::from_secs(45)).saturating_since(net.now.mono));
     assert_eq!(
         clients_at_1(&net),
         0,
         "45 s after the last announce: held back"
     );
-    net.run_for(Duration::from_secs(5));
+    net.run_for(Duration::from_secs(5) + Duration::from_millis(100));
     assert_eq!(clients_at_1(&net), 10, "50 s after it: announced early");
 }
 
@@ -780,11 +803,13 @@ fn a_small_cluster_keeps_the_configured_announce_tempo() {
     assert_eq!(s.dead_after(), Duration::from_secs(100));
     assert_eq!(s.announce_spacing(), Duration::from_secs(5));
     net.run_for(Duration::from_secs(30));
-    assert_eq!(net.broadcasts, 10);
-    assert_eq!(
-        net.servers[0].next_announce(),
-        Some(net.now.mono + Duration::from_secs(30))
-    );
+    assert_eq!(net.broadcasts, 10, "each one's second, within 30 s");
+    for s in &net.servers {
+        let ahead = s.next_announce().unwrap().saturating_since(net.now.mono);
+        assert!(ahead > Duration::ZERO && ahead <= Duration::from_secs(30));
+    }
+    net.run_for(Duration::from_secs(30));
+    assert_eq!(net.broadcasts, 15, "then every 30 s");
 }
 
 /// After a partition, the servers of each side declared the other's dead
@@ -807,23 +832,45 @@ fn a_server_that_sees_another_come_back_announces_soon() {
     let ids: Vec<_> = net.servers.iter().map(|s| s.id()).collect();
     assert!((0..3).all(|i| !net.servers[i].members().is_live(&ids[3])));
     assert!((0..3).all(|i| !net.servers[3].members().is_live(&ids[i])));
-    // Healed, 12 s after everyone's last regular announce (18 s to the
-    // next): server 3's load moves and it announces early.
+    // Healed at least 9 s before anyone's next regular announce (three
+    // phases in a 30 s interval leave a gap of 10 s or more): server 3's
+    // load moves and it announces early.
+    let gap = |net: &Net| {
+        (0..3)
+            .map(|i| net.servers[i].next_announce().unwrap())
+            .min()
+            .unwrap()
+            .saturating_since(net.now.mono)
+    };
+    for _ in 0..300 {
+        if gap(&net) >= Duration::from_secs(9) {
+            break;
+        }
+        net.run_for(Duration::from_millis(100));
+    }
     net.unreachable.clear();
     for k in 0..10u64 {
         let c = net.connect(3, 500 + k, &format!("198.51.100.{}", 50 + k));
         assert!(registered(&net.register(&c, &format!("h{k}"))));
     }
     let healed = net.now.mono;
-    let next_regular = net.servers[0].next_announce().unwrap();
-    assert!(next_regular.saturating_since(healed) >= Duration::from_secs(15));
+    let next_regular = (0..3)
+        .map(|i| net.servers[i].next_announce().unwrap())
+        .min()
+        .unwrap();
+    assert!(
+        next_regular.saturating_since(healed) >= Duration::from_secs(8),
+        "{:?} to the next regular announce",
+        next_regular.saturating_since(healed)
+    );
     net.run_for(Duration::from_secs(1));
     assert!(
         (0..3).all(|i| net.servers[i].members().is_live(&ids[3])),
         "3's early announce crossed"
     );
     // The others announce as soon as the spacing (5 s since their last)
-    // allows: already, so at their next tick.
+    // allows: within 5 s.
+    net.run_for(Duration::from_secs(5));
     assert!(
         (0..3).all(|i| net.servers[3].members().is_live(&ids[i])),
         "everyone is alive again for 3, long before the next regular announce"
