@@ -297,9 +297,12 @@ pub fn payload_vectors() -> Vec<(&'static str, Payload)> {
             "member-suspect",
             Payload::Member(Msg::suspect(&key(SERVER_B), a.id, a.version, id(SERVER_B))),
         ),
-        ("record", Payload::Record(alice())),
-        ("record-withdrawal", Payload::Record(alice_withdrawal())),
-        ("record-no-public-address", Payload::Record(carol())),
+        ("record", Payload::Record(alice().into())),
+        (
+            "record-withdrawal",
+            Payload::Record(alice_withdrawal().into()),
+        ),
+        ("record-no-public-address", Payload::Record(carol().into())),
     ]
 }
 

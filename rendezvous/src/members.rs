@@ -25,6 +25,7 @@ use overlay::{PeerId, Time};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A server's self-description.
@@ -59,8 +60,8 @@ impl ServerRecord {
 pub enum Msg {
     /// A server's current record, signed by it.
     Announce {
-        /// The record.
-        record: ServerRecord,
+        /// The record (shared by every table that keeps it).
+        record: Arc<ServerRecord>,
         /// ed25519 signature of `record` by `record.id`.
         sig: Vec<u8>,
     },
@@ -123,7 +124,10 @@ impl Msg {
     /// A signed announce of `record`.
     pub fn announce(key: &SigningKey, record: ServerRecord) -> Msg {
         let sig = sign(key, "chatd-announce-v1", &record);
-        Msg::Announce { record, sig }
+        Msg::Announce {
+            record: Arc::new(record),
+            sig,
+        }
     }
 
     /// A signed leave.
@@ -174,8 +178,8 @@ pub enum Liveness {
 /// One server in the table.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    /// Its latest record.
-    pub record: ServerRecord,
+    /// Its latest record (the announce's own copy, shared).
+    pub record: Arc<ServerRecord>,
     /// What we believe.
     pub liveness: Liveness,
     /// When we last heard its announce.
@@ -359,7 +363,7 @@ impl Members {
         self.entries
             .values()
             .filter(|e| counts_as_live(&e.liveness))
-            .map(|e| &e.record)
+            .map(|e| &*e.record)
     }
 }
 

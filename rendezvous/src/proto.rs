@@ -12,6 +12,7 @@ use bytes::Bytes;
 use overlay::PeerId;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// Largest client request or response frame (bytes).
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -244,8 +245,9 @@ pub enum Notice {
 pub enum Payload {
     /// Tag 1: a membership message.
     Member(Msg),
-    /// Tag 2: a peer record.
-    Record(PeerRecord),
+    /// Tag 2: a peer record (shared: every server that stores it can hold
+    /// the one decoded copy, see [`crate::server::Input::Decoded`]).
+    Record(Arc<PeerRecord>),
 }
 
 /// Tag of [`Payload::Member`].
@@ -288,7 +290,7 @@ impl Payload {
                 .map(Payload::Member)
                 .map_err(|_| PayloadError::Malformed),
             TAG_RECORD => postcard::from_bytes(body)
-                .map(Payload::Record)
+                .map(|r| Payload::Record(Arc::new(r)))
                 .map_err(|_| PayloadError::Malformed),
             other => Err(PayloadError::UnknownTag(other)),
         }

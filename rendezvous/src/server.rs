@@ -364,6 +364,16 @@ pub enum Input {
         /// What it carries.
         payload: Bytes,
     },
+    /// The same, already decoded (with [`Payload::decode`]) by whoever
+    /// delivers one broadcast to many cores, so that they share its
+    /// records instead of each keeping a copy: a simulator holding a
+    /// thousand servers (a driver has one core and uses `Delivery`).
+    Decoded {
+        /// The server that broadcast it.
+        origin: PeerId,
+        /// What it carries.
+        payload: Payload,
+    },
     /// A server became an overlay neighbor.
     NeighborUp(PeerId),
     /// A server stopped being an overlay neighbor.
@@ -822,7 +832,14 @@ impl Server {
             Input::ClientMalformed { conn, req, error } => self.malformed(conn, req, error),
             Input::ClientClosed { conn } => self.closed(now, conn),
             Input::RelayEnded { session } => self.end_session(session, false),
-            Input::Delivery { origin, payload } => self.delivery(now, origin, &payload),
+            Input::Delivery { origin, payload } => match Payload::decode(&payload) {
+                Ok(payload) => self.delivery(now, payload),
+                Err(_) => {
+                    let _ = origin;
+                    self.reject("undecodable");
+                }
+            },
+            Input::Decoded { payload, .. } => self.delivery(now, payload),
             Input::NeighborUp(peer) => {
                 self.neighbors.insert(peer);
                 // The lower id starts an exchange at once; the other side
@@ -1040,7 +1057,7 @@ impl Server {
             match self.held(&w) {
                 Held::Older | Held::Missing => {
                     self.table.insert(w.clone(), now.mono, now.unix());
-                    self.broadcast(Payload::Record((*w).clone()));
+                    self.broadcast(Payload::Record(w.clone()));
                     self.stats.count("clients_gone");
                 }
                 // A newer record (re-registered elsewhere) already won.
@@ -1263,7 +1280,7 @@ impl Server {
                 let record = Arc::new(record);
                 if !matches!(held, Held::Same) {
                     self.table.insert(record.clone(), now.mono, now.unix());
-                    self.broadcast(Payload::Record((*record).clone()));
+                    self.broadcast(Payload::Record(record.clone()));
                     self.stats.count("registrations");
                 }
                 let peer = record.body.peer;
@@ -1492,7 +1509,7 @@ impl Server {
     /// A record from another server (broadcast, anti-entropy or a store
     /// request): checked, capped, stored if newer. `Ok(true)`: stored now;
     /// `Ok(false)`: we had it or newer.
-    fn absorb(&mut self, now: Now, record: PeerRecord) -> Result<bool, &'static str> {
+    fn absorb(&mut self, now: Now, record: Arc<PeerRecord>) -> Result<bool, &'static str> {
         if let Err(e) = self.check_record(now, &record) {
             return Err(e.reason());
         }
@@ -1507,7 +1524,6 @@ impl Server {
                 _ => "home_cap",
             });
         }
-        let record = Arc::new(record);
         self.table.insert(record.clone(), now.mono, now.unix());
         // A client registered here that re-registered elsewhere is no
         // longer ours to withdraw.
@@ -1861,18 +1877,14 @@ impl Server {
 
     // ----- servers -----
 
-    fn delivery(&mut self, now: Now, origin: PeerId, payload: &[u8]) {
-        match Payload::decode(payload) {
-            Ok(Payload::Record(record)) => {
+    fn delivery(&mut self, now: Now, payload: Payload) {
+        match payload {
+            Payload::Record(record) => {
                 if let Err(reason) = self.absorb(now, record) {
                     self.reject(reason);
                 }
             }
-            Ok(Payload::Member(msg)) => self.member_msg(now, msg),
-            Err(_) => {
-                let _ = origin;
-                self.reject("undecodable");
-            }
+            Payload::Member(msg) => self.member_msg(now, msg),
         }
     }
 
@@ -1967,7 +1979,7 @@ impl Server {
             ServerMsg::Records(records) => {
                 let mut learned = 0u64;
                 for r in records.into_iter().take(self.cfg.page_records * 4) {
-                    match self.absorb(now, r) {
+                    match self.absorb(now, Arc::new(r)) {
                         Ok(true) => learned += 1,
                         Ok(false) => {}
                         Err(reason) => self.reject(reason),
@@ -1984,7 +1996,7 @@ impl Server {
                     }
                 }
             }
-            ServerMsg::Store { token, record } => match self.absorb(now, record) {
+            ServerMsg::Store { token, record } => match self.absorb(now, Arc::new(record)) {
                 Ok(stored) => {
                     if stored {
                         self.stats.count("records_stored_for_peer");

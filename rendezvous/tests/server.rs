@@ -225,11 +225,23 @@ fn capacity_is_enforced_here_and_on_records_replicated_from_elsewhere() {
         1,
         Input::Delivery {
             origin,
-            payload: rendezvous::Payload::Record(record).encode(),
+            payload: rendezvous::Payload::Record(record.clone().into()).encode(),
         },
     );
     assert_eq!(net.servers[1].table().homed_at(&net.servers[0].id()), 3);
     assert_eq!(net.servers[1].stats().rejected.get("home_cap"), Some(&1));
+    // Delivered already decoded (a simulator sharing one copy among its
+    // cores), it meets the same checks.
+    let shared = rendezvous::Payload::Record(record.into());
+    net.input(
+        1,
+        Input::Decoded {
+            origin,
+            payload: shared,
+        },
+    );
+    assert_eq!(net.servers[1].table().homed_at(&net.servers[0].id()), 3);
+    assert_eq!(net.servers[1].stats().rejected.get("home_cap"), Some(&2));
 }
 
 #[test]

@@ -568,6 +568,10 @@ struct World {
     client_index: KeyMap<PeerId, u32>,
     next_req: ReqId,
     bcasts: KeyMap<MessageId, Bcast>,
+    /// Every broadcast decoded once, delivered to each server as
+    /// `Input::Decoded`: the servers share its records (one copy, not one
+    /// per server: at 1,000 servers × 10,000 clients, 9 GB less).
+    decoded: KeyMap<MessageId, Payload>,
     trackers: Vec<Tracker>,
     /// Open trackers per client.
     open: Vec<Vec<u32>>,
@@ -736,8 +740,9 @@ impl World {
     }
 
     fn broadcast(&mut self, sim: &mut Sim, j: u32, bytes: Bytes) {
+        let decoded = Payload::decode(&bytes);
         let (class, info) = match bytes.first().copied() {
-            Some(TAG_RECORD) => match Payload::decode(&bytes) {
+            Some(TAG_RECORD) => match &decoded {
                 Ok(Payload::Record(r)) => match self.client_index.get(&r.body.peer).copied() {
                     Some(c) => {
                         self.track(sim, j, c, r.body.seq);
@@ -748,9 +753,9 @@ impl World {
                 },
                 _ => (CLASS_OTHER, Bcast::Other),
             },
-            Some(TAG_MEMBER) => match Payload::decode(&bytes) {
+            Some(TAG_MEMBER) => match &decoded {
                 Ok(Payload::Member(m)) => {
-                    let (kind, subject) = match &m {
+                    let (kind, subject) = match m {
                         Msg::Announce { record, .. } => ("announce", record.id),
                         Msg::Leave { id, .. } => ("leave", *id),
                         Msg::Suspect { id, .. } => ("suspect", *id),
@@ -768,6 +773,9 @@ impl World {
         match sim.broadcast_class(j, bytes, class) {
             Some(id) => {
                 self.bcasts.insert(id, info);
+                if let Ok(p) = decoded {
+                    self.decoded.insert(id, p);
+                }
             }
             None => *self.broadcasts.entry("refused_by_overlay").or_insert(0) += 1,
         }
@@ -1195,7 +1203,14 @@ impl World {
                 payload,
             } => {
                 let origin = self.ids[origin as usize];
-                if !self.handle(sim, node, Input::Delivery { origin, payload }) {
+                let input = match self.decoded.get(&id) {
+                    Some(p) => Input::Decoded {
+                        origin,
+                        payload: p.clone(),
+                    },
+                    None => Input::Delivery { origin, payload },
+                };
+                if !self.handle(sim, node, input) {
                     return;
                 }
                 match self.bcasts.get(&id).copied() {
@@ -1454,6 +1469,7 @@ pub fn run(p: &ServersParams, progress: &mut dyn FnMut(String)) -> ServersSummar
         client_index,
         next_req: 0,
         bcasts: KeyMap::default(),
+        decoded: KeyMap::default(),
         trackers: Vec::new(),
         open_partition: 0,
         beliefs: Bits::new(n * n),

@@ -330,7 +330,7 @@ impl Driver {
             members: c
                 .members()
                 .entries()
-                .map(|e| (e.record.clone(), e.liveness.clone()))
+                .map(|e| ((*e.record).clone(), e.liveness.clone()))
                 .collect(),
             records: c.table().len(),
             unexpired: c.table().unexpired(),
