@@ -189,10 +189,10 @@ impl<PI: PeerIdentity> Plumtree<PI> {
     /// announcing, a scan per broadcast stalled the simulator).
     fn evict_oldest_trees(&mut self, max: usize) {
         let mut used: Vec<Time> = self.trees.values().skip(1).map(|t| t.used).collect();
-        let evict = (max / 8).clamp(1, used.len().max(1));
         if used.is_empty() {
             return;
         }
+        let evict = (max / 8).clamp(1, used.len());
         let (_, cutoff, _) = used.select_nth_unstable(evict - 1);
         let cutoff = *cutoff;
         let reference = self.trees.keys().next().copied();

@@ -305,6 +305,18 @@ impl Config {
     pub fn announce_interval_at(&self, servers: usize) -> Duration {
         scaled(self.heartbeat, self.tempo_factor(servers))
     }
+
+    /// The shortest time between two announces (early ones included) in a
+    /// cluster of `servers`: max(`announce_spacing`, n ÷
+    /// `announce_budget`); `announce_spacing` without a budget.
+    pub fn announce_spacing_at(&self, servers: usize) -> Duration {
+        let budget = self.announce_budget;
+        if !budget.is_finite() || budget <= 0.0 {
+            return self.announce_spacing;
+        }
+        let share = Duration::try_from_secs_f64(servers as f64 / budget).unwrap_or(Duration::MAX);
+        self.announce_spacing.max(share)
+    }
 }
 
 fn scaled(d: Duration, factor: f64) -> Duration {
@@ -832,12 +844,9 @@ impl Server {
             Input::ClientMalformed { conn, req, error } => self.malformed(conn, req, error),
             Input::ClientClosed { conn } => self.closed(now, conn),
             Input::RelayEnded { session } => self.end_session(session, false),
-            Input::Delivery { origin, payload } => match Payload::decode(&payload) {
+            Input::Delivery { payload, .. } => match Payload::decode(&payload) {
                 Ok(payload) => self.delivery(now, payload),
-                Err(_) => {
-                    let _ = origin;
-                    self.reject("undecodable");
-                }
+                Err(_) => self.reject("undecodable"),
             },
             Input::Decoded { payload, .. } => self.delivery(now, payload),
             Input::NeighborUp(peer) => {
@@ -2209,13 +2218,7 @@ impl Server {
     /// The shortest time between two announces (early ones included) at
     /// the cluster's current size (see [`Config::announce_budget`]).
     pub fn announce_spacing(&self) -> Duration {
-        let budget = self.cfg.announce_budget;
-        if !budget.is_finite() || budget <= 0.0 {
-            return self.cfg.announce_spacing;
-        }
-        let n = (self.members.live_count() + 1) as f64;
-        let share = Duration::try_from_secs_f64(n / budget).unwrap_or(Duration::MAX);
-        self.cfg.announce_spacing.max(share)
+        self.cfg.announce_spacing_at(self.members.live_count() + 1)
     }
 
     /// Silence after which a server is declared dead at the cluster's
