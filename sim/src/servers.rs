@@ -570,7 +570,7 @@ struct World {
     bcasts: KeyMap<MessageId, Bcast>,
     /// Every broadcast decoded once, delivered to each server as
     /// `Input::Decoded`: the servers share its records (one copy, not one
-    /// per server: at 1,000 servers × 10,000 clients, 9 GB less).
+    /// per server; measured at 200 servers: 518 → 447 MB peak).
     decoded: KeyMap<MessageId, Payload>,
     trackers: Vec<Tracker>,
     /// Open trackers per client.
