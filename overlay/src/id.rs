@@ -23,8 +23,32 @@ impl<T> PeerIdentity for T where
 }
 
 /// A 32-byte peer identity: the daemon puts an ed25519 public key here.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Ordered as its bytes are (lexicographically).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PeerId(pub [u8; 32]);
+
+impl Ord for PeerId {
+    /// The bytes' lexicographic order, decided by the first eight as one
+    /// big-endian integer when they differ (almost always, for keys):
+    /// membership tables and trees of ordered maps keyed by 32-byte ids
+    /// spent a tenth of a 2,000-server simulation in `memcmp`.
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        let head = |p: &PeerId| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&p.0[..8]);
+            u64::from_be_bytes(b)
+        };
+        head(self)
+            .cmp(&head(other))
+            .then_with(|| self.0[8..].cmp(&other.0[8..]))
+    }
+}
+
+impl PartialOrd for PeerId {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl PeerId {
     /// The raw key bytes.
@@ -125,5 +149,18 @@ mod tests {
         assert_ne!(a, MessageId::derive(&2u32, 7, 0));
         assert_ne!(a, MessageId::derive(&1u32, 8, 0));
         assert_eq!(a, MessageId::derive(&1u32, 7, 0));
+    }
+
+    proptest::proptest! {
+        /// The fast order is the bytes' order (sorted tables and the
+        /// reference tree depend on it), equal prefixes included.
+        #[test]
+        fn peer_ids_order_as_their_bytes(a: [u8; 32], b: [u8; 32], cut in 0usize..32) {
+            let mut c = b;
+            c[..cut].copy_from_slice(&a[..cut]);
+            for (x, y) in [(a, b), (a, c), (c, a), (a, a)] {
+                proptest::prop_assert_eq!(PeerId(x).cmp(&PeerId(y)), x.cmp(&y));
+            }
+        }
     }
 }

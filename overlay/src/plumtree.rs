@@ -41,7 +41,7 @@ use crate::util::VecMap;
 use crate::wire::{Gossip, Graft, IHave, IHaveEntry, Message, Prune};
 use bytes::Bytes;
 use rand::Rng;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 /// Neighbor slots: at most 64, so an eager set fits in a `u64`.
 pub(crate) const MAX_SLOTS: usize = 64;
@@ -79,7 +79,16 @@ pub(crate) struct Plumtree<PI> {
     slots: Vec<Option<PI>>,
     /// Bit i set: slot i holds a neighbor.
     occupied: u64,
-    trees: BTreeMap<PI, Tree>,
+    /// Per-origin trees, hashed: every server of a large cluster is an
+    /// origin (10,000 trees per node at 10,000 servers), and an ordered map
+    /// of 32-byte keys made each lookup a chain of cache misses and
+    /// memcmps. The order the reference needs is kept in `reference_origin`.
+    trees: hashbrown::HashMap<PI, Tree, foldhash::quality::FixedState>,
+    /// The smallest origin with a tree (the reference), if any.
+    reference_origin: Option<PI>,
+    /// No tree was used before this (a lower bound; `None`: no trees): the
+    /// expiry sweep walks the trees only when the oldest may be due.
+    trees_oldest_used: Option<Time>,
     epoch: u64,
     next_seq: u64,
     store: Store<PI>,
@@ -112,7 +121,11 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         Plumtree {
             slots: Vec::new(),
             occupied: 0,
-            trees: BTreeMap::new(),
+            trees: hashbrown::HashMap::with_hasher(foldhash::quality::FixedState::with_seed(
+                hash_seed ^ 0x7472_6565,
+            )),
+            reference_origin: None,
+            trees_oldest_used: None,
             epoch,
             next_seq: 0,
             store: Store::new(hash_seed),
@@ -141,8 +154,8 @@ impl<PI: PeerIdentity> Plumtree<PI> {
     /// The eager set a new origin starts with: the reference origin's
     /// (smallest id with state), or every neighbor if there is none yet.
     fn reference(&self) -> u64 {
-        match self.trees.first_key_value() {
-            Some((_, t)) => t.eager & self.all(),
+        match self.reference_origin.and_then(|o| self.trees.get(&o)) {
+            Some(t) => t.eager & self.all(),
             None => self.all(),
         }
     }
@@ -173,6 +186,10 @@ impl<PI: PeerIdentity> Plumtree<PI> {
                     lost: 0,
                 },
             );
+            if self.reference_origin.is_none_or(|r| origin < r) {
+                self.reference_origin = Some(origin);
+            }
+            self.trees_oldest_used = Some(self.trees_oldest_used.map_or(io.now, |t| t.min(io.now)));
         }
         let t = self.trees.entry(origin).or_insert(Tree {
             eager: 0,
@@ -188,14 +205,19 @@ impl<PI: PeerIdentity> Plumtree<PI> {
     /// per new origin (with more origins than `max`, 10,000 servers each
     /// announcing, a scan per broadcast stalled the simulator).
     fn evict_oldest_trees(&mut self, max: usize) {
-        let mut used: Vec<Time> = self.trees.values().skip(1).map(|t| t.used).collect();
+        let reference = self.reference_origin;
+        let mut used: Vec<Time> = self
+            .trees
+            .iter()
+            .filter(|(o, _)| Some(**o) != reference)
+            .map(|(_, t)| t.used)
+            .collect();
         if used.is_empty() {
             return;
         }
         let evict = (max / 8).clamp(1, used.len());
         let (_, cutoff, _) = used.select_nth_unstable(evict - 1);
         let cutoff = *cutoff;
-        let reference = self.trees.keys().next().copied();
         let mut left = evict;
         self.trees.retain(|o, t| {
             if left > 0 && t.used <= cutoff && Some(*o) != reference {
@@ -641,7 +663,16 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         // Trees of origins silent for longer than the id retention go, so
         // the reference moves on from an origin that left.
         let tree_cutoff = now - cfg.plumtree.seen_retention;
-        self.trees.retain(|_, t| t.used > tree_cutoff);
+        if self.trees_oldest_used.is_some_and(|t| t <= tree_cutoff) {
+            self.trees.retain(|_, t| t.used > tree_cutoff);
+            self.trees_oldest_used = self.trees.values().map(|t| t.used).min();
+        }
+        if self
+            .reference_origin
+            .is_some_and(|r| !self.trees.contains_key(&r))
+        {
+            self.reference_origin = self.trees.keys().min().copied();
+        }
         let seen_cutoff = now - cfg.plumtree.seen_retention;
         self.missing.retain(|_, m| m.first_announced > seen_cutoff);
         self.expiry_at = None;
