@@ -59,7 +59,8 @@ struct Args {
     /// churn: percent of nodes replaced per simulated second.
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
-    /// partition: seconds before the halves are reconnected.
+    /// partition, servers: seconds before the halves are reconnected
+    /// (servers: 0 = no partition; the heal figures are then null).
     #[arg(long = "for", value_name = "SECS", default_value_t = 60.0)]
     partition_for: f64,
     /// multi: senders per round.
@@ -268,8 +269,8 @@ fn servers_params(a: &Args, p: &Params) -> anyhow::Result<sim::ServersParams> {
     if !(0.0..=1.0).contains(&a.meet_prob) {
         bail!("--meet-prob is a probability, 0 to 1");
     }
-    if a.partition_for < 1.0 {
-        bail!("servers: --for must be at least 1 second");
+    if a.partition_for != 0.0 && !(a.partition_for >= 1.0) {
+        bail!("servers: --for must be 0 (no partition) or at least 1 second");
     }
     for (name, v) in [
         ("--steady-secs", Some(a.steady_secs)),
@@ -333,7 +334,18 @@ fn servers_params(a: &Args, p: &Params) -> anyhow::Result<sim::ServersParams> {
     Ok(s)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with every cause, whatever RUST_BACKTRACE says.
+            eprintln!("sim: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let p = params(&args)?;
     if p.scenario == Scenario::Servers {

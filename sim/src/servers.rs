@@ -78,7 +78,8 @@ pub struct ServersParams {
     pub settle_secs: f64,
     /// Seconds of steady registrations; the crash is in the middle.
     pub steady_secs: f64,
-    /// Seconds the servers are split in two halves.
+    /// Seconds the servers are split in two halves (0: no partition, the
+    /// run ends with the steady phase and the heal figures are null).
     pub partition_secs: f64,
     /// After healing, give up waiting for equal tables after this long.
     pub heal_timeout_secs: f64,
@@ -1487,7 +1488,12 @@ pub fn run(p: &ServersParams, progress: &mut dyn FnMut(String)) -> ServersSummar
         phase_bounds: (
             Time::from_micros(micros(t_settled)),
             Time::from_micros(micros(t_part - 2.0)),
-            Time::from_micros(micros(t_heal)),
+            // No partition: the last 2 s of the steady phase are in none.
+            Time::from_micros(micros(if p.partition_secs > 0.0 {
+                t_heal
+            } else {
+                t_part - 2.0
+            })),
         ),
         records: [0; 3],
         broadcasts: BTreeMap::new(),
@@ -1591,6 +1597,10 @@ pub fn run(p: &ServersParams, progress: &mut dyn FnMut(String)) -> ServersSummar
             crashed_at = Some(sim.now());
             progress(format!("[servers] t={now_s:.1}s crashed server {victim}"));
         }
+        if p.partition_secs <= 0.0 && now_s >= t_part {
+            // `--for 0`: no partition; the run ends with the steady phase.
+            break;
+        }
         if part_at.is_none() && now_s >= t_part {
             let seed = p.seed;
             sim.partition(move |x| {
@@ -1688,7 +1698,7 @@ pub fn run(p: &ServersParams, progress: &mut dyn FnMut(String)) -> ServersSummar
             completed = false;
         }
     }
-    if heal_at.is_none() {
+    if heal_at.is_none() && p.partition_secs > 0.0 {
         completed = false;
     }
 

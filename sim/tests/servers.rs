@@ -79,3 +79,26 @@ fn the_same_seed_gives_the_same_servers_run() {
     p.seed = 2;
     assert_ne!(a, strip(run(&p, &mut |_| {})));
 }
+
+#[test]
+fn without_a_partition_the_run_ends_after_the_steady_phase() {
+    let mut p = ServersParams::new(12);
+    p.loss = 0.05;
+    p.partition_secs = 0.0;
+    p.settle_secs = 20.0;
+    let s = run(&p, &mut |_| {});
+    assert!(s.completed, "stopped by {:?}", s.stopped_by);
+    assert_eq!(s.partition_at_s, None);
+    assert_eq!((s.heal_s, s.membership_heal_s), (None, None));
+    assert_eq!(s.records_partition, 0);
+    assert!(s.replication_measured > 10);
+    assert!(s.death_detect_max_s.is_some_and(|d| d <= 10.0));
+    assert_eq!(s.false_deaths, 0, "{:?}", s.false_death_examples);
+    assert_eq!(s.partition_deaths, 0);
+    // The run stops where the partition would have begun.
+    assert!(
+        s.sim_s <= p.join_secs + p.settle_secs + p.steady_secs + 0.2,
+        "{}",
+        s.sim_s
+    );
+}
