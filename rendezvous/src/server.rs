@@ -583,6 +583,26 @@ enum Held {
     Newer(u64),
 }
 
+/// The announce schedule. The announce at start is followed by one at a
+/// random point `u` of the first interval, then one every interval:
+/// servers started together (a fleet, a simulator's join) would otherwise
+/// all announce in the same few seconds of every interval, and after a
+/// partition heals nothing would cross the link until that window came
+/// round again. The first interval is the one at the cluster's size as the
+/// server learns it, not at its start, when it knows nobody: 10,000
+/// servers started within seconds would otherwise all announce a second
+/// time within the unscaled 30 s — 333 announces per second at each
+/// server, over `announce_budget`.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// Nothing announced yet.
+    Start,
+    /// Announced once; the second is `u` of an interval after the first.
+    Drawn(f64),
+    /// Every interval (or earlier, by the spacing rule).
+    Regular,
+}
+
 /// The server.
 #[derive(Debug)]
 pub struct Server {
@@ -632,8 +652,8 @@ pub struct Server {
     /// A server came back (see [`Reply::Revived`]): announce at the next
     /// tick the spacing allows.
     announce_soon: bool,
-    /// The regular announces have their random phase (set at the first).
-    phased: bool,
+    /// Where the announces are in their schedule (see [`Phase`]).
+    phase: Phase,
     next_sweep: Time,
     /// The time of the input being handled.
     clock: Time,
@@ -709,7 +729,7 @@ impl Server {
             next_heartbeat: now.mono,
             last_announce: now.mono,
             announce_soon: false,
-            phased: false,
+            phase: Phase::Start,
             next_sweep: now.mono + Duration::from_secs(1),
             clock: now.mono,
             left: false,
@@ -2164,21 +2184,25 @@ impl Server {
         };
         let early = (load_moved || self.announce_soon)
             && now.mono.saturating_since(self.last_announce) >= self.announce_spacing();
+        if let Phase::Drawn(u) = self.phase {
+            // The interval grows as the cluster is learnt: the second
+            // announce stays at the same fraction of it.
+            self.next_heartbeat = self.last_announce + self.announce_interval().mul_f64(u);
+        }
         if !self.left && (now.mono >= self.next_heartbeat || early) {
             self.announce_soon = false;
             let interval = self.announce_interval();
             self.next_heartbeat = now.mono
-                + if self.phased {
-                    interval
-                } else {
-                    // The announce at start is followed by one at a random
-                    // point of the first interval: servers started together
-                    // (a fleet, a simulator's join) would otherwise all
-                    // announce in the same few seconds of every interval,
-                    // and after a partition heals nothing would cross the
-                    // link until that window came round again.
-                    self.phased = true;
-                    interval.mul_f64((self.random() >> 11) as f64 / (1u64 << 53) as f64)
+                + match self.phase {
+                    Phase::Start => {
+                        let u = (self.random() >> 11) as f64 / (1u64 << 53) as f64;
+                        self.phase = Phase::Drawn(u);
+                        interval.mul_f64(u)
+                    }
+                    Phase::Drawn(_) | Phase::Regular => {
+                        self.phase = Phase::Regular;
+                        interval
+                    }
                 };
             self.last_announce = now.mono;
             self.announce();

@@ -723,8 +723,11 @@ fn the_announce_interval_and_the_silence_limit_grow_with_the_cluster() {
     assert_eq!(cfg.dead_after, Duration::from_secs(100));
     let secs = |d: Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
     let mut net = Net::new(10, cfg.clone());
-    // The first announces were made knowing nobody: the next one within
-    // 30 s, at a random point of that interval (their phases spread).
+    // The first announces were made knowing nobody. The second comes at a
+    // random point of the first interval (their phases spread) — of the
+    // interval at the size learnt since, 100 s, not the 30 s of a server
+    // alone: a large fleet started at once would otherwise announce twice
+    // within 30 s, over the budget.
     assert_eq!(net.broadcasts, 10);
     let s0 = &net.servers[0];
     assert_eq!(s0.members().live_count(), 9);
@@ -732,9 +735,11 @@ fn the_announce_interval_and_the_silence_limit_grow_with_the_cluster() {
     assert_eq!(secs(s0.dead_after()), 333.333);
     assert_eq!(s0.announce_spacing(), Duration::from_secs(50));
     net.run_for(Duration::from_secs(30));
-    assert_eq!(net.broadcasts, 20, "each one's second, within 30 s");
+    assert!(net.broadcasts < 20, "not all seconds within 30 s");
+    net.run_for(Duration::from_secs(70));
+    assert_eq!(net.broadcasts, 20, "each one's second, within 100 s");
     // Knowing 10 servers, each schedules its next one 100 s after its
-    // second: between 70 and 100 s from now, spread out.
+    // second: within 100 s from now, spread out.
     let nexts: Vec<overlay::Time> = net
         .servers
         .iter()
@@ -742,7 +747,7 @@ fn the_announce_interval_and_the_silence_limit_grow_with_the_cluster() {
         .collect();
     for t in &nexts {
         let ahead = t.saturating_since(net.now.mono);
-        assert!(ahead > Duration::from_secs(70) && ahead <= Duration::from_secs(100));
+        assert!(ahead > Duration::ZERO && ahead <= Duration::from_secs(100));
     }
     let spread = nexts
         .iter()
@@ -785,7 +790,7 @@ fn the_announce_interval_and_the_silence_limit_grow_with_the_cluster() {
     // A load change (10 clients: 1% of capacity, at least 10) is announced
     // early, but not before the scaled spacing of 50 s.
     let mut net = Net::new(10, cfg);
-    net.run_for(Duration::from_secs(30)); // the second round: 100 s to the next
+    net.run_for(Duration::from_secs(100)); // the second round: 100 s to the next
     // From server 0's second announce on.
     let second = net.servers[0].next_announce().unwrap() - Duration::from_secs(100);
     net.run_for((second + Duration::from_secs(1)).saturating_since(net.now.mono));

@@ -269,7 +269,7 @@ fn servers_params(a: &Args, p: &Params) -> anyhow::Result<sim::ServersParams> {
     if !(0.0..=1.0).contains(&a.meet_prob) {
         bail!("--meet-prob is a probability, 0 to 1");
     }
-    if a.partition_for != 0.0 && !(a.partition_for >= 1.0) {
+    if a.partition_for != 0.0 && (a.partition_for.is_nan() || a.partition_for < 1.0) {
         bail!("servers: --for must be 0 (no partition) or at least 1 second");
     }
     for (name, v) in [
