@@ -1506,8 +1506,13 @@ pub fn run(p: &ServersParams, progress: &mut dyn FnMut(String)) -> ServersSummar
         scratch: Vec::new(),
         member_deliveries: 0,
     };
+    let partition = if p.partition_secs > 0.0 {
+        format!("{changes} changes in the partition ({part_rate:.0}/s)")
+    } else {
+        "no partition".to_string()
+    };
     progress(format!(
-        "[servers] {n} servers, {nclients} clients, {changes} changes in the partition ({part_rate:.0}/s), steady {steady_rate:.0}/s"
+        "[servers] {n} servers, {nclients} clients, {partition}, steady {steady_rate:.0}/s"
     ));
 
     let mut stopped_by: Option<&'static str> = None;
