@@ -15,6 +15,8 @@
 //! - [`proto`]: the wire types: client requests and responses with typed
 //!   error codes, notices, broadcast payloads, server-to-server messages.
 //! - [`limit`]: token buckets.
+//! - [`latency`]: latency-aware choices as pure rules: the relay for a
+//!   pair (min–max RTT), the home, the probe sample, when moving pays.
 //! - [`server`]: the [`Server`]: inputs in, outputs out, every quota.
 //!
 //! ```
@@ -30,6 +32,7 @@
 //! assert!(server.drain_outputs().count() >= 1);
 //! ```
 
+pub mod latency;
 pub mod limit;
 pub mod members;
 pub mod proto;
