@@ -249,32 +249,7 @@ cmd_status() {
     done
 }
 
-ECHO='
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 7779)); s.settimeout(float(sys.argv[1]))
-try:
-    while True:
-        d, a = s.recvfrom(2048); s.sendto(d, a)
-except socket.timeout:
-    pass
-'
-PING='
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2.0)
-rtts = []
-for i in range(7):
-    t = time.monotonic(); s.sendto(b"%d" % i, (sys.argv[1], 7779))
-    try:
-        while s.recvfrom(64)[0] != b"%d" % i:
-            pass
-        rtts.append((time.monotonic() - t) * 1000)
-    except socket.timeout:
-        pass
-    time.sleep(0.02)
-rtts.sort()
-print("%.1f" % rtts[len(rtts) // 2] if rtts else "lost")
-'
+RTT="$HERE/udp-rtt.py"
 
 cmd_selftest() {
     need_root
@@ -282,7 +257,7 @@ cmd_selftest() {
     [[ -n $(lab_namespaces) ]] || cmd_up
     local h fail=0 echoes=()
     for h in "${HOSTS[@]}"; do
-        ip netns exec "nl-lat-$h" python3 -c "$ECHO" 30 &
+        ip netns exec "nl-lat-$h" python3 "$RTT" serve 7779 30 &
         echoes+=($!)
     done
     sleep 0.3
@@ -293,7 +268,7 @@ cmd_selftest() {
         for b in s1 s2 s3 s4 c1 c2; do
             [[ $a == "$b" || ($a == c2 && $b == c1) ]] && continue
             want=$(cmd_rtt "$a" | awk -v b="$b" '$1==b{print $2}')
-            m=$(ip netns exec "nl-lat-$a" python3 -c "$PING" "${ADDR[$b]}")
+            m=$(ip netns exec "nl-lat-$a" python3 "$RTT" ping "${ADDR[$b]}" 7779 7 | tail -n1)
             got[$a.$b]=$m
             local ok=FAIL
             if [[ $m != lost ]] && awk -v m="$m" -v w="$want" 'BEGIN{exit !(m >= w && m < w + 40)}'; then

@@ -22,9 +22,10 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
-    assert!(st.success(), "{args:?}");
+/// Runs `ip ARGS` (split on spaces), which must succeed.
+fn ip(args: &str) {
+    let st = Command::new("ip").args(args.split(' ')).status().unwrap();
+    assert!(st.success(), "ip {args}");
 }
 
 struct Lab {
@@ -39,45 +40,18 @@ impl Lab {
             a: format!("nl-em{pid}-a"),
             b: format!("nl-em{pid}-b"),
         };
-        sh(&["ip", "netns", "add", &lab.a]);
-        sh(&["ip", "netns", "add", &lab.b]);
-        sh(&[
-            "ip", "link", "add", "ema", "netns", &lab.a, "type", "veth", "peer", "name", "emb",
-            "netns", &lab.b,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &lab.a,
-            "addr",
-            "add",
-            "10.200.90.1/24",
-            "dev",
-            "ema",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &lab.b,
-            "addr",
-            "add",
-            "10.200.90.2/24",
-            "dev",
-            "emb",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &lab.b,
-            "addr",
-            "add",
-            "10.200.90.3/24",
-            "dev",
-            "emb",
-        ]);
-        for (ns, dev) in [(&lab.a, "ema"), (&lab.b, "emb")] {
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        let (a, b) = (&lab.a, &lab.b);
+        ip(&format!("netns add {a}"));
+        ip(&format!("netns add {b}"));
+        ip(&format!(
+            "link add ema netns {a} type veth peer name emb netns {b}"
+        ));
+        ip(&format!("-n {a} addr add 10.200.90.1/24 dev ema"));
+        ip(&format!("-n {b} addr add 10.200.90.2/24 dev emb"));
+        ip(&format!("-n {b} addr add 10.200.90.3/24 dev emb"));
+        for (ns, dev) in [(a, "ema"), (b, "emb")] {
+            ip(&format!("-n {ns} link set lo up"));
+            ip(&format!("-n {ns} link set {dev} up"));
         }
         lab
     }
@@ -97,37 +71,18 @@ impl Drop for Lab {
     }
 }
 
-const ECHO: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 7777)); s.settimeout(float(sys.argv[1]))
-try:
-    while True:
-        d, a = s.recvfrom(2048); s.sendto(d, a)
-except socket.timeout:
-    pass
-"#;
+/// The labs' UDP echo and ping (scripts/udp-rtt.py).
+fn rtt_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/udp-rtt.py")
+}
 
-/// Five echoes to `dst` from namespace `ns`: each RTT in ms, or None.
-const PING: &str = r#"
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.0)
-out = []
-for i in range(5):
-    t = time.monotonic(); s.sendto(b"%d" % i, (sys.argv[1], 7777))
-    try:
-        while s.recvfrom(64)[0] != b"%d" % i:
-            pass
-        out.append("%.2f" % ((time.monotonic() - t) * 1000))
-    except socket.timeout:
-        out.append("lost")
-print(" ".join(out))
-"#;
-
+/// Five echoes to `dst` from namespace A: each RTT in ms, or None.
 fn ping(lab: &Lab, dst: &str) -> Vec<Option<f64>> {
     let out = lab
         .exec(&lab.a)
-        .args(["python3", "-c", PING, dst])
+        .arg("python3")
+        .arg(rtt_script())
+        .args(["ping", dst, "7777", "5"])
         .output()
         .unwrap();
     assert!(
@@ -136,6 +91,9 @@ fn ping(lab: &Lab, dst: &str) -> Vec<Option<f64>> {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
         .split_whitespace()
         .map(|w| w.parse().ok())
         .collect()
@@ -150,7 +108,9 @@ fn delays_and_losses_what_the_namespace_sends() {
     let lab = Lab::new();
     let mut echo = lab
         .exec(&lab.b)
-        .args(["python3", "-c", ECHO, "60"])
+        .arg("python3")
+        .arg(rtt_script())
+        .args(["serve", "7777", "60"])
         .spawn()
         .unwrap();
     // Wait (bounded) for the echo to answer, before any delay is set.
