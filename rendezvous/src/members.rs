@@ -23,7 +23,7 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use overlay::{PeerId, Time};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,8 +167,10 @@ impl Msg {
 pub enum Liveness {
     /// Heard from recently, no open suspicion.
     Alive,
-    /// Suspected at its current version by these servers.
-    Suspect(BTreeSet<PeerId>),
+    /// Suspected at its current version by this server (a second one
+    /// makes it dead). Boxed: every server holds an entry per server, and
+    /// at 10,000 servers the entry's size is what a simulator can hold.
+    Suspect(Box<PeerId>),
     /// Declared dead (suspicion confirmed or silence).
     Dead,
     /// Left for good.
@@ -328,17 +330,17 @@ impl Members {
             // announce we saw: not evidence about the server we know.
             return;
         }
-        let mut by_whom = match &e.liveness {
-            Liveness::Alive => BTreeSet::new(),
-            Liveness::Suspect(by_whom) => by_whom.clone(),
+        let suspecters = match &e.liveness {
+            Liveness::Alive => 1,
+            Liveness::Suspect(first) if **first == by => 1,
+            Liveness::Suspect(_) => 2,
             Liveness::Dead | Liveness::Left => return,
         };
-        by_whom.insert(by);
-        e.liveness = if by_whom.len() >= needed {
+        e.liveness = if suspecters >= needed {
             self.live -= 1;
             Liveness::Dead
         } else {
-            Liveness::Suspect(by_whom)
+            Liveness::Suspect(Box::new(by))
         };
     }
 
