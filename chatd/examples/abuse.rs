@@ -250,6 +250,7 @@ fn response_name(r: &Response) -> &'static str {
         Response::Relaying => "Relaying",
         Response::Records(r) if r.is_empty() => "NoRecords",
         Response::Records(_) => "Records",
+        Response::Noted => "Noted",
     }
 }
 

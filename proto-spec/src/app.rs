@@ -14,6 +14,7 @@
 use chatd::client::chat::Frame;
 use ed25519_dalek::SigningKey;
 use overlay::PeerId;
+use rendezvous::latency::LatencyVector;
 use rendezvous::members::{Msg, ServerRecord};
 use rendezvous::proto::{ErrorCode, FriendRef, Notice, Payload, Refusal, Request, Response};
 use rendezvous::record::{NatMapping, PeerRecord, RecordBody};
@@ -191,6 +192,13 @@ pub fn request_vectors() -> Vec<(&'static str, Request)> {
             },
         ),
         ("find-name", Request::FindName("alice".into())),
+        (
+            "latency",
+            Request::Latency(
+                LatencyVector::new(vec![(id(SERVER_A), 20_000), (id(SERVER_B), 41_500)])
+                    .expect("a valid report"),
+            ),
+        ),
     ]
 }
 
@@ -255,6 +263,7 @@ pub fn response_vectors() -> Vec<(String, Response)> {
         ("relaying".into(), Response::Relaying),
         ("records".into(), Response::Records(vec![alice(), carol()])),
         ("records-empty".into(), Response::Records(vec![])),
+        ("noted".into(), Response::Noted),
     ]);
     v
 }

@@ -113,6 +113,7 @@ fn request_tag(r: &Request) -> u8 {
         Request::Relay(_) => 6,
         Request::RegisterLive { .. } => 7,
         Request::FindName(_) => 8,
+        Request::Latency(_) => 9,
     }
 }
 
@@ -127,6 +128,7 @@ fn response_tag(r: &Response) -> u8 {
         Response::Waiting => 6,
         Response::Relaying => 7,
         Response::Records(_) => 8,
+        Response::Noted => 9,
     }
 }
 
@@ -187,13 +189,13 @@ fn client_requests_decode_and_reencode_byte_for_byte() {
         &owned(app::request_vectors()),
         MAX_REQUEST,
     );
-    check_tags("client-request.txt", &d, request_tag, 9);
+    check_tags("client-request.txt", &d, request_tag, 10);
 }
 
 #[test]
 fn client_responses_decode_and_reencode_byte_for_byte() {
     let d = check_framed("client-response.txt", &app::response_vectors(), MAX_FRAME);
-    check_tags("client-response.txt", &d, response_tag, 9);
+    check_tags("client-response.txt", &d, response_tag, 10);
 }
 
 #[test]

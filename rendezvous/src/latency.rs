@@ -18,7 +18,11 @@ pub const MAX_RTT_US: u32 = 10_000_000;
 /// A client's measured round-trip times to servers, in microseconds, by
 /// server id: at most [`MAX_LATENCY_ENTRIES`], each at most
 /// [`MAX_RTT_US`], one per server.
+///
+/// On the wire a `Vec<(PeerId, u32)>`, validated when decoded: a report
+/// that breaks a bound does not decode.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<(PeerId, u32)>", into = "Vec<(PeerId, u32)>")]
 pub struct LatencyVector {
     /// `(server, rtt_us)`, sorted by server, no repeats.
     entries: Vec<(PeerId, u32)>,
@@ -36,6 +40,20 @@ pub enum LatencyError {
     /// The same server twice.
     #[error("a server appears twice in one latency report")]
     Repeated,
+}
+
+impl TryFrom<Vec<(PeerId, u32)>> for LatencyVector {
+    type Error = LatencyError;
+
+    fn try_from(v: Vec<(PeerId, u32)>) -> Result<LatencyVector, LatencyError> {
+        LatencyVector::new(v)
+    }
+}
+
+impl From<LatencyVector> for Vec<(PeerId, u32)> {
+    fn from(v: LatencyVector) -> Vec<(PeerId, u32)> {
+        v.entries
+    }
 }
 
 impl LatencyVector {

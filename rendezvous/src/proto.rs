@@ -6,6 +6,7 @@
 //! tag and is append-only. Framing (a u32 big-endian length before each
 //! message) is the driver's; the limits are here.
 
+use crate::latency::LatencyVector;
 use crate::members::{Msg, ServerRecord};
 use crate::record::PeerRecord;
 use bytes::Bytes;
@@ -57,6 +58,11 @@ pub enum Request {
     /// with [`Response::Records`]; more than one means the name is
     /// ambiguous).
     FindName(String),
+    /// My measured RTTs to servers (issue 12): kept with my presence on
+    /// this connection, for latency-aware choices; answered
+    /// [`Response::Noted`]. I must be registered live here; one report per
+    /// `latency_report_spacing`.
+    Latency(LatencyVector),
 }
 
 /// A friend, by id (authenticated) or by name (a label anyone can claim).
@@ -96,6 +102,8 @@ pub enum Response {
     /// name that more than one online peer uses: then nobody was told, and
     /// the client must pick one by id).
     Records(Vec<PeerRecord>),
+    /// The report was kept.
+    Noted,
 }
 
 /// A refused request: what went wrong, in a code a program can act on and

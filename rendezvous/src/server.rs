@@ -30,6 +30,7 @@
 //! `sync_retry`, so tables of any size converge, and records learned this
 //! way trigger digests to the other neighbors (an epidemic push).
 
+use crate::latency::LatencyVector;
 use crate::limit::TokenBucket;
 use crate::members::{Liveness, Members, Msg, Reply, ServerRecord};
 use crate::proto::{
@@ -148,6 +149,10 @@ pub struct Config {
     /// the links between servers. Beyond it `Meet` is refused
     /// `RateLimited` with a retry hint.
     pub introductions_per_peer: (f64, f64),
+    /// Shortest time between two accepted `Latency` reports on one
+    /// connection (clients report every 30 s and when the server set
+    /// changes); sooner ones are refused `RateLimited`.
+    pub latency_report_spacing: Duration,
     /// Meetings one connection may wait for at once.
     pub max_waits_per_conn: usize,
     /// Meetings waited for at this server at once.
@@ -255,6 +260,7 @@ impl Default for Config {
             ip_rate: (50.0, 200.0),
             broadcast_rate: (4_000.0, 8_000.0),
             introductions_per_peer: (2.0, 10.0),
+            latency_report_spacing: Duration::from_secs(5),
             max_waits_per_conn: 4,
             max_waits: 50_000,
             relay_sessions: 1_000,
@@ -542,6 +548,8 @@ struct Conn {
     refusals: TokenBucket,
     /// Told to close.
     closing: bool,
+    /// The client's last `Latency` report, and when it was accepted.
+    latency: Option<(Time, LatencyVector)>,
 }
 
 #[derive(Debug)]
@@ -949,6 +957,7 @@ impl Server {
                     now.mono,
                 ),
                 closing: false,
+                latency: None,
             },
         );
         // A registered connection of the same client keeps its notices.
@@ -1210,7 +1219,51 @@ impl Server {
             }
             Request::Meet(friend) => self.meet(now, conn, req, peer, friend),
             Request::Relay(friend) => self.relay(now, conn, req, peer, friend),
+            Request::Latency(v) => self.latency_report(now, conn, req, peer, v),
         }
+    }
+
+    fn latency_report(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        req: ReqId,
+        peer: PeerId,
+        v: LatencyVector,
+    ) {
+        if self.presence.get(&peer).is_none_or(|p| p.conn != conn) {
+            let detail = "register live on this connection before reporting latencies";
+            self.refuse(conn, req, Refusal::new(ErrorCode::NotRegistered, detail));
+            return;
+        }
+        let spacing = self.cfg.latency_report_spacing;
+        let last = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.latency.as_ref())
+            .map(|l| l.0);
+        if let Some(at) = last
+            && now.mono.saturating_since(at) < spacing
+        {
+            let refusal = Refusal {
+                code: ErrorCode::RateLimited,
+                retry_after_ms: as_ms32(spacing - now.mono.saturating_since(at)),
+                detail: "latency reported too often".into(),
+            };
+            self.refuse(conn, req, refusal);
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.latency = Some((now.mono, v));
+        }
+        self.stats.count("latency_reports");
+        self.respond(conn, req, Response::Noted);
+    }
+
+    /// The last latency report of `peer`'s live connection here, if any.
+    pub fn latency_of(&self, peer: &PeerId) -> Option<&LatencyVector> {
+        let conn = self.presence.get(peer)?.conn;
+        self.conns.get(&conn)?.latency.as_ref().map(|l| &l.1)
     }
 
     fn holders(&self, name: &str, now: Now, max: usize) -> Vec<Arc<PeerRecord>> {

@@ -895,3 +895,72 @@ fn a_server_that_sees_another_come_back_announces_soon() {
     assert!(net.now.mono < next_regular);
     assert!(net.servers[0].stats().counters.get("members_revived") == Some(&1));
 }
+
+/// Issue 12: a client reports its RTTs to servers on its live connection;
+/// the server keeps the last report with the presence (it goes with the
+/// connection), refuses it from a connection that is not registered live,
+/// and accepts one per `latency_report_spacing`. A report that breaks the
+/// vector's bounds does not even decode.
+#[test]
+fn latency_reports_are_kept_with_the_presence_and_rate_limited() {
+    use rendezvous::latency::{LatencyVector, MAX_LATENCY_ENTRIES};
+    let mut net = Net::new(2, Config::default());
+    let (s0, s1) = (net.servers[0].id(), net.servers[1].id());
+    let report = LatencyVector::new(vec![(s0, 20_000), (s1, 40_000)]).unwrap();
+    let a = net.connect(0, 1, "198.51.100.1");
+    let r = net.ask(&a, Request::Latency(report.clone()));
+    assert_eq!(code_of(&r), Some(ErrorCode::NotRegistered));
+    assert!(registered(&net.register(&a, "alice")));
+    assert_eq!(
+        net.ask(&a, Request::Latency(report.clone())),
+        Some(Response::Noted)
+    );
+    assert_eq!(net.servers[0].latency_of(&a.id()), Some(&report));
+    assert_eq!(
+        net.servers[1].latency_of(&a.id()),
+        None,
+        "kept at the home only"
+    );
+    // The next one within 5 s: refused, with when to retry.
+    net.advance(Duration::from_secs(2));
+    match net.ask(&a, Request::Latency(LatencyVector::default())) {
+        Some(Response::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::RateLimited);
+            assert_eq!(e.retry_after_ms, 3_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        net.servers[0].latency_of(&a.id()),
+        Some(&report),
+        "unchanged"
+    );
+    net.advance(Duration::from_secs(3));
+    let newer = LatencyVector::new(vec![(s1, 30_000)]).unwrap();
+    assert_eq!(
+        net.ask(&a, Request::Latency(newer.clone())),
+        Some(Response::Noted)
+    );
+    assert_eq!(net.servers[0].latency_of(&a.id()), Some(&newer));
+    assert_eq!(net.servers[0].stats().get("latency_reports"), 2);
+    // Gone with the connection.
+    net.close(&a);
+    assert_eq!(net.servers[0].latency_of(&a.id()), None);
+    // Hostile reports do not decode: 17 servers, a zero RTT, a repeat.
+    let encode = |v: Vec<(overlay::PeerId, u32)>| {
+        let mut b = vec![9u8]; // Request::Latency's tag
+        b.extend(postcard::to_allocvec(&v).unwrap());
+        b
+    };
+    let many = (0..=MAX_LATENCY_ENTRIES as u8)
+        .map(|i| (overlay::PeerId([i; 32]), 1))
+        .collect();
+    for bad in [many, vec![(s0, 0)], vec![(s0, 5), (s0, 6)]] {
+        assert!(postcard::from_bytes::<Request>(&encode(bad)).is_err());
+    }
+    let good = encode(vec![(s1, 30_000)]);
+    assert_eq!(
+        postcard::from_bytes::<Request>(&good).unwrap(),
+        Request::Latency(newer)
+    );
+}
