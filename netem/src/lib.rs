@@ -511,27 +511,20 @@ mod tests {
             },
             1,
         );
-        assert!(matches!(
-            s.push(ms(0), v4([1, 1, 1, 1], 40)),
-            Verdict::Held(_)
-        ));
-        assert!(matches!(
-            s.push(ms(0), v4([1, 1, 1, 1], 40)),
-            Verdict::Held(_)
-        ));
+        // Packets of 40, 40, 40, 20, 20 bytes against 3 packets / 100 bytes.
+        let got: Vec<Verdict> = [40, 40, 40, 20, 20]
+            .iter()
+            .map(|len| s.push(ms(0), v4([1, 1, 1, 1], *len)))
+            .map(|v| match v {
+                Verdict::Held(_) => Verdict::Held(Duration::ZERO),
+                v => v,
+            })
+            .collect();
+        let held = Verdict::Held(Duration::ZERO);
         assert_eq!(
-            s.push(ms(0), v4([1, 1, 1, 1], 40)),
-            Verdict::Overflow,
-            "bytes"
-        );
-        assert!(matches!(
-            s.push(ms(0), v4([1, 1, 1, 1], 20)),
-            Verdict::Held(_)
-        ));
-        assert_eq!(
-            s.push(ms(0), v4([1, 1, 1, 1], 20)),
-            Verdict::Overflow,
-            "count"
+            got,
+            [held, held, Verdict::Overflow, held, Verdict::Overflow],
+            "the third over the bytes, the fifth over the count"
         );
         assert_eq!(s.push(ms(0), vec![0x45; 10]), Verdict::Invalid);
         assert_eq!(s.push(ms(0), vec![]), Verdict::Invalid);
