@@ -666,12 +666,13 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         if self.trees_oldest_used.is_some_and(|t| t <= tree_cutoff) {
             self.trees.retain(|_, t| t.used > tree_cutoff);
             self.trees_oldest_used = self.trees.values().map(|t| t.used).min();
-        }
-        if self
-            .reference_origin
-            .is_some_and(|r| !self.trees.contains_key(&r))
-        {
-            self.reference_origin = self.trees.keys().min().copied();
+            // Only this can remove the reference (eviction never does).
+            if self
+                .reference_origin
+                .is_some_and(|r| !self.trees.contains_key(&r))
+            {
+                self.reference_origin = self.trees.keys().min().copied();
+            }
         }
         let seen_cutoff = now - cfg.plumtree.seen_retention;
         self.missing.retain(|_, m| m.first_announced > seen_cutoff);

@@ -842,11 +842,9 @@ impl Server {
 
     fn random(&mut self) -> u64 {
         // SplitMix64: small, fast, and enough for picking among servers.
+        let z = crate::latency::splitmix(self.rng);
         self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        z
     }
 
     fn admits(&self, id: &PeerId) -> bool {
