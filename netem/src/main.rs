@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 /// as real links would, for chatd's labs and tests (this kernel has no
 /// `tc netem`). Run it inside a namespace the lab created:
 ///
-///   ip netns exec nl-host-a chatd-netem --src 10.200.1.10 --delay 20~2 \
-///       --to 10.200.0.11=5 --to 10.200.0.12=50/1%
+///   ip netns exec nl-host-a chatd-netem --src 10.200.1.10 --delay 20~2 --to 10.200.0.11=5 --to 10.200.0.12=50/1%
 ///
 /// It creates the TUN device `--dev`, routes the namespace's own packets
 /// through it (policy rule `iif lo lookup TABLE`, `default dev DEV src
