@@ -192,14 +192,14 @@ pub fn request_vectors() -> Vec<(&'static str, Request)> {
             },
         ),
         ("find-name", Request::FindName("alice".into())),
-        (
-            "latency",
-            Request::Latency(
-                LatencyVector::new(vec![(id(SERVER_A), 20_000), (id(SERVER_B), 41_500)])
-                    .expect("a valid report"),
-            ),
-        ),
+        ("latency", Request::Latency(latency())),
     ]
+}
+
+/// A client's RTTs to the two example servers.
+fn latency() -> LatencyVector {
+    LatencyVector::new(vec![(id(SERVER_A), 20_000), (id(SERVER_B), 41_500)])
+        .expect("a valid report")
 }
 
 /// The retry hint and words of the refusal vector for `code`.
@@ -286,6 +286,20 @@ pub fn notice_vectors() -> Vec<(&'static str, Notice)> {
                 start_in_ms: 0,
             },
         ),
+        (
+            "relay",
+            Notice::Relay {
+                friend: id(BOB),
+                relay: Some(server_a().id),
+            },
+        ),
+        (
+            "relay-fallback",
+            Notice::Relay {
+                friend: id(BOB),
+                relay: None,
+            },
+        ),
     ]
 }
 
@@ -366,6 +380,32 @@ pub fn server_vectors() -> Vec<(&'static str, ServerMsg)> {
                 to: id(BOB),
                 from: alice(),
                 start_at_ms: NOW_MS + 60,
+            },
+        ),
+        (
+            "meeting",
+            ServerMsg::Meeting {
+                to: id(BOB),
+                from: alice(),
+                start_at_ms: NOW_MS + 60,
+                latency: Some(latency()),
+            },
+        ),
+        (
+            "meeting-no-latency",
+            ServerMsg::Meeting {
+                to: id(BOB),
+                from: alice(),
+                start_at_ms: NOW_MS + 60,
+                latency: None,
+            },
+        ),
+        (
+            "relay-choice",
+            ServerMsg::RelayChoice {
+                a: id(ALICE),
+                b: id(BOB),
+                relay: Some(server_a().id),
             },
         ),
     ]

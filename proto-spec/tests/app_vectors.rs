@@ -141,6 +141,8 @@ fn server_tag(m: &ServerMsg) -> u8 {
         ServerMsg::Store { .. } => 4,
         ServerMsg::Stored { .. } => 5,
         ServerMsg::Rendezvous { .. } => 6,
+        ServerMsg::Meeting { .. } => 7,
+        ServerMsg::RelayChoice { .. } => 8,
     }
 }
 
@@ -156,6 +158,7 @@ fn chat_tag(f: &Frame) -> u8 {
 fn notice_tag(n: &Notice) -> u8 {
     match n {
         Notice::Friend { .. } => 0,
+        Notice::Relay { .. } => 1,
     }
 }
 
@@ -205,7 +208,7 @@ fn notices_decode_and_reencode_byte_for_byte() {
         &owned(app::notice_vectors()),
         MAX_FRAME,
     );
-    check_tags("client-notice.txt", &d, notice_tag, 1);
+    check_tags("client-notice.txt", &d, notice_tag, 2);
 }
 
 #[test]
@@ -215,7 +218,7 @@ fn server_messages_decode_and_reencode_byte_for_byte() {
         &owned(app::server_vectors()),
         MAX_SERVER_FRAME,
     );
-    check_tags("server.txt", &d, server_tag, 7);
+    check_tags("server.txt", &d, server_tag, 9);
 }
 
 #[test]

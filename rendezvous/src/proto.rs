@@ -246,6 +246,16 @@ pub enum Notice {
         /// Milliseconds from receipt to the common start instant.
         start_in_ms: u32,
     },
+    /// The relay chosen for you and `friend` by the server that arranged
+    /// the meeting (seed 003's rule over both latency reports), or `None`
+    /// when it could not choose (a report missing, no server measured by
+    /// both): then the pair falls back to the home server of the lower id.
+    Relay {
+        /// The friend of the meeting.
+        friend: PeerId,
+        /// The relay server, one both of you measured.
+        relay: Option<PeerId>,
+    },
 }
 
 /// A broadcast payload: its first byte is the tag, the rest postcard.
@@ -350,6 +360,30 @@ pub enum ServerMsg {
         from: PeerRecord,
         /// The common start instant.
         start_at_ms: u64,
+    },
+    /// [`ServerMsg::Rendezvous`] with the latency report of `from` (as its
+    /// home server holds it): the receiver, home of `to`, chooses the
+    /// pair's relay and answers with [`ServerMsg::RelayChoice`].
+    Meeting {
+        /// The client to tell.
+        to: PeerId,
+        /// Who wants to talk.
+        from: PeerRecord,
+        /// The common start instant.
+        start_at_ms: u64,
+        /// `from`'s RTTs to servers, if it reported them.
+        latency: Option<LatencyVector>,
+    },
+    /// The relay chosen for `a` and `b`: sent to the home server of `a`
+    /// (which tells `a`) and to the relay itself when it is a third server
+    /// (which then relays for the pair as if it had arranged the meeting).
+    RelayChoice {
+        /// The client at the receiver's side.
+        a: PeerId,
+        /// Its friend.
+        b: PeerId,
+        /// The relay, or `None` (fall back to the lower id's home).
+        relay: Option<PeerId>,
     },
 }
 

@@ -1229,11 +1229,7 @@ impl Server {
         peer: PeerId,
         v: LatencyVector,
     ) {
-        if self.presence.get(&peer).is_none_or(|p| p.conn != conn) {
-            let detail = "register live on this connection before reporting latencies";
-            self.refuse(conn, req, Refusal::new(ErrorCode::NotRegistered, detail));
-            return;
-        }
+        let _ = peer; // kept per connection: one report, whoever registers on it
         let spacing = self.cfg.latency_report_spacing;
         let last = self
             .conns
@@ -1650,11 +1646,21 @@ impl Server {
         });
     }
 
-    /// Tells `to` (if connected here) about `from`, or asks its home
-    /// server to — that one server, not the cluster.
-    fn introduce(&mut self, now: Now, to: &PeerRecord, from: &PeerRecord, start_at_ms: u64) {
+    /// Tells `to` (if connected here) about `from` (a client connected
+    /// here, whose latency report is `from_latency`) and chooses their
+    /// relay; or asks the home server of `to` to do both — that one
+    /// server, not the cluster.
+    fn introduce(
+        &mut self,
+        now: Now,
+        to: &PeerRecord,
+        from: &PeerRecord,
+        from_latency: Option<LatencyVector>,
+        start_at_ms: u64,
+    ) {
         if let Some(&c) = self.clients.get(&to.body.peer) {
             self.notify(now, c, from, start_at_ms);
+            self.arrange_relay(now, c, from.body.peer, from_latency.as_ref(), None);
             return;
         }
         let home = to.body.home_server;
@@ -1669,11 +1675,86 @@ impl Server {
         self.out.push_back(Output::ToServer {
             to: home,
             addr,
-            msg: ServerMsg::Rendezvous {
+            msg: ServerMsg::Meeting {
                 to: to.body.peer,
                 from: from.clone(),
                 start_at_ms,
+                latency: from_latency,
             },
+        });
+    }
+
+    /// The relay for the client on `conn` (here) and `friend` (here too
+    /// when `friend_home` is `None`, else connected to `friend_home`):
+    /// seed 003's rule over both latency reports. Both are told, and so is
+    /// the relay when it is a third server (it may then relay the pair).
+    fn arrange_relay(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        friend: PeerId,
+        friend_latency: Option<&LatencyVector>,
+        friend_home: Option<PeerId>,
+    ) {
+        let seed = self.random();
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let (peer, own) = (c.peer, c.latency.as_ref().map(|l| &l.1));
+        let relay = match (own, friend_latency) {
+            (Some(a), Some(b)) => {
+                let (me, members) = (self.me, &self.members);
+                crate::latency::relay_for_pair(a, b, |id| *id == me || members.is_live(id), seed)
+            }
+            _ => None,
+        };
+        self.stats.count(if relay.is_some() {
+            "relay_choices"
+        } else {
+            "relay_choice_fallbacks"
+        });
+        if relay == Some(self.me) {
+            self.met(now, peer, friend);
+        }
+        self.notify_relay(conn, friend, relay);
+        match friend_home {
+            None => {
+                if let Some(&fc) = self.clients.get(&friend) {
+                    self.notify_relay(fc, peer, relay);
+                }
+            }
+            Some(home) => self.send_server(
+                home,
+                ServerMsg::RelayChoice {
+                    a: friend,
+                    b: peer,
+                    relay,
+                },
+            ),
+        }
+        if let Some(r) = relay
+            && r != self.me
+            && Some(r) != friend_home
+        {
+            self.send_server(
+                r,
+                ServerMsg::RelayChoice {
+                    a: friend,
+                    b: peer,
+                    relay,
+                },
+            );
+        }
+    }
+
+    fn notify_relay(&mut self, conn: ConnId, friend: PeerId, relay: Option<PeerId>) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        self.stats.count("notices");
+        self.out.push_back(Output::Notify {
+            conn,
+            notice: Notice::Relay { friend, relay },
         });
     }
 
@@ -1732,7 +1813,12 @@ impl Server {
                 .and_then(|c| self.conns.get(c))
                 .map(|c| c.rtt);
             let start_at = self.start_instant(now, rtt, other_rtt);
-            self.introduce(now, &theirs, &mine, start_at);
+            let latency = self
+                .conns
+                .get(&conn)
+                .and_then(|c| c.latency.as_ref())
+                .map(|l| l.1.clone());
+            self.introduce(now, &theirs, &mine, latency, start_at);
             self.met(now, peer, theirs.body.peer);
             let start_in_ms = start_delay(start_at, now.unix_ms, rtt / 2, self.cfg.max_start_delay);
             self.stats.count("meetings");
@@ -1828,6 +1914,7 @@ impl Server {
             }
             c.waits.retain(|w| *w != wait);
             let (waiter, rtt) = (c.peer, c.rtt);
+            let latency = c.latency.as_ref().map(|l| l.1.clone());
             self.unwait(conn, &wait);
             let other_rtt = self
                 .clients
@@ -1837,7 +1924,7 @@ impl Server {
             let start_at = self.start_instant(now, rtt, other_rtt);
             self.notify(now, conn, record, start_at);
             if let Some(mine) = self.lookup(&waiter, now).cloned() {
-                self.introduce(now, record, &mine, start_at);
+                self.introduce(now, record, &mine, latency, start_at);
             }
             self.met(now, waiter, peer);
             self.stats.count("meetings");
@@ -2100,16 +2187,43 @@ impl Server {
                 to,
                 from: who,
                 start_at_ms,
-            } => {
-                if let Err(e) = self.check_record(now, &who) {
-                    self.reject(e.reason());
-                    return;
+            } => self.meeting(now, from, to, &who, start_at_ms, None),
+            ServerMsg::Meeting {
+                to,
+                from: who,
+                start_at_ms,
+                latency,
+            } => self.meeting(now, from, to, &who, start_at_ms, latency.as_ref()),
+            ServerMsg::RelayChoice { a, b, relay } => {
+                if relay == Some(self.me) {
+                    self.met(now, a, b);
                 }
-                if let Some(&conn) = self.clients.get(&to) {
-                    self.met(now, to, who.body.peer);
-                    self.notify(now, conn, &who, start_at_ms);
+                if let Some(&conn) = self.clients.get(&a) {
+                    self.notify_relay(conn, b, relay);
                 }
             }
+        }
+    }
+
+    /// Another server's client `who` meets our client `to` (if still
+    /// here): tell it, and choose their relay.
+    fn meeting(
+        &mut self,
+        now: Now,
+        sender: PeerId,
+        to: PeerId,
+        who: &PeerRecord,
+        start_at_ms: u64,
+        latency: Option<&LatencyVector>,
+    ) {
+        if let Err(e) = self.check_record(now, who) {
+            self.reject(e.reason());
+            return;
+        }
+        if let Some(&conn) = self.clients.get(&to) {
+            self.met(now, to, who.body.peer);
+            self.notify(now, conn, who, start_at_ms);
+            self.arrange_relay(now, conn, who.body.peer, latency, Some(sender));
         }
     }
 

@@ -77,7 +77,7 @@ fn a_name_waiter_is_told_only_about_the_single_holder_it_asked_for() {
     let rendezvous: Vec<_> = net
         .sent
         .iter()
-        .filter(|(_, _, m)| matches!(m, ServerMsg::Rendezvous { .. }))
+        .filter(|(_, _, m)| matches!(m, ServerMsg::Meeting { .. }))
         .map(|(from, to, _)| (*from, *to))
         .collect();
     assert_eq!(rendezvous, vec![(0, net.servers[1].id())]);
@@ -105,8 +105,15 @@ fn meeting_by_id_tells_the_friend_at_its_home_only() {
         other => panic!("{other:?}"),
     }
     assert_eq!(net.broadcasts, broadcasts, "a meeting broadcasts nothing");
-    assert_eq!(net.sent.len(), 1);
-    assert_eq!(net.sent[0].1, net.servers[3].id());
+    // One message to b's home, and its choice of relay back (neither
+    // reported latencies: the pair falls back).
+    let sent: Vec<_> = net.sent.iter().map(|(f, t, _)| (*f, *t)).collect();
+    assert_eq!(
+        sent,
+        vec![(0, net.servers[3].id()), (3, net.servers[0].id())]
+    );
+    assert_eq!(net.relays_of(&a), vec![(b.id(), None)]);
+    assert_eq!(net.relays_of(&b), vec![(a.id(), None)]);
     assert_eq!(
         net.notices_of(&b)
             .iter()
@@ -897,9 +904,10 @@ fn a_server_that_sees_another_come_back_announces_soon() {
 }
 
 /// Issue 12: a client reports its RTTs to servers on its live connection;
-/// the server keeps the last report with the presence (it goes with the
-/// connection), refuses it from a connection that is not registered live,
-/// and accepts one per `latency_report_spacing`. A report that breaks the
+/// the server keeps the last report with the connection (a client reports
+/// before it registers, so that a meeting arranged at once has it), uses
+/// it once the connection holds the live presence, and accepts one per
+/// `latency_report_spacing`. A report that breaks the
 /// vector's bounds does not even decode.
 #[test]
 fn latency_reports_are_kept_with_the_presence_and_rate_limited() {
@@ -908,13 +916,16 @@ fn latency_reports_are_kept_with_the_presence_and_rate_limited() {
     let (s0, s1) = (net.servers[0].id(), net.servers[1].id());
     let report = LatencyVector::new(vec![(s0, 20_000), (s1, 40_000)]).unwrap();
     let a = net.connect(0, 1, "198.51.100.1");
-    let r = net.ask(&a, Request::Latency(report.clone()));
-    assert_eq!(code_of(&r), Some(ErrorCode::NotRegistered));
-    assert!(registered(&net.register(&a, "alice")));
     assert_eq!(
         net.ask(&a, Request::Latency(report.clone())),
         Some(Response::Noted)
     );
+    assert_eq!(
+        net.servers[0].latency_of(&a.id()),
+        None,
+        "not registered yet"
+    );
+    assert!(registered(&net.register(&a, "alice")));
     assert_eq!(net.servers[0].latency_of(&a.id()), Some(&report));
     assert_eq!(
         net.servers[1].latency_of(&a.id()),
@@ -963,4 +974,115 @@ fn latency_reports_are_kept_with_the_presence_and_rate_limited() {
         postcard::from_bytes::<Request>(&good).unwrap(),
         Request::Latency(newer)
     );
+}
+
+/// Issue 12, seed 003's topology: four servers; a at s0, b at s1; s3 has
+/// the smallest worse RTT for the pair. Whichever way the meeting is
+/// arranged (a asks for b; b waits for a, who registers later), the home
+/// of the friend chooses s3, both are told the same, and s3 — which
+/// arranged nothing — relays for the pair. A pair with a missing report
+/// falls back (`None`), and a relay that is not live is never chosen.
+#[test]
+fn the_relay_is_the_min_max_server_and_both_peers_hear_it() {
+    use rendezvous::latency::LatencyVector;
+    let ms = |n: u32| n * 1_000;
+    let mut net = Net::new(4, Config::default());
+    let s: Vec<_> = net.servers.iter().map(|x| x.id()).collect();
+    let va = LatencyVector::new(vec![
+        (s[0], ms(10)),
+        (s[1], ms(30)),
+        (s[2], ms(35)),
+        (s[3], ms(20)),
+    ]);
+    let vb = LatencyVector::new(vec![
+        (s[0], ms(30)),
+        (s[1], ms(10)),
+        (s[2], ms(20)),
+        (s[3], ms(20)),
+    ]);
+    let (va, vb) = (va.unwrap(), vb.unwrap());
+
+    // a asks for b, who is online at s1.
+    let a = net.connect(0, 1, "198.51.100.1");
+    let b = net.connect(1, 2, "198.51.100.2");
+    for (c, v) in [(&a, &va), (&b, &vb)] {
+        assert_eq!(
+            net.ask(c, Request::Latency(v.clone())),
+            Some(Response::Noted)
+        );
+        assert!(registered(&net.register(c, "x")));
+    }
+    assert!(matches!(
+        net.meet(&a, FriendRef::Id(b.id())),
+        Some(Response::Friend { .. })
+    ));
+    assert_eq!(net.relays_of(&a), vec![(b.id(), Some(s[3]))]);
+    assert_eq!(net.relays_of(&b), vec![(a.id(), Some(s[3]))]);
+    // s3 relays them: both connect there and ask.
+    let a3 = net.connect(3, 1, "198.51.100.1");
+    let b3 = net.connect(3, 2, "198.51.100.2");
+    assert_eq!(net.ask(&a3, Request::Relay(b.id())), None, "waits for b");
+    assert_eq!(net.ask(&b3, Request::Relay(a.id())), None, "paired");
+    assert!(
+        net.relay_pairs.iter().any(|(i, _)| *i == 3),
+        "s3 spliced the pair"
+    );
+    // Another client that s3 never heard of is refused there.
+    let c3 = net.connect(3, 3, "198.51.100.3");
+    let r = net.ask(&c3, Request::Relay(a.id()));
+    assert_eq!(code_of(&r), Some(ErrorCode::RelayNotMet));
+
+    // d waits for e at s2; e registers at s0 later: s0 (e's home) chooses.
+    let d = net.connect(2, 4, "198.51.100.4");
+    assert_eq!(
+        net.ask(&d, Request::Latency(va.clone())),
+        Some(Response::Noted)
+    );
+    assert!(registered(&net.register(&d, "d")));
+    let (_, e_id) = key(5);
+    assert_eq!(net.meet(&d, FriendRef::Id(e_id)), Some(Response::Waiting));
+    let e = net.connect(0, 5, "198.51.100.5");
+    assert_eq!(
+        net.ask(&e, Request::Latency(vb.clone())),
+        Some(Response::Noted)
+    );
+    assert!(registered(&net.register(&e, "e")));
+    assert_eq!(net.relays_of(&d), vec![(e.id(), Some(s[3]))]);
+    assert_eq!(net.relays_of(&e), vec![(d.id(), Some(s[3]))]);
+
+    // f (no report) meets b: no choice, both fall back.
+    let f = net.connect(2, 6, "198.51.100.6");
+    assert!(registered(&net.register(&f, "f")));
+    net.advance(Duration::from_secs(1));
+    assert!(matches!(
+        net.meet(&f, FriendRef::Id(b.id())),
+        Some(Response::Friend { .. })
+    ));
+    assert_eq!(net.relays_of(&f), vec![(b.id(), None)]);
+    assert_eq!(net.relays_of(&b).last(), Some(&(f.id(), None)));
+
+    // With s3 unreachable and declared dead, the next best is chosen: s0
+    // and s1 tie (30 ms worse, 40 ms sum; s2 is 35 ms worse), so one of
+    // them at random.
+    net.unreachable.insert(3);
+    net.run_for(Duration::from_secs(120));
+    assert!(!net.servers[0].members().is_live(&s[3]), "s3 declared dead");
+    let g = net.connect(0, 7, "198.51.100.7");
+    let h = net.connect(1, 8, "198.51.100.8");
+    for (c, v) in [(&g, &va), (&h, &vb)] {
+        assert_eq!(
+            net.ask(c, Request::Latency(v.clone())),
+            Some(Response::Noted)
+        );
+        assert!(registered(&net.register(c, "y")));
+    }
+    assert!(matches!(
+        net.meet(&g, FriendRef::Id(h.id())),
+        Some(Response::Friend { .. })
+    ));
+    let chosen = net.relays_of(&g);
+    assert_eq!(chosen.len(), 1);
+    let relay = chosen[0].1.expect("a live relay");
+    assert!(relay == s[0] || relay == s[1], "{relay:?}");
+    assert_eq!(net.relays_of(&h), vec![(g.id(), Some(relay))]);
 }

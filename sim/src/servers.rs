@@ -544,7 +544,8 @@ fn msg_kind(m: &ServerMsg) -> &'static str {
         ServerMsg::Records(_) => "records",
         ServerMsg::Store { .. } => "store",
         ServerMsg::Stored { .. } => "stored",
-        ServerMsg::Rendezvous { .. } => "rendezvous",
+        ServerMsg::Rendezvous { .. } | ServerMsg::Meeting { .. } => "rendezvous",
+        ServerMsg::RelayChoice { .. } => "relay_choice",
     }
 }
 

@@ -248,11 +248,27 @@ impl Net {
             .map(|(_, _, _, resp)| resp.clone())
     }
 
+    /// The friends `c` was told about (`Notice::Friend`), in order.
     pub fn notices_of(&self, c: &Client) -> Vec<PeerRecord> {
         self.notices
             .iter()
             .filter(|(s, conn, _)| *s == c.server && *conn == c.conn)
-            .map(|(_, _, Notice::Friend { record, .. })| record.clone())
+            .filter_map(|(_, _, n)| match n {
+                Notice::Friend { record, .. } => Some(record.clone()),
+                Notice::Relay { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The relays `c` was told of (`Notice::Relay`): (friend, relay).
+    pub fn relays_of(&self, c: &Client) -> Vec<(PeerId, Option<PeerId>)> {
+        self.notices
+            .iter()
+            .filter(|(s, conn, _)| *s == c.server && *conn == c.conn)
+            .filter_map(|(_, _, n)| match n {
+                Notice::Relay { friend, relay } => Some((*friend, *relay)),
+                Notice::Friend { .. } => None,
+            })
             .collect()
     }
 
