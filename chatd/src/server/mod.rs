@@ -96,7 +96,7 @@ enum Event {
     },
     FromServer {
         from: PeerId,
-        msg: ServerMsg,
+        msg: Box<ServerMsg>,
     },
     RelayEnded {
         session: SessionId,
@@ -397,7 +397,9 @@ impl Driver {
                 }
                 self.input(Input::ClientClosed { conn }).await;
             }
-            Event::FromServer { from, msg } => self.input(Input::FromServer { from, msg }).await,
+            Event::FromServer { from, msg } => {
+                self.input(Input::FromServer { from, msg: *msg }).await
+            }
             Event::RelayEnded { session } => {
                 self.relays.remove(&session);
                 self.input(Input::RelayEnded { session }).await;
@@ -639,7 +641,14 @@ async fn read_server_stream(
     loop {
         match read_msg_max::<ServerMsg>(&mut recv, MAX_SERVER_FRAME).await {
             Ok(msg) => {
-                if events.send(Event::FromServer { from, msg }).await.is_err() {
+                if events
+                    .send(Event::FromServer {
+                        from,
+                        msg: Box::new(msg),
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
