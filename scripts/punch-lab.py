@@ -7,7 +7,9 @@ alice runs in nl-host-a behind NAT a, homed on srv1; bob runs in nl-host-b
 behind NAT b, homed on srv2 (so the rendezvous crosses servers); each also
 knows the other server, which is how a client measures its NAT's mapping.
 In the LAN case bob runs in nl-host-a2, behind the same (symmetric) NAT as
-alice. Each side sends LINES lines and closes stdin at once; a run passes
+alice. Each side sends LINES lines and closes stdin once its path is final
+(a chat starts on the relay when that is ready first, and moves to a
+direct path when one comes up); a run passes
 when both exit 0 and each received the other's lines exactly once, in order.
 
 Time to connect = first message delivered (either side) minus the later of
@@ -44,6 +46,8 @@ NATLAB = os.path.join(ROOT, "scripts", "natlab.sh")
 MODES = ["full-cone", "addr-restricted", "port-restricted", "symmetric"]
 SRV = {"srv1": "10.200.0.11:7000", "srv2": "10.200.0.12:7000"}
 RUN_TIMEOUT = 45.0
+SETTLE_TIMEOUT = 12.0
+SETTLED = re.compile(r"connected direct|upgraded to direct|the chat stays relayed")
 
 
 def natlab(*args):
@@ -140,9 +144,23 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
         procs[k].stdin.write("".join(line + "\n" for line in part).encode())
         procs[k].stdin.flush()
 
+    def settle(times):
+        # A chat starts on whichever path is ready first (the relay, often)
+        # and moves to a direct one when it comes up: stdin stays open until
+        # both sides' path is final `times` times (direct, or the direct
+        # attempt given up), so the path a run reports is the one it would
+        # keep. Bounded.
+        until = time.monotonic() + SETTLE_TIMEOUT
+        while time.monotonic() < until:
+            if all(sum(1 for _, l in errs[k] if SETTLED.search(l)) >= times for k in "ab"):
+                return
+            time.sleep(0.05)
+
     if break_path is None:
         for k in "ab":
             write(k, sent[k])
+        settle(1)
+        for k in "ab":
             procs[k].stdin.close()
     else:
         half = lines // 2
@@ -155,6 +173,7 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
         time.sleep(12)
         natlab("loss", str(break_path))
         write("a", sent["a"][half:])
+        settle(2)
         for k in "ab":
             procs[k].stdin.close()
     deadline = time.monotonic() + RUN_TIMEOUT
@@ -169,9 +188,11 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
     got = {k: [line for _, line in outs[k]] for k in "ab"}
     ok = all(p.returncode == 0 for p in procs.values()) and \
         got["a"] == sent["b"] and got["b"] == sent["a"]
+    # The path the chat ended on: the first connected, or what it was
+    # upgraded to (a chat starts on the relay when that is ready first).
     path = "-"
     for _, line in errs["a"]:
-        m = re.search(r"connected (direct \((LAN|WAN)\)|relayed)", line)
+        m = re.search(r"(?:connected|upgraded to) (direct \((LAN|WAN)\)|relayed)", line)
         if m:
             path = m.group(2) or "relay"
     regs = [next((t for t, l in errs[k] if "registered as" in l), None) for k in "ab"]

@@ -145,34 +145,35 @@ fn has_room(s: &ServerRecord) -> bool {
 }
 
 /// The home for a client (issue 12): the lowest-RTT live server with spare
-/// capacity; ties by the lower load (clients ÷ capacity), then the smaller
-/// id. Servers not measured come after every measured one (by load). The
-/// current home is kept while it is live, has room and no server is
-/// [`better_enough`] than it.
+/// capacity, where RTTs that no other server's beats by [`better_enough`]
+/// count as equally close (measurement noise is not a preference): among
+/// those the least loaded (clients ÷ capacity), then the lower RTT, then
+/// the smaller id. With nothing measured, every server with room is as
+/// close as any. The current home is kept while it is live, has room and
+/// is among the closest — so a client moves only for a server 20% and
+/// 10 ms closer, or when its home fills up or dies.
 pub fn choose_home(
     servers: &[ServerRecord],
     rtts: &LatencyVector,
     current: Option<PeerId>,
 ) -> Option<PeerId> {
-    let key = |s: &ServerRecord| {
-        let rtt = rtts.rtt(&s.id).unwrap_or(u32::MAX);
-        // Load in parts per million keeps the key an integer (total order).
-        let load = u64::from(s.clients) * 1_000_000 / u64::from(s.capacity.max(1));
-        (rtt, load, s.id)
-    };
-    let best = servers
-        .iter()
-        .filter(|s| has_room(s))
-        .min_by_key(|s| key(s))?;
-    if let Some(cur) = current.and_then(|c| servers.iter().find(|s| s.id == c))
-        && has_room(cur)
+    let rtt = |s: &ServerRecord| rtts.rtt(&s.id).unwrap_or(u32::MAX);
+    let with_room = || servers.iter().filter(|s| has_room(s));
+    let best = with_room().map(rtt).min()?;
+    let close = |s: &ServerRecord| best == u32::MAX || !better_enough(rtt(s), best);
+    if let Some(cur) = current.and_then(|c| with_room().find(|s| s.id == c))
+        && close(cur)
     {
-        let (cur_rtt, best_rtt) = (key(cur).0, key(best).0);
-        if cur_rtt != u32::MAX && !better_enough(cur_rtt, best_rtt) {
-            return Some(cur.id);
-        }
+        return Some(cur.id);
     }
-    Some(best.id)
+    with_room()
+        .filter(|s| close(s))
+        .min_by_key(|s| {
+            // Load in parts per million keeps the key an integer (total order).
+            let load = u64::from(s.clients) * 1_000_000 / u64::from(s.capacity.max(1));
+            (load, rtt(s), s.id)
+        })
+        .map(|s| s.id)
 }
 
 /// Which servers to measure next, at most `k` of `servers` (the live ones):
@@ -326,9 +327,17 @@ mod tests {
             choose_home(&servers, &v(&[(2, 20)]), Some(id(4))),
             Some(id(2))
         );
-        // Ties in RTT: the lower load.
+        // Ties in RTT: the lower load; so are RTTs too close to tell apart.
         let tie = v(&[(1, 20), (2, 20)]);
         assert_eq!(choose_home(&servers, &tie, None), Some(id(1)));
+        let noise = v(&[(1, 22), (2, 20), (4, 45)]);
+        assert_eq!(choose_home(&servers, &noise, None), Some(id(1)));
+        // Equally loaded and close: the lower RTT.
+        let even = [server(5, 1, 10), server(6, 1, 10)];
+        assert_eq!(
+            choose_home(&even, &v(&[(5, 22), (6, 20)]), None),
+            Some(id(6))
+        );
         assert_eq!(
             choose_home(&[server(3, 100, 100)], &tie, None),
             None,

@@ -40,6 +40,7 @@ pub mod record;
 pub mod server;
 pub mod table;
 
+pub use latency::LatencyVector;
 pub use members::{Liveness, Members, Msg, ServerRecord};
 pub use proto::{ErrorCode, FriendRef, Notice, Payload, Refusal, Request, Response, ServerMsg};
 pub use record::{NatMapping, PeerRecord, RecordBody, RecordError};

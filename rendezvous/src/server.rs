@@ -1696,11 +1696,17 @@ impl Server {
         friend_latency: Option<&LatencyVector>,
         friend_home: Option<PeerId>,
     ) {
-        let seed = self.random();
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
         let (peer, own) = (c.peer, c.latency.as_ref().map(|l| &l.1));
+        // Ties are broken by the pair, not by this server's state: if both
+        // sides arrange the same meeting, they choose alike.
+        let (lo, hi) = pair(peer, friend);
+        let seed =
+            lo.0.iter()
+                .chain(hi.0.iter())
+                .fold(0u64, |h, b| crate::latency::splitmix(h ^ u64::from(*b)));
         let relay = match (own, friend_latency) {
             (Some(a), Some(b)) => {
                 let (me, members) = (self.me, &self.members);

@@ -543,6 +543,15 @@ impl Session {
         rx
     }
 
+    /// Reports our RTTs to servers (kept with this connection; the server
+    /// uses them to choose relays for our meetings).
+    pub async fn report_latency(&self, rtts: rendezvous::LatencyVector) -> anyhow::Result<()> {
+        match self.request(&Request::Latency(rtts)).await? {
+            Response::Noted => Ok(()),
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        }
+    }
+
     /// Live servers, least loaded first.
     pub async fn servers(&self) -> anyhow::Result<Vec<ServerRecord>> {
         match self.request(&Request::Servers).await? {

@@ -33,8 +33,8 @@ use crate::net::framing::{read_msg, write_msg};
 use crate::net::identity::{Id, Keypair, ServerAddr};
 use anyhow::Context;
 use overlay::PeerId;
-use rendezvous::ServerRecord;
 use rendezvous::{FriendRef, Notice};
+use rendezvous::{LatencyVector, ServerRecord};
 use rendezvous::{NatMapping, PeerRecord};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -149,14 +149,7 @@ async fn chat_until_done(
         // punching together, as the later of the two hears of the meeting.
         // Capped here too, whatever a server says.
         tokio::time::sleep(start_in.min(MAX_START_DELAY)).await;
-        let path = connect(
-            client,
-            &home.session,
-            home.nat,
-            &friend,
-            opts.direct_timeout,
-        )
-        .await?;
+        let (path, upgrade) = connect(client, &homes, &home, &friend, opts.direct_timeout).await?;
         status(&format!(
             "connected {} to {}, RTT {} ms",
             path.kind,
@@ -176,7 +169,7 @@ async fn chat_until_done(
                 input.closed_at = Some(Instant::now());
             }
         }
-        let end = converse(path, chat, input, client, opts, &homes, &mut home).await;
+        let end = converse(path, upgrade, chat, input, client, opts, &homes, &mut home).await;
         match end {
             End::Done => return Ok(()),
             End::FriendLeft => {
@@ -271,13 +264,119 @@ struct Homes {
     registered_at: Mutex<Option<Instant>>,
     /// When we last moved to another server (moves are paced).
     moved_at: Mutex<Option<Instant>>,
+    /// Our last RTTs to servers, when they were measured, and the live
+    /// server set they were measured against.
+    latency: Mutex<Measured>,
 }
 
-/// The current home server: the session our record lives on.
+/// The client's latency vector and what it was measured against.
+#[derive(Default)]
+struct Measured {
+    rtts: LatencyVector,
+    at: Option<Instant>,
+    servers: Vec<PeerId>,
+}
+
+/// Most servers measured in one round (a sample when there are more:
+/// [`rendezvous::latency::probe_sample`]).
+const PROBE_SAMPLE: usize = 8;
+/// How long one RTT probe (a QUIC handshake) may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the RTTs are measured again (and sooner when the set of live
+/// servers changes).
+const REMEASURE_EVERY: Duration = Duration::from_secs(30);
+/// How long, after a meeting, the client waits for the servers' choice of
+/// relay before it falls back to the home server of the lower id.
+const RELAY_CHOICE_WAIT: Duration = Duration::from_secs(2);
+
+/// The current home server: the session our record lives on, and the
+/// notices it sends.
 #[derive(Clone)]
 struct Home {
     session: ClientSession,
     nat: NatMapping,
+    inbox: Inbox,
+}
+
+/// The notices of one server session, read once: `Notice::Friend` in
+/// order (for whoever waits for a friend), the relay chosen per friend
+/// (`Notice::Relay`, for whoever connects).
+#[derive(Clone)]
+struct Inbox {
+    friends: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Notice>>>,
+    relays: Arc<Mutex<RelayChoices>>,
+    relay_heard: Arc<tokio::sync::Notify>,
+}
+
+/// (friend, the relay chosen for us and it), latest last.
+type RelayChoices = Vec<(PeerId, Option<PeerId>)>;
+
+/// Most relay choices remembered per session (one per friend met lately).
+const MAX_RELAY_CHOICES: usize = 16;
+
+impl Inbox {
+    fn new(session: &ClientSession) -> Inbox {
+        let mut raw = session.notices();
+        let (tx, friends) = tokio::sync::mpsc::channel(16);
+        let relays: Arc<Mutex<RelayChoices>> = Arc::default();
+        let relay_heard = Arc::new(tokio::sync::Notify::new());
+        let (board, heard) = (relays.clone(), relay_heard.clone());
+        tokio::spawn(async move {
+            while let Some(n) = raw.recv().await {
+                match n {
+                    Notice::Relay { friend, relay } => {
+                        let mut b = crate::net::lock(&board);
+                        b.retain(|(f, _)| *f != friend);
+                        if b.len() >= MAX_RELAY_CHOICES {
+                            b.remove(0);
+                        }
+                        b.push((friend, relay));
+                        drop(b);
+                        heard.notify_waiters();
+                    }
+                    other => {
+                        if tx.send(other).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Inbox {
+            friends: Arc::new(tokio::sync::Mutex::new(friends)),
+            relays,
+            relay_heard,
+        }
+    }
+
+    /// Forgets an earlier choice for `friend` (before a new meeting).
+    fn forget_relay(&self, friend: &FriendRef) {
+        if let FriendRef::Id(id) = friend {
+            crate::net::lock(&self.relays).retain(|(f, _)| f != id);
+        }
+    }
+
+    /// The relay the servers chose for us and `friend`: `Some(choice)`
+    /// once heard (the choice itself `None` when they could not choose),
+    /// `None` if nothing came within `wait`.
+    async fn relay_for(&self, friend: PeerId, wait: Duration) -> Option<Option<PeerId>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let heard = self.relay_heard.notified();
+            tokio::pin!(heard);
+            heard.as_mut().enable();
+            let found = crate::net::lock(&self.relays)
+                .iter()
+                .find(|(f, _)| *f == friend)
+                .map(|(_, r)| *r);
+            if found.is_some() {
+                return found;
+            }
+            if tokio::time::timeout_at(deadline, heard).await.is_err() {
+                return None;
+            }
+        }
+    }
 }
 
 impl Homes {
@@ -296,6 +395,7 @@ impl Homes {
             failed: Mutex::new(Vec::new()),
             registered_at: Mutex::new(None),
             moved_at: Mutex::new(None),
+            latency: Mutex::new(Measured::default()),
         }
     }
 
@@ -370,30 +470,189 @@ impl Homes {
         order
     }
 
-    /// Connects to a server (trying every known one), moves to the least
-    /// loaded live server, measures the NAT and registers there.
+    /// Connects to a server (trying every known one), measures the RTTs
+    /// to the live servers, moves to the home they point to
+    /// ([`rendezvous::latency::choose_home`]), measures the NAT and
+    /// registers there.
     async fn establish(&self, client: &Client, opts: &Options) -> anyhow::Result<Home> {
         let order = self.order();
         let session = client
             .connect_any(&order)
             .await
             .with_context(|| format!("no server answered (tried {})", order.len()))?;
+        let usable = self.usable(&session).await;
+        let rtts = self.measure(client, &session, &usable).await;
+        let session = pick_home(client, session, &usable, &rtts).await;
+        self.settle(client, opts, session, &usable).await
+    }
+
+    /// The live servers `session` lists (remembered), without those that
+    /// failed us lately: other servers may list a server that just failed
+    /// us as live until they notice — neither moved to nor asked about the
+    /// NAT.
+    async fn usable(&self, session: &ClientSession) -> Vec<ServerRecord> {
         let servers = session.servers().await.unwrap_or_default();
         self.learn(&servers);
-        // Other servers may list a server that just failed us as live
-        // until they notice: neither moved to nor asked about the NAT.
-        let usable: Vec<ServerRecord> = servers
-            .iter()
+        servers
+            .into_iter()
             .filter(|s| !self.suspect(s.id))
-            .cloned()
-            .collect();
-        let session = pick_home(client, session, &usable).await;
+            .collect()
+    }
+
+    /// Makes `session`'s server our home: reports our RTTs (before the
+    /// registration, so that a meeting arranged at once has them),
+    /// measures the NAT, registers.
+    async fn settle(
+        &self,
+        client: &Client,
+        opts: &Options,
+        session: ClientSession,
+        usable: &[ServerRecord],
+    ) -> anyhow::Result<Home> {
         status(&format!("connected to server {}", session.server()));
+        let inbox = Inbox::new(&session);
+        let rtts = crate::net::lock(&self.latency).rtts.clone();
+        if !rtts.is_empty()
+            && let Err(e) = session.report_latency(rtts).await
+        {
+            tracing::debug!(error = %e, "the server did not take our RTTs");
+        }
         let public = session.who_am_i().await?;
-        let nat = nat_mapping(client, &session, &usable, public).await;
-        let home = Home { session, nat };
+        let nat = nat_mapping(client, &session, usable, public).await;
+        let home = Home {
+            session,
+            nat,
+            inbox,
+        };
         self.register(client, opts, &home, public).await?;
         Ok(home)
+    }
+
+    /// Measures our RTT to (a sample of) the live `servers`, in parallel:
+    /// a QUIC handshake each, on our one socket (`here`, already
+    /// connected, gives its own estimate). Remembers and returns it.
+    async fn measure(
+        &self,
+        client: &Client,
+        here: &ClientSession,
+        servers: &[ServerRecord],
+    ) -> LatencyVector {
+        let last = crate::net::lock(&self.latency).rtts.clone();
+        let sample =
+            rendezvous::latency::probe_sample(servers, &last, PROBE_SAMPLE, rand::random());
+        let targets: Vec<ServerAddr> = sample
+            .iter()
+            .filter_map(|id| servers.iter().find(|s| s.id == *id))
+            .filter_map(crate::client::dial_addr)
+            .collect();
+        let probes = targets.iter().map(|&t| async move {
+            if t.id == here.server().id {
+                return Some((t, here.connection().rtt()));
+            }
+            let s = tokio::time::timeout(PROBE_TIMEOUT, client.connect(t))
+                .await
+                .ok()?
+                .ok()?;
+            let rtt = s.connection().rtt();
+            s.close();
+            Some((t, rtt))
+        });
+        let mut got: Vec<(ServerAddr, Duration)> = futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        got.sort_by_key(|(_, rtt)| *rtt);
+        let micros = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+        let entries = got
+            .iter()
+            .map(|(t, rtt)| {
+                (
+                    t.id.0,
+                    micros(*rtt).clamp(1, rendezvous::latency::MAX_RTT_US),
+                )
+            })
+            .collect();
+        let rtts = LatencyVector::new(entries).unwrap_or_default();
+        let mut ids: Vec<PeerId> = servers.iter().map(|s| s.id).collect();
+        ids.sort_unstable();
+        let first = last.is_empty();
+        *crate::net::lock(&self.latency) = Measured {
+            rtts: rtts.clone(),
+            at: Some(Instant::now()),
+            servers: ids,
+        };
+        if first && !got.is_empty() {
+            let list: Vec<String> = got
+                .iter()
+                .map(|(t, rtt)| format!("{} {:.1} ms", t.addr, rtt.as_secs_f64() * 1e3))
+                .collect();
+            status(&format!("RTT to servers: {}", list.join(", ")));
+        }
+        rtts
+    }
+
+    /// Whether our RTTs are due for a new measurement: every
+    /// [`REMEASURE_EVERY`], and when the live servers changed.
+    fn latency_due(&self, servers: &[ServerRecord]) -> bool {
+        let m = crate::net::lock(&self.latency);
+        let mut ids: Vec<PeerId> = servers.iter().map(|s| s.id).collect();
+        ids.sort_unstable();
+        m.at.is_none_or(|at| at.elapsed() >= REMEASURE_EVERY) || m.servers != ids
+    }
+
+    /// The address of server `id`, if we know it.
+    fn addr_of(&self, id: PeerId) -> Option<ServerAddr> {
+        crate::net::lock(&self.known)
+            .iter()
+            .find(|s| s.id.0 == id)
+            .copied()
+    }
+
+    /// Beside a chat: the record refreshed when due, the RTTs measured
+    /// again when due (and reported), and a move to a closer home when
+    /// there is one (`Some(new home)`; the old session is closed unless
+    /// `keep_old`, i.e. it carries the chat's relay).
+    async fn upkeep(
+        &self,
+        client: &Client,
+        opts: &Options,
+        home: &Home,
+        keep_old: bool,
+    ) -> anyhow::Result<Option<Home>> {
+        let usable = self.usable(&home.session).await;
+        if !usable.is_empty() && self.latency_due(&usable) {
+            let rtts = self.measure(client, &home.session, &usable).await;
+            let here = home.session.server();
+            match rendezvous::latency::choose_home(&usable, &rtts, Some(here.id.0)) {
+                Some(best) if best != here.id.0 => {
+                    if let Some(target) = self.addr_of(best)
+                        && let Ok(session) = client.connect(target).await
+                    {
+                        status(&format!(
+                            "server {} is closer than {} ({}): moving home",
+                            target.addr,
+                            here.addr,
+                            describe_rtts(&rtts, best, here.id.0)
+                        ));
+                        let new_home = self.settle(client, opts, session, &usable).await?;
+                        if !keep_old {
+                            home.session.close();
+                        }
+                        return Ok(Some(new_home));
+                    }
+                }
+                _ => {
+                    if let Err(e) = home.session.report_latency(rtts).await {
+                        tracing::debug!(error = %e, "the server did not take our RTTs");
+                    }
+                }
+            }
+        }
+        if self.refresh_due() {
+            self.reregister(client, opts, home).await?;
+        }
+        Ok(None)
     }
 
     /// Registers a fresh record (new seq, current addresses) at `home`.
@@ -472,7 +731,6 @@ async fn find_friend(
     let deadline = tokio::time::Instant::now() + opts.wait;
     let mut said_waiting = false;
     let mut warned_key = false;
-    let mut notices = home.session.notices();
     loop {
         if tokio::time::Instant::now() >= deadline {
             let mut msg = format!("{who} did not come online within {:?}", opts.wait);
@@ -485,10 +743,7 @@ async fn find_friend(
         }
         if home.session.is_closed() {
             match homes.rehome(client, opts, &home.session).await {
-                Ok(h) => {
-                    *home = h;
-                    notices = home.session.notices();
-                }
+                Ok(h) => *home = h,
                 Err(e) => {
                     status(&format!("{e:#}; trying again in {MEET_POLL:?}"));
                     tokio::time::sleep(MEET_POLL).await;
@@ -504,6 +759,7 @@ async fn find_friend(
             home.session.close();
             continue;
         }
+        home.inbox.forget_relay(wanted);
         match home.session.meet(wanted.clone()).await {
             Ok(Meeting::Found(r, start_in)) if r.body.seq > seen_seq => {
                 say_found(&r);
@@ -550,6 +806,8 @@ async fn find_friend(
         // A notice when the friend registers; a fresh ask now and then in
         // case the friend re-registered at another server.
         let poll = tokio::time::Instant::now() + MEET_POLL;
+        let inbox = home.inbox.clone();
+        let mut notices = inbox.friends.lock().await;
         match tokio::time::timeout_at(poll.min(deadline), notices.recv()).await {
             Ok(Some(Notice::Friend {
                 record,
@@ -629,42 +887,74 @@ fn say_found(friend: &PeerRecord) {
     ));
 }
 
-/// The home server: the least loaded of the live `servers` (as the
-/// bootstrap server lists them, least loaded first), if it is less loaded
-/// than the one we reached (and answers).
+/// The home server ([`rendezvous::latency::choose_home`]): the closest
+/// live server with room, the least loaded among those about as close —
+/// the one we reached unless another is (and answers).
 async fn pick_home(
     client: &Client,
     session: ClientSession,
     servers: &[ServerRecord],
+    rtts: &LatencyVector,
 ) -> ClientSession {
     let here = session.server().id.0;
-    let load_here = servers
+    let Some(best) = rendezvous::latency::choose_home(servers, rtts, None) else {
+        return session;
+    };
+    let Some(target) = servers
         .iter()
-        .find(|s| s.id == here)
-        .map_or(f64::INFINITY, |s| s.load());
-    let Some((best, target)) = servers
-        .first()
-        .and_then(|b| Some((b, crate::client::dial_addr(b)?)))
+        .find(|s| s.id == best)
+        .and_then(crate::client::dial_addr)
     else {
         return session;
     };
-    if best.id == here || best.load() >= load_here {
+    if best == here {
         return session;
     }
     match client.connect(target).await {
         Ok(better) => {
-            status(&format!(
-                "server {} lists a less loaded server: using {target}",
-                session.server().addr
-            ));
+            let closer = match (rtts.rtt(&best), rtts.rtt(&here)) {
+                (Some(b), Some(h)) => rendezvous::latency::better_enough(h, b),
+                (Some(_), None) => true,
+                _ => false,
+            };
+            let load = |id: PeerId| servers.iter().find(|s| s.id == id).map(|s| s.load());
+            if closer {
+                status(&format!(
+                    "server {} is closer than {} ({}): using it",
+                    target.addr,
+                    session.server().addr,
+                    describe_rtts(rtts, best, here)
+                ));
+            } else if load(best) < load(here) {
+                status(&format!(
+                    "server {} lists a less loaded server: using {target}",
+                    session.server().addr
+                ));
+            } else {
+                status(&format!(
+                    "server {} is about as close as {} ({}) and as loaded: using it",
+                    target.addr,
+                    session.server().addr,
+                    describe_rtts(rtts, best, here)
+                ));
+            }
             session.close();
             better
         }
         Err(e) => {
-            tracing::debug!(server = %target, error = %e, "less loaded server did not answer");
+            tracing::debug!(server = %target, error = %e, "the chosen home did not answer");
             session
         }
     }
+}
+
+/// "12.3 ms against 45.6 ms" for servers `a` and `b` of `rtts`.
+fn describe_rtts(rtts: &LatencyVector, a: PeerId, b: PeerId) -> String {
+    let ms = |id: PeerId| match rtts.rtt(&id) {
+        Some(us) => format!("{:.1} ms", f64::from(us) / 1e3),
+        None => "not measured".into(),
+    };
+    format!("{} against {}", ms(a), ms(b))
 }
 
 /// How our NAT maps: ask a second server where it sees us. The same
@@ -759,65 +1049,133 @@ const LAN_ONLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the relayed QUIC handshake may take.
 const RELAY_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A direct path within `direct_timeout` (shorter when both NATs map per
-/// destination: then only a LAN path can work), else a relayed one.
-async fn connect(
-    client: &Client,
-    session: &ClientSession,
-    own_nat: NatMapping,
-    friend: &PeerRecord,
+/// The direct attempt still running beside a relayed chat: the direct
+/// path when it comes up.
+type Upgrade<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Path>> + 'a>>;
+
+/// The path to the friend, at once (Tailscale's way): the relay and the
+/// direct attempts start together, and the chat begins on whichever is
+/// ready first. A direct path that comes first ends the relay attempt; a
+/// relay that comes first is returned with the direct attempt still
+/// running (for `direct_timeout`, 1 s when both NATs map per destination:
+/// then only a LAN path can work), to upgrade to. `direct_timeout` 0:
+/// relay only.
+async fn connect<'a>(
+    client: &'a Client,
+    homes: &Homes,
+    home: &Home,
+    friend: &'a PeerRecord,
     direct_timeout: Duration,
-) -> anyhow::Result<Path> {
+) -> anyhow::Result<(Path, Option<Upgrade<'a>>)> {
+    let own_nat = home.nat;
     let both_hard = own_nat == NatMapping::Dependent && friend.body.nat == NatMapping::Dependent;
     let budget = if both_hard {
-        status("both NATs map per destination (symmetric): trying LAN addresses, then the relay");
+        status("both NATs map per destination (symmetric): trying LAN addresses beside the relay");
         direct_timeout.min(LAN_ONLY_TIMEOUT)
     } else {
         direct_timeout
     };
-    if !budget.is_zero() {
-        match crate::client::punch::direct(client, own_nat, friend, budget).await {
-            Ok((conn, send, recv)) => {
-                let kind = if friend.body.private_addrs.contains(&conn.remote_address()) {
-                    PathKind::Lan
-                } else {
-                    PathKind::Wan
-                };
-                return Ok(Path {
-                    conn,
-                    send,
-                    recv,
-                    kind,
-                    relay_closed: None,
-                    _relay_session: None,
-                });
-            }
-            Err(e) => status(&format!("no direct path: {e}; asking for a relay")),
-        }
+    if budget.is_zero() {
+        return Ok((relay(client, homes, home, friend).await?, None));
     }
-    relay(client, session, friend).await
+    let mut direct: Upgrade<'a> = Box::pin(direct_path(client, own_nat, friend, budget));
+    let mut relayed: Upgrade<'_> = Box::pin(relay(client, homes, home, friend));
+    tokio::select! {
+        d = &mut direct => match d {
+            Ok(path) => Ok((path, None)),
+            Err(e) => {
+                status(&format!("no direct path: {e}; waiting for the relay"));
+                Ok((relayed.await?, None))
+            }
+        },
+        r = &mut relayed => match r {
+            Ok(path) => Ok((path, Some(direct))),
+            Err(e) => {
+                status(&format!("no relay: {e:#}; waiting for a direct path"));
+                Ok((direct.await?, None))
+            }
+        },
+    }
 }
 
-/// The relayed path: both peers ask the home server of the lower id to
-/// splice them, then run the chat QUIC connection (TLS pinned to the
-/// friend's key, so the server cannot read or forge it) through it.
+/// A direct path (punching, [`crate::client::punch`]) within `budget`.
+async fn direct_path(
+    client: &Client,
+    own_nat: NatMapping,
+    friend: &PeerRecord,
+    budget: Duration,
+) -> anyhow::Result<Path> {
+    let (conn, send, recv) = crate::client::punch::direct(client, own_nat, friend, budget).await?;
+    let kind = if friend.body.private_addrs.contains(&conn.remote_address()) {
+        PathKind::Lan
+    } else {
+        PathKind::Wan
+    };
+    Ok(Path {
+        conn,
+        send,
+        recv,
+        kind,
+        relay_closed: None,
+        _relay_session: None,
+    })
+}
+
+/// The relayed path: both peers ask the relay the servers chose for them
+/// (the live server with the smallest worse RTT for the two, seed 003) —
+/// or, without a choice, the home server of the lower id — to splice
+/// them, then run the chat QUIC connection (TLS pinned to the friend's
+/// key, so the server cannot read or forge it) through it.
 async fn relay(
     client: &Client,
-    session: &ClientSession,
+    homes: &Homes,
+    own_home: &Home,
     friend: &PeerRecord,
 ) -> anyhow::Result<Path> {
     let me = client.id();
     let fid = friend.body.peer;
-    let home = if me < fid {
-        session.server()
-    } else {
-        let servers = session.servers().await?;
-        servers
-            .iter()
-            .find(|s| s.id == friend.body.home_server)
-            .context("the friend's home server is not live, so it cannot relay")
-            .map(crate::client::dial_addr)?
-            .context("the friend's home server has no address")?
+    let session = &own_home.session;
+    let chosen = match own_home.inbox.relay_for(fid, RELAY_CHOICE_WAIT).await {
+        Some(Some(r)) => match homes.addr_of(r) {
+            Some(addr) => {
+                status(&format!(
+                    "the servers chose the relay {} (the smallest worse RTT for both of you)",
+                    addr.addr
+                ));
+                Some(addr)
+            }
+            None => {
+                status(
+                    "the servers chose a relay this client does not know; using the home server of the lower id",
+                );
+                None
+            }
+        },
+        Some(None) => {
+            status(
+                "the servers could not choose a relay (RTTs missing); using the home server of the lower id",
+            );
+            None
+        }
+        None => {
+            status(&format!(
+                "no relay choice from the servers within {RELAY_CHOICE_WAIT:?}; using the home server of the lower id"
+            ));
+            None
+        }
+    };
+    let home = match chosen {
+        Some(addr) => addr,
+        None if me < fid => session.server(),
+        None => {
+            let servers = session.servers().await?;
+            servers
+                .iter()
+                .find(|s| s.id == friend.body.home_server)
+                .context("the friend's home server is not live, so it cannot relay")
+                .map(crate::client::dial_addr)?
+                .context("the friend's home server has no address")?
+        }
     };
     status(&format!("requesting a relay via server {}", home.addr));
     let other = if home.id == session.server().id {
@@ -1000,11 +1358,79 @@ const REHOME_RETRY: Duration = Duration::from_secs(2);
 type Upkeep<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Option<Home>>> + 'a>>;
 
-/// The conversation on one path: stdin → messages, messages → stdout;
-/// beside it, the home server is watched (moved away from when it dies)
-/// and the record refreshed.
+/// How long a relayed path stays open, and read, after the chat moved to
+/// a direct one: what the friend sent on it meanwhile still arrives.
+const RELAY_LINGER: Duration = Duration::from_secs(5);
+
+/// A path in use: frames read from it go to the conversation, tagged with
+/// its number (`None` when it ended).
+struct Live {
+    id: u32,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    kind: PathKind,
+    reader: tokio::task::JoinHandle<()>,
+    /// The connection to a relay server other than our home (kept open).
+    _relay_session: Option<ClientSession>,
+}
+
+type Tagged = (u32, Option<Frame>);
+
+impl Live {
+    fn start(path: Path, id: u32, frames: &tokio::sync::mpsc::Sender<Tagged>) -> Live {
+        let Path {
+            conn,
+            send,
+            mut recv,
+            kind,
+            relay_closed,
+            _relay_session,
+        } = path;
+        if let Some(closed) = relay_closed {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                if closed.await.is_ok() {
+                    conn.close(2u32.into(), b"relay closed");
+                }
+            });
+        }
+        let tx = frames.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(f) = read_msg::<Frame>(&mut recv).await {
+                if tx.send((id, Some(f))).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send((id, None)).await;
+        });
+        Live {
+            id,
+            conn,
+            send,
+            kind,
+            reader,
+            _relay_session,
+        }
+    }
+
+    /// Stops reading and closes the connection with `code`.
+    fn close(self, code: u32, why: &[u8]) {
+        self.reader.abort();
+        self.conn.close(code.into(), why);
+    }
+}
+
+/// The conversation: stdin → messages, messages → stdout, on the path in
+/// use; a direct path that comes up (`upgrade`) takes over from the relay
+/// at once — unacknowledged messages are sent again on it, the friend
+/// drops what it already has, and the relay is still read for
+/// [`RELAY_LINGER`] — so nothing is lost, duplicated or reordered. Beside
+/// it, the home server is watched (moved away from when it dies) and the
+/// record and RTTs refreshed.
+#[allow(clippy::too_many_arguments)] // the chat's whole context, passed down from one caller
 async fn converse<'a>(
     path: Path,
+    mut upgrade: Option<Upgrade<'_>>,
     session: &mut Session,
     input: &mut Input,
     client: &'a Client,
@@ -1012,29 +1438,9 @@ async fn converse<'a>(
     homes: &'a Homes,
     home: &mut Home,
 ) -> End {
-    let Path {
-        conn,
-        mut send,
-        mut recv,
-        relay_closed,
-        ..
-    } = path;
-    if let Some(closed) = relay_closed {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            if closed.await.is_ok() {
-                conn.close(2u32.into(), b"relay closed");
-            }
-        });
-    }
-    let (frame_tx, mut frames) = tokio::sync::mpsc::channel::<Frame>(64);
-    let reader = tokio::spawn(async move {
-        while let Ok(f) = read_msg::<Frame>(&mut recv).await {
-            if frame_tx.send(f).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (frame_tx, mut frames) = tokio::sync::mpsc::channel::<Tagged>(64);
+    let mut cur = Live::start(path, 0, &frame_tx);
+    let mut old: Option<(Live, tokio::time::Instant)> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut refresh = tokio::time::interval(REFRESH_CHECK);
     let mut upkeep: Option<Upkeep<'a>> = None;
@@ -1042,27 +1448,59 @@ async fn converse<'a>(
     input.chatting.store(true, Ordering::SeqCst);
     let end = loop {
         let may_rehome = upkeep.is_none() && tokio::time::Instant::now() >= rehome_after;
+        let linger_until = old.as_ref().map(|(_, t)| *t);
         tokio::select! {
             line = input.lines.recv(), if input.open => match line {
                 Some(line) => queue(session, &line),
                 None => input.close(session),
             },
             Some(()) = input.stop.recv(), if input.open => input.close(session),
-            frame = frames.recv() => match frame {
+            Some((id, frame)) = frames.recv() => match frame {
                 Some(f) => {
                     for text in session.on_frame(f) {
                         println!("{text}");
                     }
                 }
-                None => break why_closed(&conn),
+                None if id == cur.id => break why_closed(&cur.conn),
+                None => {
+                    if let Some((o, _)) = old.take() {
+                        o.close(4, b"upgraded");
+                    }
+                }
             },
+            res = async { upgrade.as_mut().expect("guarded").await }, if upgrade.is_some() => {
+                upgrade = None;
+                match res {
+                    Ok(path) => {
+                        let next = Live::start(path, cur.id + 1, &frame_tx);
+                        status(&format!(
+                            "upgraded to {}, RTT {} ms",
+                            next.kind,
+                            next.conn.rtt().as_millis()
+                        ));
+                        let was = std::mem::replace(&mut cur, next);
+                        if let Some((o, _)) = old.replace((was, tokio::time::Instant::now() + RELAY_LINGER)) {
+                            o.close(4, b"upgraded");
+                        }
+                        session.path_changed();
+                    }
+                    Err(e) => status(&format!("no direct path ({e}); the chat stays {}", cur.kind)),
+                }
+            }
+            () = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if linger_until.is_some() => {
+                if let Some((o, _)) = old.take() {
+                    o.close(4, b"upgraded");
+                }
+            }
             _ = home.session.closed(), if may_rehome => {
                 let dead = home.session.clone();
                 upkeep = Some(Box::pin(async move { homes.rehome(client, opts, &dead).await.map(Some) }));
             }
-            _ = refresh.tick(), if upkeep.is_none() && homes.refresh_due() => {
+            _ = refresh.tick(), if upkeep.is_none() => {
                 let current = home.clone();
-                upkeep = Some(Box::pin(async move { homes.reregister(client, opts, &current).await.map(|()| None) }));
+                let relayed_on_home = matches!(&cur.kind, PathKind::Relayed(s) if *s == home.session.server())
+                    || old.as_ref().is_some_and(|(o, _)| matches!(&o.kind, PathKind::Relayed(s) if *s == home.session.server()));
+                upkeep = Some(Box::pin(async move { homes.upkeep(client, opts, &current, relayed_on_home).await }));
             }
             res = async { upkeep.as_mut().expect("guarded").await }, if upkeep.is_some() => {
                 upkeep = None;
@@ -1078,7 +1516,7 @@ async fn converse<'a>(
             _ = tick.tick() => {
                 let mut broke = None;
                 for f in session.poll_transmit(Instant::now()) {
-                    if let Err(e) = write_msg(&mut send, &f).await {
+                    if let Err(e) = write_msg(&mut cur.send, &f).await {
                         broke = Some(e.to_string());
                         break;
                     }
@@ -1102,7 +1540,7 @@ async fn converse<'a>(
                     }
                     // Let the last acknowledgements go out.
                     for f in session.poll_transmit(Instant::now()) {
-                        let _ = write_msg(&mut send, &f).await;
+                        let _ = write_msg(&mut cur.send, &f).await;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     break End::Done;
@@ -1110,15 +1548,17 @@ async fn converse<'a>(
             }
         }
     };
-    reader.abort();
     input.chatting.store(false, Ordering::SeqCst);
+    if let Some((o, _)) = old.take() {
+        o.close(4, b"upgraded");
+    }
     match &end {
         End::Done => {
-            let _ = send.finish();
-            conn.close(0u32.into(), b"bye");
+            let _ = cur.send.finish();
+            cur.close(0, b"bye");
         }
-        End::FriendLeft => {}
-        End::Broke(_) => conn.close(3u32.into(), b"path broke"),
+        End::FriendLeft => cur.reader.abort(),
+        End::Broke(_) => cur.close(3, b"path broke"),
     }
     end
 }

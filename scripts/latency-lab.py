@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Latency-aware relays with real processes (issue 12), in scripts/latlab.sh's
+lab: seed 003's four servers and two clients, 10 ms links emulated by
+chatd-netem.
+
+One run: chatd servers in nl-lat-s2, s3 and s4 (s1, the best server, is
+"started late": not at all here), then two `chatd chat` clients in
+nl-lat-c1 and nl-lat-c2 that are not allowed a direct path
+(`--direct-timeout 0`), so the chat is relayed. The servers must choose the
+relay by seed 003's rule — the smallest worse RTT for the pair — which is
+s3 (60 ms for both; s2 and s4 are 80 ms for one of them), whatever the
+clients' homes are. Each client sends LINES lines; every line must arrive
+exactly once and in order.
+
+Usage:
+  scripts/latency-lab.py [--bin PATH] [--runs N] [--lines N] [--check] [--verbose]
+
+Prints one row per run and, last, one JSON line: relay_choice_correct
+(fraction of runs relayed via s3 by the servers' choice), lost,
+duplicated, reordered, first_message_ms (p50/max, from both registered to
+the first line out). With --check, exits 1 unless every run chose s3 and
+nothing was lost, duplicated or reordered.
+
+Needs root (network namespaces), python3, and scripts/latlab.sh (which
+builds chatd-netem unless NETEM_BIN names one). Brings the lab up if it is
+not, and takes it down at the end only if it brought it up. Every process
+it starts is stopped by PID; every wait is bounded.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LATLAB = os.path.join(ROOT, "scripts", "latlab.sh")
+PORT = 7000
+HOSTS = {"s1": "10.200.30.11", "s2": "10.200.30.12", "s3": "10.200.30.13",
+         "s4": "10.200.30.14", "c1": "10.200.30.21", "c2": "10.200.30.22"}
+RUN_TIMEOUT = 60.0
+
+
+def latlab(*args, check=True):
+    return subprocess.run(["bash", LATLAB, *args], check=check, capture_output=True,
+                          text=True, timeout=180)
+
+
+def lab_is_up():
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    return "nl-lat" in out.stdout
+
+
+class Servers:
+    """chatd servers in nl-lat-<name>, stopped by PID."""
+
+    def __init__(self, binary, work, names):
+        self.binary, self.work = binary, work
+        self.procs, self.addrs, self.keys = {}, {}, {}
+        for name in HOSTS:
+            if not name.startswith("s"):
+                continue
+            key = os.path.join(work, f"{name}.key")
+            out = subprocess.run([binary, "keygen", "--out", key], check=True,
+                                 capture_output=True, text=True, timeout=30)
+            self.keys[name] = out.stdout.split()[-1]
+            self.addrs[name] = f"{self.keys[name]}@{HOSTS[name]}:{PORT}"
+        for name in names:
+            self.start(name)
+        self.wait_live(len(names))
+
+    def start(self, name):
+        others = [n for n in self.procs if n != name]
+        args = ["ip", "netns", "exec", f"nl-lat-{name}", self.binary, "serve",
+                "--listen", f"{HOSTS[name]}:{PORT}", "--admin", "127.0.0.1:9100",
+                "--data-dir", os.path.join(self.work, name),
+                "--key", os.path.join(self.work, f"{name}.key"), "--preset", "local"]
+        for k in self.keys.values():
+            args += ["--allow", k]
+        if others:
+            args += ["--bootstrap", self.addrs[others[0]]]
+        os.makedirs(os.path.join(self.work, name), exist_ok=True)
+        log = open(os.path.join(self.work, f"{name}.log"), "w")
+        self.procs[name] = subprocess.Popen(args, stdout=log, stderr=log)
+
+    def live(self, name):
+        try:
+            out = subprocess.run(["ip", "netns", "exec", f"nl-lat-{name}", self.binary,
+                                  "status", "--admin", "127.0.0.1:9100"],
+                                 capture_output=True, text=True, timeout=5)
+            return len(json.loads(out.stdout).get("servers", []))
+        except (ValueError, subprocess.TimeoutExpired):
+            return 0
+
+    def wait_live(self, n, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.live(s) >= n for s in self.procs):
+                return
+            time.sleep(0.3)
+        raise RuntimeError(f"the servers did not see each other ({n} live) within {timeout} s")
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def reader(stream, sink):
+    for raw in stream:
+        sink.append((time.monotonic(), raw.decode("utf-8", "replace").rstrip("\n")))
+
+
+def chat_run(binary, servers, tag, lines, bootstrap):
+    """Two relayed clients, c1 and c2; returns a result dict."""
+    names = {"c1": f"alice-{tag}", "c2": f"bob-{tag}"}
+    friend = {"c1": names["c2"], "c2": names["c1"]}
+    sent = {k: [f"{names[k]} says {i}" for i in range(lines)] for k in names}
+    procs, outs, errs, threads, dirs = {}, {}, {}, [], []
+    for k in names:
+        d = tempfile.mkdtemp(prefix=f"latency-lab-{names[k]}.")
+        dirs.append(d)
+        args = ["ip", "netns", "exec", f"nl-lat-{k}", "env", "RUST_BACKTRACE=0", "NO_COLOR=1",
+                binary, "chat", "--name", names[k], "--to", friend[k], "--data-dir", d,
+                "--server", servers.addrs[bootstrap[k]], "--wait", "30",
+                "--direct-timeout", "0"]
+        procs[k] = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        outs[k], errs[k] = [], []
+        for stream, sink in ((procs[k].stdout, outs[k]), (procs[k].stderr, errs[k])):
+            t = threading.Thread(target=reader, args=(stream, sink), daemon=True)
+            t.start()
+            threads.append(t)
+    for k in names:
+        procs[k].stdin.write("".join(line + "\n" for line in sent[k]).encode())
+        procs[k].stdin.close()
+    deadline = time.monotonic() + RUN_TIMEOUT
+    for p in procs.values():
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    for t in threads:
+        t.join(timeout=5)
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    res = {"codes": {k: p.returncode for k, p in procs.items()},
+           "err": {k: "\n".join(l for _, l in errs[k]) for k in names}}
+    lost = dup = reordered = 0
+    for k, other in (("c1", "c2"), ("c2", "c1")):
+        got = [l for _, l in outs[other]]
+        want = sent[k]
+        lost += sum(1 for l in want if l not in got)
+        dup += len(got) - len(set(got))
+        seen = [l for l in got if l in want]
+        reordered += 0 if seen == sorted(seen, key=want.index) else 1
+    res.update(lost=lost, duplicated=dup, reordered=reordered)
+    relays, chosen = {}, {}
+    for k in names:
+        m = re.findall(r"requesting a relay via server (\S+)", res["err"][k])
+        relays[k] = m[-1] if m else None
+        chosen[k] = "the servers chose the relay" in res["err"][k]
+    s3 = f"{HOSTS['s3']}:{PORT}"
+    res["relay"] = relays["c1"]
+    res["correct"] = all(relays[k] == s3 and chosen[k] for k in names)
+    regs = [next((t for t, l in errs[k] if "registered as" in l), None) for k in names]
+    firsts = [outs[k][0][0] for k in names if outs[k]]
+    res["first_ms"] = (max(0.0, (min(firsts) - max(regs)) * 1000)
+                       if all(r is not None for r in regs) and firsts else None)
+    homes = {}
+    for k in names:
+        m = re.findall(r"connected to server \S+@(\S+)", res["err"][k])
+        homes[k] = m[-1] if m else "?"
+    res["homes"] = homes
+    return res
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "chatd"))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--lines", type=int, default=20)
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--verbose", action="store_true", help="print both clients' stderr")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("latency-lab.py: needs root (network namespaces)")
+    if not os.access(args.bin, os.X_OK):
+        sys.exit(f"latency-lab.py: no chatd binary at {args.bin} (cargo build --release, or --bin)")
+    brought_up = False
+    if not lab_is_up():
+        latlab("up", "--lifetime", str(120 + args.runs * 90))
+        brought_up = True
+    work = tempfile.mkdtemp(prefix="latency-lab.")
+    servers = None
+    results = []
+    try:
+        servers = Servers(args.bin, work, ["s2", "s3", "s4"])
+        # Bootstraps vary by run: the relay must not depend on the way in.
+        boots = [("s2", "s4"), ("s4", "s2"), ("s3", "s3"), ("s2", "s2")]
+        for run in range(args.runs):
+            b = boots[run % len(boots)]
+            r = chat_run(args.bin, servers, f"{os.getpid()}-{run}", args.lines,
+                         {"c1": b[0], "c2": b[1]})
+            results.append(r)
+            print(f"run {run + 1}: homes c1 {r['homes']['c1']} c2 {r['homes']['c2']}, "
+                  f"relay {r['relay']} ({'min-max' if r['correct'] else 'WRONG'}), "
+                  f"first message {r['first_ms'] and round(r['first_ms'])} ms, "
+                  f"lost {r['lost']} dup {r['duplicated']} reordered {r['reordered']}, "
+                  f"exit {r['codes']['c1']}/{r['codes']['c2']}", flush=True)
+            if args.verbose or not r["correct"] or r["lost"] or r["duplicated"] or r["reordered"]:
+                for k, e in r["err"].items():
+                    print(f"--- {k} stderr ---\n{e}", file=sys.stderr)
+    finally:
+        if servers:
+            servers.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        if brought_up:
+            latlab("down", check=False)
+    firsts = [r["first_ms"] for r in results if r["first_ms"] is not None]
+    summary = {
+        "runs": len(results),
+        "relay_choice_correct": sum(r["correct"] for r in results) / max(1, len(results)),
+        "lost": sum(r["lost"] for r in results),
+        "duplicated": sum(r["duplicated"] for r in results),
+        "reordered": sum(r["reordered"] for r in results),
+        "first_message_ms_p50": pct(firsts, 0.5) and round(pct(firsts, 0.5)),
+        "first_message_ms_max": firsts and round(max(firsts)),
+    }
+    print(json.dumps(summary))
+    if args.check:
+        ok = (summary["relay_choice_correct"] == 1.0 and summary["lost"] == 0
+              and summary["duplicated"] == 0 and summary["reordered"] == 0
+              and all(c == 0 for r in results for c in r["codes"].values()))
+        sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
