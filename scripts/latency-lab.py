@@ -12,14 +12,23 @@ s3 (60 ms for both; s2 and s4 are 80 ms for one of them), whatever the
 clients' homes are. Each client sends LINES lines; every line must arrive
 exactly once and in order.
 
+Relocation (--relocate N runs of each): a chat relayed via s3 sends a line
+every 100 ms each way; 2 s in, s3 is killed with SIGKILL — both clients
+must move to the next ranked relay (s2 or s4) — or s1, the better server,
+is started — both must move to s1; the time from the event (the kill; s1
+listed live) to the first line received on the new relay is measured.
+
 Usage:
-  scripts/latency-lab.py [--bin PATH] [--runs N] [--lines N] [--check] [--verbose]
+  scripts/latency-lab.py [--bin PATH] [--runs N] [--lines N] [--relocate N]
+                         [--check] [--max-relocation-ms MS] [--verbose]
 
 Prints one row per run and, last, one JSON line: relay_choice_correct
 (fraction of runs relayed via s3 by the servers' choice), lost,
 duplicated, reordered, first_message_ms (p50/max, from both registered to
-the first line out). With --check, exits 1 unless every run chose s3 and
-nothing was lost, duplicated or reordered.
+the first line out), relocations, relocation_correct (moved, both, to the
+right server), relocation_ms_p50/max. With --check, exits 1 unless every
+run chose s3, every relocation went right, nothing was lost, duplicated
+or reordered (and, with --max-relocation-ms, no relocation took longer).
 
 Needs root (network namespaces), python3, and scripts/latlab.sh (which
 builds chatd-netem unless NETEM_BIN names one). Brings the lab up if it is
@@ -44,6 +53,7 @@ PORT = 7000
 HOSTS = {"s1": "10.200.30.11", "s2": "10.200.30.12", "s3": "10.200.30.13",
          "s4": "10.200.30.14", "c1": "10.200.30.21", "c2": "10.200.30.22"}
 RUN_TIMEOUT = 60.0
+PACE = 0.1
 
 
 def latlab(*args, check=True):
@@ -97,13 +107,28 @@ class Servers:
         except (ValueError, subprocess.TimeoutExpired):
             return 0
 
-    def wait_live(self, n, timeout=30):
+    def wait_live(self, n, timeout=30, exact=False):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(self.live(s) >= n for s in self.procs):
+            seen = [self.live(s) for s in self.procs]
+            if all(x == n if exact else x >= n for x in seen):
                 return
             time.sleep(0.3)
         raise RuntimeError(f"the servers did not see each other ({n} live) within {timeout} s")
+
+    def stop_one(self, name):
+        p = self.procs.pop(name)
+        p.terminate()
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+    def kill(self, name):
+        p = self.procs.pop(name)
+        p.kill()
+        p.wait()
 
     def stop(self):
         for p in self.procs.values():
@@ -122,8 +147,15 @@ def reader(stream, sink):
         sink.append((time.monotonic(), raw.decode("utf-8", "replace").rstrip("\n")))
 
 
-def chat_run(binary, servers, tag, lines, bootstrap):
-    """Two relayed clients, c1 and c2; returns a result dict."""
+def chat_run(binary, servers, tag, lines, bootstrap, event=None):
+    """Two relayed clients, c1 and c2; returns a result dict.
+
+    event=None: each sends its lines at once. event="kill" or "better":
+    each sends a line every PACE s; 2 s after both are relayed, the relay
+    (s3) is killed with SIGKILL, or the better server s1 is started; the
+    run then measures the time from the event (the kill; s1 listed live by
+    s2) to the first line received on the new relay (relocation_ms, the
+    worse of the two sides)."""
     names = {"c1": f"alice-{tag}", "c2": f"bob-{tag}"}
     friend = {"c1": names["c2"], "c2": names["c1"]}
     sent = {k: [f"{names[k]} says {i}" for i in range(lines)] for k in names}
@@ -142,9 +174,45 @@ def chat_run(binary, servers, tag, lines, bootstrap):
             t = threading.Thread(target=reader, args=(stream, sink), daemon=True)
             t.start()
             threads.append(t)
-    for k in names:
-        procs[k].stdin.write("".join(line + "\n" for line in sent[k]).encode())
-        procs[k].stdin.close()
+    t_event = None
+    started_ms = None
+    if event is None:
+        for k in names:
+            procs[k].stdin.write("".join(line + "\n" for line in sent[k]).encode())
+            procs[k].stdin.close()
+    else:
+        def pace(k):
+            try:
+                for line in sent[k]:
+                    procs[k].stdin.write((line + "\n").encode())
+                    procs[k].stdin.flush()
+                    time.sleep(PACE)
+                procs[k].stdin.close()
+            except (BrokenPipeError, ValueError):
+                pass
+        writers = [threading.Thread(target=pace, args=(k,), daemon=True) for k in names]
+        for w in writers:
+            w.start()
+        until = time.monotonic() + 30
+        while time.monotonic() < until and not all(
+                any("connected relayed" in l for _, l in errs[k]) for k in names):
+            time.sleep(0.05)
+        time.sleep(2)
+        t_event = time.monotonic()
+        if event == "kill":
+            servers.kill("s3")
+        else:
+            # The event is the better server being live in the cluster
+            # (what the servers list), not its process starting.
+            servers.start("s1")
+            until = time.monotonic() + 20
+            while time.monotonic() < until and servers.live("s2") < 4:
+                time.sleep(0.02)
+            res_live = time.monotonic()
+            started_ms = (res_live - t_event) * 1000
+            t_event = res_live
+        for w in writers:
+            w.join(timeout=RUN_TIMEOUT)
     deadline = time.monotonic() + RUN_TIMEOUT
     for p in procs.values():
         try:
@@ -157,6 +225,7 @@ def chat_run(binary, servers, tag, lines, bootstrap):
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
     res = {"codes": {k: p.returncode for k, p in procs.items()},
+           "s1_join_ms": started_ms if event == "better" else None,
            "err": {k: "\n".join(l for _, l in errs[k]) for k in names}}
     lost = dup = reordered = 0
     for k, other in (("c1", "c2"), ("c2", "c1")):
@@ -170,7 +239,7 @@ def chat_run(binary, servers, tag, lines, bootstrap):
     relays, chosen = {}, {}
     for k in names:
         m = re.findall(r"requesting a relay via server (\S+)", res["err"][k])
-        relays[k] = m[-1] if m else None
+        relays[k] = m[0] if m else None
         chosen[k] = "the servers chose the relay" in res["err"][k]
     s3 = f"{HOSTS['s3']}:{PORT}"
     res["relay"] = relays["c1"]
@@ -184,6 +253,27 @@ def chat_run(binary, servers, tag, lines, bootstrap):
         m = re.findall(r"connected to server \S+@(\S+)", res["err"][k])
         homes[k] = m[-1] if m else "?"
     res["homes"] = homes
+    if event is not None:
+        # Per side: when it said it moved, and the first line it received
+        # after that; the relocation is the later side's, from the event.
+        moved_to, times = {}, []
+        for k in names:
+            moved = [(t, l) for t, l in errs[k] if t >= t_event and "moved the chat" in l]
+            if not moved:
+                times.append(None)
+                continue
+            t_moved, line = moved[0]
+            m = re.search(r"relayed via server (\S+),", line)
+            moved_to[k] = m.group(1) if m else None
+            after = [t for t, _ in outs[k] if t >= t_moved]
+            times.append((after[0] - t_event) * 1000 if after else None)
+        res["relocation_ms"] = None if None in times else max(times)
+        want = {"kill": None, "better": f"{HOSTS['s1']}:{PORT}"}[event]
+        targets = set(moved_to.values())
+        res["moved_to"] = targets.pop() if len(targets) == 1 else None
+        res["moved_ok"] = (len(moved_to) == 2 and res["moved_to"] is not None
+                          and res["moved_to"] != f"{HOSTS['s3']}:{PORT}"
+                          and (want is None or res["moved_to"] == want))
     return res
 
 
@@ -198,6 +288,12 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--lines", type=int, default=20)
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--relocate", type=int, default=1, metavar="N",
+                    help="runs of each relocation case: SIGKILL the relay, start a better "
+                         "server (default 1; 0 skips them)")
+    ap.add_argument("--max-relocation-ms", type=float, default=None,
+                    help="with --check, also fail when a relocation took longer (the target "
+                         "is 2000; tests leave it out: they assert behaviour, not time)")
     ap.add_argument("--verbose", action="store_true", help="print both clients' stderr")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -228,6 +324,31 @@ def main():
             if args.verbose or not r["correct"] or r["lost"] or r["duplicated"] or r["reordered"]:
                 for k, e in r["err"].items():
                     print(f"--- {k} stderr ---\n{e}", file=sys.stderr)
+        for event in ("kill", "better"):
+            for run in range(args.relocate):
+                tag = f"{os.getpid()}-{event}-{run}"
+                r = chat_run(args.bin, servers, tag, 80, {"c1": "s2", "c2": "s4"}, event)
+                results.append(r)
+                what = "SIGKILL of the relay s3" if event == "kill" else "s1 started"
+                print(f"relocation after {what}: relay {r['relay']} -> {r['moved_to']} "
+                      f"({'ok' if r['moved_ok'] else 'WRONG'}), "
+                      f"{r['relocation_ms'] and round(r['relocation_ms'])} ms to the first line "
+                      f"on the new relay"
+                      + (f" (s1 took {round(r['s1_join_ms'])} ms to be listed live)"
+                         if r.get("s1_join_ms") else "")
+                      + f", lost {r['lost']} dup {r['duplicated']} "
+                      f"reordered {r['reordered']}, exit {r['codes']['c1']}/{r['codes']['c2']}",
+                      flush=True)
+                if args.verbose or not r["moved_ok"] or r["lost"] or r["duplicated"] or r["reordered"]:
+                    for k, e in r["err"].items():
+                        print(f"--- {k} stderr ---\n{e}", file=sys.stderr)
+                # Back to the starting line-up: s2, s3, s4 (s1 leaves, and
+                # is no longer listed anywhere).
+                if event == "kill":
+                    servers.start("s3")
+                else:
+                    servers.stop_one("s1")
+                servers.wait_live(3, exact=True)
     finally:
         if servers:
             servers.stop()
@@ -235,6 +356,8 @@ def main():
         if brought_up:
             latlab("down", check=False)
     firsts = [r["first_ms"] for r in results if r["first_ms"] is not None]
+    moves = [r for r in results if "relocation_ms" in r]
+    reloc = [r["relocation_ms"] for r in moves if r["relocation_ms"] is not None]
     summary = {
         "runs": len(results),
         "relay_choice_correct": sum(r["correct"] for r in results) / max(1, len(results)),
@@ -243,10 +366,17 @@ def main():
         "reordered": sum(r["reordered"] for r in results),
         "first_message_ms_p50": pct(firsts, 0.5) and round(pct(firsts, 0.5)),
         "first_message_ms_max": firsts and round(max(firsts)),
+        "relocations": len(moves),
+        "relocation_correct": sum(r["moved_ok"] for r in moves) / max(1, len(moves)),
+        "relocation_ms_p50": pct(reloc, 0.5) and round(pct(reloc, 0.5)),
+        "relocation_ms_max": reloc and round(max(reloc)) if len(reloc) == len(moves) else None,
     }
     print(json.dumps(summary))
     if args.check:
         ok = (summary["relay_choice_correct"] == 1.0 and summary["lost"] == 0
+              and summary["relocation_correct"] == 1.0
+              and (args.max_relocation_ms is None or not moves
+                   or (summary["relocation_ms_max"] or 1e9) <= args.max_relocation_ms)
               and summary["duplicated"] == 0 and summary["reordered"] == 0
               and all(c == 0 for r in results for c in r["codes"].values()))
         sys.exit(0 if ok else 1)

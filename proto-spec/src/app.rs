@@ -193,6 +193,7 @@ pub fn request_vectors() -> Vec<(&'static str, Request)> {
         ),
         ("find-name", Request::FindName("alice".into())),
         ("latency", Request::Latency(latency())),
+        ("rearrange", Request::Rearrange(id(BOB))),
     ]
 }
 
@@ -290,14 +291,14 @@ pub fn notice_vectors() -> Vec<(&'static str, Notice)> {
             "relay",
             Notice::Relay {
                 friend: id(BOB),
-                relay: Some(server_a().id),
+                relays: vec![(server_a().id, 40_000), (id(SERVER_B), 61_500)],
             },
         ),
         (
             "relay-fallback",
             Notice::Relay {
                 friend: id(BOB),
-                relay: None,
+                relays: vec![],
             },
         ),
     ]
@@ -405,7 +406,15 @@ pub fn server_vectors() -> Vec<(&'static str, ServerMsg)> {
             ServerMsg::RelayChoice {
                 a: id(ALICE),
                 b: id(BOB),
-                relay: Some(server_a().id),
+                relays: vec![(server_a().id, 40_000)],
+            },
+        ),
+        (
+            "rearrange",
+            ServerMsg::Rearrange {
+                to: id(BOB),
+                from: id(ALICE),
+                latency: latency(),
             },
         ),
     ]

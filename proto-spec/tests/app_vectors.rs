@@ -114,6 +114,7 @@ fn request_tag(r: &Request) -> u8 {
         Request::RegisterLive { .. } => 7,
         Request::FindName(_) => 8,
         Request::Latency(_) => 9,
+        Request::Rearrange(_) => 10,
     }
 }
 
@@ -143,6 +144,7 @@ fn server_tag(m: &ServerMsg) -> u8 {
         ServerMsg::Rendezvous { .. } => 6,
         ServerMsg::Meeting { .. } => 7,
         ServerMsg::RelayChoice { .. } => 8,
+        ServerMsg::Rearrange { .. } => 9,
     }
 }
 
@@ -192,7 +194,7 @@ fn client_requests_decode_and_reencode_byte_for_byte() {
         &owned(app::request_vectors()),
         MAX_REQUEST,
     );
-    check_tags("client-request.txt", &d, request_tag, 10);
+    check_tags("client-request.txt", &d, request_tag, 11);
 }
 
 #[test]
@@ -218,7 +220,7 @@ fn server_messages_decode_and_reencode_byte_for_byte() {
         &owned(app::server_vectors()),
         MAX_SERVER_FRAME,
     );
-    check_tags("server.txt", &d, server_tag, 9);
+    check_tags("server.txt", &d, server_tag, 10);
 }
 
 #[test]

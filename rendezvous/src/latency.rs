@@ -100,36 +100,51 @@ pub(crate) fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The relay for a pair (seed 003's rule): among the live servers both
-/// clients measured, the one with the smallest worse RTT, max(a, b); ties
-/// by the smaller sum a + b, then at random (`seed`). `None` when no live
-/// server was measured by both (the caller falls back to its own rule).
+/// Most relays ranked for a pair: the best, and the ones the pair moves
+/// to, in order, when it dies.
+pub const MAX_RELAYS: usize = 4;
+
+/// The relays for a pair (seed 003's rule), best first, at most `n`:
+/// among the live servers both clients measured, by the smaller worse RTT,
+/// max(a, b), then the smaller sum a + b, then at random (`seed`). Each
+/// with its worse RTT in µs (what a client compares when a better relay
+/// appears). Empty when no live server was measured by both (the caller
+/// falls back to its own rule).
+pub fn rank_relays(
+    a: &LatencyVector,
+    b: &LatencyVector,
+    live: impl Fn(&PeerId) -> bool,
+    seed: u64,
+    n: usize,
+) -> Vec<(PeerId, u32)> {
+    let mut ranked: Vec<((u32, u64, u64), PeerId)> = a
+        .entries()
+        .iter()
+        .filter_map(|&(id, ra)| {
+            let rb = b.rtt(&id)?;
+            if !live(&id) {
+                return None;
+            }
+            let tie = splitmix(seed ^ u64::from_le_bytes(id.0[..8].try_into().unwrap_or([0; 8])));
+            Some(((ra.max(rb), u64::from(ra) + u64::from(rb), tie), id))
+        })
+        .collect();
+    ranked.sort_unstable();
+    ranked
+        .into_iter()
+        .take(n)
+        .map(|((worse, ..), id)| (id, worse))
+        .collect()
+}
+
+/// The best relay for a pair: the first of [`rank_relays`].
 pub fn relay_for_pair(
     a: &LatencyVector,
     b: &LatencyVector,
     live: impl Fn(&PeerId) -> bool,
     seed: u64,
 ) -> Option<PeerId> {
-    let mut best: Vec<PeerId> = Vec::new();
-    let mut best_key = (u32::MAX, u64::MAX);
-    for &(id, ra) in a.entries() {
-        let Some(rb) = b.rtt(&id) else { continue };
-        if !live(&id) {
-            continue;
-        }
-        let key = (ra.max(rb), u64::from(ra) + u64::from(rb));
-        if key < best_key {
-            best_key = key;
-            best.clear();
-        }
-        if key == best_key {
-            best.push(id);
-        }
-    }
-    if best.is_empty() {
-        return None;
-    }
-    Some(best[(splitmix(seed) % best.len() as u64) as usize])
+    rank_relays(a, b, live, seed, 1).first().map(|(id, _)| *id)
 }
 
 /// Whether moving from a path whose (worse) RTT is `current_us` to one of
@@ -282,6 +297,13 @@ mod tests {
             None
         );
         assert_eq!(relay_for_pair(&c1, &c2, |_| false, 0), None);
+        // The ranking: s1 40, s3 60, then s2 and s4 (80, sum 140 both) in
+        // an order set by the seed; at most n.
+        let r = rank_relays(&c1, &c2, |_| true, 7, MAX_RELAYS);
+        assert_eq!(r[..2], [(id(1), 40_000), (id(3), 60_000)]);
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[2].1, 80_000);
+        assert_eq!(rank_relays(&c1, &c2, |_| true, 7, 2).len(), 2);
     }
 
     #[test]

@@ -58,11 +58,15 @@ pub enum Request {
     /// with [`Response::Records`]; more than one means the name is
     /// ambiguous).
     FindName(String),
-    /// My measured RTTs to servers (issue 12): kept with my presence on
-    /// this connection, for latency-aware choices; answered
-    /// [`Response::Noted`]. I must be registered live here; one report per
+    /// My measured RTTs to servers (issue 12): kept with this connection
+    /// (used once I am registered live on it), for latency-aware choices;
+    /// answered [`Response::Noted`]. One report per
     /// `latency_report_spacing`.
     Latency(LatencyVector),
+    /// Choose the relay for me and this peer again (my RTTs changed, a
+    /// server appeared): both of us get a new [`Notice::Relay`]. We must
+    /// have met through this server recently; answered [`Response::Noted`].
+    Rearrange(PeerId),
 }
 
 /// A friend, by id (authenticated) or by name (a label anyone can claim).
@@ -253,8 +257,11 @@ pub enum Notice {
     Relay {
         /// The friend of the meeting.
         friend: PeerId,
-        /// The relay server, one both of you measured.
-        relay: Option<PeerId>,
+        /// The relays both of you measured, best first (at most
+        /// [`crate::latency::MAX_RELAYS`]), each with the worse of your two
+        /// RTTs to it in µs: use the first; when it dies, the next. Empty:
+        /// no choice.
+        relays: Vec<(PeerId, u32)>,
     },
 }
 
@@ -382,8 +389,19 @@ pub enum ServerMsg {
         a: PeerId,
         /// Its friend.
         b: PeerId,
-        /// The relay, or `None` (fall back to the lower id's home).
-        relay: Option<PeerId>,
+        /// The ranked relays, as in [`Notice::Relay`] (empty: fall back to
+        /// the lower id's home).
+        relays: Vec<(PeerId, u32)>,
+    },
+    /// To the home server of `to`: `from` asked to choose their relay
+    /// again ([`Request::Rearrange`]), with its new latency report.
+    Rearrange {
+        /// The client at the receiver's side.
+        to: PeerId,
+        /// Who asked.
+        from: PeerId,
+        /// `from`'s RTTs to servers.
+        latency: LatencyVector,
     },
 }
 

@@ -260,7 +260,7 @@ impl Default for Config {
             ip_rate: (50.0, 200.0),
             broadcast_rate: (4_000.0, 8_000.0),
             introductions_per_peer: (2.0, 10.0),
-            latency_report_spacing: Duration::from_secs(5),
+            latency_report_spacing: Duration::from_secs(1),
             max_waits_per_conn: 4,
             max_waits: 50_000,
             relay_sessions: 1_000,
@@ -550,6 +550,8 @@ struct Conn {
     closing: bool,
     /// The client's last `Latency` report, and when it was accepted.
     latency: Option<(Time, LatencyVector)>,
+    /// When the client last asked to rearrange a relay.
+    rearranged: Option<Time>,
 }
 
 #[derive(Debug)]
@@ -956,6 +958,7 @@ impl Server {
                 ),
                 closing: false,
                 latency: None,
+                rearranged: None,
             },
         );
         // A registered connection of the same client keeps its notices.
@@ -1218,6 +1221,7 @@ impl Server {
             Request::Meet(friend) => self.meet(now, conn, req, peer, friend),
             Request::Relay(friend) => self.relay(now, conn, req, peer, friend),
             Request::Latency(v) => self.latency_report(now, conn, req, peer, v),
+            Request::Rearrange(friend) => self.rearrange(now, conn, req, peer, friend),
         }
     }
 
@@ -1658,7 +1662,7 @@ impl Server {
         from_latency: Option<LatencyVector>,
         start_at_ms: u64,
     ) {
-        if let Some(&c) = self.clients.get(&to.body.peer) {
+        if let Some(c) = self.home_conn(&to.body.peer) {
             self.notify(now, c, from, start_at_ms);
             self.arrange_relay(now, c, from.body.peer, from_latency.as_ref(), None);
             return;
@@ -1684,10 +1688,11 @@ impl Server {
         });
     }
 
-    /// The relay for the client on `conn` (here) and `friend` (here too
+    /// The relays for the client on `conn` (here) and `friend` (here too
     /// when `friend_home` is `None`, else connected to `friend_home`):
-    /// seed 003's rule over both latency reports. Both are told, and so is
-    /// the relay when it is a third server (it may then relay the pair).
+    /// seed 003's rule over both latency reports, ranked. Both are told,
+    /// and so is every ranked relay that is a third server (it may then
+    /// relay the pair).
     fn arrange_relay(
         &mut self,
         now: Now,
@@ -1707,61 +1712,135 @@ impl Server {
             lo.0.iter()
                 .chain(hi.0.iter())
                 .fold(0u64, |h, b| crate::latency::splitmix(h ^ u64::from(*b)));
-        let relay = match (own, friend_latency) {
+        let relays = match (own, friend_latency) {
             (Some(a), Some(b)) => {
                 let (me, members) = (self.me, &self.members);
-                crate::latency::relay_for_pair(a, b, |id| *id == me || members.is_live(id), seed)
+                let live = |id: &PeerId| *id == me || members.is_live(id);
+                crate::latency::rank_relays(a, b, live, seed, crate::latency::MAX_RELAYS)
             }
-            _ => None,
+            _ => Vec::new(),
         };
-        self.stats.count(if relay.is_some() {
-            "relay_choices"
-        } else {
+        self.stats.count(if relays.is_empty() {
             "relay_choice_fallbacks"
+        } else {
+            "relay_choices"
         });
-        if relay == Some(self.me) {
+        if relays.iter().any(|(r, _)| *r == self.me) {
             self.met(now, peer, friend);
         }
-        self.notify_relay(conn, friend, relay);
+        self.notify_relay(conn, friend, relays.clone());
+        let choice = |relays: &Vec<(PeerId, u32)>| ServerMsg::RelayChoice {
+            a: friend,
+            b: peer,
+            relays: relays.clone(),
+        };
         match friend_home {
             None => {
-                if let Some(&fc) = self.clients.get(&friend) {
-                    self.notify_relay(fc, peer, relay);
+                if let Some(fc) = self.home_conn(&friend) {
+                    self.notify_relay(fc, peer, relays.clone());
                 }
             }
-            Some(home) => self.send_server(
-                home,
-                ServerMsg::RelayChoice {
-                    a: friend,
-                    b: peer,
-                    relay,
-                },
-            ),
+            Some(home) => self.send_server(home, choice(&relays)),
         }
-        if let Some(r) = relay
-            && r != self.me
-            && Some(r) != friend_home
+        for &(r, _) in &relays {
+            if r != self.me && Some(r) != friend_home {
+                self.send_server(r, choice(&relays));
+            }
+        }
+    }
+
+    fn notify_relay(&mut self, conn: ConnId, friend: PeerId, mut relays: Vec<(PeerId, u32)>) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        relays.truncate(crate::latency::MAX_RELAYS);
+        self.stats.count("notices");
+        self.out.push_back(Output::Notify {
+            conn,
+            notice: Notice::Relay { friend, relays },
+        });
+    }
+
+    /// `Rearrange(friend)` from the client on `conn` (registered live
+    /// here): the pair's relays chosen again with the client's latest
+    /// report, by the friend's home (here, or told by
+    /// `ServerMsg::Rearrange`). No meeting through this server is needed —
+    /// the client may have moved home since — but it costs what a meeting
+    /// costs.
+    fn rearrange(&mut self, now: Now, conn: ConnId, req: ReqId, peer: PeerId, friend: PeerId) {
+        if self.presence.get(&peer).is_none_or(|p| p.conn != conn) {
+            let detail = "register live on this connection before asking for relays";
+            self.refuse(conn, req, Refusal::new(ErrorCode::NotRegistered, detail));
+            return;
+        }
+        let spacing = self.cfg.latency_report_spacing;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Some(at) = c.rearranged
+            && now.mono.saturating_since(at) < spacing
+        {
+            let refusal = Refusal {
+                code: ErrorCode::RateLimited,
+                retry_after_ms: as_ms32(spacing - now.mono.saturating_since(at)),
+                detail: "relays rearranged too often".into(),
+            };
+            self.refuse(conn, req, refusal);
+            return;
+        }
+        c.rearranged = Some(now.mono);
+        let latency = c.latency.as_ref().map(|l| l.1.clone());
+        // Like a meeting (it tells the friend and names relays for the
+        // pair), it costs the friend's introduction bucket; the friend's
+        // client ignores rankings for peers it is not chatting with.
+        let (rate, burst) = self.cfg.introductions_per_peer;
+        let bucket = self
+            .introductions
+            .entry(friend)
+            .or_insert_with(|| TokenBucket::new(rate, burst, now.mono));
+        if let Err(wait) = bucket.take(1.0, now.mono) {
+            let refusal = Refusal {
+                code: ErrorCode::RateLimited,
+                retry_after_ms: as_ms32(wait),
+                detail: "that peer is being asked for too often: try again later".into(),
+            };
+            self.refuse(conn, req, refusal);
+            return;
+        }
+        self.stats.count("rearrangements");
+        self.met(now, peer, friend);
+        self.respond(conn, req, Response::Noted);
+        if let Some(fc) = self.home_conn(&friend) {
+            self.arrange_relay(now, fc, peer, latency.as_ref(), None);
+        } else if let (Some(home), Some(latency)) = (
+            self.lookup(&friend, now).map(|r| r.body.home_server),
+            latency,
+        ) && home != self.me
         {
             self.send_server(
-                r,
-                ServerMsg::RelayChoice {
-                    a: friend,
-                    b: peer,
-                    relay,
+                home,
+                ServerMsg::Rearrange {
+                    to: friend,
+                    from: peer,
+                    latency,
                 },
             );
         }
     }
 
-    fn notify_relay(&mut self, conn: ConnId, friend: PeerId, relay: Option<PeerId>) {
-        if !self.conns.contains_key(&conn) {
-            return;
-        }
-        self.stats.count("notices");
-        self.out.push_back(Output::Notify {
-            conn,
-            notice: Notice::Relay { friend, relay },
-        });
+    /// Whether `a` and `b` met through this server (or were named to it as
+    /// their relay) within `relay_met_within`, the relay's rule.
+    fn met_recently(&self, now: Now, a: PeerId, b: PeerId) -> bool {
+        self.met
+            .get(&pair(a, b))
+            .is_some_and(|t| now.mono.saturating_since(*t) <= self.cfg.relay_met_within)
+    }
+
+    /// The connection `peer`'s live record lives on here (its home is
+    /// here), if any: where its notices go. Another connection of the
+    /// peer (to a relay here, say) does not make this its home.
+    fn home_conn(&self, peer: &PeerId) -> Option<ConnId> {
+        self.presence.get(peer).map(|p| p.conn)
     }
 
     fn met(&mut self, now: Now, a: PeerId, b: PeerId) {
@@ -1951,11 +2030,7 @@ impl Server {
             );
             return;
         }
-        let met_recently = self
-            .met
-            .get(&pair(peer, friend))
-            .is_some_and(|t| now.mono.saturating_since(*t) <= self.cfg.relay_met_within);
-        if !met_recently {
+        if !self.met_recently(now, peer, friend) {
             let detail = "a relay needs a meeting through this server first (Meet, then Relay)";
             self.refuse(conn, req, Refusal::new(ErrorCode::RelayNotMet, detail));
             return;
@@ -2200,12 +2275,23 @@ impl Server {
                 start_at_ms,
                 latency,
             } => self.meeting(now, from, to, &who, start_at_ms, latency.as_ref()),
-            ServerMsg::RelayChoice { a, b, relay } => {
-                if relay == Some(self.me) {
+            ServerMsg::RelayChoice { a, b, mut relays } => {
+                relays.truncate(crate::latency::MAX_RELAYS);
+                if relays.iter().any(|(r, _)| *r == self.me) {
                     self.met(now, a, b);
                 }
-                if let Some(&conn) = self.clients.get(&a) {
-                    self.notify_relay(conn, b, relay);
+                if let Some(conn) = self.home_conn(&a) {
+                    self.notify_relay(conn, b, relays);
+                }
+            }
+            ServerMsg::Rearrange {
+                to,
+                from: who,
+                latency,
+            } => {
+                if let Some(conn) = self.home_conn(&to) {
+                    self.met(now, to, who);
+                    self.arrange_relay(now, conn, who, Some(&latency), Some(from));
                 }
             }
         }
@@ -2226,7 +2312,7 @@ impl Server {
             self.reject(e.reason());
             return;
         }
-        if let Some(&conn) = self.clients.get(&to) {
+        if let Some(conn) = self.home_conn(&to) {
             self.met(now, to, who.body.peer);
             self.notify(now, conn, who, start_at_ms);
             self.arrange_relay(now, conn, who.body.peer, latency, Some(sender));

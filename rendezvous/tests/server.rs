@@ -932,12 +932,12 @@ fn latency_reports_are_kept_with_the_presence_and_rate_limited() {
         None,
         "kept at the home only"
     );
-    // The next one within 5 s: refused, with when to retry.
-    net.advance(Duration::from_secs(2));
+    // The next one within 1 s: refused, with when to retry.
+    net.advance(Duration::from_millis(400));
     match net.ask(&a, Request::Latency(LatencyVector::default())) {
         Some(Response::Error(e)) => {
             assert_eq!(e.code, ErrorCode::RateLimited);
-            assert_eq!(e.retry_after_ms, 3_000);
+            assert_eq!(e.retry_after_ms, 600);
         }
         other => panic!("{other:?}"),
     }
@@ -946,7 +946,7 @@ fn latency_reports_are_kept_with_the_presence_and_rate_limited() {
         Some(&report),
         "unchanged"
     );
-    net.advance(Duration::from_secs(3));
+    net.advance(Duration::from_millis(600));
     let newer = LatencyVector::new(vec![(s1, 30_000)]).unwrap();
     assert_eq!(
         net.ask(&a, Request::Latency(newer.clone())),
@@ -1091,4 +1091,92 @@ fn the_relay_is_the_min_max_server_and_both_peers_hear_it() {
     let relay = chosen[0].1.expect("a live relay");
     assert!(relay == s[0] || relay == s[1], "{relay:?}");
     assert_eq!(net.relays_of(&h), vec![(g.id(), Some(relay))]);
+}
+
+/// Issue 12, relocation: the ranking a pair gets names the relays to move
+/// to, in order, and each of them (third servers included) relays the
+/// pair; after a new latency report, `Rearrange` ranks them again for both
+/// — across servers — within the friend's introduction bucket.
+#[test]
+fn rearrange_ranks_the_relays_again_for_both_peers() {
+    use rendezvous::latency::LatencyVector;
+    let ms = |n: u32| n * 1_000;
+    let mut net = Net::new(4, Config::default());
+    let s: Vec<_> = net.servers.iter().map(|x| x.id()).collect();
+    // s0 unmeasured at first (not started yet, as seed 003's best server).
+    let va = LatencyVector::new(vec![(s[1], ms(60)), (s[2], ms(60)), (s[3], ms(80))]).unwrap();
+    let vb = LatencyVector::new(vec![(s[1], ms(80)), (s[2], ms(60)), (s[3], ms(60))]).unwrap();
+    let a = net.connect(1, 1, "198.51.100.1");
+    let b = net.connect(3, 2, "198.51.100.2");
+    for (c, v) in [(&a, &va), (&b, &vb)] {
+        assert_eq!(
+            net.ask(c, Request::Latency(v.clone())),
+            Some(Response::Noted)
+        );
+        assert!(registered(&net.register(c, "x")));
+    }
+    assert!(matches!(
+        net.meet(&a, FriendRef::Id(b.id())),
+        Some(Response::Friend { .. })
+    ));
+    let ranked = |net: &Net, c| net.rankings_of(c).last().cloned().unwrap().1;
+    let first = ranked(&net, &a);
+    assert_eq!(
+        first,
+        ranked(&net, &b),
+        "both get the same ranking: {:?} {:?}",
+        net.rankings_of(&a),
+        net.rankings_of(&b)
+    );
+    assert_eq!(first[0], (s[2], ms(60)));
+    assert_eq!(first.len(), 3);
+    // Every ranked relay relays the pair (s1 and s3 are the homes, s2 a
+    // third server told by RelayChoice).
+    for (i, &(relay, _)) in first.iter().enumerate() {
+        let idx = net.index_of(&relay).unwrap();
+        let a_r = net.connect(idx, 1, "198.51.100.1");
+        let b_r = net.connect(idx, 2, "198.51.100.2");
+        let before = net.relay_pairs.len();
+        assert_eq!(net.ask(&a_r, Request::Relay(b.id())), None, "relay {i}");
+        assert_eq!(net.ask(&b_r, Request::Relay(a.id())), None, "relay {i}");
+        assert_eq!(net.relay_pairs.len(), before + 1, "relay {i} spliced");
+    }
+    // s0 "starts": both measure it closest (40 ms) and report; a asks.
+    net.advance(Duration::from_secs(5));
+    let va2 = LatencyVector::new(vec![(s[0], ms(40)), (s[1], ms(60)), (s[2], ms(60))]).unwrap();
+    let vb2 = LatencyVector::new(vec![(s[0], ms(40)), (s[2], ms(60)), (s[3], ms(60))]).unwrap();
+    assert_eq!(net.ask(&a, Request::Latency(va2)), Some(Response::Noted));
+    assert_eq!(net.ask(&b, Request::Latency(vb2)), Some(Response::Noted));
+    assert_eq!(
+        net.ask(&a, Request::Rearrange(b.id())),
+        Some(Response::Noted)
+    );
+    let again = ranked(&net, &a);
+    assert_eq!(again, ranked(&net, &b));
+    assert_eq!(again[0], (s[0], ms(40)), "the new server first");
+    assert_eq!(again[1], (s[2], ms(60)));
+    assert_eq!(net.servers[1].stats().get("rearrangements"), 1);
+    // Too soon again: refused with the wait.
+    let r = net.ask(&a, Request::Rearrange(b.id()));
+    assert_eq!(code_of(&r), Some(ErrorCode::RateLimited));
+    // Not registered here: refused. Asking for one peer too often (from
+    // fresh connections too): its introduction bucket runs dry.
+    let c = net.connect(0, 3, "198.51.100.3");
+    let r = net.ask(&c, Request::Rearrange(b.id()));
+    assert_eq!(code_of(&r), Some(ErrorCode::NotRegistered));
+    let mut limited = false;
+    for seed in 10..40 {
+        let d = net.connect(0, seed, "198.51.100.9");
+        if !registered(&net.register(&d, "d")) {
+            continue;
+        }
+        if code_of(&net.ask(&d, Request::Rearrange(b.id()))) == Some(ErrorCode::RateLimited) {
+            limited = true;
+            break;
+        }
+    }
+    assert!(
+        limited,
+        "the friend's introduction bucket bounds rearrangements"
+    );
 }

@@ -546,6 +546,7 @@ fn msg_kind(m: &ServerMsg) -> &'static str {
         ServerMsg::Stored { .. } => "stored",
         ServerMsg::Rendezvous { .. } | ServerMsg::Meeting { .. } => "rendezvous",
         ServerMsg::RelayChoice { .. } => "relay_choice",
+        ServerMsg::Rearrange { .. } => "rearrange",
     }
 }
 

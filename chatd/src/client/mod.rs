@@ -347,7 +347,7 @@ fn chat_server_config(creds: &Credentials) -> anyhow::Result<quinn::ServerConfig
 
 /// A client's QUIC transport: keep-alive every second, a path silent for
 /// 10 s is dead (then the chat re-establishes it).
-fn client_transport() -> anyhow::Result<quinn::TransportConfig> {
+pub fn client_transport() -> anyhow::Result<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(1)));
     transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(10))?));
@@ -547,6 +547,15 @@ impl Session {
     /// uses them to choose relays for our meetings).
     pub async fn report_latency(&self, rtts: rendezvous::LatencyVector) -> anyhow::Result<()> {
         match self.request(&Request::Latency(rtts)).await? {
+            Response::Noted => Ok(()),
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Asks the servers to rank the relays for us and `friend` again (after
+    /// a new latency report): both of us get a new `Notice::Relay`.
+    pub async fn rearrange(&self, friend: PeerId) -> anyhow::Result<()> {
+        match self.request(&Request::Rearrange(friend)).await? {
             Response::Noted => Ok(()),
             other => anyhow::bail!("unexpected answer {other:?}"),
         }

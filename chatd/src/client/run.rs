@@ -169,7 +169,18 @@ async fn chat_until_done(
                 input.closed_at = Some(Instant::now());
             }
         }
-        let end = converse(path, upgrade, chat, input, client, opts, &homes, &mut home).await;
+        let end = converse(
+            path,
+            upgrade,
+            friend.body.peer,
+            chat,
+            input,
+            client,
+            opts,
+            &homes,
+            &mut home,
+        )
+        .await;
         match end {
             End::Done => return Ok(()),
             End::FriendLeft => {
@@ -285,6 +296,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the RTTs are measured again (and sooner when the set of live
 /// servers changes).
 const REMEASURE_EVERY: Duration = Duration::from_secs(30);
+/// How soon a listed server that did not answer a probe is probed again.
+const REPROBE_EVERY: Duration = Duration::from_secs(3);
 /// How long, after a meeting, the client waits for the servers' choice of
 /// relay before it falls back to the home server of the lower id.
 const RELAY_CHOICE_WAIT: Duration = Duration::from_secs(2);
@@ -299,38 +312,56 @@ struct Home {
 }
 
 /// The notices of one server session, read once: `Notice::Friend` in
-/// order (for whoever waits for a friend), the relay chosen per friend
-/// (`Notice::Relay`, for whoever connects).
+/// order (for whoever waits for a friend), the relays ranked per friend
+/// (`Notice::Relay`, for whoever connects, and for a relayed chat that may
+/// move to a better relay).
 #[derive(Clone)]
 struct Inbox {
     friends: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Notice>>>,
-    relays: Arc<Mutex<RelayChoices>>,
+    relays: Arc<Mutex<Vec<Ranking>>>,
     relay_heard: Arc<tokio::sync::Notify>,
 }
 
-/// (friend, the relay chosen for us and it), latest last.
-type RelayChoices = Vec<(PeerId, Option<PeerId>)>;
+/// The relays the servers ranked for us and a friend (best first, each
+/// with the worse of our two RTTs in µs), numbered in order of arrival.
+#[derive(Clone, Debug, Default)]
+struct Ranking {
+    friend: Option<PeerId>,
+    relays: Vec<(PeerId, u32)>,
+    number: u64,
+}
 
-/// Most relay choices remembered per session (one per friend met lately).
+/// Rankings heard so far (numbers them in order of arrival).
+static RANKINGS: AtomicU64 = AtomicU64::new(0);
+
+/// Most relay rankings remembered per session (one per friend met lately).
 const MAX_RELAY_CHOICES: usize = 16;
 
 impl Inbox {
     fn new(session: &ClientSession) -> Inbox {
         let mut raw = session.notices();
         let (tx, friends) = tokio::sync::mpsc::channel(16);
-        let relays: Arc<Mutex<RelayChoices>> = Arc::default();
+        let relays: Arc<Mutex<Vec<Ranking>>> = Arc::default();
         let relay_heard = Arc::new(tokio::sync::Notify::new());
         let (board, heard) = (relays.clone(), relay_heard.clone());
         tokio::spawn(async move {
             while let Some(n) = raw.recv().await {
                 match n {
-                    Notice::Relay { friend, relay } => {
+                    Notice::Relay { friend, mut relays } => {
+                        relays.truncate(rendezvous::latency::MAX_RELAYS);
+                        // Numbered across sessions: a ranking that comes to
+                        // a new home is newer than one from the old.
+                        let number = RANKINGS.fetch_add(1, Ordering::SeqCst) + 1;
                         let mut b = crate::net::lock(&board);
-                        b.retain(|(f, _)| *f != friend);
+                        b.retain(|r| r.friend != Some(friend));
                         if b.len() >= MAX_RELAY_CHOICES {
                             b.remove(0);
                         }
-                        b.push((friend, relay));
+                        b.push(Ranking {
+                            friend: Some(friend),
+                            relays,
+                            number,
+                        });
                         drop(b);
                         heard.notify_waiters();
                     }
@@ -349,28 +380,32 @@ impl Inbox {
         }
     }
 
-    /// Forgets an earlier choice for `friend` (before a new meeting).
+    /// Forgets an earlier ranking for `friend` (before a new meeting).
     fn forget_relay(&self, friend: &FriendRef) {
         if let FriendRef::Id(id) = friend {
-            crate::net::lock(&self.relays).retain(|(f, _)| f != id);
+            crate::net::lock(&self.relays).retain(|r| r.friend != Some(*id));
         }
     }
 
-    /// The relay the servers chose for us and `friend`: `Some(choice)`
-    /// once heard (the choice itself `None` when they could not choose),
-    /// `None` if nothing came within `wait`.
-    async fn relay_for(&self, friend: PeerId, wait: Duration) -> Option<Option<PeerId>> {
+    /// The latest ranking for `friend`, if any came.
+    fn ranking(&self, friend: PeerId) -> Option<Ranking> {
+        crate::net::lock(&self.relays)
+            .iter()
+            .find(|r| r.friend == Some(friend))
+            .cloned()
+    }
+
+    /// The relays the servers ranked for us and `friend`, waiting up to
+    /// `wait` for them (`None` if nothing came; an empty ranking when they
+    /// could not choose).
+    async fn relay_for(&self, friend: PeerId, wait: Duration) -> Option<Ranking> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let heard = self.relay_heard.notified();
             tokio::pin!(heard);
             heard.as_mut().enable();
-            let found = crate::net::lock(&self.relays)
-                .iter()
-                .find(|(f, _)| *f == friend)
-                .map(|(_, r)| *r);
-            if found.is_some() {
-                return found;
+            if let Some(r) = self.ranking(friend) {
+                return Some(r);
             }
             if tokio::time::timeout_at(deadline, heard).await.is_err() {
                 return None;
@@ -593,12 +628,18 @@ impl Homes {
     }
 
     /// Whether our RTTs are due for a new measurement: every
-    /// [`REMEASURE_EVERY`], and when the live servers changed.
+    /// [`REMEASURE_EVERY`], when the live servers changed, and every
+    /// [`REPROBE_EVERY`] while a listed server did not answer our probe
+    /// (when all are probed: a few, [`PROBE_SAMPLE`] or fewer) — it may
+    /// have restarted before the cluster noticed it was gone.
     fn latency_due(&self, servers: &[ServerRecord]) -> bool {
         let m = crate::net::lock(&self.latency);
         let mut ids: Vec<PeerId> = servers.iter().map(|s| s.id).collect();
         ids.sort_unstable();
-        m.at.is_none_or(|at| at.elapsed() >= REMEASURE_EVERY) || m.servers != ids
+        let since = m.at.map(|at| at.elapsed());
+        let missing = ids.len() <= PROBE_SAMPLE && ids.iter().any(|id| m.rtts.rtt(id).is_none());
+        since.is_none_or(|t| t >= REMEASURE_EVERY || (missing && t >= REPROBE_EVERY))
+            || m.servers != ids
     }
 
     /// The address of server `id`, if we know it.
@@ -611,42 +652,42 @@ impl Homes {
 
     /// Beside a chat: the record refreshed when due, the RTTs measured
     /// again when due (and reported), and a move to a closer home when
-    /// there is one (`Some(new home)`; the old session is closed unless
-    /// `keep_old`, i.e. it carries the chat's relay).
+    /// there is one (`Some(new home)`). In a chat relayed with `relayed`,
+    /// new RTTs also ask the servers to rank the pair's relays again (the
+    /// chat moves if a better relay comes first).
     async fn upkeep(
         &self,
         client: &Client,
         opts: &Options,
         home: &Home,
-        keep_old: bool,
+        relayed: Option<PeerId>,
     ) -> anyhow::Result<Option<Home>> {
         let usable = self.usable(&home.session).await;
         if !usable.is_empty() && self.latency_due(&usable) {
             let rtts = self.measure(client, &home.session, &usable).await;
+            // A relayed chat first: the relays ranked again at once (a
+            // move of home would take a few round trips more).
+            if relayed.is_some() {
+                report_then(&home.session, rtts.clone(), relayed).await;
+            }
             let here = home.session.server();
-            match rendezvous::latency::choose_home(&usable, &rtts, Some(here.id.0)) {
-                Some(best) if best != here.id.0 => {
-                    if let Some(target) = self.addr_of(best)
-                        && let Ok(session) = client.connect(target).await
-                    {
-                        status(&format!(
-                            "server {} is closer than {} ({}): moving home",
-                            target.addr,
-                            here.addr,
-                            describe_rtts(&rtts, best, here.id.0)
-                        ));
-                        let new_home = self.settle(client, opts, session, &usable).await?;
-                        if !keep_old {
-                            home.session.close();
-                        }
-                        return Ok(Some(new_home));
-                    }
-                }
-                _ => {
-                    if let Err(e) = home.session.report_latency(rtts).await {
-                        tracing::debug!(error = %e, "the server did not take our RTTs");
-                    }
-                }
+            if let Some(best) = rendezvous::latency::choose_home(&usable, &rtts, Some(here.id.0))
+                && best != here.id.0
+                && let Some(target) = self.addr_of(best)
+                && let Ok(session) = client.connect(target).await
+            {
+                status(&format!(
+                    "server {} is closer than {} ({}): moving home",
+                    target.addr,
+                    here.addr,
+                    describe_rtts(&rtts, best, here.id.0)
+                ));
+                let new_home = self.settle(client, opts, session, &usable).await?;
+                home.session.close();
+                return Ok(Some(new_home));
+            }
+            if relayed.is_none() {
+                report_then(&home.session, rtts, None).await;
             }
         }
         if self.refresh_due() {
@@ -887,6 +928,28 @@ fn say_found(friend: &PeerRecord) {
     ));
 }
 
+/// Reports `rtts` to the home server (waiting once if it says too soon),
+/// then, in a relayed chat with `friend`, asks it to rank the relays again.
+async fn report_then(session: &ClientSession, rtts: LatencyVector, friend: Option<PeerId>) {
+    let mut res = session.report_latency(rtts.clone()).await;
+    if let Err(e) = &res
+        && let Some(wait) = e.downcast_ref::<Refused>().and_then(Refused::retry_after)
+    {
+        tokio::time::sleep(wait.min(Duration::from_secs(10))).await;
+        res = session.report_latency(rtts).await;
+    }
+    match res {
+        Ok(()) => {
+            if let Some(f) = friend
+                && let Err(e) = session.rearrange(f).await
+            {
+                tracing::debug!(error = %e, "the server did not rank the relays again");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "the server did not take our RTTs"),
+    }
+}
+
 /// The home server ([`rendezvous::latency::choose_home`]): the closest
 /// live server with room, the least loaded among those about as close —
 /// the one we reached unless another is (and answers).
@@ -1040,12 +1103,22 @@ struct Path {
     kind: PathKind,
     /// Fires when a relayed path's stream through the server ends.
     relay_closed: Option<tokio::sync::oneshot::Receiver<()>>,
-    /// The connection to a relay server other than our home (kept open).
-    _relay_session: Option<ClientSession>,
+    /// The connection to the relay server (kept open; watched).
+    relay_session: Option<ClientSession>,
+    /// The relays the servers ranked for the pair (empty for a direct path).
+    ranking: Ranking,
 }
 
 /// How long a pair of symmetric NATs gets for a LAN path before relaying.
 const LAN_ONLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the connection to a relay server carries a keep-alive.
+const RELAY_KEEPALIVE: Duration = Duration::from_millis(150);
+/// A relay server silent this long (no packet on its connection, which
+/// carries a keep-alive every [`RELAY_KEEPALIVE`]) is taken for dead: the
+/// chat moves to the next relay.
+const RELAY_SILENCE: Duration = Duration::from_millis(750);
+/// How long a relay that says it has not heard of the pair is asked again.
+const RELAY_GRANT_WAIT: Duration = Duration::from_secs(2);
 /// How long the relayed QUIC handshake may take.
 const RELAY_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1117,7 +1190,8 @@ async fn direct_path(
         recv,
         kind,
         relay_closed: None,
-        _relay_session: None,
+        relay_session: None,
+        ranking: Ranking::default(),
     })
 }
 
@@ -1135,23 +1209,26 @@ async fn relay(
     let me = client.id();
     let fid = friend.body.peer;
     let session = &own_home.session;
-    let chosen = match own_home.inbox.relay_for(fid, RELAY_CHOICE_WAIT).await {
-        Some(Some(r)) => match homes.addr_of(r) {
-            Some(addr) => {
-                status(&format!(
-                    "the servers chose the relay {} (the smallest worse RTT for both of you)",
-                    addr.addr
-                ));
-                Some(addr)
+    let ranking = own_home.inbox.relay_for(fid, RELAY_CHOICE_WAIT).await;
+    let chosen = match &ranking {
+        Some(r) if !r.relays.is_empty() => {
+            match r.relays.iter().find_map(|(id, _)| homes.addr_of(*id)) {
+                Some(addr) => {
+                    status(&format!(
+                        "the servers chose the relay {} (the smallest worse RTT for both of you)",
+                        addr.addr
+                    ));
+                    Some(addr)
+                }
+                None => {
+                    status(
+                        "the servers chose relays this client does not know; using the home server of the lower id",
+                    );
+                    None
+                }
             }
-            None => {
-                status(
-                    "the servers chose a relay this client does not know; using the home server of the lower id",
-                );
-                None
-            }
-        },
-        Some(None) => {
+        }
+        Some(_) => {
             status(
                 "the servers could not choose a relay (RTTs missing); using the home server of the lower id",
             );
@@ -1164,7 +1241,7 @@ async fn relay(
             None
         }
     };
-    let home = match chosen {
+    let target = match chosen {
         Some(addr) => addr,
         None if me < fid => session.server(),
         None => {
@@ -1177,14 +1254,43 @@ async fn relay(
                 .context("the friend's home server has no address")?
         }
     };
-    status(&format!("requesting a relay via server {}", home.addr));
-    let other = if home.id == session.server().id {
-        None
-    } else {
-        Some(client.connect(home).await?)
+    relay_via(client, target, fid, ranking.unwrap_or_default()).await
+}
+
+/// The chat through the relay server `target`, on a connection of its own
+/// that sends a keep-alive every [`RELAY_KEEPALIVE`] (so a dead relay is
+/// noticed within [`RELAY_SILENCE`]).
+async fn relay_via(
+    client: &Client,
+    target: ServerAddr,
+    fid: PeerId,
+    ranking: Ranking,
+) -> anyhow::Result<Path> {
+    let me = client.id();
+    status(&format!("requesting a relay via server {}", target.addr));
+    let mut transport = crate::client::client_transport()?;
+    transport.keep_alive_interval(Some(RELAY_KEEPALIVE));
+    let relay_session = client.connect_with_transport(target, transport).await?;
+    // Notices may come here (when our home connection ends first): read
+    // and drop them, or the server would close this connection.
+    let mut stray = relay_session.notices();
+    tokio::spawn(async move { while stray.recv().await.is_some() {} });
+    // A relay that is a third server learns of the pair from the server
+    // that ranked it (a message that may still be on its way): until then
+    // it says `relay_not_met`; ask again, for a bounded time.
+    let grant_by = tokio::time::Instant::now() + RELAY_GRANT_WAIT;
+    let (send, recv) = loop {
+        match relay_session.relay(fid).await {
+            Err(e)
+                if tokio::time::Instant::now() < grant_by
+                    && e.downcast_ref::<Refused>()
+                        .is_some_and(|r| r.code() == rendezvous::ErrorCode::RelayNotMet) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other?,
+        }
     };
-    let relay_session = other.as_ref().unwrap_or(session);
-    let (send, recv) = relay_session.relay(fid).await?;
     let (endpoint, closed) = client.relay_endpoint(send, recv)?;
     // The same agreement as on a direct path: the lower id dials through
     // the relay and opens the stream, the higher id accepts.
@@ -1219,9 +1325,10 @@ async fn relay(
         conn,
         send,
         recv,
-        kind: PathKind::Relayed(home),
+        kind: PathKind::Relayed(target),
         relay_closed: Some(closed),
-        _relay_session: other,
+        relay_session: Some(relay_session),
+        ranking,
     })
 }
 
@@ -1350,6 +1457,9 @@ enum End {
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How often a chatting client checks whether its record is due.
 const REFRESH_CHECK: Duration = Duration::from_secs(10);
+/// How often a relayed chat asks its home server for the live servers
+/// (a new one is measured at once, and may be a better relay).
+const RELAYED_CHECK: Duration = Duration::from_secs(1);
 /// After a failed move to another server, the next try waits this long.
 const REHOME_RETRY: Duration = Duration::from_secs(2);
 
@@ -1370,8 +1480,10 @@ struct Live {
     send: quinn::SendStream,
     kind: PathKind,
     reader: tokio::task::JoinHandle<()>,
-    /// The connection to a relay server other than our home (kept open).
-    _relay_session: Option<ClientSession>,
+    /// The relay server's connection and the watch on it (relayed paths).
+    relay_session: Option<ClientSession>,
+    watchdog: Option<tokio::task::JoinHandle<()>>,
+    ranking: Ranking,
 }
 
 type Tagged = (u32, Option<Frame>);
@@ -1384,7 +1496,8 @@ impl Live {
             mut recv,
             kind,
             relay_closed,
-            _relay_session,
+            relay_session,
+            ranking,
         } = path;
         if let Some(closed) = relay_closed {
             let conn = conn.clone();
@@ -1394,6 +1507,27 @@ impl Live {
                 }
             });
         }
+        // A relay server that died without a word (SIGKILL, a cut link)
+        // sends nothing more: its connection carries a keep-alive every
+        // 150 ms, so [`RELAY_SILENCE`] without a packet ends the path.
+        let watchdog = relay_session.as_ref().map(|s| {
+            let (relay, chat) = (s.connection().clone(), conn.clone());
+            tokio::spawn(async move {
+                let mut last = relay.stats().udp_rx.datagrams;
+                let mut heard = tokio::time::Instant::now();
+                loop {
+                    tokio::time::sleep(RELAY_SILENCE / 10).await;
+                    let now = relay.stats().udp_rx.datagrams;
+                    if now != last {
+                        (last, heard) = (now, tokio::time::Instant::now());
+                    } else if heard.elapsed() >= RELAY_SILENCE {
+                        chat.close(2u32.into(), b"relay silent");
+                        relay.close(2u32.into(), b"silent");
+                        return;
+                    }
+                }
+            })
+        });
         let tx = frames.clone();
         let reader = tokio::spawn(async move {
             while let Ok(f) = read_msg::<Frame>(&mut recv).await {
@@ -1409,28 +1543,79 @@ impl Live {
             send,
             kind,
             reader,
-            _relay_session,
+            relay_session,
+            watchdog,
+            ranking,
         }
     }
 
-    /// Stops reading and closes the connection with `code`.
+    /// The relay server this path runs through, if relayed.
+    fn relay(&self) -> Option<ServerAddr> {
+        match &self.kind {
+            PathKind::Relayed(s) => Some(*s),
+            _ => None,
+        }
+    }
+
+    /// Stops reading and closes the connection with `code` (and the relay
+    /// server's).
     fn close(self, code: u32, why: &[u8]) {
         self.reader.abort();
+        if let Some(w) = self.watchdog {
+            w.abort();
+        }
         self.conn.close(code.into(), why);
+        if let Some(s) = self.relay_session {
+            s.close();
+        }
     }
 }
 
+/// Where a relayed chat moves, if anywhere: after its relay `dead` died,
+/// the next ranked relay; else the first of a newer `ranking`, if it is
+/// [`rendezvous::latency::better_enough`] than the current relay
+/// (`current`) — both peers get the same ranking and apply the same rule,
+/// so they move to the same server.
+fn relocation(
+    ranking: &Ranking,
+    current: Option<PeerId>,
+    dead: bool,
+    avoid: &[PeerId],
+) -> Option<PeerId> {
+    let usable = |id: &PeerId| Some(*id) != current && !avoid.contains(id);
+    if dead {
+        return ranking
+            .relays
+            .iter()
+            .map(|(id, _)| *id)
+            .find(|id| usable(id));
+    }
+    let &(best, best_us) = ranking.relays.first()?;
+    if Some(best) == current || !usable(&best) {
+        return None;
+    }
+    let now_us = ranking
+        .relays
+        .iter()
+        .find(|(id, _)| Some(*id) == current)
+        .map_or(u32::MAX, |(_, us)| *us);
+    rendezvous::latency::better_enough(now_us, best_us).then_some(best)
+}
+
 /// The conversation: stdin → messages, messages → stdout, on the path in
-/// use; a direct path that comes up (`upgrade`) takes over from the relay
-/// at once — unacknowledged messages are sent again on it, the friend
-/// drops what it already has, and the relay is still read for
-/// [`RELAY_LINGER`] — so nothing is lost, duplicated or reordered. Beside
-/// it, the home server is watched (moved away from when it dies) and the
-/// record and RTTs refreshed.
+/// use. A direct path that comes up (`upgrade`) takes over from the relay
+/// at once; a relayed chat moves to the next ranked relay when its relay
+/// dies, and to a better one when the servers rank one
+/// ([`relocation`]). On every move, unacknowledged messages are sent again
+/// on the new path, the friend drops what it already has, and the old
+/// path is still read for [`RELAY_LINGER`] — so nothing is lost,
+/// duplicated or reordered. Beside it, the home server is watched (moved
+/// away from when it dies) and the record and RTTs refreshed.
 #[allow(clippy::too_many_arguments)] // the chat's whole context, passed down from one caller
 async fn converse<'a>(
     path: Path,
     mut upgrade: Option<Upgrade<'_>>,
+    friend: PeerId,
     session: &mut Session,
     input: &mut Input,
     client: &'a Client,
@@ -1439,16 +1624,24 @@ async fn converse<'a>(
     home: &mut Home,
 ) -> End {
     let (frame_tx, mut frames) = tokio::sync::mpsc::channel::<Tagged>(64);
-    let mut cur = Live::start(path, 0, &frame_tx);
+    let mut next_id = 1;
+    let mut cur = Some(Live::start(path, 0, &frame_tx));
     let mut old: Option<(Live, tokio::time::Instant)> = None;
+    // A move to another relay under way: the server, since when, the path.
+    let mut moving: Option<(PeerId, Instant, Upgrade<'a>)> = None;
+    // Relays that failed this chat (not moved to again).
+    let mut failed: Vec<PeerId> = Vec::new();
+    let mut seen_ranking = cur.as_ref().map_or(0, |c| c.ranking.number);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut refresh = tokio::time::interval(REFRESH_CHECK);
+    let mut refresh = tokio::time::interval(RELAYED_CHECK);
+    let mut last_upkeep: Option<Instant> = None;
     let mut upkeep: Option<Upkeep<'a>> = None;
     let mut rehome_after = tokio::time::Instant::now();
     input.chatting.store(true, Ordering::SeqCst);
     let end = loop {
         let may_rehome = upkeep.is_none() && tokio::time::Instant::now() >= rehome_after;
         let linger_until = old.as_ref().map(|(_, t)| *t);
+        let relayed = cur.as_ref().and_then(Live::relay).is_some();
         tokio::select! {
             line = input.lines.recv(), if input.open => match line {
                 Some(line) => queue(session, &line),
@@ -1461,7 +1654,32 @@ async fn converse<'a>(
                         println!("{text}");
                     }
                 }
-                None if id == cur.id => break why_closed(&cur.conn),
+                None if cur.as_ref().is_some_and(|c| c.id == id) => {
+                    let gone = cur.take().expect("checked");
+                    let end = why_closed(&gone.conn);
+                    let dead_relay = gone.relay();
+                    let ranking = home.inbox.ranking(friend).unwrap_or_else(|| gone.ranking.clone());
+                    gone.close(3, b"path broke");
+                    let End::Broke(why) = end else { break end };
+                    // A relayed chat whose relay died moves to the next one;
+                    // anything else is re-established through the servers.
+                    let Some(dead) = dead_relay else { break End::Broke(why) };
+                    failed.push(dead.id.0);
+                    if moving.is_none() {
+                        match relocation(&ranking, Some(dead.id.0), true, &failed)
+                            .and_then(|id| Some((id, homes.addr_of(id)?)))
+                        {
+                            Some((id, to)) => {
+                                status(&format!(
+                                    "relay {} is gone ({why}); moving the chat to relay {}",
+                                    dead.addr, to.addr
+                                ));
+                                moving = Some((id, Instant::now(), Box::pin(relay_via(client, to, friend, ranking))));
+                            }
+                            None => break End::Broke(why),
+                        }
+                    }
+                }
                 None => {
                     if let Some((o, _)) = old.take() {
                         o.close(4, b"upgraded");
@@ -1472,19 +1690,57 @@ async fn converse<'a>(
                 upgrade = None;
                 match res {
                     Ok(path) => {
-                        let next = Live::start(path, cur.id + 1, &frame_tx);
+                        let next = Live::start(path, next_id, &frame_tx);
+                        next_id += 1;
                         status(&format!(
                             "upgraded to {}, RTT {} ms",
                             next.kind,
                             next.conn.rtt().as_millis()
                         ));
-                        let was = std::mem::replace(&mut cur, next);
-                        if let Some((o, _)) = old.replace((was, tokio::time::Instant::now() + RELAY_LINGER)) {
+                        if let Some(was) = cur.replace(next)
+                            && let Some((o, _)) = old.replace((was, tokio::time::Instant::now() + RELAY_LINGER))
+                        {
+                            o.close(4, b"upgraded");
+                        }
+                        if let Some((_, _, m)) = moving.take() {
+                            drop(m);
+                        }
+                        session.path_changed();
+                    }
+                    Err(e) => match &cur {
+                        Some(c) => status(&format!("no direct path ({e}); the chat stays {}", c.kind)),
+                        None => status(&format!("no direct path ({e})")),
+                    },
+                }
+            }
+            res = async { moving.as_mut().expect("guarded").2.as_mut().await }, if moving.is_some() => {
+                let (id, since, _) = moving.take().expect("guarded");
+                match res {
+                    Ok(path) => {
+                        let mut next = Live::start(path, next_id, &frame_tx);
+                        next_id += 1;
+                        next.ranking = home.inbox.ranking(friend).unwrap_or(next.ranking);
+                        seen_ranking = seen_ranking.max(next.ranking.number);
+                        status(&format!(
+                            "moved the chat: {}, RTT {} ms ({} ms after the move began)",
+                            next.kind,
+                            next.conn.rtt().as_millis(),
+                            since.elapsed().as_millis()
+                        ));
+                        if let Some(was) = cur.replace(next)
+                            && let Some((o, _)) = old.replace((was, tokio::time::Instant::now() + RELAY_LINGER))
+                        {
                             o.close(4, b"upgraded");
                         }
                         session.path_changed();
                     }
-                    Err(e) => status(&format!("no direct path ({e}); the chat stays {}", cur.kind)),
+                    Err(e) => {
+                        failed.push(id);
+                        status(&format!("the move to another relay failed: {e:#}"));
+                        if cur.is_none() {
+                            break End::Broke(format!("no relay left: {e:#}"));
+                        }
+                    }
                 }
             }
             () = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if linger_until.is_some() => {
@@ -1497,10 +1753,15 @@ async fn converse<'a>(
                 upkeep = Some(Box::pin(async move { homes.rehome(client, opts, &dead).await.map(Some) }));
             }
             _ = refresh.tick(), if upkeep.is_none() => {
+                // Relayed: every second (a better relay is looked for at
+                // once); else every REFRESH_CHECK.
+                if !relayed && last_upkeep.is_some_and(|t| t.elapsed() < REFRESH_CHECK) {
+                    continue;
+                }
+                last_upkeep = Some(Instant::now());
                 let current = home.clone();
-                let relayed_on_home = matches!(&cur.kind, PathKind::Relayed(s) if *s == home.session.server())
-                    || old.as_ref().is_some_and(|(o, _)| matches!(&o.kind, PathKind::Relayed(s) if *s == home.session.server()));
-                upkeep = Some(Box::pin(async move { homes.upkeep(client, opts, &current, relayed_on_home).await }));
+                let with = relayed.then_some(friend);
+                upkeep = Some(Box::pin(async move { homes.upkeep(client, opts, &current, with).await }));
             }
             res = async { upkeep.as_mut().expect("guarded").await }, if upkeep.is_some() => {
                 upkeep = None;
@@ -1514,9 +1775,29 @@ async fn converse<'a>(
                 }
             }
             _ = tick.tick() => {
+                // A relayed chat: a better relay ranked since?
+                if relayed
+                    && moving.is_none()
+                    && let Some(ranking) = home.inbox.ranking(friend)
+                    && ranking.number > seen_ranking
+                {
+                    seen_ranking = ranking.number;
+                    let current = cur.as_ref().and_then(Live::relay);
+                    if let Some((id, to)) = relocation(&ranking, current.map(|c| c.id.0), false, &failed)
+                        .and_then(|id| Some((id, homes.addr_of(id)?)))
+                    {
+                        status(&format!(
+                            "relay {} is closer for both of you than {}: moving the chat there",
+                            to.addr,
+                            current.map(|c| c.addr.to_string()).unwrap_or_default()
+                        ));
+                        moving = Some((id, Instant::now(), Box::pin(relay_via(client, to, friend, ranking))));
+                    }
+                }
+                let Some(c) = cur.as_mut() else { continue };
                 let mut broke = None;
                 for f in session.poll_transmit(Instant::now()) {
-                    if let Err(e) = write_msg(&mut cur.send, &f).await {
+                    if let Err(e) = write_msg(&mut c.send, &f).await {
                         broke = Some(e.to_string());
                         break;
                     }
@@ -1528,7 +1809,12 @@ async fn converse<'a>(
                     }
                 }
                 if let Some(e) = broke {
-                    break End::Broke(e);
+                    // The reader sees the end too; a relayed path moves on
+                    // there. A direct one is re-established.
+                    if c.relay().is_none() {
+                        break End::Broke(e);
+                    }
+                    continue;
                 }
                 if let Some(since) = input.closed_at
                     && (session.done() || since.elapsed() > CLOSE_WAIT)
@@ -1540,7 +1826,7 @@ async fn converse<'a>(
                     }
                     // Let the last acknowledgements go out.
                     for f in session.poll_transmit(Instant::now()) {
-                        let _ = write_msg(&mut cur.send, &f).await;
+                        let _ = write_msg(&mut c.send, &f).await;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     break End::Done;
@@ -1552,13 +1838,15 @@ async fn converse<'a>(
     if let Some((o, _)) = old.take() {
         o.close(4, b"upgraded");
     }
-    match &end {
-        End::Done => {
-            let _ = cur.send.finish();
-            cur.close(0, b"bye");
+    if let Some(mut c) = cur {
+        match &end {
+            End::Done => {
+                let _ = c.send.finish();
+                c.close(0, b"bye");
+            }
+            End::FriendLeft => c.reader.abort(),
+            End::Broke(_) => c.close(3, b"path broke"),
         }
-        End::FriendLeft => cur.reader.abort(),
-        End::Broke(_) => cur.close(3, b"path broke"),
     }
     end
 }

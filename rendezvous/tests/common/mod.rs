@@ -260,13 +260,21 @@ impl Net {
             .collect()
     }
 
-    /// The relays `c` was told of (`Notice::Relay`): (friend, relay).
+    /// The relays `c` was told of (`Notice::Relay`): (friend, the best).
     pub fn relays_of(&self, c: &Client) -> Vec<(PeerId, Option<PeerId>)> {
+        self.rankings_of(c)
+            .into_iter()
+            .map(|(f, r)| (f, r.first().map(|(id, _)| *id)))
+            .collect()
+    }
+
+    /// The relay rankings `c` was told of: (friend, ranked relays).
+    pub fn rankings_of(&self, c: &Client) -> Vec<(PeerId, Vec<(PeerId, u32)>)> {
         self.notices
             .iter()
             .filter(|(s, conn, _)| *s == c.server && *conn == c.conn)
             .filter_map(|(_, _, n)| match n {
-                Notice::Relay { friend, relay } => Some((*friend, *relay)),
+                Notice::Relay { friend, relays } => Some((*friend, relays.clone())),
                 Notice::Friend { .. } => None,
             })
             .collect()
