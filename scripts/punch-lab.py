@@ -197,13 +197,19 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
             path = m.group(2) or "relay"
     regs = [next((t for t, l in errs[k] if "registered as" in l), None) for k in "ab"]
     firsts = [outs[k][0][0] for k in "ab" if outs[k]]
+    # When alice's chat was first on a direct path (at once, or upgraded).
+    direct_at = next((t for t, l in errs["a"]
+                      if re.search(r"(connected|upgraded to) direct", l)), None)
+    direct_ms = None
+    if all(r is not None for r in regs) and direct_at is not None:
+        direct_ms = max(0.0, (direct_at - max(regs)) * 1000)
     ms = None
     if all(r is not None for r in regs) and firsts:
         ms = max(0.0, (min(firsts) - max(regs)) * 1000)
     rejoined = all(any("re-establishing" in l for _, l in errs[k]) for k in "ab")
     for d in data_dirs:
         shutil.rmtree(d, ignore_errors=True)
-    return {"ok": ok, "path": path, "ms": ms, "rejoined": rejoined,
+    return {"ok": ok, "path": path, "ms": ms, "direct_ms": direct_ms, "rejoined": rejoined,
             "got": {k: len(got[k]) for k in "ab"},
             "err": {k: "\n".join(l for _, l in errs[k]) for k in "ab"},
             "codes": {k: procs[k].returncode for k in "ab"}}
@@ -270,10 +276,60 @@ def print_row(case, loss, results):
     for path in sorted({r["path"] for r in ok}) or ["-"]:
         on = [r for r in ok if r["path"] == path]
         ms = [r["ms"] for r in on if r["ms"] is not None]
+        direct = [r["direct_ms"] for r in on if r["direct_ms"] is not None]
         p50 = f"{pct(ms, 0.5):.0f}" if ms else "-"
         p95 = f"{pct(ms, 0.95):.0f}" if ms else "-"
+        d50 = f"{pct(direct, 0.5):.0f}" if direct else "-"
         print(f"| {case[0]:<33} | {loss:>4}% | {len(ok):>3}/{len(results):<3} | "
-              f"{path:<5} {len(on):>3} | {p50:>7} | {p95:>7} |", flush=True)
+              f"{path:<5} {len(on):>3} | {p50:>7} | {p95:>7} | {d50:>9} |", flush=True)
+
+
+def summary_row(case, loss, rtt, results):
+    """The JSON summary of one case (every run, whatever its path)."""
+    ok = [r for r in results if r["ok"]]
+    ms = [r["ms"] for r in ok if r["ms"] is not None]
+    direct = [r["direct_ms"] for r in ok if r["direct_ms"] is not None]
+    paths = sorted({r["path"] for r in ok})
+    return {"case": case[0], "loss_pct": loss, "rtt_ms": rtt, "runs": len(results),
+            "ok": len(ok), "paths": paths,
+            "first_message_ms_p50": round(pct(ms, 0.5)) if ms else None,
+            "first_message_ms_p95": round(pct(ms, 0.95)) if ms else None,
+            "direct_ms_p50": round(pct(direct, 0.5)) if direct else None,
+            "direct_runs": len(direct)}
+
+
+class Netem:
+    """chatd-netem in each host namespace: RTT/2 on each host's egress, so
+    two hosts are RTT apart (and a host and a server RTT/2). Stopped by PID
+    (and by itself after --max-secs)."""
+
+    HOSTS = {"nl-host-a": "10.200.1.10", "nl-host-a2": "10.200.1.11", "nl-host-b": "10.200.2.10"}
+
+    def __init__(self, binary, rtt, lifetime):
+        self.procs = []
+        one_way = rtt / 2
+        for ns, addr in self.HOSTS.items():
+            self.procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", ns, binary, "--src", addr, "--delay", f"{one_way:g}",
+                 "--max-secs", str(int(lifetime))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        time.sleep(0.5)
+        for p in self.procs:
+            if p.poll() is not None:
+                err = p.stderr.read().decode(errors="replace")
+                self.stop()
+                raise RuntimeError(f"chatd-netem did not start: {err}")
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 def main():
@@ -288,6 +344,13 @@ def main():
                     help="comma-separated cases: MODE/MODE (e.g. port-restricted/symmetric), "
                          "lan, break (default: the 10 pairs and lan)")
     ap.add_argument("--bin", default="", help="chatd binary (default: build release)")
+    ap.add_argument("--rtt", type=float, default=0,
+                    help="emulated RTT between the two hosts in ms (chatd-netem in each host "
+                         "namespace, RTT/2 on its egress; default 0: none)")
+    ap.add_argument("--netem", default=os.environ.get("NETEM_BIN", ""),
+                    help="chatd-netem binary (default: $NETEM_BIN, else build release)")
+    ap.add_argument("--json", action="store_true",
+                    help="print, last, one JSON line with every case's figures")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("punch-lab.py: must run as root (network namespaces)")
@@ -299,9 +362,17 @@ def main():
                        check=True)
         binary = os.path.join(ROOT, "target", "release", "chatd")
     binary = os.path.abspath(binary)
+    netem_bin = args.netem
+    if args.rtt > 0 and not netem_bin:
+        subprocess.run(["cargo", "build", "-q", "--release", "-p", "netem"], cwd=ROOT,
+                       check=True)
+        netem_bin = os.path.join(ROOT, "target", "release", "chatd-netem")
+    if not (0 <= args.rtt <= 1000):
+        sys.exit("punch-lab.py: --rtt must be 0..1000 ms")
     work = tempfile.mkdtemp(prefix="punch-lab.")
     report_path = os.path.join(work, "failures.log")
     servers = None
+    netem = None
     rows = []
     try:
         natlab("up")
@@ -309,11 +380,16 @@ def main():
         sys.exit(f"punch-lab.py: the NAT lab did not come up (is it up already? then "
                  f"`scripts/natlab.sh down`):\n{e.stderr.decode(errors='replace')}")
     try:
+        if args.rtt > 0:
+            # Bounded: the whole matrix at its slowest, then it stops itself.
+            netem = Netem(os.path.abspath(netem_bin), args.rtt, 600 + 60 * args.runs * 12)
         servers = Servers(binary, work)
         print(f"machine: {os.cpu_count()} cores; {args.lines} lines each way; "
-              f"time = registered (later of the two) -> first message delivered")
-        print(f"| {'case (NAT a / NAT b)':<33} | loss  | ok      | path runs | p50 ms  | p95 ms  |")
-        print("|---|---|---|---|---|---|")
+              f"emulated RTT between the hosts {args.rtt:g} ms; "
+              f"time = registered (later of the two) -> first message delivered; "
+              f"direct = registered -> alice on a direct path")
+        print(f"| {'case (NAT a / NAT b)':<33} | loss  | ok      | path runs | p50 ms  | p95 ms  | direct ms |")
+        print("|---|---|---|---|---|---|---|")
         seq = [0]
         with open(report_path, "w") as report:
             if args.check:
@@ -326,6 +402,8 @@ def main():
     finally:
         if servers:
             servers.stop()
+        if netem:
+            netem.stop()
         subprocess.run([NATLAB, "down"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     bad = []
     for case, loss, results in rows:
@@ -345,6 +423,9 @@ def main():
             with open(report_path) as f:
                 sys.stderr.write(f.read())
     shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps([summary_row(case, loss, args.rtt, results)
+                          for case, loss, results in rows]))
     if args.check and bad:
         sys.exit(1)
 
