@@ -22,13 +22,15 @@ Usage:
 2. The NAT lab (scripts/natlab.sh) with an emulated RTT between the two
    hosts (each of --rtts, ms) and loss on both routers (each of --losses,
    %): every NAT pair, --nat-runs runs each (scripts/punch-lab.py --rtt):
-   time from both registered to the first message (p50/p95) and to a
+   time from both registered, and from both having found each other (the
+   meeting), to the first message (p50/p95), and from registered to a
    direct path (p50).
 
 Prints the tables as it goes and, as its last stdout line, one JSON object:
 relay_choice_correct, relocation_correct, relocation_ms_p50,
 relocation_ms_max, lost, duplicated, reordered, and "nat": one entry per
-(rtt, loss, pair) with first_message_ms_p50/p95 and direct_ms_p50.
+(rtt, loss, pair) with first_message_ms_p50/p95, meet_to_first_ms_p50/p95
+and direct_ms_p50.
 Defaults: --runs 10 --relocate 5 --nat-runs 5 --rtts "20 100" --losses "0 10"
 (about 25 minutes on 2 cores).
 EOF
@@ -80,12 +82,12 @@ import json, sys
 lab = json.load(open(sys.argv[1]))
 nat = [row for line in open(sys.argv[2]) if line.strip() for row in json.loads(line)]
 print()
-print("| RTT ms | loss | NAT pair | ok | paths | first msg p50 | p95 | direct p50 |")
+print("| RTT ms | loss | NAT pair | ok | paths | first msg p50 / p95 (from registered) | from the meeting p50 / p95 | direct p50 |")
 print("|---|---|---|---|---|---|---|---|")
 for r in nat:
     print(f"| {r['rtt_ms']:g} | {r['loss_pct']}% | {r['case']} | {r['ok']}/{r['runs']} | "
-          f"{'+'.join(r['paths'])} | {r['first_message_ms_p50']} | {r['first_message_ms_p95']} | "
-          f"{r['direct_ms_p50']} |")
+          f"{'+'.join(r['paths'])} | {r['first_message_ms_p50']} / {r['first_message_ms_p95']} | "
+          f"{r['meet_to_first_ms_p50']} / {r['meet_to_first_ms_p95']} | {r['direct_ms_p50']} |")
 out = {k: lab.get(k) for k in ("relay_choice_correct", "relocation_correct",
                                "relocation_ms_p50", "relocation_ms_max", "lost",
                                "duplicated", "reordered", "runs", "relocations")}

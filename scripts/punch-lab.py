@@ -200,6 +200,11 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
     # When alice's chat was first on a direct path (at once, or upgraded).
     direct_at = next((t for t, l in errs["a"]
                       if re.search(r"(connected|upgraded to) direct", l)), None)
+    # Both know each other: the later of the two "friend found".
+    founds = [next((t for t, l in errs[k] if "friend found" in l), None) for k in "ab"]
+    meet_ms = None
+    if all(f is not None for f in founds) and firsts:
+        meet_ms = max(0.0, (min(firsts) - max(founds)) * 1000)
     direct_ms = None
     if all(r is not None for r in regs) and direct_at is not None:
         direct_ms = max(0.0, (direct_at - max(regs)) * 1000)
@@ -209,7 +214,8 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
     rejoined = all(any("re-establishing" in l for _, l in errs[k]) for k in "ab")
     for d in data_dirs:
         shutil.rmtree(d, ignore_errors=True)
-    return {"ok": ok, "path": path, "ms": ms, "direct_ms": direct_ms, "rejoined": rejoined,
+    return {"ok": ok, "path": path, "ms": ms, "direct_ms": direct_ms, "meet_ms": meet_ms,
+            "rejoined": rejoined,
             "got": {k: len(got[k]) for k in "ab"},
             "err": {k: "\n".join(l for _, l in errs[k]) for k in "ab"},
             "codes": {k: procs[k].returncode for k in "ab"}}
@@ -277,11 +283,13 @@ def print_row(case, loss, results):
         on = [r for r in ok if r["path"] == path]
         ms = [r["ms"] for r in on if r["ms"] is not None]
         direct = [r["direct_ms"] for r in on if r["direct_ms"] is not None]
+        meet = [r["meet_ms"] for r in on if r["meet_ms"] is not None]
         p50 = f"{pct(ms, 0.5):.0f}" if ms else "-"
         p95 = f"{pct(ms, 0.95):.0f}" if ms else "-"
+        m50 = f"{pct(meet, 0.5):.0f}" if meet else "-"
         d50 = f"{pct(direct, 0.5):.0f}" if direct else "-"
         print(f"| {case[0]:<33} | {loss:>4}% | {len(ok):>3}/{len(results):<3} | "
-              f"{path:<5} {len(on):>3} | {p50:>7} | {p95:>7} | {d50:>9} |", flush=True)
+              f"{path:<5} {len(on):>3} | {p50:>7} | {p95:>7} | {m50:>8} | {d50:>9} |", flush=True)
 
 
 def summary_row(case, loss, rtt, results):
@@ -289,11 +297,14 @@ def summary_row(case, loss, rtt, results):
     ok = [r for r in results if r["ok"]]
     ms = [r["ms"] for r in ok if r["ms"] is not None]
     direct = [r["direct_ms"] for r in ok if r["direct_ms"] is not None]
+    meet = [r["meet_ms"] for r in ok if r["meet_ms"] is not None]
     paths = sorted({r["path"] for r in ok})
     return {"case": case[0], "loss_pct": loss, "rtt_ms": rtt, "runs": len(results),
             "ok": len(ok), "paths": paths,
             "first_message_ms_p50": round(pct(ms, 0.5)) if ms else None,
             "first_message_ms_p95": round(pct(ms, 0.95)) if ms else None,
+            "meet_to_first_ms_p50": round(pct(meet, 0.5)) if meet else None,
+            "meet_to_first_ms_p95": round(pct(meet, 0.95)) if meet else None,
             "direct_ms_p50": round(pct(direct, 0.5)) if direct else None,
             "direct_runs": len(direct)}
 
@@ -387,9 +398,10 @@ def main():
         print(f"machine: {os.cpu_count()} cores; {args.lines} lines each way; "
               f"emulated RTT between the hosts {args.rtt:g} ms; "
               f"time = registered (later of the two) -> first message delivered; "
+              f"meet = both found each other -> first message; "
               f"direct = registered -> alice on a direct path")
-        print(f"| {'case (NAT a / NAT b)':<33} | loss  | ok      | path runs | p50 ms  | p95 ms  | direct ms |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"| {'case (NAT a / NAT b)':<33} | loss  | ok      | path runs | p50 ms  | p95 ms  | meet p50 | direct ms |")
+        print("|---|---|---|---|---|---|---|---|")
         seq = [0]
         with open(report_path, "w") as report:
             if args.check:

@@ -146,10 +146,12 @@ async fn chat_until_done(
             find_friend(client, opts, &homes, &mut home, &wanted, friend_seq).await?;
         friend_seq = friend.body.seq;
         // The common start instant the server chose: both sides begin
-        // punching together, as the later of the two hears of the meeting.
-        // Capped here too, whatever a server says.
-        tokio::time::sleep(start_in.min(MAX_START_DELAY)).await;
-        let (path, upgrade) = connect(client, &homes, &home, &friend, opts.direct_timeout).await?;
+        // punching together, as the later of the two hears of the meeting
+        // (the relay needs no such wait). Capped here too, whatever a
+        // server says.
+        let start = start_in.min(MAX_START_DELAY);
+        let (path, upgrade) =
+            connect(client, &homes, &home, &friend, start, opts.direct_timeout).await?;
         status(&format!(
             "connected {} to {}, RTT {} ms",
             path.kind,
@@ -1128,7 +1130,8 @@ type Upgrade<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Re
 
 /// The path to the friend, at once (Tailscale's way): the relay and the
 /// direct attempts start together, and the chat begins on whichever is
-/// ready first. A direct path that comes first ends the relay attempt; a
+/// ready first (the direct attempts at the common start instant,
+/// `start_in`; the relay at once). A direct path that comes first ends the relay attempt; a
 /// relay that comes first is returned with the direct attempt still
 /// running (for `direct_timeout`, 1 s when both NATs map per destination:
 /// then only a LAN path can work), to upgrade to. `direct_timeout` 0:
@@ -1138,6 +1141,7 @@ async fn connect<'a>(
     homes: &Homes,
     home: &Home,
     friend: &'a PeerRecord,
+    start_in: Duration,
     direct_timeout: Duration,
 ) -> anyhow::Result<(Path, Option<Upgrade<'a>>)> {
     let own_nat = home.nat;
@@ -1151,7 +1155,10 @@ async fn connect<'a>(
     if budget.is_zero() {
         return Ok((relay(client, homes, home, friend).await?, None));
     }
-    let mut direct: Upgrade<'a> = Box::pin(direct_path(client, own_nat, friend, budget));
+    let mut direct: Upgrade<'a> = Box::pin(async move {
+        tokio::time::sleep(start_in).await;
+        direct_path(client, own_nat, friend, budget).await
+    });
     let mut relayed: Upgrade<'_> = Box::pin(relay(client, homes, home, friend));
     tokio::select! {
         d = &mut direct => match d {
