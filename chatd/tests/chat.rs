@@ -66,8 +66,13 @@ struct Run {
 }
 
 /// alice on server 0 and bob on server 1 send 20 lines each (alice also one
-/// too-long line), then their inputs end; both must exit 0.
-async fn chat_pair(servers: &[common::Server], extra: &[&str]) -> Run {
+/// too-long line), then — once both said `settle`, if given (bounded) —
+/// their inputs end; both must exit 0.
+async fn chat_pair(
+    servers: &[common::Server],
+    extra: &[&str],
+    settle: Option<&'static str>,
+) -> Run {
     let mut alice = procs::Proc::spawn(chat_cmd("alice", "bob", &servers[0], extra));
     let mut bob = procs::Proc::spawn(chat_cmd("bob", "alice", &servers[1], extra));
     let a_lines = procs::says("alice", 0..20);
@@ -77,6 +82,11 @@ async fn chat_pair(servers: &[common::Server], extra: &[&str]) -> Run {
     alice.write_lines(&a_typed);
     bob.write_lines(&b_lines);
     tokio::task::spawn_blocking(move || {
+        if let Some(pat) = settle {
+            for p in [&alice, &bob] {
+                let _ = p.wait_err(Duration::from_secs(30), pat);
+            }
+        }
         procs::end_both(&mut alice, &mut bob);
         Run {
             a_got: alice.out(),
@@ -113,9 +123,16 @@ fn assert_exactly_once_in_order(r: &Run) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_on_two_servers_chat_both_ways() {
     let servers = two_servers(120).await;
-    let r = chat_pair(&servers, &[]).await;
+    // Instant start: relayed first or direct at once; the inputs stay
+    // open until both are on the direct path.
+    let r = chat_pair(&servers, &[], Some("direct (")).await;
     assert_exactly_once_in_order(&r);
-    assert!(r.a_err.contains("connected direct"), "{}", r.a_err);
+    // Direct at once, or relayed first and then upgraded (instant start).
+    assert!(
+        r.a_err.contains("connected direct") || r.a_err.contains("upgraded to direct"),
+        "{}",
+        r.a_err
+    );
     shutdown(&servers).await;
 }
 
@@ -125,7 +142,7 @@ async fn two_clients_on_two_servers_chat_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_direct_path_the_chat_is_relayed() {
     let servers = two_servers(121).await;
-    let r = chat_pair(&servers, &["--direct-timeout", "0"]).await;
+    let r = chat_pair(&servers, &["--direct-timeout", "0"], None).await;
     assert_exactly_once_in_order(&r);
     for err in [&r.a_err, &r.b_err] {
         assert!(err.contains("connected relayed via server"), "{err}");

@@ -2030,8 +2030,13 @@ impl Server {
             );
             return;
         }
-        if !self.met_recently(now, peer, friend) {
-            let detail = "a relay needs a meeting through this server first (Meet, then Relay)";
+        // A pair that met here (or that a ranking named this server for),
+        // or two peers both online in the cluster: the ranking's message to
+        // a third server may still be on its way when the pair asks.
+        // Unregistered keys get nothing.
+        let both_online = self.lookup(&peer, now).is_some() && self.lookup(&friend, now).is_some();
+        if !self.met_recently(now, peer, friend) && !both_online {
+            let detail = "a relay needs a meeting first, or both peers online (Meet, then Relay)";
             self.refuse(conn, req, Refusal::new(ErrorCode::RelayNotMet, detail));
             return;
         }

@@ -137,7 +137,7 @@ async fn chat_until_done(
     input: &mut Input,
 ) -> anyhow::Result<()> {
     let homes = Homes::new(&opts.servers, opts.bind);
-    let mut home = homes.establish(client, opts).await?;
+    let mut home = establish_first(client, opts, &homes).await?;
     let mut wanted = resolve_friend(opts)?;
     let mut friend_seq = 0;
     let mut breaks = 0;
@@ -216,6 +216,26 @@ async fn chat_until_done(
     }
 }
 
+/// The first home: a few tries (a connection lost on the way in, under
+/// loss, is no reason to give up), each reported.
+async fn establish_first(client: &Client, opts: &Options, homes: &Homes) -> anyhow::Result<Home> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match homes.establish(client, opts).await {
+            Ok(home) => return Ok(home),
+            Err(e) if tries < ESTABLISH_TRIES && e.downcast_ref::<Refused>().is_none() => {
+                status(&format!("{e:#}; trying again in {REHOME_RETRY:?}"));
+                tokio::time::sleep(REHOME_RETRY).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How many times the first connection to a server is tried.
+const ESTABLISH_TRIES: u32 = 3;
+
 /// The friend to meet: an id as given; a name pinned to a key meets that
 /// key only (unless `--accept-new-key`); an unknown name meets whoever
 /// uses it (then it is pinned once the chat connects).
@@ -280,6 +300,26 @@ struct Homes {
     /// Our last RTTs to servers, when they were measured, and the live
     /// server set they were measured against.
     latency: Mutex<Measured>,
+}
+
+/// The connections a measurement opened (one of them may become the
+/// home: no second handshake); the others close when this is dropped.
+struct Probes(Vec<ClientSession>);
+
+impl Probes {
+    /// The open connection to `server`, if the measurement made one.
+    fn take(&mut self, server: PeerId) -> Option<ClientSession> {
+        let i = self.0.iter().position(|s| s.server().id.0 == server)?;
+        Some(self.0.swap_remove(i))
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        for s in &self.0 {
+            s.close();
+        }
+    }
 }
 
 /// The client's latency vector and what it was measured against.
@@ -518,8 +558,9 @@ impl Homes {
             .await
             .with_context(|| format!("no server answered (tried {})", order.len()))?;
         let usable = self.usable(&session).await;
-        let rtts = self.measure(client, &session, &usable).await;
-        let session = pick_home(client, session, &usable, &rtts).await;
+        let (rtts, mut probes) = self.measure(client, &session, &usable).await;
+        let session = pick_home(client, session, &usable, &rtts, &mut probes).await;
+        drop(probes);
         self.settle(client, opts, session, &usable).await
     }
 
@@ -573,7 +614,7 @@ impl Homes {
         client: &Client,
         here: &ClientSession,
         servers: &[ServerRecord],
-    ) -> LatencyVector {
+    ) -> (LatencyVector, Probes) {
         let last = crate::net::lock(&self.latency).rtts.clone();
         let sample =
             rendezvous::latency::probe_sample(servers, &last, PROBE_SAMPLE, rand::random());
@@ -584,21 +625,25 @@ impl Homes {
             .collect();
         let probes = targets.iter().map(|&t| async move {
             if t.id == here.server().id {
-                return Some((t, here.connection().rtt()));
+                return Some((t, here.connection().rtt(), None));
             }
             let s = tokio::time::timeout(PROBE_TIMEOUT, client.connect(t))
                 .await
                 .ok()?
                 .ok()?;
             let rtt = s.connection().rtt();
-            s.close();
-            Some((t, rtt))
+            Some((t, rtt, Some(s)))
         });
-        let mut got: Vec<(ServerAddr, Duration)> = futures_util::future::join_all(probes)
+        let mut open = Probes(Vec::new());
+        let mut got: Vec<(ServerAddr, Duration)> = Vec::new();
+        for (t, rtt, s) in futures_util::future::join_all(probes)
             .await
             .into_iter()
             .flatten()
-            .collect();
+        {
+            got.push((t, rtt));
+            open.0.extend(s);
+        }
         got.sort_by_key(|(_, rtt)| *rtt);
         let micros = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
         let entries = got
@@ -626,7 +671,7 @@ impl Homes {
                 .collect();
             status(&format!("RTT to servers: {}", list.join(", ")));
         }
-        rtts
+        (rtts, open)
     }
 
     /// Whether our RTTs are due for a new measurement: every
@@ -666,7 +711,7 @@ impl Homes {
     ) -> anyhow::Result<Option<Home>> {
         let usable = self.usable(&home.session).await;
         if !usable.is_empty() && self.latency_due(&usable) {
-            let rtts = self.measure(client, &home.session, &usable).await;
+            let (rtts, mut probes) = self.measure(client, &home.session, &usable).await;
             // A relayed chat first: the relays ranked again at once (a
             // move of home would take a few round trips more).
             if relayed.is_some() {
@@ -676,8 +721,12 @@ impl Homes {
             if let Some(best) = rendezvous::latency::choose_home(&usable, &rtts, Some(here.id.0))
                 && best != here.id.0
                 && let Some(target) = self.addr_of(best)
-                && let Ok(session) = client.connect(target).await
+                && let Some(session) = match probes.take(best) {
+                    Some(s) => Some(s),
+                    None => client.connect(target).await.ok(),
+                }
             {
+                drop(probes);
                 status(&format!(
                     "server {} is closer than {} ({}): moving home",
                     target.addr,
@@ -960,6 +1009,7 @@ async fn pick_home(
     session: ClientSession,
     servers: &[ServerRecord],
     rtts: &LatencyVector,
+    probes: &mut Probes,
 ) -> ClientSession {
     let here = session.server().id.0;
     let Some(best) = rendezvous::latency::choose_home(servers, rtts, None) else {
@@ -975,7 +1025,11 @@ async fn pick_home(
     if best == here {
         return session;
     }
-    match client.connect(target).await {
+    let connected = match probes.take(best) {
+        Some(s) => Ok(s),
+        None => client.connect(target).await,
+    };
+    match connected {
         Ok(better) => {
             let closer = match (rtts.rtt(&best), rtts.rtt(&here)) {
                 (Some(b), Some(h)) => rendezvous::latency::better_enough(h, b),
@@ -1261,7 +1315,7 @@ async fn relay(
                 .context("the friend's home server has no address")?
         }
     };
-    relay_via(client, target, fid, ranking.unwrap_or_default()).await
+    relay_via(client, homes, target, fid, ranking.unwrap_or_default()).await
 }
 
 /// The chat through the relay server `target`, on a connection of its own
@@ -1269,6 +1323,7 @@ async fn relay(
 /// noticed within [`RELAY_SILENCE`]).
 async fn relay_via(
     client: &Client,
+    homes: &Homes,
     target: ServerAddr,
     fid: PeerId,
     ranking: Ranking,
@@ -1277,6 +1332,11 @@ async fn relay_via(
     status(&format!("requesting a relay via server {}", target.addr));
     let mut transport = crate::client::client_transport()?;
     transport.keep_alive_interval(Some(RELAY_KEEPALIVE));
+    // We measured this server: a lost first packet is resent after about
+    // that RTT, not after quinn's default guess (333 ms).
+    if let Some(us) = crate::net::lock(&homes.latency).rtts.rtt(&target.id.0) {
+        transport.initial_rtt(Duration::from_micros(u64::from(us)));
+    }
     let relay_session = client.connect_with_transport(target, transport).await?;
     // Notices may come here (when our home connection ends first): read
     // and drop them, or the server would close this connection.
@@ -1681,7 +1741,7 @@ async fn converse<'a>(
                                     "relay {} is gone ({why}); moving the chat to relay {}",
                                     dead.addr, to.addr
                                 ));
-                                moving = Some((id, Instant::now(), Box::pin(relay_via(client, to, friend, ranking))));
+                                moving = Some((id, Instant::now(), Box::pin(relay_via(client, homes, to, friend, ranking))));
                             }
                             None => break End::Broke(why),
                         }
@@ -1798,7 +1858,7 @@ async fn converse<'a>(
                             to.addr,
                             current.map(|c| c.addr.to_string()).unwrap_or_default()
                         ));
-                        moving = Some((id, Instant::now(), Box::pin(relay_via(client, to, friend, ranking))));
+                        moving = Some((id, Instant::now(), Box::pin(relay_via(client, homes, to, friend, ranking))));
                     }
                 }
                 let Some(c) = cur.as_mut() else { continue };
