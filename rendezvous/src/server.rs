@@ -672,6 +672,19 @@ pub struct Server {
     stats: Stats,
 }
 
+/// `RateLimited` (with the wait) when the last time was less than
+/// `spacing` ago.
+fn spaced(last: Option<Time>, spacing: Duration, now: Now, what: &str) -> Result<(), Refusal> {
+    match last {
+        Some(at) if now.mono.saturating_since(at) < spacing => Err(Refusal {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: as_ms32(spacing - now.mono.saturating_since(at)),
+            detail: what.into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn pair(a: PeerId, b: PeerId) -> (PeerId, PeerId) {
     if a < b { (a, b) } else { (b, a) }
 }
@@ -1240,14 +1253,7 @@ impl Server {
             .get(&conn)
             .and_then(|c| c.latency.as_ref())
             .map(|l| l.0);
-        if let Some(at) = last
-            && now.mono.saturating_since(at) < spacing
-        {
-            let refusal = Refusal {
-                code: ErrorCode::RateLimited,
-                retry_after_ms: as_ms32(spacing - now.mono.saturating_since(at)),
-                detail: "latency reported too often".into(),
-            };
+        if let Err(refusal) = spaced(last, spacing, now, "latency reported too often") {
             self.refuse(conn, req, refusal);
             return;
         }
@@ -1777,14 +1783,7 @@ impl Server {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if let Some(at) = c.rearranged
-            && now.mono.saturating_since(at) < spacing
-        {
-            let refusal = Refusal {
-                code: ErrorCode::RateLimited,
-                retry_after_ms: as_ms32(spacing - now.mono.saturating_since(at)),
-                detail: "relays rearranged too often".into(),
-            };
+        if let Err(refusal) = spaced(c.rearranged, spacing, now, "relays rearranged too often") {
             self.refuse(conn, req, refusal);
             return;
         }
@@ -1793,17 +1792,7 @@ impl Server {
         // Like a meeting (it tells the friend and names relays for the
         // pair), it costs the friend's introduction bucket; the friend's
         // client ignores rankings for peers it is not chatting with.
-        let (rate, burst) = self.cfg.introductions_per_peer;
-        let bucket = self
-            .introductions
-            .entry(friend)
-            .or_insert_with(|| TokenBucket::new(rate, burst, now.mono));
-        if let Err(wait) = bucket.take(1.0, now.mono) {
-            let refusal = Refusal {
-                code: ErrorCode::RateLimited,
-                retry_after_ms: as_ms32(wait),
-                detail: "that peer is being asked for too often: try again later".into(),
-            };
+        if let Err(refusal) = self.introduce_allowed(now, friend) {
             self.refuse(conn, req, refusal);
             return;
         }
@@ -1826,6 +1815,21 @@ impl Server {
                 },
             );
         }
+    }
+
+    /// One token of `peer`'s introduction bucket (`introductions_per_peer`):
+    /// what telling a peer about someone costs.
+    fn introduce_allowed(&mut self, now: Now, peer: PeerId) -> Result<(), Refusal> {
+        let (rate, burst) = self.cfg.introductions_per_peer;
+        let bucket = self
+            .introductions
+            .entry(peer)
+            .or_insert_with(|| TokenBucket::new(rate, burst, now.mono));
+        bucket.take(1.0, now.mono).map_err(|wait| Refusal {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: as_ms32(wait),
+            detail: "that peer is being asked for too often: try again later".into(),
+        })
     }
 
     /// Whether `a` and `b` met through this server (or were named to it as
@@ -1877,17 +1881,7 @@ impl Server {
             return;
         }
         if let Some(theirs) = theirs.pop() {
-            let (rate, burst) = self.cfg.introductions_per_peer;
-            let bucket = self
-                .introductions
-                .entry(theirs.body.peer)
-                .or_insert_with(|| TokenBucket::new(rate, burst, now.mono));
-            if let Err(wait) = bucket.take(1.0, now.mono) {
-                let refusal = Refusal {
-                    code: ErrorCode::RateLimited,
-                    retry_after_ms: as_ms32(wait),
-                    detail: "that peer is being asked for too often: try again later".into(),
-                };
+            if let Err(refusal) = self.introduce_allowed(now, theirs.body.peer) {
                 self.refuse(conn, req, refusal);
                 return;
             }
