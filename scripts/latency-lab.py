@@ -47,6 +47,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import labproc  # noqa: E402 (the lab scripts' shared helpers, beside this file)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LATLAB = os.path.join(ROOT, "scripts", "latlab.sh")
 PORT = 7000
@@ -117,13 +120,7 @@ class Servers:
         raise RuntimeError(f"the servers did not see each other ({n} live) within {timeout} s")
 
     def stop_one(self, name):
-        p = self.procs.pop(name)
-        p.terminate()
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        labproc.stop([self.procs.pop(name)])
 
     def kill(self, name):
         p = self.procs.pop(name)
@@ -131,20 +128,7 @@ class Servers:
         p.wait()
 
     def stop(self):
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def reader(stream, sink):
-    for raw in stream:
-        sink.append((time.monotonic(), raw.decode("utf-8", "replace").rstrip("\n")))
+        labproc.stop(self.procs.values())
 
 
 def chat_run(binary, servers, tag, lines, bootstrap, event=None):
@@ -171,7 +155,7 @@ def chat_run(binary, servers, tag, lines, bootstrap, event=None):
                                     stderr=subprocess.PIPE)
         outs[k], errs[k] = [], []
         for stream, sink in ((procs[k].stdout, outs[k]), (procs[k].stderr, errs[k])):
-            t = threading.Thread(target=reader, args=(stream, sink), daemon=True)
+            t = threading.Thread(target=labproc.reader, args=(stream, sink), daemon=True)
             t.start()
             threads.append(t)
     t_event = None

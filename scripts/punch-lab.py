@@ -41,6 +41,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import labproc  # noqa: E402 (the lab scripts' shared helpers, beside this file)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NATLAB = os.path.join(ROOT, "scripts", "natlab.sh")
 MODES = ["full-cone", "addr-restricted", "port-restricted", "symmetric"]
@@ -96,20 +99,7 @@ class Servers:
             return 0
 
     def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def reader(stream, sink):
-    for raw in stream:
-        sink.append((time.monotonic(), raw.decode("utf-8", "replace").rstrip("\n")))
+        labproc.stop(self.procs)
 
 
 def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
@@ -137,7 +127,7 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
                                     stderr=subprocess.PIPE)
         outs[k], errs[k] = [], []
         for stream, sink in ((procs[k].stdout, outs[k]), (procs[k].stderr, errs[k])):
-            t = threading.Thread(target=reader, args=(stream, sink), daemon=True)
+            t = threading.Thread(target=labproc.reader, args=(stream, sink), daemon=True)
             t.start()
             threads.append(t)
     def write(k, part):
@@ -332,15 +322,7 @@ class Netem:
                 raise RuntimeError(f"chatd-netem did not start: {err}")
 
     def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        labproc.stop(self.procs)
 
 
 def main():
