@@ -1624,13 +1624,18 @@ impl Live {
         }
     }
 
+    /// Stops reading and watching (the connection stays as it is).
+    fn stop_tasks(&self) {
+        self.reader.abort();
+        if let Some(w) = &self.watchdog {
+            w.abort();
+        }
+    }
+
     /// Stops reading and closes the connection with `code` (and the relay
     /// server's).
     fn close(self, code: u32, why: &[u8]) {
-        self.reader.abort();
-        if let Some(w) = self.watchdog {
-            w.abort();
-        }
+        self.stop_tasks();
         self.conn.close(code.into(), why);
         if let Some(s) = self.relay_session {
             s.close();
@@ -1911,7 +1916,7 @@ async fn converse<'a>(
                 let _ = c.send.finish();
                 c.close(0, b"bye");
             }
-            End::FriendLeft => c.reader.abort(),
+            End::FriendLeft => c.stop_tasks(),
             End::Broke(_) => c.close(3, b"path broke"),
         }
     }
