@@ -554,6 +554,13 @@ struct Conn {
     rearranged: Option<Time>,
 }
 
+impl Conn {
+    /// The client's last latency report on this connection.
+    fn rtts(&self) -> Option<&LatencyVector> {
+        self.latency.as_ref().map(|l| &l.1)
+    }
+}
+
 #[derive(Debug)]
 struct Presence {
     conn: ConnId,
@@ -1233,20 +1240,13 @@ impl Server {
             }
             Request::Meet(friend) => self.meet(now, conn, req, peer, friend),
             Request::Relay(friend) => self.relay(now, conn, req, peer, friend),
-            Request::Latency(v) => self.latency_report(now, conn, req, peer, v),
+            // Kept per connection: one report, whoever registers on it.
+            Request::Latency(v) => self.latency_report(now, conn, req, v),
             Request::Rearrange(friend) => self.rearrange(now, conn, req, peer, friend),
         }
     }
 
-    fn latency_report(
-        &mut self,
-        now: Now,
-        conn: ConnId,
-        req: ReqId,
-        peer: PeerId,
-        v: LatencyVector,
-    ) {
-        let _ = peer; // kept per connection: one report, whoever registers on it
+    fn latency_report(&mut self, now: Now, conn: ConnId, req: ReqId, v: LatencyVector) {
         let spacing = self.cfg.latency_report_spacing;
         let last = self
             .conns
@@ -1266,8 +1266,7 @@ impl Server {
 
     /// The last latency report of `peer`'s live connection here, if any.
     pub fn latency_of(&self, peer: &PeerId) -> Option<&LatencyVector> {
-        let conn = self.presence.get(peer)?.conn;
-        self.conns.get(&conn)?.latency.as_ref().map(|l| &l.1)
+        self.conns.get(&self.home_conn(peer)?)?.rtts()
     }
 
     fn holders(&self, name: &str, now: Now, max: usize) -> Vec<Arc<PeerRecord>> {
@@ -1710,7 +1709,7 @@ impl Server {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let (peer, own) = (c.peer, c.latency.as_ref().map(|l| &l.1));
+        let (peer, own) = (c.peer, c.rtts());
         // Ties are broken by the pair, not by this server's state: if both
         // sides arrange the same meeting, they choose alike.
         let (lo, hi) = pair(peer, friend);
@@ -1755,11 +1754,12 @@ impl Server {
         }
     }
 
-    fn notify_relay(&mut self, conn: ConnId, friend: PeerId, mut relays: Vec<(PeerId, u32)>) {
+    /// `relays` is at most [`crate::latency::MAX_RELAYS`] long (ranked
+    /// here, or cut to it from a `RelayChoice`).
+    fn notify_relay(&mut self, conn: ConnId, friend: PeerId, relays: Vec<(PeerId, u32)>) {
         if !self.conns.contains_key(&conn) {
             return;
         }
-        relays.truncate(crate::latency::MAX_RELAYS);
         self.stats.count("notices");
         self.out.push_back(Output::Notify {
             conn,
@@ -1774,7 +1774,7 @@ impl Server {
     /// the client may have moved home since — but it costs what a meeting
     /// costs.
     fn rearrange(&mut self, now: Now, conn: ConnId, req: ReqId, peer: PeerId, friend: PeerId) {
-        if self.presence.get(&peer).is_none_or(|p| p.conn != conn) {
+        if self.home_conn(&peer) != Some(conn) {
             let detail = "register live on this connection before asking for relays";
             self.refuse(conn, req, Refusal::new(ErrorCode::NotRegistered, detail));
             return;
@@ -1788,7 +1788,7 @@ impl Server {
             return;
         }
         c.rearranged = Some(now.mono);
-        let latency = c.latency.as_ref().map(|l| l.1.clone());
+        let latency = c.rtts().cloned();
         // Like a meeting (it tells the friend and names relays for the
         // pair), it costs the friend's introduction bucket; the friend's
         // client ignores rankings for peers it is not chatting with.
@@ -1892,11 +1892,7 @@ impl Server {
                 .and_then(|c| self.conns.get(c))
                 .map(|c| c.rtt);
             let start_at = self.start_instant(now, rtt, other_rtt);
-            let latency = self
-                .conns
-                .get(&conn)
-                .and_then(|c| c.latency.as_ref())
-                .map(|l| l.1.clone());
+            let latency = self.conns.get(&conn).and_then(Conn::rtts).cloned();
             self.introduce(now, &theirs, &mine, latency, start_at);
             self.met(now, peer, theirs.body.peer);
             let start_in_ms = start_delay(start_at, now.unix_ms, rtt / 2, self.cfg.max_start_delay);
@@ -1993,7 +1989,7 @@ impl Server {
             }
             c.waits.retain(|w| *w != wait);
             let (waiter, rtt) = (c.peer, c.rtt);
-            let latency = c.latency.as_ref().map(|l| l.1.clone());
+            let latency = c.rtts().cloned();
             self.unwait(conn, &wait);
             let other_rtt = self
                 .clients

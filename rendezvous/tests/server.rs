@@ -1005,13 +1005,8 @@ fn the_relay_is_the_min_max_server_and_both_peers_hear_it() {
     // a asks for b, who is online at s1.
     let a = net.connect(0, 1, "198.51.100.1");
     let b = net.connect(1, 2, "198.51.100.2");
-    for (c, v) in [(&a, &va), (&b, &vb)] {
-        assert_eq!(
-            net.ask(c, Request::Latency(v.clone())),
-            Some(Response::Noted)
-        );
-        assert!(registered(&net.register(c, "x")));
-    }
+    net.report_and_register(&a, &va, "x");
+    net.report_and_register(&b, &vb, "x");
     assert!(matches!(
         net.meet(&a, FriendRef::Id(b.id())),
         Some(Response::Friend { .. })
@@ -1074,14 +1069,8 @@ fn the_relay_is_the_min_max_server_and_both_peers_hear_it() {
     }
     let g = net.connect(0, 7, "198.51.100.7");
     let h = net.connect(1, 8, "198.51.100.8");
-    for (c, v) in [(&g, &va), (&h, &vb)] {
-        assert_eq!(
-            net.ask(c, Request::Latency(v.clone())),
-            Some(Response::Noted)
-        );
-        let r = net.register(c, "y");
-        assert!(registered(&r), "{r:?}");
-    }
+    net.report_and_register(&g, &va, "y");
+    net.report_and_register(&h, &vb, "y");
     assert!(matches!(
         net.meet(&g, FriendRef::Id(h.id())),
         Some(Response::Friend { .. })
@@ -1108,13 +1097,8 @@ fn rearrange_ranks_the_relays_again_for_both_peers() {
     let vb = LatencyVector::new(vec![(s[1], ms(80)), (s[2], ms(60)), (s[3], ms(60))]).unwrap();
     let a = net.connect(1, 1, "198.51.100.1");
     let b = net.connect(3, 2, "198.51.100.2");
-    for (c, v) in [(&a, &va), (&b, &vb)] {
-        assert_eq!(
-            net.ask(c, Request::Latency(v.clone())),
-            Some(Response::Noted)
-        );
-        assert!(registered(&net.register(c, "x")));
-    }
+    net.report_and_register(&a, &va, "x");
+    net.report_and_register(&b, &vb, "x");
     assert!(matches!(
         net.meet(&a, FriendRef::Id(b.id())),
         Some(Response::Friend { .. })

@@ -9,7 +9,8 @@ use ed25519_dalek::SigningKey;
 use overlay::{PeerId, Time};
 use rendezvous::server::{Config, ConnId, Input, Now, Output, ReqId, Server};
 use rendezvous::{
-    FriendRef, NatMapping, Notice, PeerRecord, RecordBody, Request, Response, ServerMsg,
+    FriendRef, LatencyVector, NatMapping, Notice, PeerRecord, RecordBody, Request, Response,
+    ServerMsg,
 };
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -313,6 +314,15 @@ impl Net {
         let seq = self.now.unix_ms;
         let req = self.register_request(c, name, seq);
         self.ask(c, req)
+    }
+
+    /// `c` reports its RTTs `rtts`, then registers live as `name`; both
+    /// must be accepted at once.
+    pub fn report_and_register(&mut self, c: &Client, rtts: &LatencyVector, name: &str) {
+        let noted = self.ask(c, Request::Latency(rtts.clone()));
+        assert_eq!(noted, Some(Response::Noted), "latency report of {name}");
+        let r = self.register(c, name);
+        assert!(matches!(r, Some(Response::Registered)), "{name}: {r:?}");
     }
 
     pub fn meet(&mut self, c: &Client, friend: FriendRef) -> Option<Response> {
