@@ -3,6 +3,7 @@ stopping the processes a script started, by PID, within a bound, and
 reading their output lines with the time each arrived."""
 
 import subprocess
+import threading
 import time
 
 
@@ -19,6 +20,32 @@ def stop(procs, grace=5):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def wait_all(procs, timeout):
+    """Waits for every process to exit, `timeout` s in all; SIGKILLs those
+    still running then."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def spawn_read(args):
+    """Starts `args` with pipes; its stdout and stderr lines are gathered,
+    timestamped, by two reader threads. Returns (process, out, err,
+    threads)."""
+    p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    out, err, threads = [], [], []
+    for stream, sink in ((p.stdout, out), (p.stderr, err)):
+        t = threading.Thread(target=reader, args=(stream, sink), daemon=True)
+        t.start()
+        threads.append(t)
+    return p, out, err, threads
 
 
 def reader(stream, sink):

@@ -151,13 +151,8 @@ def chat_run(binary, servers, tag, lines, bootstrap, event=None):
                 binary, "chat", "--name", names[k], "--to", friend[k], "--data-dir", d,
                 "--server", servers.addrs[bootstrap[k]], "--wait", "30",
                 "--direct-timeout", "0"]
-        procs[k] = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
-        outs[k], errs[k] = [], []
-        for stream, sink in ((procs[k].stdout, outs[k]), (procs[k].stderr, errs[k])):
-            t = threading.Thread(target=labproc.reader, args=(stream, sink), daemon=True)
-            t.start()
-            threads.append(t)
+        procs[k], outs[k], errs[k], readers = labproc.spawn_read(args)
+        threads += readers
     t_event = None
     started_ms = None
     if event is None:
@@ -197,13 +192,7 @@ def chat_run(binary, servers, tag, lines, bootstrap, event=None):
             t_event = res_live
         for w in writers:
             w.join(timeout=RUN_TIMEOUT)
-    deadline = time.monotonic() + RUN_TIMEOUT
-    for p in procs.values():
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    labproc.wait_all(procs.values(), RUN_TIMEOUT)
     for t in threads:
         t.join(timeout=5)
     for d in dirs:

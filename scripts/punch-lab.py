@@ -38,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -123,13 +122,8 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
                 "--data-dir", data_dir,
                 "--server", servers.addrs[home], "--server", servers.addrs[other],
                 "--wait", "20"]
-        procs[k] = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
-        outs[k], errs[k] = [], []
-        for stream, sink in ((procs[k].stdout, outs[k]), (procs[k].stderr, errs[k])):
-            t = threading.Thread(target=labproc.reader, args=(stream, sink), daemon=True)
-            t.start()
-            threads.append(t)
+        procs[k], outs[k], errs[k], readers = labproc.spawn_read(args)
+        threads += readers
     def write(k, part):
         procs[k].stdin.write("".join(line + "\n" for line in part).encode())
         procs[k].stdin.flush()
@@ -166,13 +160,7 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
         settle(2)
         for k in "ab":
             procs[k].stdin.close()
-    deadline = time.monotonic() + RUN_TIMEOUT
-    for p in procs.values():
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    labproc.wait_all(procs.values(), RUN_TIMEOUT)
     for t in threads:
         t.join(timeout=5)
     got = {k: [line for _, line in outs[k]] for k in "ab"}

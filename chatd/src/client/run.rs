@@ -307,10 +307,17 @@ struct Homes {
 struct Probes(Vec<ClientSession>);
 
 impl Probes {
-    /// The open connection to `server`, if the measurement made one.
-    fn take(&mut self, server: PeerId) -> Option<ClientSession> {
-        let i = self.0.iter().position(|s| s.server().id.0 == server)?;
-        Some(self.0.swap_remove(i))
+    /// A connection to `server`: the measurement's, if it made one, else
+    /// a new one.
+    async fn take_or_connect(
+        &mut self,
+        client: &Client,
+        server: ServerAddr,
+    ) -> anyhow::Result<ClientSession> {
+        match self.0.iter().position(|s| s.server().id == server.id) {
+            Some(i) => Ok(self.0.swap_remove(i)),
+            None => client.connect(server).await,
+        }
     }
 }
 
@@ -320,6 +327,13 @@ impl Drop for Probes {
             s.close();
         }
     }
+}
+
+/// The ids of `servers`, sorted (the set a measurement was made against).
+fn server_ids(servers: &[ServerRecord]) -> Vec<PeerId> {
+    let mut ids: Vec<PeerId> = servers.iter().map(|s| s.id).collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// The client's latency vector and what it was measured against.
@@ -360,7 +374,8 @@ struct Home {
 #[derive(Clone)]
 struct Inbox {
     friends: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Notice>>>,
-    relays: Arc<Mutex<Vec<Ranking>>>,
+    /// The latest ranking per friend, oldest first.
+    relays: Arc<Mutex<Vec<(PeerId, Ranking)>>>,
     relay_heard: Arc<tokio::sync::Notify>,
 }
 
@@ -368,7 +383,6 @@ struct Inbox {
 /// with the worse of our two RTTs in µs), numbered in order of arrival.
 #[derive(Clone, Debug, Default)]
 struct Ranking {
-    friend: Option<PeerId>,
     relays: Vec<(PeerId, u32)>,
     number: u64,
 }
@@ -383,7 +397,7 @@ impl Inbox {
     fn new(session: &ClientSession) -> Inbox {
         let mut raw = session.notices();
         let (tx, friends) = tokio::sync::mpsc::channel(16);
-        let relays: Arc<Mutex<Vec<Ranking>>> = Arc::default();
+        let relays: Arc<Mutex<Vec<(PeerId, Ranking)>>> = Arc::default();
         let relay_heard = Arc::new(tokio::sync::Notify::new());
         let (board, heard) = (relays.clone(), relay_heard.clone());
         tokio::spawn(async move {
@@ -395,15 +409,11 @@ impl Inbox {
                         // a new home is newer than one from the old.
                         let number = RANKINGS.fetch_add(1, Ordering::SeqCst) + 1;
                         let mut b = crate::net::lock(&board);
-                        b.retain(|r| r.friend != Some(friend));
+                        b.retain(|(f, _)| *f != friend);
                         if b.len() >= MAX_RELAY_CHOICES {
                             b.remove(0);
                         }
-                        b.push(Ranking {
-                            friend: Some(friend),
-                            relays,
-                            number,
-                        });
+                        b.push((friend, Ranking { relays, number }));
                         drop(b);
                         heard.notify_waiters();
                     }
@@ -425,7 +435,7 @@ impl Inbox {
     /// Forgets an earlier ranking for `friend` (before a new meeting).
     fn forget_relay(&self, friend: &FriendRef) {
         if let FriendRef::Id(id) = friend {
-            crate::net::lock(&self.relays).retain(|r| r.friend != Some(*id));
+            crate::net::lock(&self.relays).retain(|(f, _)| f != id);
         }
     }
 
@@ -433,8 +443,8 @@ impl Inbox {
     fn ranking(&self, friend: PeerId) -> Option<Ranking> {
         crate::net::lock(&self.relays)
             .iter()
-            .find(|r| r.friend == Some(friend))
-            .cloned()
+            .find(|(f, _)| *f == friend)
+            .map(|(_, r)| r.clone())
     }
 
     /// The relays the servers ranked for us and `friend`, waiting up to
@@ -656,13 +666,11 @@ impl Homes {
             })
             .collect();
         let rtts = LatencyVector::new(entries).unwrap_or_default();
-        let mut ids: Vec<PeerId> = servers.iter().map(|s| s.id).collect();
-        ids.sort_unstable();
         let first = last.is_empty();
         *crate::net::lock(&self.latency) = Measured {
             rtts: rtts.clone(),
             at: Some(Instant::now()),
-            servers: ids,
+            servers: server_ids(servers),
         };
         if first && !got.is_empty() {
             let list: Vec<String> = got
@@ -681,8 +689,7 @@ impl Homes {
     /// have restarted before the cluster noticed it was gone.
     fn latency_due(&self, servers: &[ServerRecord]) -> bool {
         let m = crate::net::lock(&self.latency);
-        let mut ids: Vec<PeerId> = servers.iter().map(|s| s.id).collect();
-        ids.sort_unstable();
+        let ids = server_ids(servers);
         let since = m.at.map(|at| at.elapsed());
         let missing = ids.len() <= PROBE_SAMPLE && ids.iter().any(|id| m.rtts.rtt(id).is_none());
         since.is_none_or(|t| t >= REMEASURE_EVERY || (missing && t >= REPROBE_EVERY))
@@ -721,10 +728,7 @@ impl Homes {
             if let Some(best) = rendezvous::latency::choose_home(&usable, &rtts, Some(here.id.0))
                 && best != here.id.0
                 && let Some(target) = self.addr_of(best)
-                && let Some(session) = match probes.take(best) {
-                    Some(s) => Some(s),
-                    None => client.connect(target).await.ok(),
-                }
+                && let Ok(session) = probes.take_or_connect(client, target).await
             {
                 drop(probes);
                 status(&format!(
@@ -1025,11 +1029,7 @@ async fn pick_home(
     if best == here {
         return session;
     }
-    let connected = match probes.take(best) {
-        Some(s) => Ok(s),
-        None => client.connect(target).await,
-    };
-    match connected {
+    match probes.take_or_connect(client, target).await {
         Ok(better) => {
             let closer = match (rtts.rtt(&best), rtts.rtt(&here)) {
                 (Some(b), Some(h)) => rendezvous::latency::better_enough(h, b),
@@ -1643,6 +1643,21 @@ impl Live {
     }
 }
 
+/// Makes `next` the path in use; the one before it (if any) is still read
+/// for [`RELAY_LINGER`], replacing an older one that is closed now.
+fn take_over(cur: &mut Option<Live>, old: &mut Option<(Live, tokio::time::Instant)>, next: Live) {
+    if let Some(was) = cur.replace(next) {
+        retire(old.replace((was, tokio::time::Instant::now() + RELAY_LINGER)));
+    }
+}
+
+/// Closes a path the chat moved away from.
+fn retire(old: Option<(Live, tokio::time::Instant)>) {
+    if let Some((o, _)) = old {
+        o.close(4, b"upgraded");
+    }
+}
+
 /// Where a relayed chat moves, if anywhere: after its relay `dead` died,
 /// the next ranked relay; else the first of a newer `ranking`, if it is
 /// [`rendezvous::latency::better_enough`] than the current relay
@@ -1704,6 +1719,10 @@ async fn converse<'a>(
     // Relays that failed this chat (not moved to again).
     let mut failed: Vec<PeerId> = Vec::new();
     let mut seen_ranking = cur.as_ref().map_or(0, |c| c.ranking.number);
+    // Where to move a relayed chat, and that server's address.
+    let target = |ranking: &Ranking, current: Option<PeerId>, dead: bool, failed: &[PeerId]| {
+        relocation(ranking, current, dead, failed).and_then(|id| Some((id, homes.addr_of(id)?)))
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut refresh = tokio::time::interval(RELAYED_CHECK);
     let mut last_upkeep: Option<Instant> = None;
@@ -1738,9 +1757,7 @@ async fn converse<'a>(
                     let Some(dead) = dead_relay else { break End::Broke(why) };
                     failed.push(dead.id.0);
                     if moving.is_none() {
-                        match relocation(&ranking, Some(dead.id.0), true, &failed)
-                            .and_then(|id| Some((id, homes.addr_of(id)?)))
-                        {
+                        match target(&ranking, Some(dead.id.0), true, &failed) {
                             Some((id, to)) => {
                                 status(&format!(
                                     "relay {} is gone ({why}); moving the chat to relay {}",
@@ -1752,11 +1769,7 @@ async fn converse<'a>(
                         }
                     }
                 }
-                None => {
-                    if let Some((o, _)) = old.take() {
-                        o.close(4, b"upgraded");
-                    }
-                }
+                None => retire(old.take()),
             },
             res = async { upgrade.as_mut().expect("guarded").await }, if upgrade.is_some() => {
                 upgrade = None;
@@ -1769,14 +1782,8 @@ async fn converse<'a>(
                             next.kind,
                             next.conn.rtt().as_millis()
                         ));
-                        if let Some(was) = cur.replace(next)
-                            && let Some((o, _)) = old.replace((was, tokio::time::Instant::now() + RELAY_LINGER))
-                        {
-                            o.close(4, b"upgraded");
-                        }
-                        if let Some((_, _, m)) = moving.take() {
-                            drop(m);
-                        }
+                        take_over(&mut cur, &mut old, next);
+                        moving = None;
                         session.path_changed();
                     }
                     Err(e) => match &cur {
@@ -1799,11 +1806,7 @@ async fn converse<'a>(
                             next.conn.rtt().as_millis(),
                             since.elapsed().as_millis()
                         ));
-                        if let Some(was) = cur.replace(next)
-                            && let Some((o, _)) = old.replace((was, tokio::time::Instant::now() + RELAY_LINGER))
-                        {
-                            o.close(4, b"upgraded");
-                        }
+                        take_over(&mut cur, &mut old, next);
                         session.path_changed();
                     }
                     Err(e) => {
@@ -1816,9 +1819,7 @@ async fn converse<'a>(
                 }
             }
             () = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if linger_until.is_some() => {
-                if let Some((o, _)) = old.take() {
-                    o.close(4, b"upgraded");
-                }
+                retire(old.take());
             }
             _ = home.session.closed(), if may_rehome => {
                 let dead = home.session.clone();
@@ -1855,9 +1856,7 @@ async fn converse<'a>(
                 {
                     seen_ranking = ranking.number;
                     let current = cur.as_ref().and_then(Live::relay);
-                    if let Some((id, to)) = relocation(&ranking, current.map(|c| c.id.0), false, &failed)
-                        .and_then(|id| Some((id, homes.addr_of(id)?)))
-                    {
+                    if let Some((id, to)) = target(&ranking, current.map(|c| c.id.0), false, &failed) {
                         status(&format!(
                             "relay {} is closer for both of you than {}: moving the chat there",
                             to.addr,
@@ -1907,9 +1906,7 @@ async fn converse<'a>(
         }
     };
     input.chatting.store(false, Ordering::SeqCst);
-    if let Some((o, _)) = old.take() {
-        o.close(4, b"upgraded");
-    }
+    retire(old.take());
     if let Some(mut c) = cur {
         match &end {
             End::Done => {
