@@ -190,10 +190,20 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
     if all(r is not None for r in regs) and firsts:
         ms = max(0.0, (min(firsts) - max(regs)) * 1000)
     rejoined = all(any("re-establishing" in l for _, l in errs[k]) for k in "ab")
+    # Every status line and the first message, both sides, in time order,
+    # relative to the later "friend found" (for --timeline).
+    zero = max(founds) if all(f is not None for f in founds) else None
+    timeline = []
+    if zero is not None:
+        events = [(t, k, l) for k in "ab" for t, l in errs[k]]
+        events += [(outs[k][0][0], k, f"[first message received] {outs[k][0][1]}")
+                   for k in "ab" if outs[k]]
+        timeline = [f"{(t - zero) * 1000:+8.1f} ms {names[k].split('-')[0]:<5} {l}"
+                    for t, k, l in sorted(events)]
     for d in data_dirs:
         shutil.rmtree(d, ignore_errors=True)
     return {"ok": ok, "path": path, "ms": ms, "direct_ms": direct_ms, "meet_ms": meet_ms,
-            "rejoined": rejoined,
+            "rejoined": rejoined, "timeline": timeline,
             "got": {k: len(got[k]) for k in "ab"},
             "err": {k: "\n".join(l for _, l in errs[k]) for k in "ab"},
             "codes": {k: procs[k].returncode for k in "ab"}}
@@ -230,7 +240,7 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def run_cases(binary, servers, todo, runs, lines, loss, seq, report):
+def run_cases(binary, servers, todo, runs, lines, loss, seq, report, timeline=False):
     natlab("loss", str(loss))
     rows = []
     for case in todo:
@@ -244,6 +254,9 @@ def run_cases(binary, servers, todo, runs, lines, loss, seq, report):
             res = chat_pair(binary, servers, "nl-host-a", ns_b, f"{os.getpid()}-{seq[0]}",
                             max(lines, 2) if brk is not None else lines, brk)
             results.append(res)
+            if timeline:
+                print(f"--- {name} run {r + 1}: relative to the later 'friend found'")
+                print("\n".join(res["timeline"]) or "(no meeting)")
             if not res["ok"]:
                 report.write(f"--- {name} loss {loss}% run {r + 1} failed "
                              f"(exit {res['codes']}, got {res['got']})\n"
@@ -330,6 +343,10 @@ def main():
                          "namespace, RTT/2 on its egress; default 0: none)")
     ap.add_argument("--netem", default=os.environ.get("NETEM_BIN", ""),
                     help="chatd-netem binary (default: $NETEM_BIN, else build release)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="print each run's status lines and first messages, both sides, in "
+                         "time order relative to the later 'friend found' (to see where the "
+                         "time goes)")
     ap.add_argument("--json", action="store_true",
                     help="print, last, one JSON line with every case's figures")
     args = ap.parse_args()
@@ -380,7 +397,7 @@ def main():
                 rows += run_cases(binary, servers, every[:10], 1, args.lines, 5, seq, report)
             else:
                 rows += run_cases(binary, servers, cases(args.cases), args.runs, args.lines,
-                                  args.loss, seq, report)
+                                  args.loss, seq, report, args.timeline)
     finally:
         if servers:
             servers.stop()

@@ -68,9 +68,15 @@ async fn relay_pairs_mutual_requests_forwards_bytes_and_enforces_limits() {
     assert!(e.contains("yourself"), "{e}");
 
     // a and b ask for each other: paired, bytes pass both ways unchanged.
-    let (ra, rb) = tokio::join!(sa.relay(b.id()), sb.relay(a.id()));
-    let (mut a_send, mut a_recv) = ra.unwrap();
-    let (mut b_send, mut b_recv) = rb.unwrap();
+    // a writes its first datagram right after the request, as a client
+    // does to save the round trip: the server keeps it until b asks, and b
+    // reads it after its `Relaying`; a reads its own answer first.
+    let (mut a_send, mut a_recv) = sa.relay_stream(b.id()).await.unwrap();
+    a_send.write_all(b"\x00\x05early").await.unwrap();
+    let (mut b_send, mut b_recv) = sb.relay(a.id()).await.unwrap();
+    assert_eq!(read_n(&mut b_recv, 7).await, b"\x00\x05early");
+    let answer: rendezvous::Response = chatd::net::framing::read_msg(&mut a_recv).await.unwrap();
+    assert_eq!(answer, rendezvous::Response::Relaying);
     a_send.write_all(b"\x00\x03abc").await.unwrap();
     assert_eq!(read_n(&mut b_recv, 5).await, b"\x00\x03abc");
     b_send.write_all(b"\x00\x02hi").await.unwrap();

@@ -102,6 +102,14 @@ pub const MAX_UNDECODABLE: u32 = 4;
 /// QUIC application code of a connection closed for a protocol violation.
 pub const CLOSE_VIOLATION: u32 = 10;
 
+/// Server RTTs kept from one [`Input::ServerRtts`] (the driver's open
+/// connections; a bound all the same).
+pub const MAX_SERVER_RTTS: usize = 4_096;
+
+/// Added to a start instant for the work on the way (a server's and a
+/// client's processing, a scheduler's delay).
+const START_SLACK: Duration = Duration::from_millis(5);
+
 /// Every limit and tempo of the server, with defaults for the open
 /// internet.
 #[derive(Clone, Debug)]
@@ -237,7 +245,8 @@ pub struct Config {
     pub allow: Option<BTreeSet<PeerId>>,
     /// Addresses this server announces.
     pub advertise: Vec<SocketAddr>,
-    /// Assumed time for a rendezvous to reach another server.
+    /// Assumed time for a rendezvous to reach another server whose RTT
+    /// the driver has not reported ([`Input::ServerRtts`]).
     pub server_hop: Duration,
     /// Longest start delay handed out.
     pub max_start_delay: Duration,
@@ -399,6 +408,11 @@ pub enum Input {
     /// A connection to a server failed (not a graceful close): failure
     /// detection's evidence.
     PeerFailed(PeerId),
+    /// The round-trip times of the driver's open connections to other
+    /// servers (replacing the last list): a meeting with a client of one
+    /// of them starts its punching that much sooner than the assumed
+    /// [`Config::server_hop`]. Only the first [`MAX_SERVER_RTTS`] are kept.
+    ServerRtts(Vec<(PeerId, Duration)>),
     /// A message from another server.
     FromServer {
         /// Who sent it.
@@ -672,6 +686,8 @@ pub struct Server {
     /// Where the announces are in their schedule (see [`Phase`]).
     phase: Phase,
     next_sweep: Time,
+    /// The driver's last [`Input::ServerRtts`].
+    server_rtts: BTreeMap<PeerId, Duration>,
     /// The time of the input being handled.
     clock: Time,
     left: bool,
@@ -761,6 +777,7 @@ impl Server {
             announce_soon: false,
             phase: Phase::Start,
             next_sweep: now.mono + Duration::from_secs(1),
+            server_rtts: BTreeMap::new(),
             clock: now.mono,
             left: false,
             out: VecDeque::new(),
@@ -914,6 +931,9 @@ impl Server {
                 self.sync_resume.retain(|(p, _), _| *p != peer);
             }
             Input::PeerFailed(peer) => self.peer_failed(peer),
+            Input::ServerRtts(rtts) => {
+                self.server_rtts = rtts.into_iter().take(MAX_SERVER_RTTS).collect();
+            }
             Input::FromServer { from, msg } => self.server_message(now, from, msg),
             Input::SetAllow(allow) => self.cfg.allow = allow,
             Input::Leave => {
@@ -1627,11 +1647,26 @@ impl Server {
 
     // ----- rendezvous -----
 
-    fn start_instant(&self, now: Now, a: Duration, b: Option<Duration>) -> u64 {
+    /// When both sides of a meeting start punching: once the later of the
+    /// two has heard of it. `a`: the RTT to the client asking here; `b`:
+    /// the other's, when it is connected here too; otherwise the other is
+    /// a client of `home`, whose notice goes one server hop (half the
+    /// measured RTT to it, else [`Config::server_hop`]) and then, we
+    /// assume, about as far as ours.
+    fn start_instant(&self, now: Now, a: Duration, b: Option<Duration>, home: PeerId) -> u64 {
         let later = match b {
             Some(b) => (a / 2).max(b / 2),
-            None => (a / 2).max(self.cfg.server_hop + Duration::from_millis(10)),
-        };
+            None => {
+                let hop = if home == self.me {
+                    Duration::ZERO
+                } else {
+                    self.server_rtts
+                        .get(&home)
+                        .map_or(self.cfg.server_hop, |rtt| *rtt / 2)
+                };
+                hop + a / 2
+            }
+        } + START_SLACK;
         now.unix_ms + millis(later.min(self.cfg.max_start_delay))
     }
 
@@ -1891,7 +1926,7 @@ impl Server {
                 .get(&theirs.body.peer)
                 .and_then(|c| self.conns.get(c))
                 .map(|c| c.rtt);
-            let start_at = self.start_instant(now, rtt, other_rtt);
+            let start_at = self.start_instant(now, rtt, other_rtt, theirs.body.home_server);
             let latency = self.conns.get(&conn).and_then(Conn::rtts).cloned();
             self.introduce(now, &theirs, &mine, latency, start_at);
             self.met(now, peer, theirs.body.peer);
@@ -1996,7 +2031,7 @@ impl Server {
                 .get(&peer)
                 .and_then(|c| self.conns.get(c))
                 .map(|c| c.rtt);
-            let start_at = self.start_instant(now, rtt, other_rtt);
+            let start_at = self.start_instant(now, rtt, other_rtt, record.body.home_server);
             self.notify(now, conn, record, start_at);
             if let Some(mine) = self.lookup(&waiter, now).cloned() {
                 self.introduce(now, record, &mine, latency, start_at);

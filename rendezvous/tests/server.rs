@@ -85,6 +85,51 @@ fn a_name_waiter_is_told_only_about_the_single_holder_it_asked_for() {
     assert_eq!(net.broadcasts - broadcasts, 1);
 }
 
+/// The start instant handed to both sides of a meeting with another
+/// server's client: `a` meets `b` and both delays are returned.
+fn start_delays(net: &mut Net, a: &common::Client, b: &common::Client) -> (u32, u32) {
+    let asked = match net.meet(a, FriendRef::Id(b.id())) {
+        Some(Response::Friend { start_in_ms, .. }) => start_in_ms,
+        other => panic!("{other:?}"),
+    };
+    let told = net
+        .notices
+        .iter()
+        .rev()
+        .find_map(|(s, conn, n)| match n {
+            rendezvous::Notice::Friend { start_in_ms, .. } if *s == b.server && *conn == b.conn => {
+                Some(*start_in_ms)
+            }
+            _ => None,
+        })
+        .expect("b was told");
+    (asked, told)
+}
+
+#[test]
+fn a_meeting_across_servers_starts_after_the_measured_hop_not_a_guess() {
+    let mut net = Net::new(2, Config::default());
+    let a = net.connect(0, 1, "198.51.100.1");
+    let b = net.connect(1, 2, "198.51.100.2");
+    assert!(registered(&net.register(&a, "a")));
+    assert!(registered(&net.register(&b, "b")));
+    // Unmeasured: the assumed hop (50 ms) + the notice's way to b (as far
+    // as a's, 10 ms) + 5 ms of slack, less a's own 10 ms to hear it.
+    assert_eq!(start_delays(&mut net, &a, &b), (55, 55));
+    // The driver measured 4 ms to server 1: a hop of 2 ms.
+    let far = net.servers[1].id();
+    net.input(0, Input::ServerRtts(vec![(far, Duration::from_millis(4))]));
+    let (asked, told) = start_delays(&mut net, &a, &b);
+    assert_eq!(
+        (asked, told),
+        (7, 7),
+        "both start at the same instant, soon"
+    );
+    // A list without server 1 forgets its RTT: back to the assumption.
+    net.input(0, Input::ServerRtts(Vec::new()));
+    assert_eq!(start_delays(&mut net, &a, &b).0, 55);
+}
+
 #[test]
 fn meeting_by_id_tells_the_friend_at_its_home_only() {
     let mut net = Net::new(4, Config::default());

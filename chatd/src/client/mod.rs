@@ -156,24 +156,39 @@ impl Client {
         })
     }
 
-    /// A QUIC endpoint of its own over a relay stream (after
-    /// `Response::Relaying`), accepting the friend's chat connection too.
-    /// The receiver fires when the relay stream ends.
-    pub fn relay_endpoint(
+    /// A QUIC endpoint of its own over a relay stream through `session`'s
+    /// server to `friend` (the request is sent, its answer not waited for:
+    /// see [`crate::client::relay`]), accepting the friend's chat
+    /// connection too, with a keep-alive every `keep_alive` (its packets
+    /// go through `session`'s connection, so they keep that busy too). The
+    /// receivers fire when the relay stream ends and when the server
+    /// answered.
+    pub async fn relay_endpoint(
         &self,
-        send: quinn::SendStream,
-        recv: quinn::RecvStream,
-    ) -> anyhow::Result<(quinn::Endpoint, tokio::sync::oneshot::Receiver<()>)> {
+        session: &Session,
+        friend: PeerId,
+        keep_alive: Duration,
+    ) -> anyhow::Result<(
+        quinn::Endpoint,
+        tokio::sync::oneshot::Receiver<()>,
+        crate::client::relay::Answer,
+    )> {
+        let (send, recv) = session.relay_stream(friend).await?;
         let local = self.endpoint.local_addr()?;
-        let (socket, closed) = crate::client::relay::RelaySocket::new(send, recv, local);
+        let (socket, closed, answer) =
+            crate::client::relay::RelaySocket::new(send, recv, local, session.server());
         let runtime = quinn::default_runtime().context("no async runtime")?;
+        let mut transport = client_transport()?;
+        transport.keep_alive_interval(Some(keep_alive));
+        let mut server = chat_server_config(&self.creds)?;
+        server.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
-            Some(chat_server_config(&self.creds)?),
+            Some(server),
             socket,
             runtime,
         )?;
-        Ok((endpoint, closed))
+        Ok((endpoint, closed, answer))
     }
 
     /// A dial-only QUIC endpoint on another UDP socket of ours (the socket
@@ -220,7 +235,16 @@ impl Client {
     /// The client configuration for dialing `friend` (pinned key, chat
     /// ALPN, a low initial RTT).
     pub fn friend_config(&self, friend: PeerId) -> anyhow::Result<quinn::ClientConfig> {
-        let mut transport = client_transport()?;
+        self.friend_config_with(friend, client_transport()?)
+    }
+
+    /// The same over `transport` (e.g. a shorter keep-alive through a
+    /// relay).
+    pub fn friend_config_with(
+        &self,
+        friend: PeerId,
+        mut transport: quinn::TransportConfig,
+    ) -> anyhow::Result<quinn::ClientConfig> {
         // A lost first Initial must not cost a second (quinn's default
         // initial RTT is 333 ms): start from a LAN-ish estimate.
         transport.initial_rtt(Duration::from_millis(50));
@@ -510,7 +534,8 @@ impl Session {
 
     /// Asks the server to relay us to `friend`, who must ask for us too
     /// within the server's wait; returns the stream that then carries the
-    /// friend's datagrams ([`crate::client::relay`]).
+    /// friend's datagrams ([`crate::client::relay`]), once the server said
+    /// `Relaying`.
     pub async fn relay(
         &self,
         friend: PeerId,
@@ -522,6 +547,18 @@ impl Session {
             (Response::Relaying, send, recv) => Ok((send, recv)),
             (other, ..) => anyhow::bail!("unexpected answer {other:?}"),
         }
+    }
+
+    /// The same without waiting: the request is written and the stream
+    /// returned at once, its answer (then the friend's datagrams) still to
+    /// read ([`crate::client::relay`]).
+    pub async fn relay_stream(
+        &self,
+        friend: PeerId,
+    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+        let (mut send, recv) = self.conn.open_bi().await?;
+        write_msg(&mut send, &Request::Relay(friend)).await?;
+        Ok((send, recv))
     }
 
     /// What the server pushes to us (peers that want to talk to us).

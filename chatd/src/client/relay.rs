@@ -1,18 +1,23 @@
 //! Relay, the client's side: when two peers cannot reach each other
-//! directly, each asks the relay server (the home server of the peer with
-//! the lower id) with `Request::Relay(friend)` on a fresh stream; once both
-//! asked (and they met through the cluster recently), the server answers
-//! both `Response::Relaying` and copies bytes between the two streams
-//! ([`crate::server`] splices them, within a rate, a byte cap and an idle
-//! timeout).
+//! directly (or until they can), each asks the relay server the servers
+//! chose for them with `Request::Relay(friend)` on a fresh stream; once
+//! both asked (and they met through the cluster recently, or are both
+//! online), the server answers both `Response::Relaying` and copies bytes
+//! between the two streams ([`crate::server`] splices them, within a rate,
+//! a byte cap and an idle timeout).
 //!
-//! After `Relaying`, the stream carries datagrams, each framed as a
-//! big-endian u16 length and the bytes. [`RelaySocket`] wraps the stream as
-//! a virtual UDP socket for a quinn endpoint of its own, and the chat runs
-//! an ordinary QUIC connection through it, TLS 1.3 pinned to the friend's
-//! key: the server sees only ciphertext and can neither read nor forge the
-//! chat (it can only drop or delay it, which QUIC detects and the chat
-//! session retries).
+//! After the request the stream carries datagrams, each framed as a
+//! big-endian u16 length and the bytes — at once, without waiting for the
+//! answer: the server reads the request only and leaves what follows in
+//! the stream (within its flow-control window) until it splices, so the
+//! chat's first packets cross the relay as soon as the friend's request
+//! arrives. [`RelaySocket`] wraps the stream as a virtual UDP socket for a
+//! quinn endpoint of its own; the first thing it reads is the server's
+//! answer (reported on [`Answer`]). The chat runs an ordinary QUIC
+//! connection through it, TLS 1.3 pinned to the friend's key: the server
+//! sees only ciphertext and can neither read nor forge the chat (it can
+//! only drop or delay it, which QUIC detects and the chat session
+//! retries).
 
 use bytes::Bytes;
 use std::io::{self, IoSliceMut};
@@ -20,6 +25,20 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use crate::client::Refused;
+use crate::net::framing::read_msg;
+use crate::net::identity::ServerAddr;
+use rendezvous::Response;
+
+/// How long the server may take to answer a relay request (it holds it
+/// until the friend asks too, at most its `relay_wait`, 15 s by default).
+const ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+/// The server's answer to the relay request: `Ok` once it relays (then
+/// datagrams flow), its refusal as a [`Refused`], or why there was none.
+pub type Answer = tokio::sync::oneshot::Receiver<anyhow::Result<()>>;
 
 /// Largest datagram carried (a QUIC packet is at most ~1,500 bytes here).
 pub const MAX_DATAGRAM: usize = 65_535;
@@ -44,16 +63,19 @@ pub struct RelaySocket {
 }
 
 impl RelaySocket {
-    /// Wraps a relay stream (after `Relaying`). `closed` fires when the
-    /// stream ends either way (the relayed path is gone).
+    /// Wraps a relay stream on which the request to `server` was just
+    /// written. `closed` fires when the stream ends either way (the
+    /// relayed path is gone); `answer` when the server answered.
     pub fn new(
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
         local: SocketAddr,
-    ) -> (Arc<RelaySocket>, tokio::sync::oneshot::Receiver<()>) {
+        server: ServerAddr,
+    ) -> (Arc<RelaySocket>, tokio::sync::oneshot::Receiver<()>, Answer) {
         let (out, mut outq) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
         let (inq, inbox) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
         let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        let (answer_tx, answer) = tokio::sync::oneshot::channel();
         let writer = tokio::spawn(async move {
             while let Some(d) = outq.recv().await {
                 let len = (d.len() as u16).to_be_bytes();
@@ -64,17 +86,34 @@ impl RelaySocket {
             let _ = send.finish();
         });
         tokio::spawn(async move {
-            loop {
-                let mut len = [0u8; 2];
-                if recv.read_exact(&mut len).await.is_err() {
-                    break;
+            let answered =
+                match tokio::time::timeout(ANSWER_WAIT, read_msg::<Response>(&mut recv)).await {
+                    Ok(Ok(Response::Relaying)) => Ok(()),
+                    Ok(Ok(Response::Error(refusal))) => Err(Refused { server, refusal }.into()),
+                    Ok(Ok(other)) => Err(anyhow::anyhow!("{server}: unexpected answer {other:?}")),
+                    Ok(Err(e)) => Err(anyhow::anyhow!(
+                        "{server}: no answer to the relay request: {e}"
+                    )),
+                    Err(_) => Err(anyhow::anyhow!(
+                        "{server}: no answer to the relay request within {ANSWER_WAIT:?}"
+                    )),
+                };
+            let relaying = answered.is_ok();
+            let _ = answer_tx.send(answered);
+            // After `Relaying`: datagrams until the stream ends.
+            if relaying {
+                loop {
+                    let mut len = [0u8; 2];
+                    if recv.read_exact(&mut len).await.is_err() {
+                        break;
+                    }
+                    let mut d = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if recv.read_exact(&mut d).await.is_err() {
+                        break;
+                    }
+                    // A full queue drops, like a full socket buffer.
+                    let _ = inq.try_send(Bytes::from(d));
                 }
-                let mut d = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                if recv.read_exact(&mut d).await.is_err() {
-                    break;
-                }
-                // A full queue drops, like a full socket buffer.
-                let _ = inq.try_send(Bytes::from(d));
             }
             writer.abort();
             let _ = closed_tx.send(());
@@ -86,6 +125,7 @@ impl RelaySocket {
                 local,
             }),
             closed,
+            answer,
         )
     }
 }

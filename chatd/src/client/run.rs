@@ -172,15 +172,7 @@ async fn chat_until_done(
             }
         }
         let end = converse(
-            path,
-            upgrade,
-            friend.body.peer,
-            chat,
-            input,
-            client,
-            opts,
-            &homes,
-            &mut home,
+            path, upgrade, &friend, chat, input, client, opts, &homes, &mut home,
         )
         .await;
         match end {
@@ -1160,14 +1152,22 @@ struct Path {
     /// Fires when a relayed path's stream through the server ends.
     relay_closed: Option<tokio::sync::oneshot::Receiver<()>>,
     /// The connection to the relay server (kept open; watched).
-    relay_session: Option<ClientSession>,
+    relay_session: Option<RelayCarrier>,
     /// The relays the servers ranked for the pair (empty for a direct path).
     ranking: Ranking,
 }
 
+/// The server connection a relayed path runs on.
+struct RelayCarrier {
+    session: ClientSession,
+    /// Opened for this path (closed with it), or the home connection.
+    own: bool,
+}
+
 /// How long a pair of symmetric NATs gets for a LAN path before relaying.
 const LAN_ONLY_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often the connection to a relay server carries a keep-alive.
+/// How often a relayed chat connection (and a connection of its own to a
+/// relay server) carries a keep-alive.
 const RELAY_KEEPALIVE: Duration = Duration::from_millis(150);
 /// A relay server silent this long (no packet on its connection, which
 /// carries a keep-alive every [`RELAY_KEEPALIVE`]) is taken for dead: the
@@ -1199,13 +1199,10 @@ async fn connect<'a>(
     direct_timeout: Duration,
 ) -> anyhow::Result<(Path, Option<Upgrade<'a>>)> {
     let own_nat = home.nat;
-    let both_hard = own_nat == NatMapping::Dependent && friend.body.nat == NatMapping::Dependent;
-    let budget = if both_hard {
+    let budget = direct_budget(own_nat, friend, direct_timeout);
+    if budget < direct_timeout {
         status("both NATs map per destination (symmetric): trying LAN addresses beside the relay");
-        direct_timeout.min(LAN_ONLY_TIMEOUT)
-    } else {
-        direct_timeout
-    };
+    }
     if budget.is_zero() {
         return Ok((relay(client, homes, home, friend).await?, None));
     }
@@ -1229,6 +1226,17 @@ async fn connect<'a>(
                 Ok((direct.await?, None))
             }
         },
+    }
+}
+
+/// How long direct attempts get: `direct_timeout`, at most
+/// [`LAN_ONLY_TIMEOUT`] when both NATs map per destination (then only a
+/// LAN path can work).
+fn direct_budget(own_nat: NatMapping, friend: &PeerRecord, direct_timeout: Duration) -> Duration {
+    if own_nat == NatMapping::Dependent && friend.body.nat == NatMapping::Dependent {
+        direct_timeout.min(LAN_ONLY_TIMEOUT)
+    } else {
+        direct_timeout
     }
 }
 
@@ -1315,78 +1323,130 @@ async fn relay(
                 .context("the friend's home server has no address")?
         }
     };
-    relay_via(client, homes, target, fid, ranking.unwrap_or_default()).await
+    relay_via(
+        client,
+        homes,
+        Some(session.clone()),
+        target,
+        fid,
+        ranking.unwrap_or_default(),
+    )
+    .await
 }
 
-/// The chat through the relay server `target`, on a connection of its own
-/// that sends a keep-alive every [`RELAY_KEEPALIVE`] (so a dead relay is
-/// noticed within [`RELAY_SILENCE`]).
+/// The chat through the relay server `target`: on the home connection
+/// when that is the relay's (no handshake to wait for), else on a
+/// connection of its own. Either way the relayed chat connection sends a
+/// keep-alive every [`RELAY_KEEPALIVE`] through it, which the server
+/// acknowledges: a relay silent for [`RELAY_SILENCE`] is dead (see
+/// [`Live::start`]). The request and the chat's first packets go out
+/// together (see [`crate::client::relay`]).
 async fn relay_via(
     client: &Client,
     homes: &Homes,
+    home: Option<ClientSession>,
     target: ServerAddr,
     fid: PeerId,
     ranking: Ranking,
 ) -> anyhow::Result<Path> {
     let me = client.id();
-    status(&format!("requesting a relay via server {}", target.addr));
-    let mut transport = crate::client::client_transport()?;
-    transport.keep_alive_interval(Some(RELAY_KEEPALIVE));
-    // We measured this server: a lost first packet is resent after about
-    // that RTT, not after quinn's default guess (333 ms).
-    if let Some(us) = crate::net::lock(&homes.latency).rtts.rtt(&target.id.0) {
-        transport.initial_rtt(Duration::from_micros(u64::from(us)));
-    }
-    let relay_session = client.connect_with_transport(target, transport).await?;
-    // Notices may come here (when our home connection ends first): read
-    // and drop them, or the server would close this connection.
-    let mut stray = relay_session.notices();
-    tokio::spawn(async move { while stray.recv().await.is_some() {} });
+    let home =
+        home.filter(|h| h.server().id == target.id && h.connection().close_reason().is_none());
+    let (carrier, own) = match home {
+        Some(h) => {
+            status(&format!(
+                "requesting a relay via server {} (our home server)",
+                target.addr
+            ));
+            (h, false)
+        }
+        None => {
+            status(&format!("requesting a relay via server {}", target.addr));
+            let mut transport = crate::client::client_transport()?;
+            transport.keep_alive_interval(Some(RELAY_KEEPALIVE));
+            // We measured this server: a lost first packet is resent after
+            // about that RTT, not after quinn's default guess (333 ms).
+            if let Some(us) = crate::net::lock(&homes.latency).rtts.rtt(&target.id.0) {
+                transport.initial_rtt(Duration::from_micros(u64::from(us)));
+            }
+            let session = client.connect_with_transport(target, transport).await?;
+            // Notices may come here (when our home connection ends first):
+            // read and drop them, or the server would close this connection.
+            let mut stray = session.notices();
+            tokio::spawn(async move { while stray.recv().await.is_some() {} });
+            (session, true)
+        }
+    };
     // A relay that is a third server learns of the pair from the server
     // that ranked it (a message that may still be on its way): until then
     // it says `relay_not_met`; ask again, for a bounded time.
     let grant_by = tokio::time::Instant::now() + RELAY_GRANT_WAIT;
-    let (send, recv) = loop {
-        match relay_session.relay(fid).await {
+    let (rx, closed, task) = loop {
+        let (endpoint, closed, answer) = client
+            .relay_endpoint(&carrier, fid, RELAY_KEEPALIVE)
+            .await?;
+        // The same agreement as on a direct path: the lower id dials
+        // through the relay and opens the stream, the higher id accepts.
+        // At once: the first packets follow the request.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let task = if me < fid {
+            let mut transport = crate::client::client_transport()?;
+            transport.keep_alive_interval(Some(RELAY_KEEPALIVE));
+            let connecting = endpoint.connect_with(
+                client.friend_config_with(fid, transport)?,
+                crate::client::relay::RELAY_PEER_ADDR,
+                crate::net::tls::SERVER_NAME,
+            )?;
+            tokio::spawn(async move {
+                match connecting.await {
+                    Ok(conn) => {
+                        let _ = tx.send(conn).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "dial through the relay failed"),
+                }
+            })
+        } else {
+            tokio::spawn(crate::client::punch::accept_friend(
+                endpoint.clone(),
+                fid,
+                tx,
+            ))
+        };
+        let answered = answer
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the relay stream ended unanswered")));
+        match answered {
+            Ok(()) => break (rx, closed, task),
             Err(e)
                 if tokio::time::Instant::now() < grant_by
                     && e.downcast_ref::<Refused>()
                         .is_some_and(|r| r.code() == rendezvous::ErrorCode::RelayNotMet) =>
             {
+                task.abort();
+                endpoint.close(0u32.into(), b"");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            other => break other?,
-        }
-    };
-    let (endpoint, closed) = client.relay_endpoint(send, recv)?;
-    // The same agreement as on a direct path: the lower id dials through
-    // the relay and opens the stream, the higher id accepts.
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let task = if me < fid {
-        let connecting = endpoint.connect_with(
-            client.friend_config(fid)?,
-            crate::client::relay::RELAY_PEER_ADDR,
-            crate::net::tls::SERVER_NAME,
-        )?;
-        tokio::spawn(async move {
-            match connecting.await {
-                Ok(conn) => {
-                    let _ = tx.send(conn).await;
+            Err(e) => {
+                task.abort();
+                if own {
+                    carrier.close();
                 }
-                Err(e) => tracing::debug!(error = %e, "dial through the relay failed"),
+                return Err(e);
             }
-        })
-    } else {
-        tokio::spawn(crate::client::punch::accept_friend(
-            endpoint.clone(),
-            fid,
-            tx,
-        ))
+        }
     };
     let deadline = tokio::time::Instant::now() + RELAY_HANDSHAKE_TIMEOUT;
     let chat = crate::client::punch::agree(me, fid, rx, deadline).await;
     task.abort();
-    let chat = chat.context("no chat through the relay")?;
+    let chat = match chat.context("no chat through the relay") {
+        Ok(chat) => chat,
+        Err(e) => {
+            if own {
+                carrier.close();
+            }
+            return Err(e);
+        }
+    };
     let (conn, send, recv) = chat;
     Ok(Path {
         conn,
@@ -1394,7 +1454,10 @@ async fn relay_via(
         recv,
         kind: PathKind::Relayed(target),
         relay_closed: Some(closed),
-        relay_session: Some(relay_session),
+        relay_session: Some(RelayCarrier {
+            session: carrier,
+            own,
+        }),
         ranking,
     })
 }
@@ -1548,7 +1611,7 @@ struct Live {
     kind: PathKind,
     reader: tokio::task::JoinHandle<()>,
     /// The relay server's connection and the watch on it (relayed paths).
-    relay_session: Option<ClientSession>,
+    relay_session: Option<RelayCarrier>,
     watchdog: Option<tokio::task::JoinHandle<()>>,
     ranking: Ranking,
 }
@@ -1578,7 +1641,7 @@ impl Live {
         // sends nothing more: its connection carries a keep-alive every
         // 150 ms, so [`RELAY_SILENCE`] without a packet ends the path.
         let watchdog = relay_session.as_ref().map(|s| {
-            let (relay, chat) = (s.connection().clone(), conn.clone());
+            let (relay, chat, own) = (s.session.connection().clone(), conn.clone(), s.own);
             tokio::spawn(async move {
                 let mut last = relay.stats().udp_rx.datagrams;
                 let mut heard = tokio::time::Instant::now();
@@ -1589,7 +1652,10 @@ impl Live {
                         (last, heard) = (now, tokio::time::Instant::now());
                     } else if heard.elapsed() >= RELAY_SILENCE {
                         chat.close(2u32.into(), b"relay silent");
-                        relay.close(2u32.into(), b"silent");
+                        // The home connection has its own watch.
+                        if own {
+                            relay.close(2u32.into(), b"silent");
+                        }
                         return;
                     }
                 }
@@ -1637,8 +1703,8 @@ impl Live {
     fn close(self, code: u32, why: &[u8]) {
         self.stop_tasks();
         self.conn.close(code.into(), why);
-        if let Some(s) = self.relay_session {
-            s.close();
+        if let Some(s) = self.relay_session.filter(|s| s.own) {
+            s.session.close();
         }
     }
 }
@@ -1701,8 +1767,8 @@ fn relocation(
 #[allow(clippy::too_many_arguments)] // the chat's whole context, passed down from one caller
 async fn converse<'a>(
     path: Path,
-    mut upgrade: Option<Upgrade<'_>>,
-    friend: PeerId,
+    mut upgrade: Option<Upgrade<'a>>,
+    friend_record: &'a PeerRecord,
     session: &mut Session,
     input: &mut Input,
     client: &'a Client,
@@ -1710,6 +1776,7 @@ async fn converse<'a>(
     homes: &'a Homes,
     home: &mut Home,
 ) -> End {
+    let friend = friend_record.body.peer;
     let (frame_tx, mut frames) = tokio::sync::mpsc::channel::<Tagged>(64);
     let mut next_id = 1;
     let mut cur = Some(Live::start(path, 0, &frame_tx));
@@ -1763,7 +1830,7 @@ async fn converse<'a>(
                                     "relay {} is gone ({why}); moving the chat to relay {}",
                                     dead.addr, to.addr
                                 ));
-                                moving = Some((id, Instant::now(), Box::pin(relay_via(client, homes, to, friend, ranking))));
+                                moving = Some((id, Instant::now(), Box::pin(relay_via(client, homes, Some(home.session.clone()), to, friend, ranking))));
                             }
                             None => break End::Broke(why),
                         }
@@ -1808,6 +1875,13 @@ async fn converse<'a>(
                         ));
                         take_over(&mut cur, &mut old, next);
                         session.path_changed();
+                        // The friend moved too (the same event told both):
+                        // a direct path may work now where it did not.
+                        let budget = direct_budget(home.nat, friend_record, opts.direct_timeout);
+                        if upgrade.is_none() && !budget.is_zero() {
+                            status("trying a direct path again beside the new relay");
+                            upgrade = Some(Box::pin(direct_path(client, home.nat, friend_record, budget)));
+                        }
                     }
                     Err(e) => {
                         failed.push(id);
@@ -1862,7 +1936,7 @@ async fn converse<'a>(
                             to.addr,
                             current.map(|c| c.addr.to_string()).unwrap_or_default()
                         ));
-                        moving = Some((id, Instant::now(), Box::pin(relay_via(client, homes, to, friend, ranking))));
+                        moving = Some((id, Instant::now(), Box::pin(relay_via(client, homes, Some(home.session.clone()), to, friend, ranking))));
                     }
                 }
                 let Some(c) = cur.as_mut() else { continue };

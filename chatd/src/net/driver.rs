@@ -107,6 +107,8 @@ pub struct Snapshot {
     pub stats: Stats,
     /// Frames dropped because a peer's queue was full.
     pub dropped_frames: u64,
+    /// The current RTT estimate of each open connection.
+    pub rtts: Vec<(PeerId, Duration)>,
 }
 
 /// What the node tells the layer above it.
@@ -833,6 +835,7 @@ impl Core {
             links: self.links.len(),
             stats: self.state.stats().clone(),
             dropped_frames: self.dropped,
+            rtts: self.links.iter().map(|(p, l)| (*p, l.conn.rtt())).collect(),
         }
     }
 

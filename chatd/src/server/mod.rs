@@ -51,6 +51,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const NOTICE_QUEUE: usize = 16;
 /// Messages queued per server we send to.
 const SERVER_QUEUE: usize = 4096;
+
+/// How often the core is told the RTTs of the connections to other servers.
+const SERVER_RTT_EVERY: Duration = Duration::from_secs(2);
 /// Streams other servers may have open to us at once.
 const MAX_SERVER_STREAMS: usize = 64;
 
@@ -144,6 +147,7 @@ impl Server {
             next_conn: 1,
             status: status.clone(),
             last_status: start,
+            last_rtts: None,
         };
         let id = node.id;
         // Subscribed before anything else runs: no neighbor event is missed
@@ -235,6 +239,8 @@ struct Driver {
     next_conn: ConnId,
     status: Arc<Mutex<Status>>,
     last_status: Instant,
+    /// When the core last had the server connections' RTTs (`None`: due).
+    last_rtts: Option<Instant>,
 }
 
 impl Driver {
@@ -289,7 +295,11 @@ impl Driver {
                         self.input(Input::Delivery { origin: d.origin, payload: d.payload }).await;
                     }
                     Ok(NodeEvent::PeerFailed(p)) => self.input(Input::PeerFailed(p)).await,
-                    Ok(NodeEvent::NeighborUp(p)) => self.input(Input::NeighborUp(p)).await,
+                    Ok(NodeEvent::NeighborUp(p)) => {
+                        // A new connection: its RTT is known from the handshake.
+                        self.last_rtts = None;
+                        self.input(Input::NeighborUp(p)).await;
+                    }
                     Ok(NodeEvent::NeighborDown(p)) => self.input(Input::NeighborDown(p)).await,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         // Anti-entropy repairs what was missed.
@@ -318,6 +328,17 @@ impl Driver {
             }
             if self.last_status.elapsed() >= Duration::from_millis(200) {
                 self.refresh_status();
+            }
+            // The core times a meeting with another server's client by
+            // the RTT to that server.
+            if self
+                .last_rtts
+                .is_none_or(|t| t.elapsed() >= SERVER_RTT_EVERY)
+            {
+                self.last_rtts = Some(Instant::now());
+                if let Ok(snap) = self.node.snapshot().await {
+                    self.input(Input::ServerRtts(snap.rtts)).await;
+                }
             }
         }
     }
