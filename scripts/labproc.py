@@ -2,9 +2,18 @@
 stopping the processes a script started, by PID, within a bound, and
 reading their output lines with the time each arrived."""
 
+import signal
 import subprocess
+import sys
 import threading
 import time
+
+
+def exit_on_sigterm():
+    """SIGTERM (a timeout, `kill PID`) exits like Ctrl-C does: through the
+    script's `finally` blocks, which stop what it started and take its lab
+    down."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def stop(procs, grace=5):

@@ -269,6 +269,7 @@ def main():
                          "is 2000; tests leave it out: they assert behaviour, not time)")
     ap.add_argument("--verbose", action="store_true", help="print both clients' stderr")
     args = ap.parse_args()
+    labproc.exit_on_sigterm()
     if os.geteuid() != 0:
         sys.exit("latency-lab.py: needs root (network namespaces)")
     if not os.access(args.bin, os.X_OK):

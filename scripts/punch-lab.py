@@ -350,6 +350,7 @@ def main():
     ap.add_argument("--json", action="store_true",
                     help="print, last, one JSON line with every case's figures")
     args = ap.parse_args()
+    labproc.exit_on_sigterm()
     if os.geteuid() != 0:
         sys.exit("punch-lab.py: must run as root (network namespaces)")
     if not (1 <= args.runs <= 1000 and 1 <= args.lines <= 1000 and 0 <= args.loss <= 50):

@@ -72,13 +72,13 @@ fn a_client_whose_only_server_dies_mid_chat_moves_and_chats_on() {
     assert!(alice.wait_err(LIMIT, "direct ("), "{}", alice.err());
     let home = server_named(&c, &alice, "connected to server");
     let took = chat_across_a_server_death(&mut c, &mut alice, &mut bob, home, |a, _| {
-        a.err().contains("lost the connection to server")
+        a.err().contains("; moving to another server")
             && a.err().matches("registered as").count() >= 2
     });
     let err = alice.err();
     let moved = err
         .lines()
-        .skip_while(|l| !l.contains("lost the connection"))
+        .skip_while(|l| !l.contains("; moving to another server"))
         .find(|l| l.contains("connected to server"))
         .expect("alice connected to another server");
     assert!(
@@ -164,7 +164,7 @@ fn a_client_waiting_for_its_friend_moves_when_its_server_dies() {
     let home = server_named(&c, &alice, "connected to server");
     c.kill(home);
     assert!(
-        alice.wait_err(LIMIT, "lost the connection to server")
+        alice.wait_err(LIMIT, "; moving to another server")
             && alice.wait_err_count(LIMIT, "registered as", 2),
         "{}",
         alice.err()

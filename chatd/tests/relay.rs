@@ -111,3 +111,59 @@ async fn relay_pairs_mutual_requests_forwards_bytes_and_enforces_limits() {
         s.node.shutdown(Duration::from_secs(2)).await;
     }
 }
+
+/// Early frames (SPEC §11.8): alice's first message, sealed to bob's key,
+/// goes right behind her relay request, before bob has even asked; bob's
+/// relay stream hands it to him as soon as the server pairs them, and it
+/// opens to the message — before either side has a QUIC connection
+/// through the relay. Bob's key is needed: carol, who is not the friend,
+/// cannot open what alice sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_message_crosses_the_relay_before_any_handshake() {
+    use chatd::client::chat::Frame;
+    use chatd::client::early::{self, Meeting};
+    let servers = common::cluster_with(1, 150, overlay::Config::local(), common::test_core()).await;
+    let addr = servers[0].node.addr();
+    let (a, b) = (common::client(51), common::client(52));
+    let (sa, sb) = (
+        a.connect(addr).await.unwrap(),
+        b.connect(addr).await.unwrap(),
+    );
+    let ttl = Duration::from_secs(600);
+    common::register(&a, &sa, "a", ttl).await;
+    common::register(&b, &sb, "b", ttl).await;
+    sa.meet(FriendRef::Id(b.id())).await.unwrap();
+    let meeting = Meeting {
+        from: a.id(),
+        to: b.id(),
+        from_seq: 1,
+        to_seq: 1,
+    };
+    let msg = Frame::Msg {
+        epoch: 3,
+        seq: 1,
+        text: "before the handshake".into(),
+    };
+    let keep = Duration::from_millis(150);
+    let la = a.relay_endpoint(&sa, b.id(), keep).await.unwrap();
+    let sealed = early::seal(a.signing_key(), &meeting, &msg, [4; 32]).unwrap();
+    assert!(la.send_early(sealed.into()));
+    let mut lb = b.relay_endpoint(&sb, a.id(), keep).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), lb.early.recv())
+        .await
+        .expect("an early frame within 20 s")
+        .expect("the stream is open");
+    assert_eq!(early::open(b.signing_key(), &meeting, &got), Ok(msg));
+    let c = common::client(53);
+    let as_if_c = Meeting {
+        to: c.id(),
+        ..meeting
+    };
+    assert!(early::open(c.signing_key(), &as_if_c, &got).is_err());
+    // Both were answered `Relaying`.
+    assert!(la.answer.await.unwrap().is_ok());
+    assert!(lb.answer.await.unwrap().is_ok());
+    for s in &servers {
+        s.node.shutdown(Duration::from_secs(2)).await;
+    }
+}

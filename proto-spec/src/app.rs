@@ -451,12 +451,67 @@ pub fn chat_vectors() -> Vec<(&'static str, Frame)> {
     ]
 }
 
-/// Relay datagrams, as carried on a relay stream after `Relaying`.
+/// Relay datagrams, as carried on a relay stream after `Relaying`. The
+/// empty one is the early-frame marker: the datagram after it is an early
+/// frame ([`early_vectors`]).
 pub fn relay_vectors() -> Vec<(&'static str, Vec<u8>)> {
     vec![
-        ("empty", vec![]),
+        ("early-marker", vec![]),
         ("three-bytes", vec![0x40, 0x01, 0x02]),
         ("twelve-bytes", b"relayed data".to_vec()),
+    ]
+}
+
+/// One early frame's inputs (SPEC §11.8): sealed by the sender's key with
+/// `ephemeral` for `meeting`, it opens with the receiver's to `frame`.
+pub struct EarlyVector {
+    /// Its name in `early.txt`.
+    pub name: &'static str,
+    /// The sender's key seed.
+    pub from: u8,
+    /// The receiver's key seed.
+    pub to: u8,
+    /// Who, to whom, both record seqs.
+    pub meeting: chatd::client::early::Meeting,
+    /// The frame's own X25519 secret.
+    pub ephemeral: [u8; 32],
+    /// The message.
+    pub frame: Frame,
+}
+
+/// Early frames: alice to bob, bob to alice.
+pub fn early_vectors() -> Vec<EarlyVector> {
+    let meeting = |from: u8, to: u8, from_seq: u64, to_seq: u64| chatd::client::early::Meeting {
+        from: id(from),
+        to: id(to),
+        from_seq,
+        to_seq,
+    };
+    vec![
+        EarlyVector {
+            name: "alice-to-bob",
+            from: ALICE,
+            to: BOB,
+            meeting: meeting(ALICE, BOB, NOW_MS, NOW_MS + 2),
+            ephemeral: [7; 32],
+            frame: Frame::Msg {
+                epoch: 0x0123_4567_89ab_cdef,
+                seq: 1,
+                text: "hello bob".into(),
+            },
+        },
+        EarlyVector {
+            name: "bob-to-alice",
+            from: BOB,
+            to: ALICE,
+            meeting: meeting(BOB, ALICE, NOW_MS + 2, NOW_MS),
+            ephemeral: [8; 32],
+            frame: Frame::Msg {
+                epoch: 0x0fed_cba9_8765_4321,
+                seq: 2,
+                text: "héllo ✓".into(),
+            },
+        },
     ]
 }
 
@@ -667,6 +722,29 @@ pub fn vector_files() -> Vec<VectorFile> {
             vectors: relay_vectors()
                 .into_iter()
                 .map(|(n, d)| (n.to_string(), relay_frame(&d)))
+                .collect(),
+        },
+        VectorFile {
+            name: "early.txt",
+            header: &[
+                "Early frames (chatd::client::early): NAME HEX, the datagram after an empty",
+                "one on a relay stream. alice-to-bob: alice's key seals Frame::Msg { epoch",
+                "0x0123456789abcdef, seq 1, text \"hello bob\" } to bob, record seqs",
+                "1700000000000 (alice's) and 1700000000002 (bob's), ephemeral [7; 32];",
+                "bob-to-alice: bob's key seals { epoch 0x0fedcba987654321, seq 2, text",
+                "\"h\u{e9}llo \u{2713}\" } to alice, seqs 1700000000002 and 1700000000000,",
+                "ephemeral [8; 32]. SPEC §11.8.",
+                KEYS,
+                GENERATED,
+            ],
+            vectors: early_vectors()
+                .into_iter()
+                .map(|v| {
+                    let sealed =
+                        chatd::client::early::seal(&key(v.from), &v.meeting, &v.frame, v.ephemeral)
+                            .expect("the fixture seals");
+                    (v.name.to_string(), sealed)
+                })
                 .collect(),
         },
         VectorFile {

@@ -6,6 +6,7 @@
 //! code's.
 
 use chatd::client::chat::Frame;
+use chatd::client::early;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use overlay::PeerId;
 use proto_spec::app::{self, FrameError, split_frame, split_relay_frame};
@@ -279,6 +280,39 @@ fn relay_datagrams_split_and_reframe_byte_for_byte() {
         rest = &rest[used..];
     }
     assert!(rest.is_empty());
+}
+
+#[test]
+fn early_frames_open_to_their_message_and_seal_byte_for_byte() {
+    let vectors = file("early.txt", false);
+    let canonical = app::early_vectors();
+    assert_eq!(vectors.len(), canonical.len());
+    for (v, e) in vectors.iter().zip(&canonical) {
+        assert_eq!(v.name, e.name);
+        let opened = early::open(&app::key(e.to), &e.meeting, &v.bytes);
+        assert_eq!(opened.as_ref(), Ok(&e.frame), "{}", e.name);
+        let sealed = early::seal(&app::key(e.from), &e.meeting, &e.frame, e.ephemeral).unwrap();
+        assert_eq!(sealed, v.bytes, "{}", e.name);
+        // Not by the sender, nor for another meeting.
+        assert!(early::open(&app::key(e.from), &e.meeting, &v.bytes).is_err());
+        let later = early::Meeting {
+            from_seq: e.meeting.from_seq + 2,
+            ..e.meeting
+        };
+        assert!(early::open(&app::key(e.to), &later, &v.bytes).is_err());
+    }
+}
+
+#[test]
+fn malformed_early_frames_fail_with_their_kind() {
+    // Every one is read by bob as if from alice (alice-to-bob's meeting).
+    let e = &app::early_vectors()[0];
+    for v in file("early-malformed.txt", true) {
+        let got = early::open(&app::key(e.to), &e.meeting, &v.bytes)
+            .map(|_| ())
+            .map_err(|e| e.kind());
+        assert_eq!(got, Err(v.expect.as_deref().unwrap()), "{}", v.name);
+    }
 }
 
 #[test]

@@ -153,6 +153,21 @@ impl Session {
         self.unacked.values().map(|m| m.text.clone()).collect()
     }
 
+    /// The first `max` messages not acknowledged, as frames, without
+    /// counting them sent: what may go ahead of a path as early frames
+    /// ([`crate::client::early`]); they are sent on the path all the same.
+    pub fn early_frames(&self, max: usize) -> Vec<Frame> {
+        self.unacked
+            .iter()
+            .take(max)
+            .map(|(&seq, m)| Frame::Msg {
+                epoch: self.epoch,
+                seq,
+                text: m.text.clone(),
+            })
+            .collect()
+    }
+
     /// Frames to transmit now: new messages, those whose retry timeout
     /// passed, and an acknowledgement if one is due.
     pub fn poll_transmit(&mut self, now: Instant) -> Vec<Frame> {

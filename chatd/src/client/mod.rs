@@ -12,6 +12,7 @@
 //! Owns client connections only; never acts as a server.
 
 pub mod chat;
+pub mod early;
 pub mod friends;
 pub mod punch;
 pub mod relay;
@@ -98,6 +99,27 @@ pub struct Session {
     keypair: Keypair,
 }
 
+/// A relay stream as the chat uses it ([`Client::relay_endpoint`]).
+pub struct RelayLink {
+    /// The QUIC endpoint over it.
+    pub endpoint: quinn::Endpoint,
+    /// Fires when the stream ends either way.
+    pub closed: tokio::sync::oneshot::Receiver<()>,
+    /// The server's answer to the request.
+    pub answer: crate::client::relay::Answer,
+    /// Early frames from the friend ([`crate::client::early`]), as received.
+    pub early: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    socket: Arc<crate::client::relay::RelaySocket>,
+}
+
+impl RelayLink {
+    /// Sends an early frame to the friend; `false` if it could not be
+    /// queued.
+    pub fn send_early(&self, frame: bytes::Bytes) -> bool {
+        self.socket.send_early(frame)
+    }
+}
+
 /// The answer to [`Session::meet`].
 #[derive(Debug)]
 pub enum Meeting {
@@ -160,22 +182,16 @@ impl Client {
     /// server to `friend` (the request is sent, its answer not waited for:
     /// see [`crate::client::relay`]), accepting the friend's chat
     /// connection too, with a keep-alive every `keep_alive` (its packets
-    /// go through `session`'s connection, so they keep that busy too). The
-    /// receivers fire when the relay stream ends and when the server
-    /// answered.
+    /// go through `session`'s connection, so they keep that busy too).
     pub async fn relay_endpoint(
         &self,
         session: &Session,
         friend: PeerId,
         keep_alive: Duration,
-    ) -> anyhow::Result<(
-        quinn::Endpoint,
-        tokio::sync::oneshot::Receiver<()>,
-        crate::client::relay::Answer,
-    )> {
+    ) -> anyhow::Result<RelayLink> {
         let (send, recv) = session.relay_stream(friend).await?;
         let local = self.endpoint.local_addr()?;
-        let (socket, closed, answer) =
+        let (socket, closed, answer, early) =
             crate::client::relay::RelaySocket::new(send, recv, local, session.server());
         let runtime = quinn::default_runtime().context("no async runtime")?;
         let mut transport = client_transport()?;
@@ -185,10 +201,16 @@ impl Client {
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             Some(server),
-            socket,
+            socket.clone(),
             runtime,
         )?;
-        Ok((endpoint, closed, answer))
+        Ok(RelayLink {
+            endpoint,
+            closed,
+            answer,
+            early,
+            socket,
+        })
     }
 
     /// A dial-only QUIC endpoint on another UDP socket of ours (the socket
@@ -369,6 +391,15 @@ fn chat_server_config(creds: &Credentials) -> anyhow::Result<quinn::ServerConfig
     Ok(server)
 }
 
+/// How long a watched server connection may be silent before it is asked
+/// whether the server is still there ([`Session::watch`]).
+pub const SERVER_QUIET: Duration = Duration::from_millis(1_500);
+/// How long that question may go unanswered before the server is taken
+/// for dead.
+pub const SERVER_PROBE: Duration = Duration::from_millis(1_500);
+/// QUIC application code of a connection closed by [`Session::watch`].
+pub const CLOSE_SERVER_SILENT: u32 = 6;
+
 /// A client's QUIC transport: keep-alive every second, a path silent for
 /// 10 s is dead (then the chat re-establishes it).
 pub fn client_transport() -> anyhow::Result<quinn::TransportConfig> {
@@ -402,6 +433,48 @@ impl Session {
     /// Resolves when the connection to the server ends (with why).
     pub async fn closed(&self) -> quinn::ConnectionError {
         self.conn.closed().await
+    }
+
+    /// Watches the server, sooner than the idle timeout (5 s after its
+    /// last packet) would: the connection carries a keep-alive every
+    /// second, which the server acknowledges; after [`SERVER_QUIET`] without
+    /// a packet a request goes out (QUIC resends it at the RTT's pace), and
+    /// with no answer within [`SERVER_PROBE`] the server is taken for dead:
+    /// the connection is closed ([`CLOSE_SERVER_SILENT`]), so whoever waits
+    /// on [`Session::closed`] moves on. Any answer, a refusal too, means
+    /// alive. Abort the task to stop watching (it holds the connection).
+    pub fn watch(&self) -> tokio::task::JoinHandle<()> {
+        let s = self.clone();
+        tokio::spawn(async move {
+            let mut last = s.conn.stats().udp_rx.datagrams;
+            let mut heard = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = s.conn.closed() => return,
+                    () = tokio::time::sleep(SERVER_QUIET / 6) => {}
+                }
+                let now = s.conn.stats().udp_rx.datagrams;
+                if now != last {
+                    (last, heard) = (now, tokio::time::Instant::now());
+                    continue;
+                }
+                if heard.elapsed() < SERVER_QUIET {
+                    continue;
+                }
+                let answer = tokio::time::timeout(SERVER_PROBE, s.who_am_i()).await;
+                let alive = match answer {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(e)) => e.downcast_ref::<Refused>().is_some(),
+                    Err(_) => false,
+                };
+                if !alive {
+                    tracing::debug!(server = %s.server, "server silent: closing");
+                    s.conn.close(CLOSE_SERVER_SILENT.into(), b"server silent");
+                    return;
+                }
+                (last, heard) = (s.conn.stats().udp_rx.datagrams, tokio::time::Instant::now());
+            }
+        })
     }
 
     async fn request(&self, req: &Request) -> anyhow::Result<Response> {

@@ -13,7 +13,11 @@
 //! chat's first packets cross the relay as soon as the friend's request
 //! arrives. [`RelaySocket`] wraps the stream as a virtual UDP socket for a
 //! quinn endpoint of its own; the first thing it reads is the server's
-//! answer (reported on [`Answer`]). The chat runs an ordinary QUIC
+//! answer (reported on [`Answer`]). An empty datagram (length 0, never a
+//! QUIC packet) marks the next one as an *early frame*: a first chat
+//! message sealed to the friend's key, readable before the QUIC handshake
+//! below has finished ([`crate::client::early`]); at most
+//! [`MAX_EARLY_FRAMES`] are taken per stream. The chat runs an ordinary QUIC
 //! connection through it, TLS 1.3 pinned to the friend's key: the server
 //! sees only ciphertext and can neither read nor forge the chat (it can
 //! only drop or delay it, which QUIC detects and the chat session
@@ -28,6 +32,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::client::Refused;
+use crate::client::early::{MAX_EARLY_FRAMES, MAX_EARLY_LEN};
 use crate::net::framing::read_msg;
 use crate::net::identity::ServerAddr;
 use rendezvous::Response;
@@ -57,7 +62,8 @@ const QUEUE: usize = 256;
 /// from [`RELAY_PEER_ADDR`].
 #[derive(Debug)]
 pub struct RelaySocket {
-    out: tokio::sync::mpsc::Sender<Bytes>,
+    /// Datagrams to write; `true` marks an early frame.
+    out: tokio::sync::mpsc::Sender<(bool, Bytes)>,
     inbox: Mutex<tokio::sync::mpsc::Receiver<Bytes>>,
     local: SocketAddr,
 }
@@ -71,13 +77,24 @@ impl RelaySocket {
         mut recv: quinn::RecvStream,
         local: SocketAddr,
         server: ServerAddr,
-    ) -> (Arc<RelaySocket>, tokio::sync::oneshot::Receiver<()>, Answer) {
-        let (out, mut outq) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
+    ) -> (
+        Arc<RelaySocket>,
+        tokio::sync::oneshot::Receiver<()>,
+        Answer,
+        tokio::sync::mpsc::Receiver<Bytes>,
+    ) {
+        let (out, mut outq) = tokio::sync::mpsc::channel::<(bool, Bytes)>(QUEUE);
         let (inq, inbox) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
+        let (earlyq, early) = tokio::sync::mpsc::channel::<Bytes>(MAX_EARLY_FRAMES);
         let (closed_tx, closed) = tokio::sync::oneshot::channel();
         let (answer_tx, answer) = tokio::sync::oneshot::channel();
         let writer = tokio::spawn(async move {
-            while let Some(d) = outq.recv().await {
+            while let Some((early, d)) = outq.recv().await {
+                // An early frame: an empty datagram (never a QUIC packet)
+                // marks the next one as early (see the module's doc).
+                if early && send.write_all(&[0, 0]).await.is_err() {
+                    return;
+                }
                 let len = (d.len() as u16).to_be_bytes();
                 if send.write_all(&len).await.is_err() || send.write_all(&d).await.is_err() {
                     return;
@@ -102,14 +119,29 @@ impl RelaySocket {
             let _ = answer_tx.send(answered);
             // After `Relaying`: datagrams until the stream ends.
             if relaying {
+                let (mut marked, mut earlies) = (false, 0usize);
                 loop {
                     let mut len = [0u8; 2];
                     if recv.read_exact(&mut len).await.is_err() {
                         break;
                     }
-                    let mut d = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    let len = usize::from(u16::from_be_bytes(len));
+                    if len == 0 {
+                        marked = true;
+                        continue;
+                    }
+                    let mut d = vec![0u8; len];
                     if recv.read_exact(&mut d).await.is_err() {
                         break;
+                    }
+                    if std::mem::take(&mut marked) {
+                        // The first few, of a bounded size, to the chat;
+                        // the rest dropped.
+                        earlies += 1;
+                        if earlies <= MAX_EARLY_FRAMES && len <= MAX_EARLY_LEN {
+                            let _ = earlyq.try_send(Bytes::from(d));
+                        }
+                        continue;
                     }
                     // A full queue drops, like a full socket buffer.
                     let _ = inq.try_send(Bytes::from(d));
@@ -126,7 +158,14 @@ impl RelaySocket {
             }),
             closed,
             answer,
+            early,
         )
+    }
+
+    /// Sends an early frame ([`crate::client::early`]) to the friend, after
+    /// what was written before; `false` if the queue is full or closed.
+    pub fn send_early(&self, frame: Bytes) -> bool {
+        frame.len() <= MAX_EARLY_LEN && self.out.try_send((true, frame)).is_ok()
     }
 }
 
@@ -145,6 +184,10 @@ impl quinn::AsyncUdpSocket for RelaySocket {
     }
 
     fn try_send(&self, transmit: &quinn::udp::Transmit) -> io::Result<()> {
+        if transmit.contents.is_empty() {
+            // Length 0 marks an early frame on the stream; nothing to send.
+            return Ok(());
+        }
         if transmit.contents.len() > MAX_DATAGRAM {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -152,7 +195,9 @@ impl quinn::AsyncUdpSocket for RelaySocket {
             ));
         }
         // Full or closed: the datagram is lost, as on a real network.
-        let _ = self.out.try_send(Bytes::copy_from_slice(transmit.contents));
+        let _ = self
+            .out
+            .try_send((false, Bytes::copy_from_slice(transmit.contents)));
         Ok(())
     }
 

@@ -150,8 +150,33 @@ async fn chat_until_done(
         // (the relay needs no such wait). Capped here too, whatever a
         // server says.
         let start = start_in.min(MAX_START_DELAY);
-        let (path, upgrade) =
-            connect(client, &homes, &home, &friend, start, opts.direct_timeout).await?;
+        // Lines typed before there is a path go ahead of it, sealed to
+        // the friend, through the relay (early frames); the friend's come
+        // back the same way, shown as they arrive, before the path is up.
+        if input.open {
+            while let Ok(line) = input.lines.try_recv() {
+                queue(chat, &line);
+            }
+        }
+        let (early, mut early_in) = early_frames(client, &homes, &friend, chat);
+        let (path, upgrade) = {
+            let connecting = connect(
+                client,
+                &homes,
+                &home,
+                &friend,
+                start,
+                opts.direct_timeout,
+                early,
+            );
+            tokio::pin!(connecting);
+            loop {
+                tokio::select! {
+                    r = &mut connecting => break r?,
+                    Some(f) = early_in.rx.recv() => early_in.take(client, chat, &f),
+                }
+            }
+        };
         status(&format!(
             "connected {} to {}, RTT {} ms",
             path.kind,
@@ -172,7 +197,16 @@ async fn chat_until_done(
             }
         }
         let end = converse(
-            path, upgrade, &friend, chat, input, client, opts, &homes, &mut home,
+            path,
+            upgrade,
+            &friend,
+            &mut early_in,
+            chat,
+            input,
+            client,
+            opts,
+            &homes,
+            &mut home,
         )
         .await;
         match end {
@@ -283,6 +317,9 @@ struct Homes {
     live: Mutex<Vec<PeerId>>,
     v6: bool,
     next_seq: AtomicU64,
+    /// The `seq` of our record as last registered (early frames are bound
+    /// to it).
+    record_seq: AtomicU64,
     /// Servers that failed us lately, and when: tried last, not moved to.
     failed: Mutex<Vec<(PeerId, Instant)>>,
     /// When our record was last registered (refreshes count from here).
@@ -357,6 +394,18 @@ struct Home {
     session: ClientSession,
     nat: NatMapping,
     inbox: Inbox,
+    /// The watch on the server ([`ClientSession::watch`]), stopped when
+    /// the last copy of this home goes.
+    _watch: Arc<Watch>,
+}
+
+/// A task aborted when dropped.
+struct Watch(tokio::task::JoinHandle<()>);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The notices of one server session, read once: `Notice::Friend` in
@@ -471,6 +520,7 @@ impl Homes {
             live: Mutex::new(Vec::new()),
             v6: bind.is_ipv6(),
             next_seq: AtomicU64::new(0),
+            record_seq: AtomicU64::new(0),
             failed: Mutex::new(Vec::new()),
             registered_at: Mutex::new(None),
             moved_at: Mutex::new(None),
@@ -599,10 +649,12 @@ impl Homes {
         }
         let public = session.who_am_i().await?;
         let nat = nat_mapping(client, &session, usable, public).await;
+        let watch = Arc::new(Watch(session.watch()));
         let home = Home {
             session,
             nat,
             inbox,
+            _watch: watch,
         };
         self.register(client, opts, &home, public).await?;
         Ok(home)
@@ -763,7 +815,9 @@ impl Homes {
         record.body.private_addrs = rendezvous::record::usable_private_addrs(&lan, Some(public));
         record.body.nat = home.nat;
         let record = PeerRecord::sign(client.signing_key(), record.body);
+        let seq = record.body.seq;
         session.register(record).await?;
+        self.record_seq.store(seq, Ordering::SeqCst);
         *crate::net::lock(&self.registered_at) = Some(Instant::now());
         status(&format!(
             "registered as {} with public address {public} (NAT mapping: {})",
@@ -782,9 +836,19 @@ impl Homes {
         session: &ClientSession,
     ) -> anyhow::Result<Home> {
         let dead = session.server();
-        status(&format!(
-            "lost the connection to server {dead}; moving to another server"
-        ));
+        if matches!(
+            session.connection().close_reason(),
+            Some(quinn::ConnectionError::LocallyClosed)
+        ) {
+            // Closed by its watch (or by us): it stopped answering.
+            status(&format!(
+                "server {dead} stopped answering; moving to another server"
+            ));
+        } else {
+            status(&format!(
+                "lost the connection to server {dead}; moving to another server"
+            ));
+        }
         session.close();
         self.mark_failed(dead.id.0);
         // A server that takes us and drops us at once must not make us
@@ -1157,6 +1221,73 @@ struct Path {
     ranking: Ranking,
 }
 
+/// Early frames for a relayed path ([`crate::client::early`]): sealed
+/// messages to send at once, and where the friend's go.
+#[derive(Clone, Default)]
+struct Early {
+    out: Vec<bytes::Bytes>,
+    inbox: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+}
+
+/// Seals the first messages not acknowledged for `friend` (what to send
+/// through the relay at once) and opens a way in for the friend's.
+fn early_frames(
+    client: &Client,
+    homes: &Homes,
+    friend: &PeerRecord,
+    chat: &Session,
+) -> (Early, EarlyIn) {
+    let me = client.id();
+    let (mine, theirs) = (homes.record_seq.load(Ordering::SeqCst), friend.body.seq);
+    let out_meeting = crate::client::early::Meeting {
+        from: me,
+        to: friend.body.peer,
+        from_seq: mine,
+        to_seq: theirs,
+    };
+    let out = chat
+        .early_frames(crate::client::early::MAX_EARLY_FRAMES)
+        .iter()
+        .filter_map(|f| {
+            crate::client::early::seal(client.signing_key(), &out_meeting, f, rand::random()).ok()
+        })
+        .map(bytes::Bytes::from)
+        .collect();
+    let (tx, rx) = tokio::sync::mpsc::channel(2 * crate::client::early::MAX_EARLY_FRAMES);
+    let early = Early {
+        out,
+        inbox: Some(tx),
+    };
+    let meeting = crate::client::early::Meeting {
+        from: friend.body.peer,
+        to: me,
+        from_seq: theirs,
+        to_seq: mine,
+    };
+    (early, EarlyIn { rx, meeting })
+}
+
+/// The friend's early frames for this meeting, as the relay paths read
+/// them.
+struct EarlyIn {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    meeting: crate::client::early::Meeting,
+}
+
+impl EarlyIn {
+    /// Opens one and gives it to the chat (which drops what it has).
+    fn take(&self, client: &Client, chat: &mut Session, frame: &[u8]) {
+        match crate::client::early::open(client.signing_key(), &self.meeting, frame) {
+            Ok(f) => {
+                for text in chat.on_frame(f) {
+                    println!("{text}");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "an early frame was dropped"),
+        }
+    }
+}
+
 /// The server connection a relayed path runs on.
 struct RelayCarrier {
     session: ClientSession,
@@ -1197,6 +1328,7 @@ async fn connect<'a>(
     friend: &'a PeerRecord,
     start_in: Duration,
     direct_timeout: Duration,
+    early: Early,
 ) -> anyhow::Result<(Path, Option<Upgrade<'a>>)> {
     let own_nat = home.nat;
     let budget = direct_budget(own_nat, friend, direct_timeout);
@@ -1204,13 +1336,13 @@ async fn connect<'a>(
         status("both NATs map per destination (symmetric): trying LAN addresses beside the relay");
     }
     if budget.is_zero() {
-        return Ok((relay(client, homes, home, friend).await?, None));
+        return Ok((relay(client, homes, home, friend, early).await?, None));
     }
     let mut direct: Upgrade<'a> = Box::pin(async move {
         tokio::time::sleep(start_in).await;
         direct_path(client, own_nat, friend, budget).await
     });
-    let mut relayed: Upgrade<'_> = Box::pin(relay(client, homes, home, friend));
+    let mut relayed: Upgrade<'_> = Box::pin(relay(client, homes, home, friend, early));
     tokio::select! {
         d = &mut direct => match d {
             Ok(path) => Ok((path, None)),
@@ -1274,6 +1406,7 @@ async fn relay(
     homes: &Homes,
     own_home: &Home,
     friend: &PeerRecord,
+    early: Early,
 ) -> anyhow::Result<Path> {
     let me = client.id();
     let fid = friend.body.peer;
@@ -1330,6 +1463,7 @@ async fn relay(
         target,
         fid,
         ranking.unwrap_or_default(),
+        early,
     )
     .await
 }
@@ -1348,6 +1482,7 @@ async fn relay_via(
     target: ServerAddr,
     fid: PeerId,
     ranking: Ranking,
+    early: Early,
 ) -> anyhow::Result<Path> {
     let me = client.id();
     let home =
@@ -1382,9 +1517,29 @@ async fn relay_via(
     // it says `relay_not_met`; ask again, for a bounded time.
     let grant_by = tokio::time::Instant::now() + RELAY_GRANT_WAIT;
     let (rx, closed, task) = loop {
-        let (endpoint, closed, answer) = client
-            .relay_endpoint(&carrier, fid, RELAY_KEEPALIVE)
-            .await?;
+        let crate::client::RelayLink {
+            endpoint,
+            closed,
+            answer,
+            early: mut theirs,
+            ..
+        } = {
+            let link = client
+                .relay_endpoint(&carrier, fid, RELAY_KEEPALIVE)
+                .await?;
+            // Our first messages, right behind the request.
+            for f in &early.out {
+                link.send_early(f.clone());
+            }
+            link
+        };
+        if let Some(inbox) = early.inbox.clone() {
+            tokio::spawn(async move {
+                while let Some(f) = theirs.recv().await {
+                    let _ = inbox.try_send(f);
+                }
+            });
+        }
         // The same agreement as on a direct path: the lower id dials
         // through the relay and opens the stream, the higher id accepts.
         // At once: the first packets follow the request.
@@ -1769,6 +1924,7 @@ async fn converse<'a>(
     path: Path,
     mut upgrade: Option<Upgrade<'a>>,
     friend_record: &'a PeerRecord,
+    early_in: &mut EarlyIn,
     session: &mut Session,
     input: &mut Input,
     client: &'a Client,
@@ -1806,6 +1962,7 @@ async fn converse<'a>(
                 None => input.close(session),
             },
             Some(()) = input.stop.recv(), if input.open => input.close(session),
+            Some(f) = early_in.rx.recv() => early_in.take(client, session, &f),
             Some((id, frame)) = frames.recv() => match frame {
                 Some(f) => {
                     for text in session.on_frame(f) {
@@ -1830,7 +1987,7 @@ async fn converse<'a>(
                                     "relay {} is gone ({why}); moving the chat to relay {}",
                                     dead.addr, to.addr
                                 ));
-                                moving = Some((id, Instant::now(), Box::pin(relay_via(client, homes, Some(home.session.clone()), to, friend, ranking))));
+                                moving = Some((id, Instant::now(), Box::pin(relay_via(client, homes, Some(home.session.clone()), to, friend, ranking, Early::default()))));
                             }
                             None => break End::Broke(why),
                         }
@@ -1936,7 +2093,7 @@ async fn converse<'a>(
                             to.addr,
                             current.map(|c| c.addr.to_string()).unwrap_or_default()
                         ));
-                        moving = Some((id, Instant::now(), Box::pin(relay_via(client, homes, Some(home.session.clone()), to, friend, ranking))));
+                        moving = Some((id, Instant::now(), Box::pin(relay_via(client, homes, Some(home.session.clone()), to, friend, ranking, Early::default()))));
                     }
                 }
                 let Some(c) = cur.as_mut() else { continue };
