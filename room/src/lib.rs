@@ -35,7 +35,7 @@ pub mod centrality;
 pub mod proto;
 pub mod room;
 
-pub use proto::{Body, Entry, Epoch, Index, Msg, MsgId};
+pub use proto::{Append, Body, Entry, Epoch, Index, Msg, MsgId};
 pub use room::{
     Config, Event, Input, MAX_APPEND, MAX_CHARS, MAX_PENDING, MAX_TAIL, MAX_UNCOMMITTED, Output,
     Room,

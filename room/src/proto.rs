@@ -42,28 +42,32 @@ pub struct Entry<M> {
     pub body: Body<M>,
 }
 
+/// Host → member, every heartbeat and with new entries: `entries` follow
+/// `prev` (its index and epoch), or start the member's log afresh at
+/// `prev.1 + 1` when `fresh` (the host no longer has what the member
+/// lacks); everything up to `commit` may be delivered. Carries the
+/// failover order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Append<M> {
+    /// The host's epoch.
+    pub epoch: Epoch,
+    /// The index and epoch of the entry before `entries`.
+    pub prev: (Epoch, Index),
+    /// Restart the log at `prev.1 + 1`.
+    pub fresh: bool,
+    /// At most [`crate::MAX_APPEND`].
+    pub entries: Vec<Entry<M>>,
+    /// Delivered up to here.
+    pub commit: Index,
+    /// Who hosts next, in order.
+    pub candidates: Vec<M>,
+}
+
 /// A message between members.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg<M> {
-    /// Host → member, every heartbeat and with new entries: `entries`
-    /// follow `prev` (its index and epoch), or start the member's log
-    /// afresh at `prev.1 + 1` when `fresh` (the host no longer has what the
-    /// member lacks); everything up to `commit` may be delivered. Carries
-    /// the failover order.
-    Append {
-        /// The host's epoch.
-        epoch: Epoch,
-        /// The index and epoch of the entry before `entries`.
-        prev: (Epoch, Index),
-        /// Restart the log at `prev.1 + 1`.
-        fresh: bool,
-        /// At most [`crate::MAX_APPEND`].
-        entries: Vec<Entry<M>>,
-        /// Delivered up to here.
-        commit: Index,
-        /// Who hosts next, in order.
-        candidates: Vec<M>,
-    },
+    /// Host → member, every heartbeat and with new entries.
+    Append(Append<M>),
     /// Member → host: the log matches the host's up to `matched`, or (not
     /// `ok`) it did not follow `prev`; `matched` is then a hint.
     Appended {

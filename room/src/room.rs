@@ -33,7 +33,7 @@
 //! [`Config::join_wait`] starts it.
 
 use crate::centrality::{Reports, candidates};
-use crate::proto::{Body, Entry, Epoch, Index, Msg, MsgId};
+use crate::proto::{Append, Body, Entry, Epoch, Index, Msg, MsgId};
 use overlay::Time;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
@@ -339,6 +339,15 @@ impl<M: Ord + Copy + Debug> Room<M> {
                 }
             }
             Input::History(n) => self.history(n),
+        }
+    }
+
+    /// The id of our `n`-th message of this run.
+    fn my_id(&self, n: u64) -> MsgId<M> {
+        MsgId {
+            sender: self.me,
+            run: self.run,
+            n,
         }
     }
 
@@ -651,14 +660,14 @@ impl<M: Ord + Copy + Debug> Room<M> {
                 let p = n - 1;
                 ((self.epoch_at(p).unwrap_or(0), p), false)
             };
-            let msg = Msg::Append {
+            let msg = Msg::Append(Append {
                 epoch: self.epoch,
                 prev,
                 fresh,
                 entries: self.entries_from(prev.1 + 1, MAX_APPEND),
                 commit: self.commit,
                 candidates: self.candidates.clone(),
-            };
+            });
             self.send(m, msg);
         }
     }
@@ -691,12 +700,7 @@ impl<M: Ord + Copy + Debug> Room<M> {
             .map(|(n, p)| (*n, p.text.clone()))
             .collect();
         for (n, text) in mine {
-            let id = MsgId {
-                sender: self.me,
-                run: self.run,
-                n,
-            };
-            self.append_text(id, text);
+            self.append_text(self.my_id(n), text);
         }
         self.advance_commit();
         self.host_tick(now);
@@ -833,11 +837,7 @@ impl<M: Ord + Copy + Debug> Room<M> {
             })
             .collect();
         for (n, text) in due {
-            let id = MsgId {
-                sender: self.me,
-                run: self.run,
-                n,
-            };
+            let id = self.my_id(n);
             self.send(h, Msg::Post { id, text });
         }
     }
@@ -863,12 +863,7 @@ impl<M: Ord + Copy + Debug> Room<M> {
             },
         );
         if matches!(self.role, Role::Host { .. }) {
-            let id = MsgId {
-                sender: self.me,
-                run: self.run,
-                n,
-            };
-            self.append_text(id, text);
+            self.append_text(self.my_id(n), text);
             self.advance_commit();
             self.replicate(None);
         } else {
@@ -909,14 +904,7 @@ impl<M: Ord + Copy + Debug> Room<M> {
 
     fn recv(&mut self, now: Time, from: M, msg: Msg<M>) {
         match msg {
-            Msg::Append {
-                epoch,
-                prev,
-                fresh,
-                entries,
-                commit,
-                candidates,
-            } => self.on_append(now, from, epoch, prev, fresh, entries, commit, candidates),
+            Msg::Append(a) => self.on_append(now, from, a),
             Msg::Appended { epoch, ok, matched } => self.on_appended(now, from, epoch, ok, matched),
             Msg::Post { id, text } => {
                 if id.sender == from
@@ -992,18 +980,15 @@ impl<M: Ord + Copy + Debug> Room<M> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_append(
-        &mut self,
-        now: Time,
-        from: M,
-        epoch: Epoch,
-        prev: (Epoch, Index),
-        fresh: bool,
-        entries: Vec<Entry<M>>,
-        commit: Index,
-        candidates: Vec<M>,
-    ) {
+    fn on_append(&mut self, now: Time, from: M, a: Append<M>) {
+        let Append {
+            epoch,
+            prev,
+            fresh,
+            entries,
+            commit,
+            candidates,
+        } = a;
         if epoch < self.epoch {
             let msg = Msg::Appended {
                 epoch: self.epoch,
