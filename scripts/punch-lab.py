@@ -117,7 +117,10 @@ def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
         # runs never share or pin keys.
         data_dir = tempfile.mkdtemp(prefix=f"punch-lab-{names[k]}.")
         data_dirs.append(data_dir)
-        args = ["ip", "netns", "exec", ns, "env", "RUST_BACKTRACE=0", "NO_COLOR=1",
+        # PUNCH_LAB_LOG=FILTER: the clients' RUST_LOG (with --timeline, to
+        # see a slow run's debug lines in order).
+        log = [f"RUST_LOG={os.environ['PUNCH_LAB_LOG']}"] if os.environ.get("PUNCH_LAB_LOG") else []
+        args = ["ip", "netns", "exec", ns, "env", "RUST_BACKTRACE=0", "NO_COLOR=1", *log,
                 binary, "chat", "--name", names[k], "--to", friend,
                 "--data-dir", data_dir,
                 "--server", servers.addrs[home], "--server", servers.addrs[other],

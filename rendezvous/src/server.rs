@@ -1554,8 +1554,10 @@ impl Server {
         // on its side, and offline everywhere if it dies, so nothing a
         // client relies on is lost (it registers again elsewhere).
         let alone = self.neighbors.is_empty() && self.members.live().next().is_none();
-        if alone && tried.is_empty() {
-            // Alone in the cluster: there is nobody to copy it to.
+        if alone {
+            // Alone in the cluster (from the start, or since the servers
+            // an earlier attempt asked were found dead): there is nobody
+            // to copy it to.
             self.stats.count("registrations_acked_alone");
             self.respond(conn, req, Response::Registered);
             return;

@@ -196,6 +196,7 @@ impl Client {
         let runtime = quinn::default_runtime().context("no async runtime")?;
         let mut transport = client_transport()?;
         transport.keep_alive_interval(Some(keep_alive));
+        transport.initial_rtt(crate::net::driver::ACCEPT_INITIAL_RTT);
         let mut server = chat_server_config(&self.creds)?;
         server.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
@@ -387,7 +388,11 @@ fn chat_server_config(creds: &Credentials) -> anyhow::Result<quinn::ServerConfig
     let tls = tls::server_config(creds, &[CHAT_ALPN])?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server.transport_config(Arc::new(client_transport()?));
+    let mut transport = client_transport()?;
+    // Our first flight, when lost, is resent after 3x this (see
+    // `net::driver::ACCEPT_INITIAL_RTT`).
+    transport.initial_rtt(crate::net::driver::ACCEPT_INITIAL_RTT);
+    server.transport_config(Arc::new(transport));
     Ok(server)
 }
 

@@ -1279,6 +1279,7 @@ impl EarlyIn {
     fn take(&self, client: &Client, chat: &mut Session, frame: &[u8]) {
         match crate::client::early::open(client.signing_key(), &self.meeting, frame) {
             Ok(f) => {
+                tracing::debug!("an early frame opened");
                 for text in chat.on_frame(f) {
                     println!("{text}");
                 }
@@ -1485,6 +1486,7 @@ async fn relay_via(
     early: Early,
 ) -> anyhow::Result<Path> {
     let me = client.id();
+    let began = tokio::time::Instant::now();
     let home =
         home.filter(|h| h.server().id == target.id && h.connection().close_reason().is_none());
     let (carrier, own) = match home {
@@ -1505,6 +1507,7 @@ async fn relay_via(
                 transport.initial_rtt(Duration::from_micros(u64::from(us)));
             }
             let session = client.connect_with_transport(target, transport).await?;
+            tracing::debug!(relay = %target.addr, ms = began.elapsed().as_millis(), "connected to the relay");
             // Notices may come here (when our home connection ends first):
             // read and drop them, or the server would close this connection.
             let mut stray = session.notices();
@@ -1570,6 +1573,12 @@ async fn relay_via(
         let answered = answer
             .await
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the relay stream ended unanswered")));
+        tracing::debug!(
+            relay = %target.addr,
+            ms = began.elapsed().as_millis(),
+            ok = answered.is_ok(),
+            "the relay answered"
+        );
         match answered {
             Ok(()) => break (rx, closed, task),
             Err(e)
