@@ -143,7 +143,20 @@ async fn chat_until_done(
     let mut breaks = 0;
     loop {
         let (friend, start_in) =
-            find_friend(client, opts, &homes, &mut home, &wanted, friend_seq).await?;
+            match find_friend(client, opts, &homes, &mut home, &wanted, friend_seq).await {
+                Ok(found) => found,
+                // The path broke after our input ended and everything we
+                // sent was acknowledged (the friend's last word, or its
+                // close, may be what got lost): nothing of ours is lost if
+                // it does not come back.
+                Err(e) if breaks > 0 && input.closed_at.is_some() && chat.pending() == 0 => {
+                    status(&format!(
+                        "{e:#}; everything you sent was delivered, so the chat is over"
+                    ));
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
         friend_seq = friend.body.seq;
         // The common start instant the server chose: both sides begin
         // punching together, as the later of the two hears of the meeting
@@ -159,7 +172,7 @@ async fn chat_until_done(
             }
         }
         let (early, mut early_in) = early_frames(client, &homes, &friend, chat);
-        let (path, upgrade) = {
+        let connected = {
             let connecting = connect(
                 client,
                 &homes,
@@ -172,43 +185,51 @@ async fn chat_until_done(
             tokio::pin!(connecting);
             loop {
                 tokio::select! {
-                    r = &mut connecting => break r?,
+                    r = &mut connecting => break r,
                     Some(f) = early_in.rx.recv() => early_in.take(client, chat, &f),
                 }
             }
         };
-        status(&format!(
-            "connected {} to {}, RTT {} ms",
-            path.kind,
-            friend.body.name,
-            path.conn.rtt().as_millis()
-        ));
-        // The friend is this key from now on (a name could be taken over).
-        if !matches!(wanted, FriendRef::Id(_)) {
-            pin_friend(opts, &friend);
-        }
-        wanted = FriendRef::Id(friend.body.peer);
-        if breaks > 0 {
-            chat.path_changed();
-            // Input that ended before the break gets a full wait on the new
-            // path for its acknowledgements.
-            if input.closed_at.is_some() {
-                input.closed_at = Some(Instant::now());
+        let end = match connected {
+            // Neither path came up (the friend took another one that then
+            // failed, or it is gone): through the servers again, as after a
+            // break.
+            Err(e) => End::Broke(format!("no path to the friend: {e:#}")),
+            Ok((path, upgrade)) => {
+                status(&format!(
+                    "connected {} to {}, RTT {} ms",
+                    path.kind,
+                    friend.body.name,
+                    path.conn.rtt().as_millis()
+                ));
+                // The friend is this key from now on (a name could be taken over).
+                if !matches!(wanted, FriendRef::Id(_)) {
+                    pin_friend(opts, &friend);
+                }
+                wanted = FriendRef::Id(friend.body.peer);
+                if breaks > 0 {
+                    chat.path_changed();
+                    // Input that ended before the break gets a full wait on the new
+                    // path for its acknowledgements.
+                    if input.closed_at.is_some() {
+                        input.closed_at = Some(Instant::now());
+                    }
+                }
+                converse(
+                    path,
+                    upgrade,
+                    &friend,
+                    &mut early_in,
+                    chat,
+                    input,
+                    client,
+                    opts,
+                    &homes,
+                    &mut home,
+                )
+                .await
             }
-        }
-        let end = converse(
-            path,
-            upgrade,
-            &friend,
-            &mut early_in,
-            chat,
-            input,
-            client,
-            opts,
-            &homes,
-            &mut home,
-        )
-        .await;
+        };
         match end {
             End::Done => return Ok(()),
             End::FriendLeft => {
