@@ -198,6 +198,20 @@ mod tests {
         (k, id)
     }
 
+    /// Alice (1) to bob (2) with record seqs `seqs`: both keys and the
+    /// meeting.
+    fn alice_to_bob(seqs: (u64, u64)) -> (SigningKey, SigningKey, Meeting) {
+        let (a, ida) = keys(1);
+        let (b, idb) = keys(2);
+        let m = Meeting {
+            from: ida,
+            to: idb,
+            from_seq: seqs.0,
+            to_seq: seqs.1,
+        };
+        (a, b, m)
+    }
+
     fn msg(text: &str) -> Frame {
         Frame::Msg {
             epoch: 7,
@@ -208,15 +222,9 @@ mod tests {
 
     #[test]
     fn only_the_friend_opens_it_and_only_in_this_meeting() {
-        let (a, ida) = keys(1);
-        let (b, idb) = keys(2);
+        let (a, b, m) = alice_to_bob((10, 20));
+        let (ida, idb) = (m.from, m.to);
         let (c, idc) = keys(3);
-        let m = Meeting {
-            from: ida,
-            to: idb,
-            from_seq: 10,
-            to_seq: 20,
-        };
         let sealed = seal(&a, &m, &msg("hi"), [9; 32]).unwrap();
         assert_eq!(open(&b, &m, &sealed), Ok(msg("hi")));
         // Not the friend: neither a third key nor the sender itself
@@ -248,14 +256,7 @@ mod tests {
 
     #[test]
     fn every_altered_byte_is_refused_and_a_fresh_ephemeral_changes_everything() {
-        let (a, ida) = keys(1);
-        let (b, idb) = keys(2);
-        let m = Meeting {
-            from: ida,
-            to: idb,
-            from_seq: 1,
-            to_seq: 2,
-        };
+        let (a, b, m) = alice_to_bob((1, 2));
         let sealed = seal(&a, &m, &msg("hello"), [5; 32]).unwrap();
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
@@ -273,14 +274,7 @@ mod tests {
 
     #[test]
     fn only_messages_go_early_and_size_is_bounded() {
-        let (a, ida) = keys(1);
-        let (_, idb) = keys(2);
-        let m = Meeting {
-            from: ida,
-            to: idb,
-            from_seq: 1,
-            to_seq: 2,
-        };
+        let (a, _, m) = alice_to_bob((1, 2));
         assert_eq!(
             seal(&a, &m, &Frame::Bye, [1; 32]),
             Err(EarlyError::NotAMessage)
@@ -296,14 +290,7 @@ mod tests {
 
     #[test]
     fn a_low_order_key_is_refused() {
-        let (b, idb) = keys(2);
-        let (_, ida) = keys(1);
-        let m = Meeting {
-            from: ida,
-            to: idb,
-            from_seq: 1,
-            to_seq: 2,
-        };
+        let (_, b, m) = alice_to_bob((1, 2));
         // E = 0 (a low-order point): X25519 gives all zeros.
         let mut frame = vec![EARLY_VERSION];
         frame.extend_from_slice(&[0u8; 32]);
