@@ -451,20 +451,10 @@ impl Session {
     pub fn watch(&self) -> tokio::task::JoinHandle<()> {
         let s = self.clone();
         tokio::spawn(async move {
-            let mut last = s.conn.stats().udp_rx.datagrams;
-            let mut heard = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = s.conn.closed() => return,
-                    () = tokio::time::sleep(SERVER_QUIET / 6) => {}
-                }
-                let now = s.conn.stats().udp_rx.datagrams;
-                if now != last {
-                    (last, heard) = (now, tokio::time::Instant::now());
-                    continue;
-                }
-                if heard.elapsed() < SERVER_QUIET {
-                    continue;
+                    () = crate::net::silent_for(&s.conn, SERVER_QUIET, SERVER_QUIET / 6) => {}
                 }
                 let answer = tokio::time::timeout(SERVER_PROBE, s.who_am_i()).await;
                 let alive = match answer {
@@ -477,7 +467,6 @@ impl Session {
                     s.conn.close(CLOSE_SERVER_SILENT.into(), b"server silent");
                     return;
                 }
-                (last, heard) = (s.conn.stats().udp_rx.datagrams, tokio::time::Instant::now());
             }
         })
     }

@@ -1828,21 +1828,11 @@ impl Live {
         let watchdog = relay_session.as_ref().map(|s| {
             let (relay, chat, own) = (s.session.connection().clone(), conn.clone(), s.own);
             tokio::spawn(async move {
-                let mut last = relay.stats().udp_rx.datagrams;
-                let mut heard = tokio::time::Instant::now();
-                loop {
-                    tokio::time::sleep(RELAY_SILENCE / 10).await;
-                    let now = relay.stats().udp_rx.datagrams;
-                    if now != last {
-                        (last, heard) = (now, tokio::time::Instant::now());
-                    } else if heard.elapsed() >= RELAY_SILENCE {
-                        chat.close(2u32.into(), b"relay silent");
-                        // The home connection has its own watch.
-                        if own {
-                            relay.close(2u32.into(), b"silent");
-                        }
-                        return;
-                    }
+                crate::net::silent_for(&relay, RELAY_SILENCE, RELAY_SILENCE / 10).await;
+                chat.close(2u32.into(), b"relay silent");
+                // The home connection has its own watch.
+                if own {
+                    relay.close(2u32.into(), b"silent");
                 }
             })
         });

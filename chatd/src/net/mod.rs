@@ -22,3 +22,24 @@ pub fn unix_millis() -> u64 {
 pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Resolves once `conn` has received no packet for `silence`, looking
+/// every `step` (a connection that carries a keep-alive the peer
+/// acknowledges is silent only when the peer, or the path, is gone).
+pub async fn silent_for(
+    conn: &quinn::Connection,
+    silence: std::time::Duration,
+    step: std::time::Duration,
+) {
+    let mut last = conn.stats().udp_rx.datagrams;
+    let mut heard = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(step).await;
+        let now = conn.stats().udp_rx.datagrams;
+        if now != last {
+            (last, heard) = (now, tokio::time::Instant::now());
+        } else if heard.elapsed() >= silence {
+            return;
+        }
+    }
+}
