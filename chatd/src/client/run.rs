@@ -1506,7 +1506,6 @@ async fn relay_via(
     ranking: Ranking,
     early: Early,
 ) -> anyhow::Result<Path> {
-    let me = client.id();
     let began = tokio::time::Instant::now();
     let home =
         home.filter(|h| h.server().id == target.id && h.connection().close_reason().is_none());
@@ -1536,6 +1535,47 @@ async fn relay_via(
             (session, true)
         }
     };
+    // Whatever fails, a connection opened for this path goes with it.
+    let (chat, closed) = match chat_through(client, &carrier, target, fid, &early, began).await {
+        Ok(done) => done,
+        Err(e) => {
+            if own {
+                carrier.close();
+            }
+            return Err(e);
+        }
+    };
+    let (conn, send, recv) = chat;
+    Ok(Path {
+        conn,
+        send,
+        recv,
+        kind: PathKind::Relayed(target),
+        relay_closed: Some(closed),
+        relay_session: Some(RelayCarrier {
+            session: carrier,
+            own,
+        }),
+        ranking,
+    })
+}
+
+/// The chat connection through the relay stream on `carrier` (to the
+/// relay `target`): the request with our early frames behind it, then the
+/// QUIC handshake with the friend; asks again while the relay has not yet
+/// heard of the pair. Returns the chat and the stream's end.
+async fn chat_through(
+    client: &Client,
+    carrier: &ClientSession,
+    target: ServerAddr,
+    fid: PeerId,
+    early: &Early,
+    began: tokio::time::Instant,
+) -> anyhow::Result<(
+    crate::client::punch::Chat,
+    tokio::sync::oneshot::Receiver<()>,
+)> {
+    let me = client.id();
     // A relay that is a third server learns of the pair from the server
     // that ranked it (a message that may still be on its way): until then
     // it says `relay_not_met`; ask again, for a bounded time.
@@ -1548,9 +1588,7 @@ async fn relay_via(
             early: mut theirs,
             ..
         } = {
-            let link = client
-                .relay_endpoint(&carrier, fid, RELAY_KEEPALIVE)
-                .await?;
+            let link = client.relay_endpoint(carrier, fid, RELAY_KEEPALIVE).await?;
             // Our first messages, right behind the request.
             for f in &early.out {
                 link.send_early(f.clone());
@@ -1613,9 +1651,6 @@ async fn relay_via(
             }
             Err(e) => {
                 task.abort();
-                if own {
-                    carrier.close();
-                }
                 return Err(e);
             }
         }
@@ -1623,28 +1658,7 @@ async fn relay_via(
     let deadline = tokio::time::Instant::now() + RELAY_HANDSHAKE_TIMEOUT;
     let chat = crate::client::punch::agree(me, fid, rx, deadline).await;
     task.abort();
-    let chat = match chat.context("no chat through the relay") {
-        Ok(chat) => chat,
-        Err(e) => {
-            if own {
-                carrier.close();
-            }
-            return Err(e);
-        }
-    };
-    let (conn, send, recv) = chat;
-    Ok(Path {
-        conn,
-        send,
-        recv,
-        kind: PathKind::Relayed(target),
-        relay_closed: Some(closed),
-        relay_session: Some(RelayCarrier {
-            session: carrier,
-            own,
-        }),
-        ranking,
-    })
+    Ok((chat.context("no chat through the relay")?, closed))
 }
 
 /// Where stdin lines come from (read once, across paths), and Ctrl-C /
