@@ -69,6 +69,7 @@ pub(crate) async fn direct(
                 client.probe_socket(),
                 public.ip(),
                 sent.clone(),
+                tokio::time::Instant::now() + budget,
             ));
         }
         _ => status("punching"),
@@ -221,13 +222,16 @@ async fn punch(
 
 /// Sockets the symmetric side opens for the birthday method.
 const BIRTHDAY_SOCKETS: usize = 256;
-/// Random-port probes per spray round, rounds, and their spacing: at most
-/// 64 × 100 = 6,400 probes over 2.5 s (with 256 mappings open on a
+/// Random-port probes per spray round, rounds, and their spacing: 64 ×
+/// 100 = 6,400 probes over 2.5 s (with 256 mappings open on a
 /// 64,512-port range a probe hits with p ≈ 1/252, so ~175 probes is the
-/// median).
+/// median), then one round every `SPRAY_SLOW_EVERY` (256 probes/s) for
+/// the rest of the direct budget, in case the friend's sockets opened
+/// their mappings late or the dial after a hit was lost.
 const SPRAY_BATCH: usize = 64;
 const SPRAY_ROUNDS: usize = 100;
 const SPRAY_EVERY: Duration = Duration::from_millis(25);
+const SPRAY_SLOW_EVERY: Duration = Duration::from_millis(250);
 /// The port range a symmetric NAT picks from (Linux's default for
 /// `snat ... random` and most home routers stay within it).
 const SPRAY_PORTS: std::ops::RangeInclusive<u16> = 1024..=65535;
@@ -283,24 +287,30 @@ async fn birthday_sockets(
             None
         });
     }
+    // The first socket a probe reached dials the friend; if that handshake
+    // fails, the other sockets go on listening (bounded by their rounds).
     while let Some(res) = listeners.join_next().await {
         let Ok(Some((socket, from))) = res else {
             continue;
         };
-        listeners.abort_all();
         tracing::debug!(%from, "birthday: a probe came through");
         let endpoint = socket
             .into_std()
             .map_err(anyhow::Error::from)
             .and_then(Client::endpoint_on);
-        let Ok(endpoint) = endpoint else { return };
-        let Ok(connecting) = endpoint.connect_with(cfg, from, crate::net::tls::SERVER_NAME) else {
-            return;
+        let Ok(endpoint) = endpoint else { continue };
+        let Ok(connecting) = endpoint.connect_with(cfg.clone(), from, crate::net::tls::SERVER_NAME)
+        else {
+            continue;
         };
-        if let Ok(conn) = connecting.await {
-            let _ = out.send(conn).await;
+        match connecting.await {
+            Ok(conn) => {
+                listeners.abort_all();
+                let _ = out.send(conn).await;
+                return;
+            }
+            Err(e) => tracing::debug!(%from, error = %e, "birthday: the dial failed"),
         }
-        return;
     }
 }
 
@@ -311,11 +321,13 @@ async fn birthday_spray(
     socket: Option<std::net::UdpSocket>,
     ip: std::net::IpAddr,
     sent: Arc<AtomicU32>,
+    until: tokio::time::Instant,
 ) {
     let Some(socket) = socket else { return };
     // Let the friend's sockets open their mappings first.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    for _ in 0..SPRAY_ROUNDS {
+    let mut round = 0;
+    while tokio::time::Instant::now() < until {
         let ports: Vec<u16> = {
             let mut rng = rand::rng();
             (0..SPRAY_BATCH)
@@ -330,6 +342,12 @@ async fn birthday_spray(
                 sent.fetch_add(1, Ordering::Relaxed);
             }
         }
-        tokio::time::sleep(SPRAY_EVERY).await;
+        round += 1;
+        tokio::time::sleep(if round < SPRAY_ROUNDS {
+            SPRAY_EVERY
+        } else {
+            SPRAY_SLOW_EVERY
+        })
+        .await;
     }
 }

@@ -633,8 +633,7 @@ impl Homes {
         let usable = self.usable(&session).await;
         let (rtts, mut probes) = self.measure(client, &session, &usable).await;
         let session = pick_home(client, session, &usable, &rtts, &mut probes).await;
-        drop(probes);
-        self.settle(client, opts, session, &usable).await
+        self.settle(client, opts, session, &usable, probes).await
     }
 
     /// The live servers `session` lists (remembered), without those that
@@ -652,13 +651,15 @@ impl Homes {
 
     /// Makes `session`'s server our home: reports our RTTs (before the
     /// registration, so that a meeting arranged at once has them),
-    /// measures the NAT, registers.
+    /// measures the NAT (on a connection the measurement left open, if
+    /// any), registers. `probes` close when this returns.
     async fn settle(
         &self,
         client: &Client,
         opts: &Options,
         session: ClientSession,
         usable: &[ServerRecord],
+        probes: Probes,
     ) -> anyhow::Result<Home> {
         status(&format!("connected to server {}", session.server()));
         let inbox = Inbox::new(&session);
@@ -669,7 +670,8 @@ impl Homes {
             tracing::debug!(error = %e, "the server did not take our RTTs");
         }
         let public = session.who_am_i().await?;
-        let nat = nat_mapping(client, &session, usable, public).await;
+        let nat = nat_mapping(client, &session, usable, public, &probes).await;
+        drop(probes);
         let watch = Arc::new(Watch(session.watch()));
         let home = Home {
             session,
@@ -795,14 +797,13 @@ impl Homes {
                 && let Some(target) = self.addr_of(best)
                 && let Ok(session) = probes.take_or_connect(client, target).await
             {
-                drop(probes);
                 status(&format!(
                     "server {} is closer than {} ({}): moving home",
                     target.addr,
                     here.addr,
                     describe_rtts(&rtts, best, here.id.0)
                 ));
-                let new_home = self.settle(client, opts, session, &usable).await?;
+                let new_home = self.settle(client, opts, session, &usable, probes).await?;
                 home.session.close();
                 return Ok(Some(new_home));
             }
@@ -1134,7 +1135,9 @@ async fn pick_home(
                     describe_rtts(rtts, best, here)
                 ));
             }
-            session.close();
+            // Closed with the other probes once the NAT check (which
+            // may ask it) is done.
+            probes.0.push(session);
             better
         }
         Err(e) => {
@@ -1155,22 +1158,31 @@ fn describe_rtts(rtts: &LatencyVector, a: PeerId, b: PeerId) -> String {
 
 /// How our NAT maps: ask a second server where it sees us. The same
 /// address as the first server saw → one mapping for every destination;
-/// another → a mapping per destination (symmetric NAT).
+/// another → a mapping per destination (symmetric NAT). A connection the
+/// RTT measurement left open is asked first (no handshake: under loss, a
+/// lost Initial alone costs a second); a new one only without it.
+/// Unknown when no second server answers within [`NAT_CHECK_TIMEOUT`].
 async fn nat_mapping(
     client: &Client,
     session: &ClientSession,
     servers: &[ServerRecord],
     public: SocketAddr,
+    probes: &Probes,
 ) -> NatMapping {
     let here = session.server();
-    let other = servers
-        .iter()
-        .filter_map(crate::client::dial_addr)
-        .find(|s| s.id != here.id && s.addr != here.addr);
-    let Some(other) = other else {
-        return NatMapping::Unknown;
-    };
-    let seen = tokio::time::timeout(Duration::from_secs(2), async {
+    let elsewhere = |s: &ServerAddr| s.id != here.id && s.addr != here.addr;
+    let seen = tokio::time::timeout(NAT_CHECK_TIMEOUT, async {
+        for open in probes.0.iter().filter(|s| elsewhere(&s.server())) {
+            match open.who_am_i().await {
+                Ok(a) => return Ok(a),
+                Err(e) => tracing::debug!(server = %open.server(), error = %e, "no answer for the NAT check"),
+            }
+        }
+        let other = servers
+            .iter()
+            .filter_map(crate::client::dial_addr)
+            .find(|s| elsewhere(s))
+            .context("no second server to compare with")?;
         let s = client.connect(other).await?;
         let a = s.who_am_i().await;
         s.close();
@@ -1180,7 +1192,14 @@ async fn nat_mapping(
     match seen {
         Ok(Ok(a)) if a == public => NatMapping::Independent,
         Ok(Ok(_)) => NatMapping::Dependent,
-        _ => NatMapping::Unknown,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "NAT mapping unknown");
+            NatMapping::Unknown
+        }
+        Err(_) => {
+            tracing::debug!("NAT mapping unknown: no second server answered in time");
+            NatMapping::Unknown
+        }
     }
 }
 
@@ -1317,6 +1336,10 @@ struct RelayCarrier {
     own: bool,
 }
 
+/// How long the NAT check may take: a second server asked where it sees
+/// us (over a connection already open, usually: a round trip or a few
+/// retransmissions under loss).
+const NAT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a pair of symmetric NATs gets for a LAN path before relaying.
 const LAN_ONLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a relayed chat connection (and a connection of its own to a
