@@ -68,6 +68,29 @@ enum Command {
     /// Status goes to stderr; messages to stdout, one per line.
     #[command(verbatim_doc_comment)]
     Chat(ChatArgs),
+    /// A group chat with a host: every member runs this with the same
+    /// ROOM, each listing the others with --member.
+    ///
+    /// Example (three terminals):
+    ///
+    ///     chatd room team --name alice --member bob --member carol --server ID@HOST:7000
+    ///     chatd room team --name bob --member alice --member carol --server ID@HOST:7000
+    ///     chatd room team --name carol --member alice --member bob --server ID@HOST:7000
+    ///
+    /// Members find each other through the servers (an invitation is asked
+    /// again with backoff, 1 s doubling to 30 s, until --wait) and connect
+    /// pairwise as chats do (relayed first, direct when punching works).
+    /// One member hosts: it orders every message, so all print the same
+    /// sequence; the host is the member closest to the others (measured
+    /// delays), and when it goes quiet for 2 s the next candidate takes
+    /// over with a majority of the members. Lines on stdin are messages;
+    /// stdout prints the room's messages as SENDER<TAB>TEXT, yours
+    /// included; `/history N` pages back through older ones (on stderr).
+    /// Status goes to stderr ("host is NAME", who joined, majority lost).
+    /// The room ends for you when stdin ends and your messages are in the
+    /// room's order (at most 15 s later), or on Ctrl-C.
+    #[command(verbatim_doc_comment)]
+    Room(RoomArgs),
     /// Ask a server, as a client would: which server to use (least loaded
     /// live server first), or where a peer is (--peer / --name).
     Lookup {
@@ -121,6 +144,41 @@ struct ChatArgs {
     #[arg(long, default_value_t = 120)]
     wait: u64,
     /// Seconds to try a direct path before relaying through a server.
+    #[arg(long, default_value_t = 5.0)]
+    direct_timeout: f64,
+}
+
+#[derive(clap::Args, Debug)]
+struct RoomArgs {
+    /// The room's name (the same for every member).
+    room: String,
+    /// Your name (others can find you by it; names are not verified).
+    #[arg(long)]
+    name: String,
+    /// Another member: a peer id, or a name (pinned to its key once
+    /// connected); repeat for each.
+    #[arg(long = "member", value_name = "FRIEND", required = true)]
+    members: Vec<String>,
+    /// A server to use, ID@HOST:PORT (repeat: fallbacks).
+    #[arg(long = "server", value_name = "ID@HOST:PORT", required = true)]
+    servers: Vec<ServerAddr>,
+    /// Where your key and known friends live [default: $XDG_DATA_HOME/chatd,
+    /// else ~/.local/share/chatd].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Your key file, created if missing [default: DATA_DIR/client.key].
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Accept members whose names now map to other keys than pinned.
+    #[arg(long)]
+    accept_new_key: bool,
+    /// Local UDP address [default: 0.0.0.0:0, or [::]:0 for IPv6 servers].
+    #[arg(long)]
+    bind: Option<SocketAddr>,
+    /// Seconds to keep inviting a member that is not online.
+    #[arg(long, default_value_t = 600)]
+    wait: u64,
+    /// Seconds to try a direct path to a member (beside the relay).
     #[arg(long, default_value_t = 5.0)]
     direct_timeout: f64,
 }
@@ -239,6 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { admin } => status(admin),
         Command::Chat(args) => chat(args),
+        Command::Room(args) => room(args),
         Command::Lookup {
             servers,
             peer,
@@ -272,77 +331,140 @@ fn status(admin: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn chat(args: ChatArgs) -> anyhow::Result<()> {
-    let direct_timeout = args.direct_timeout;
-    if !(direct_timeout.is_finite() && (0.0..=600.0).contains(&direct_timeout)) {
-        anyhow::bail!("--direct-timeout: {direct_timeout} is not within 0..=600 seconds");
-    }
-    let data_dir = match args.data_dir {
-        Some(d) => d,
-        None => chatd::client::friends::default_data_dir()?,
-    };
-    let key_path = args
-        .key
-        .unwrap_or_else(|| data_dir.join(chatd::client::friends::KEY_FILE));
-    // One chat per key: a second client with the same key would replace the
-    // first one's record (same id) and neither would find its friend.
-    let lock_path = key_path.with_extension("lock");
-    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::Error(e)) => eprintln!(
-            "chatd: warning: cannot lock {} ({e}); make sure no other chat uses this key",
-            lock_path.display()
-        ),
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "another `chatd chat` is running with the key {} — two clients with one key \
-             would be one peer; give this one its own --data-dir (or --key)",
-            key_path.display()
-        ),
-    }
-    let (keypair, created) = Keypair::load_or_create(&key_path)?;
-    if created {
-        eprintln!(
-            "chatd: created your key {} (id {}); friends will know you by it",
-            key_path.display(),
-            keypair.id()
-        );
-    }
-    let known =
-        chatd::client::friends::KnownFriends::load(&data_dir.join(chatd::client::friends::FILE))?;
-    let friend = match args.to.parse::<Id>() {
-        Ok(id) => rendezvous::FriendRef::Id(id.0),
-        Err(_) => rendezvous::FriendRef::Name(args.to),
-    };
+    let me = Me::open(args.data_dir, args.key, args.direct_timeout)?;
+    let friend = friend_ref(args.to);
     let bind = args
         .bind
         .unwrap_or_else(|| chatd::client::any_addr_for(args.servers[0].addr));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let res = runtime.block_on(chatd::client::run::run(chatd::client::run::Options {
+    let opts = chatd::client::run::Options {
         name: args.name,
         friend,
         servers: args.servers,
-        keypair,
+        keypair: me.keypair,
         bind,
         wait: Duration::from_secs(args.wait),
-        direct_timeout: Duration::from_secs_f64(direct_timeout),
-        known,
+        direct_timeout: me.direct_timeout,
+        known: me.known,
         accept_new_key: args.accept_new_key,
-    }));
-    // Do not wait for the stdin reader: after Ctrl-C or the friend
-    // leaving, stdin may still be open.
-    runtime.shutdown_timeout(Duration::from_millis(200));
-    drop(lock);
+    };
+    let res = in_runtime(chatd::client::run::run(opts));
+    drop(me.lock);
     res
+}
+
+fn room(args: RoomArgs) -> anyhow::Result<()> {
+    let me = Me::open(args.data_dir, args.key, args.direct_timeout)?;
+    let bind = args
+        .bind
+        .unwrap_or_else(|| chatd::client::any_addr_for(args.servers[0].addr));
+    let members = args.members.into_iter().map(friend_ref).collect();
+    let opts = chatd::client::room::RoomOptions {
+        room: args.room,
+        members,
+        chat: chatd::client::run::Options {
+            name: args.name.clone(),
+            friend: rendezvous::FriendRef::Name(args.name),
+            servers: args.servers,
+            keypair: me.keypair,
+            bind,
+            wait: Duration::from_secs(args.wait),
+            direct_timeout: me.direct_timeout,
+            known: me.known,
+            accept_new_key: args.accept_new_key,
+        },
+    };
+    let res = in_runtime(chatd::client::room::run(opts));
+    drop(me.lock);
+    res
+}
+
+/// A peer id, or else a name.
+fn friend_ref(s: String) -> rendezvous::FriendRef {
+    match s.parse::<Id>() {
+        Ok(id) => rendezvous::FriendRef::Id(id.0),
+        Err(_) => rendezvous::FriendRef::Name(s),
+    }
+}
+
+/// Runs a client on a runtime of its own; does not wait for the stdin
+/// reader (after Ctrl-C or the friend leaving, stdin may still be open).
+fn in_runtime(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let res = runtime.block_on(f);
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    res
+}
+
+/// A client's identity as the chat and room commands open it: the key
+/// (created on first use, locked against a second client), the pinned
+/// friends.
+struct Me {
+    keypair: Keypair,
+    known: chatd::client::friends::KnownFriends,
+    direct_timeout: Duration,
+    lock: std::fs::File,
+}
+
+impl Me {
+    fn open(
+        data_dir: Option<PathBuf>,
+        key: Option<PathBuf>,
+        direct_timeout: f64,
+    ) -> anyhow::Result<Me> {
+        if !(direct_timeout.is_finite() && (0.0..=600.0).contains(&direct_timeout)) {
+            anyhow::bail!("--direct-timeout: {direct_timeout} is not within 0..=600 seconds");
+        }
+        let data_dir = match data_dir {
+            Some(d) => d,
+            None => chatd::client::friends::default_data_dir()?,
+        };
+        let key_path = key.unwrap_or_else(|| data_dir.join(chatd::client::friends::KEY_FILE));
+        // One client per key: a second one with the same key would replace
+        // the first one's record (same id) and neither would find its friend.
+        let lock_path = key_path.with_extension("lock");
+        if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::Error(e)) => eprintln!(
+                "chatd: warning: cannot lock {} ({e}); make sure no other chat uses this key",
+                lock_path.display()
+            ),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another chatd client (chat or room) is running with the key {} — two \
+                 clients with one key would be one peer; give this one its own --data-dir \
+                 (or --key)",
+                key_path.display()
+            ),
+        }
+        let (keypair, created) = Keypair::load_or_create(&key_path)?;
+        if created {
+            eprintln!(
+                "chatd: created your key {} (id {}); friends will know you by it",
+                key_path.display(),
+                keypair.id()
+            );
+        }
+        let known = chatd::client::friends::KnownFriends::load(
+            &data_dir.join(chatd::client::friends::FILE),
+        )?;
+        Ok(Me {
+            keypair,
+            known,
+            direct_timeout: Duration::from_secs_f64(direct_timeout),
+            lock,
+        })
+    }
 }
 
 fn lookup(

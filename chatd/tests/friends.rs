@@ -180,7 +180,7 @@ fn a_second_chat_with_the_same_key_is_refused() {
     let err = second.err();
     assert_eq!(st.and_then(|s| s.code()), Some(1), "{err}");
     assert!(
-        err.contains("another `chatd chat` is running with the key"),
+        err.contains("another chatd client (chat or room) is running with the key"),
         "{err}"
     );
     assert!(err.contains("--data-dir"), "{err}");

@@ -270,11 +270,14 @@ impl Default for Config {
             broadcast_rate: (4_000.0, 8_000.0),
             introductions_per_peer: (2.0, 10.0),
             latency_report_spacing: Duration::from_secs(1),
-            max_waits_per_conn: 4,
+            // A room member waits for each other member (`chatd room`:
+            // at most 31 others).
+            max_waits_per_conn: 32,
             max_waits: 50_000,
             relay_sessions: 1_000,
-            relay_per_client: 2,
-            relay_per_ip: 8,
+            // A room member may be relayed to several members at once.
+            relay_per_client: 8,
+            relay_per_ip: 16,
             relay_wait: Duration::from_secs(15),
             relay_met_within: Duration::from_secs(300),
             relay_lifetime: Duration::from_secs(3_600),

@@ -132,7 +132,13 @@ fn a_meeting_across_servers_starts_after_the_measured_hop_not_a_guess() {
 
 #[test]
 fn meeting_by_id_tells_the_friend_at_its_home_only() {
-    let mut net = Net::new(4, Config::default());
+    let mut net = Net::new(
+        4,
+        Config {
+            max_waits_per_conn: 4,
+            ..Config::default()
+        },
+    );
     let a = net.connect(0, 1, "198.51.100.1");
     let b = net.connect(3, 2, "198.51.100.2");
     assert!(registered(&net.register(&a, "a")));

@@ -231,6 +231,8 @@ pub struct Room<M> {
     /// then do we vote. A member restarted with nothing must not help
     /// elect a host that lacks what it had delivered before.
     synced: bool,
+    /// Do not start a new room ([`Room::hold_start`]).
+    hold: bool,
     out: VecDeque<Output<M>>,
 }
 
@@ -268,6 +270,7 @@ impl<M: Ord + Copy + Debug> Room<M> {
             hello_sent: BTreeMap::new(),
             cursor: None,
             synced: false,
+            hold: false,
             out: VecDeque::new(),
         };
         room.hello_all(now);
@@ -297,6 +300,19 @@ impl<M: Ord + Copy + Debug> Room<M> {
     /// Messages of ours not delivered yet.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// While `hold` is set, this member does not start a new room (the
+    /// driver knows a member is online but its path is not up yet: the
+    /// room may be going there, or that member may start it).
+    pub fn hold_start(&mut self, hold: bool) {
+        self.hold = hold;
+    }
+
+    /// `m` is a member too from now on (one listed by name becomes known
+    /// by its key when the driver meets it). Members are never removed.
+    pub fn add_member(&mut self, m: M) {
+        self.members.insert(m);
     }
 
     /// The next output, if any.
@@ -390,7 +406,12 @@ impl<M: Ord + Copy + Debug> Room<M> {
                 self.ids.insert(*id);
             }
             Body::Join(m) => {
-                if self.members.contains(m) && self.active.insert(*m) {
+                // The host let it in (it takes Hellos from members only):
+                // a member we have not met yet (listed by a name we could
+                // not resolve) is one from here on, or majorities would
+                // differ between members.
+                if self.active.insert(*m) {
+                    self.members.insert(*m);
                     self.emit(Event::Joined(*m));
                 }
             }
@@ -572,7 +593,7 @@ impl<M: Ord + Copy + Debug> Room<M> {
                 self.send(m, msg.clone());
             }
         }
-        if now < self.join_by || self.last().1 > 0 {
+        if now < self.join_by || self.hold || self.last().1 > 0 {
             return;
         }
         let recent = |t: &Time| now.saturating_since(*t) < self.cfg.join_wait * 2;
@@ -1002,6 +1023,14 @@ impl<M: Ord + Copy + Debug> Room<M> {
             // Two hosts of one epoch (a room started on both sides before
             // their paths were up): the lower id keeps it; ours reaches
             // the other and makes it step down.
+            return;
+        }
+        if epoch == self.epoch
+            && self.host.is_some_and(|h| h < from)
+            && now.saturating_since(self.heard) < self.cfg.host_timeout
+        {
+            // The same two hosts seen from a member: it keeps to the lower
+            // id while that one is heard (it does not flip between logs).
             return;
         }
         self.epoch = epoch;

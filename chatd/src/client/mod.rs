@@ -16,6 +16,7 @@ pub mod early;
 pub mod friends;
 pub mod punch;
 pub mod relay;
+pub mod room;
 pub mod run;
 
 use crate::net::driver::CLIENT_ALPN;
@@ -39,6 +40,38 @@ pub struct Client {
     /// A clone of the endpoint's UDP socket, for hole-punching probes
     /// (quinn has no raw send); `None` for dial-only clients.
     probe: Option<std::net::UdpSocket>,
+    /// Who waits for an incoming chat connection from which friend.
+    accepts: Arc<std::sync::Mutex<Accepts>>,
+}
+
+/// The friends a client waits for a direct connection from (one waiter
+/// each: a room waits for several at once), and whether the accept loop
+/// runs.
+#[derive(Default)]
+struct Accepts {
+    waiters: Vec<(PeerId, tokio::sync::mpsc::Sender<quinn::Connection>)>,
+    running: bool,
+}
+
+/// Incoming handshakes in flight at once (a stranger's too: who it is is
+/// known only after it); beyond this, new ones are refused.
+const MAX_ACCEPTING: usize = 16;
+/// How long an incoming handshake may take.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Stops passing on connections from a friend when dropped.
+pub(crate) struct AcceptGuard {
+    accepts: Arc<std::sync::Mutex<Accepts>>,
+    fid: PeerId,
+    tx: tokio::sync::mpsc::Sender<quinn::Connection>,
+}
+
+impl Drop for AcceptGuard {
+    fn drop(&mut self) {
+        crate::net::lock(&self.accepts)
+            .waiters
+            .retain(|(f, t)| !(*f == self.fid && t.same_channel(&self.tx)));
+    }
 }
 
 /// A hole-punching probe: a datagram QUIC discards (the fixed bit of the
@@ -141,6 +174,48 @@ pub fn any_addr_for(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Accepts chat connections on `endpoint` and hands each to the waiter
+/// for its peer ([`Client::accept_from`]); refuses while nobody waits and
+/// beyond [`MAX_ACCEPTING`] handshakes at once.
+async fn accept_loop(endpoint: quinn::Endpoint, accepts: Arc<std::sync::Mutex<Accepts>>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_ACCEPTING));
+    while let Some(incoming) = endpoint.accept().await {
+        if crate::net::lock(&accepts).waiters.is_empty() {
+            incoming.refuse();
+            continue;
+        }
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let accepts = accepts.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Ok(Ok(conn)) = tokio::time::timeout(ACCEPT_TIMEOUT, incoming).await else {
+                return;
+            };
+            let waiter = (tls::alpn_of(&conn).as_deref() == Some(CHAT_ALPN))
+                .then(|| tls::peer_of(&conn))
+                .flatten()
+                .and_then(|peer| {
+                    crate::net::lock(&accepts)
+                        .waiters
+                        .iter()
+                        .find(|(f, _)| *f == peer)
+                        .map(|(_, tx)| tx.clone())
+                });
+            match waiter {
+                Some(tx) => {
+                    if let Err(e) = tx.send(conn).await {
+                        e.0.close(1u32.into(), b"not expected");
+                    }
+                }
+                None => conn.close(1u32.into(), b"not expected"),
+            }
+        });
+    }
+}
+
 impl Client {
     /// A client with `keypair`, bound to `bind` (use port 0 for any).
     pub fn new(keypair: Keypair, bind: SocketAddr) -> anyhow::Result<Client> {
@@ -151,6 +226,7 @@ impl Client {
             creds,
             endpoint,
             probe: None,
+            accepts: Arc::default(),
         })
     }
 
@@ -175,7 +251,31 @@ impl Client {
             creds,
             endpoint,
             probe: Some(probe),
+            accepts: Arc::default(),
         })
+    }
+
+    /// Passes the chat connections `fid` opens to us (its key, the chat
+    /// ALPN) to `tx` until the guard is dropped. One accept loop serves
+    /// every waiter (started on first use): connections from nobody
+    /// waited for are closed, and none are taken while nobody waits.
+    pub(crate) fn accept_from(
+        &self,
+        fid: PeerId,
+        tx: tokio::sync::mpsc::Sender<quinn::Connection>,
+    ) -> AcceptGuard {
+        let mut a = crate::net::lock(&self.accepts);
+        a.waiters.retain(|(f, _)| *f != fid);
+        a.waiters.push((fid, tx.clone()));
+        if !a.running {
+            a.running = true;
+            tokio::spawn(accept_loop(self.endpoint.clone(), self.accepts.clone()));
+        }
+        AcceptGuard {
+            accepts: self.accepts.clone(),
+            fid,
+            tx,
+        }
     }
 
     /// A QUIC endpoint of its own over a relay stream through `session`'s

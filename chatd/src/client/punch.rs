@@ -98,8 +98,9 @@ pub(crate) async fn direct(
             }
         });
     }
-    tasks.spawn(accept_friend(client.endpoint().clone(), fid, tx));
+    let accepting = client.accept_from(fid, tx);
     let chat = agree(me, fid, rx, tokio::time::Instant::now() + budget).await;
+    drop(accepting);
     tasks.abort_all();
     tracing::debug!(
         probes = sent.load(Ordering::Relaxed),

@@ -29,7 +29,7 @@ use crate::client::chat::{Frame, Session};
 use crate::client::friends::{KnownFriends, Pin};
 use crate::client::unix_millis;
 use crate::client::{Client, Meeting, Refused, Session as ClientSession};
-use crate::net::framing::{read_msg, write_msg};
+use crate::net::framing::write_msg;
 use crate::net::identity::{Id, Keypair, ServerAddr};
 use anyhow::Context;
 use overlay::PeerId;
@@ -75,10 +75,10 @@ fn lan_addr(server: SocketAddr, port: u16) -> Option<SocketAddr> {
 
 /// The longest start delay a server hands out (guards against a skewed
 /// server clock).
-const MAX_START_DELAY: Duration = Duration::from_secs(1);
+pub(super) const MAX_START_DELAY: Duration = Duration::from_secs(1);
 
 /// Whether `r` is the friend asked for.
-fn friend_matches(wanted: &FriendRef, r: &PeerRecord) -> bool {
+pub(super) fn friend_matches(wanted: &FriendRef, r: &PeerRecord) -> bool {
     match wanted {
         FriendRef::Id(id) => r.body.peer == *id,
         FriendRef::Name(n) => r.body.name == *n,
@@ -265,7 +265,11 @@ async fn chat_until_done(
 
 /// The first home: a few tries (a connection lost on the way in, under
 /// loss, is no reason to give up), each reported.
-async fn establish_first(client: &Client, opts: &Options, homes: &Homes) -> anyhow::Result<Home> {
+pub(super) async fn establish_first(
+    client: &Client,
+    opts: &Options,
+    homes: &Homes,
+) -> anyhow::Result<Home> {
     let mut tries = 0;
     loop {
         tries += 1;
@@ -332,7 +336,7 @@ fn pin_friend(opts: &mut Options, friend: &PeerRecord) {
 /// The servers this client knows — the `--server`s first, then every live
 /// server a server listed (same address family as our socket) — and the
 /// sequence numbers of its records.
-struct Homes {
+pub(super) struct Homes {
     known: Mutex<Vec<ServerAddr>>,
     /// Ids listed live by the last `Servers` answer, least loaded first.
     live: Mutex<Vec<PeerId>>,
@@ -411,10 +415,10 @@ const RELAY_CHOICE_WAIT: Duration = Duration::from_secs(2);
 /// The current home server: the session our record lives on, and the
 /// notices it sends.
 #[derive(Clone)]
-struct Home {
-    session: ClientSession,
+pub(super) struct Home {
+    pub(super) session: ClientSession,
     nat: NatMapping,
-    inbox: Inbox,
+    pub(super) inbox: Inbox,
     /// The watch on the server ([`ClientSession::watch`]), stopped when
     /// the last copy of this home goes.
     _watch: Arc<Watch>,
@@ -434,8 +438,12 @@ impl Drop for Watch {
 /// (`Notice::Relay`, for whoever connects, and for a relayed chat that may
 /// move to a better relay).
 #[derive(Clone)]
-struct Inbox {
-    friends: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Notice>>>,
+pub(super) struct Inbox {
+    /// `Notice::Friend`s not taken yet (their records and start instants),
+    /// oldest first, at most [`MAX_FRIEND_NOTICES`]: whoever waits for a
+    /// friend takes the ones about it (a room waits for several).
+    friends: Arc<Mutex<FriendNotices>>,
+    friend_heard: Arc<tokio::sync::Notify>,
     /// The latest ranking per friend, oldest first.
     relays: Arc<Mutex<Vec<(PeerId, Ranking)>>>,
     relay_heard: Arc<tokio::sync::Notify>,
@@ -454,14 +462,25 @@ static RANKINGS: AtomicU64 = AtomicU64::new(0);
 
 /// Most relay rankings remembered per session (one per friend met lately).
 const MAX_RELAY_CHOICES: usize = 16;
+/// Most friend notices kept untaken per session (the oldest go first).
+const MAX_FRIEND_NOTICES: usize = 32;
+
+#[derive(Default)]
+struct FriendNotices {
+    notices: std::collections::VecDeque<(PeerRecord, Duration, tokio::time::Instant)>,
+    /// The server connection ended: no more will come.
+    ended: bool,
+}
 
 impl Inbox {
     fn new(session: &ClientSession) -> Inbox {
         let mut raw = session.notices();
-        let (tx, friends) = tokio::sync::mpsc::channel(16);
+        let friends: Arc<Mutex<FriendNotices>> = Arc::default();
+        let friend_heard = Arc::new(tokio::sync::Notify::new());
         let relays: Arc<Mutex<Vec<(PeerId, Ranking)>>> = Arc::default();
         let relay_heard = Arc::new(tokio::sync::Notify::new());
         let (board, heard) = (relays.clone(), relay_heard.clone());
+        let (met, met_heard) = (friends.clone(), friend_heard.clone());
         tokio::spawn(async move {
             while let Some(n) = raw.recv().await {
                 match n {
@@ -479,23 +498,64 @@ impl Inbox {
                         drop(b);
                         heard.notify_waiters();
                     }
-                    other => {
-                        if tx.send(other).await.is_err() {
-                            return;
+                    Notice::Friend {
+                        record,
+                        start_in_ms,
+                    } => {
+                        let mut f = crate::net::lock(&met);
+                        if f.notices.len() >= MAX_FRIEND_NOTICES {
+                            f.notices.pop_front();
                         }
+                        let start_in = Duration::from_millis(start_in_ms.into());
+                        f.notices
+                            .push_back((record, start_in, tokio::time::Instant::now()));
+                        drop(f);
+                        met_heard.notify_waiters();
                     }
                 }
             }
+            crate::net::lock(&met).ended = true;
+            met_heard.notify_waiters();
         });
         Inbox {
-            friends: Arc::new(tokio::sync::Mutex::new(friends)),
+            friends,
+            friend_heard,
             relays,
             relay_heard,
         }
     }
 
+    /// The first friend notice whose record `wanted` takes (removed), with
+    /// the time left until its start instant; waits until `until` for one.
+    /// `Err` when the server connection ended.
+    pub(super) async fn friend(
+        &self,
+        wanted: impl Fn(&PeerRecord) -> bool,
+        until: tokio::time::Instant,
+    ) -> Result<Option<(PeerRecord, Duration)>, ()> {
+        loop {
+            let heard = self.friend_heard.notified();
+            tokio::pin!(heard);
+            heard.as_mut().enable();
+            {
+                let mut f = crate::net::lock(&self.friends);
+                if let Some(i) = f.notices.iter().position(|(r, _, _)| wanted(r))
+                    && let Some((r, start_in, at)) = f.notices.remove(i)
+                {
+                    return Ok(Some((r, start_in.saturating_sub(at.elapsed()))));
+                }
+                if f.ended {
+                    return Err(());
+                }
+            }
+            if tokio::time::timeout_at(until, heard).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Forgets an earlier ranking for `friend` (before a new meeting).
-    fn forget_relay(&self, friend: &FriendRef) {
+    pub(super) fn forget_relay(&self, friend: &FriendRef) {
         if let FriendRef::Id(id) = friend {
             crate::net::lock(&self.relays).retain(|(f, _)| f != id);
         }
@@ -529,7 +589,7 @@ impl Inbox {
 }
 
 impl Homes {
-    fn new(bootstrap: &[ServerAddr], bind: SocketAddr) -> Homes {
+    pub(super) fn new(bootstrap: &[ServerAddr], bind: SocketAddr) -> Homes {
         let mut known: Vec<ServerAddr> = Vec::new();
         for s in bootstrap {
             if !known.contains(s) {
@@ -776,7 +836,7 @@ impl Homes {
     /// there is one (`Some(new home)`). In a chat relayed with `relayed`,
     /// new RTTs also ask the servers to rank the pair's relays again (the
     /// chat moves if a better relay comes first).
-    async fn upkeep(
+    pub(super) async fn upkeep(
         &self,
         client: &Client,
         opts: &Options,
@@ -818,7 +878,12 @@ impl Homes {
     }
 
     /// Registers a fresh record (new seq, current addresses) at `home`.
-    async fn reregister(&self, client: &Client, opts: &Options, home: &Home) -> anyhow::Result<()> {
+    pub(super) async fn reregister(
+        &self,
+        client: &Client,
+        opts: &Options,
+        home: &Home,
+    ) -> anyhow::Result<()> {
         let public = home.session.who_am_i().await?;
         self.register(client, opts, home, public).await
     }
@@ -851,7 +916,7 @@ impl Homes {
 
     /// After the home server failed (its `session`): another server,
     /// registered.
-    async fn rehome(
+    pub(super) async fn rehome(
         &self,
         client: &Client,
         opts: &Options,
@@ -980,19 +1045,15 @@ async fn find_friend(
         // A notice when the friend registers; a fresh ask now and then in
         // case the friend re-registered at another server.
         let poll = tokio::time::Instant::now() + MEET_POLL;
-        let inbox = home.inbox.clone();
-        let mut notices = inbox.friends.lock().await;
-        match tokio::time::timeout_at(poll.min(deadline), notices.recv()).await {
-            Ok(Some(Notice::Friend {
-                record,
-                start_in_ms,
-            })) if friend_matches(wanted, &record) && record.body.seq > seen_seq => {
+        let takes = |r: &PeerRecord| friend_matches(wanted, r) && r.body.seq > seen_seq;
+        match home.inbox.friend(takes, poll.min(deadline)).await {
+            Ok(Some((record, start_in))) => {
                 say_found(&record);
-                return Ok((record, Duration::from_millis(start_in_ms.into())));
+                return Ok((record, start_in));
             }
-            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => {}
             // The server connection ended: the loop's top moves on.
-            Ok(None) => home.session.close(),
+            Err(()) => home.session.close(),
         }
     }
 }
@@ -1023,7 +1084,7 @@ async fn warn_if_name_moved(session: &ClientSession, opts: &Options, pinned: Pee
 }
 
 /// The error for a name that several online peers use.
-fn ambiguous(wanted: &FriendRef, candidates: &[PeerRecord]) -> anyhow::Error {
+pub(super) fn ambiguous(wanted: &FriendRef, candidates: &[PeerRecord]) -> anyhow::Error {
     status(&format!(
         "{} online peers use the name {}:",
         candidates.len(),
@@ -1046,7 +1107,7 @@ fn ambiguous(wanted: &FriendRef, candidates: &[PeerRecord]) -> anyhow::Error {
     )
 }
 
-fn say_found(friend: &PeerRecord) {
+pub(super) fn say_found(friend: &PeerRecord) {
     status(&format!(
         "friend found: {} ({}) at {} (private {:?}, NAT mapping: {})",
         friend.body.name,
@@ -1228,7 +1289,7 @@ fn describe(f: &FriendRef) -> String {
 
 /// How a connection to the friend goes.
 #[derive(Clone, Debug)]
-enum PathKind {
+pub(super) enum PathKind {
     /// Direct, to one of the friend's LAN addresses.
     Lan,
     /// Direct, through the NATs.
@@ -1248,11 +1309,11 @@ impl std::fmt::Display for PathKind {
 }
 
 /// A connection to the friend with the chat stream open on it.
-struct Path {
+pub(super) struct Path {
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    kind: PathKind,
+    pub(super) kind: PathKind,
     /// Fires when a relayed path's stream through the server ends.
     relay_closed: Option<tokio::sync::oneshot::Receiver<()>>,
     /// The connection to the relay server (kept open; watched).
@@ -1264,7 +1325,7 @@ struct Path {
 /// Early frames for a relayed path ([`crate::client::early`]): sealed
 /// messages to send at once, and where the friend's go.
 #[derive(Clone, Default)]
-struct Early {
+pub(super) struct Early {
     out: Vec<bytes::Bytes>,
     inbox: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
 }
@@ -1356,7 +1417,8 @@ const RELAY_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The direct attempt still running beside a relayed chat: the direct
 /// path when it comes up.
-type Upgrade<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Path>> + 'a>>;
+pub(super) type Upgrade<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Path>> + Send + 'a>>;
 
 /// The path to the friend, at once (Tailscale's way): the relay and the
 /// direct attempts start together, and the chat begins on whichever is
@@ -1366,7 +1428,7 @@ type Upgrade<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Re
 /// running (for `direct_timeout`, 1 s when both NATs map per destination:
 /// then only a LAN path can work), to upgrade to. `direct_timeout` 0:
 /// relay only.
-async fn connect<'a>(
+pub(super) async fn connect<'a>(
     client: &'a Client,
     homes: &Homes,
     home: &Home,
@@ -1808,12 +1870,12 @@ enum End {
 /// friend to finish too.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How often a chatting client checks whether its record is due.
-const REFRESH_CHECK: Duration = Duration::from_secs(10);
+pub(super) const REFRESH_CHECK: Duration = Duration::from_secs(10);
 /// How often a relayed chat asks its home server for the live servers
 /// (a new one is measured at once, and may be a better relay).
 const RELAYED_CHECK: Duration = Duration::from_secs(1);
 /// After a failed move to another server, the next try waits this long.
-const REHOME_RETRY: Duration = Duration::from_secs(2);
+pub(super) const REHOME_RETRY: Duration = Duration::from_secs(2);
 
 /// Work on the home server that runs beside the chat: a move to another
 /// server (`Some(home)`) or a refreshed record (`None`).
@@ -1826,11 +1888,11 @@ const RELAY_LINGER: Duration = Duration::from_secs(5);
 
 /// A path in use: frames read from it go to the conversation, tagged with
 /// its number (`None` when it ended).
-struct Live {
-    id: u32,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    kind: PathKind,
+pub(super) struct Live {
+    pub(super) id: u32,
+    pub(super) conn: quinn::Connection,
+    pub(super) send: quinn::SendStream,
+    pub(super) kind: PathKind,
     reader: tokio::task::JoinHandle<()>,
     /// The relay server's connection and the watch on it (relayed paths).
     relay_session: Option<RelayCarrier>,
@@ -1838,10 +1900,23 @@ struct Live {
     ranking: Ranking,
 }
 
-type Tagged = (u32, Option<Frame>);
+pub(super) type Tagged<F = Frame> = (u32, Option<F>);
 
 impl Live {
     fn start(path: Path, id: u32, frames: &tokio::sync::mpsc::Sender<Tagged>) -> Live {
+        Live::start_with(path, id, frames, crate::net::framing::MAX_FRAME)
+    }
+
+    /// [`Live::start`] for frames of type `F`, each at most `max` bytes.
+    pub(super) fn start_with<F>(
+        path: Path,
+        id: u32,
+        frames: &tokio::sync::mpsc::Sender<Tagged<F>>,
+        max: usize,
+    ) -> Live
+    where
+        F: for<'de> serde::Deserialize<'de> + Send + 'static,
+    {
         let Path {
             conn,
             send,
@@ -1875,7 +1950,7 @@ impl Live {
         });
         let tx = frames.clone();
         let reader = tokio::spawn(async move {
-            while let Ok(f) = read_msg::<Frame>(&mut recv).await {
+            while let Ok(f) = crate::net::framing::read_msg_max::<F>(&mut recv, max).await {
                 if tx.send((id, Some(f))).await.is_err() {
                     return;
                 }
@@ -1912,7 +1987,7 @@ impl Live {
 
     /// Stops reading and closes the connection with `code` (and the relay
     /// server's).
-    fn close(self, code: u32, why: &[u8]) {
+    pub(super) fn close(self, code: u32, why: &[u8]) {
         self.stop_tasks();
         self.conn.close(code.into(), why);
         if let Some(s) = self.relay_session.filter(|s| s.own) {
