@@ -223,6 +223,47 @@ fn four_members_print_the_same_sequence() {
 }
 
 #[test]
+fn a_member_met_only_through_the_log_counts_like_the_others() {
+    // Member 3 could not resolve 4 (listed by a name not met yet): it
+    // starts with [1, 2, 3]. The host lets 4 in; 3 counts 4 as the others
+    // do, so every member computes the same majority, and 3 hears 4 once
+    // its Join is in the log.
+    let mut net = Net::new();
+    for m in [1, 2, 4] {
+        net.start(m, &[1, 2, 3, 4]);
+    }
+    net.start(3, &[1, 2, 3]);
+    net.run(Duration::from_secs(4));
+    for m in 1..=4 {
+        let active: Vec<M> = net.rooms[&m].active().copied().collect();
+        assert_eq!(active, vec![1, 2, 3, 4], "member {m}'s active members");
+    }
+    chat(&mut net, &[1, 2, 3, 4], "hi", 2);
+    net.kill(1);
+    net.run(Duration::from_secs(4));
+    let host = net.host_of(2);
+    assert!(host.is_some_and(|h| h != 1), "a new host: {host:?}");
+    for m in [3, 4] {
+        assert_eq!(net.host_of(m), host, "member {m} follows the new host");
+    }
+    chat(&mut net, &[2, 3, 4], "after", 2);
+    net.run(Duration::from_secs(2));
+    net.assert_agree(&[2, 3, 4]);
+}
+
+#[test]
+fn a_held_member_does_not_start_a_room_until_released() {
+    let mut net = Net::new();
+    net.start(1, &[1, 2]);
+    net.rooms.get_mut(&1).unwrap().hold_start(true);
+    net.run(Duration::from_secs(5));
+    assert_eq!(net.host_of(1), None, "held: no new room");
+    net.rooms.get_mut(&1).unwrap().hold_start(false);
+    net.run(Duration::from_millis(100));
+    assert_eq!(net.host_of(1), Some(1), "released: it starts the room");
+}
+
+#[test]
 fn a_killed_host_is_replaced_within_three_seconds_and_nothing_is_lost() {
     let mut net = Net::new();
     net.start_all(&[1, 2, 3, 4]);
