@@ -12,6 +12,7 @@
 //! them with these lists.
 
 use chatd::client::chat::Frame;
+use chatd::client::room::Wire;
 use ed25519_dalek::SigningKey;
 use overlay::PeerId;
 use rendezvous::latency::LatencyVector;
@@ -420,6 +421,93 @@ pub fn server_vectors() -> Vec<(&'static str, ServerMsg)> {
     ]
 }
 
+/// Room-link frames (SPEC §11.10): alice's room "team" with bob.
+pub fn room_vectors() -> Vec<(&'static str, Wire)> {
+    let (a, b) = (id(ALICE), id(BOB));
+    let text = |n: u64, t: &str| room::Body::Text {
+        id: room::MsgId {
+            sender: a,
+            run: 0x0123_4567_89ab_cdef,
+            n,
+        },
+        text: t.into(),
+    };
+    vec![
+        ("hello", Wire::Hello),
+        ("room", Wire::Room { room: "team".into() }),
+        (
+            "append",
+            Wire::Msg(room::Msg::Append(room::Append {
+                epoch: 2,
+                prev: (1, 4),
+                fresh: false,
+                entries: vec![
+                    room::Entry {
+                        epoch: 2,
+                        body: room::Body::Join(b),
+                    },
+                    room::Entry {
+                        epoch: 2,
+                        body: text(1, "hello, room"),
+                    },
+                ],
+                commit: 5,
+                candidates: vec![a, b],
+            })),
+        ),
+        (
+            "appended",
+            Wire::Msg(room::Msg::Appended {
+                epoch: 2,
+                ok: true,
+                matched: 6,
+            }),
+        ),
+        (
+            "post",
+            Wire::Msg(room::Msg::Post {
+                id: room::MsgId {
+                    sender: a,
+                    run: 0x0123_4567_89ab_cdef,
+                    n: 2,
+                },
+                text: "grüße 👋".into(),
+            }),
+        ),
+        ("delays", Wire::Msg(room::Msg::Delays(vec![(b, 12_500)]))),
+        (
+            "hello-room",
+            Wire::Msg(room::Msg::Hello {
+                epoch: 0,
+                last: (0, 0),
+            }),
+        ),
+        (
+            "request-vote",
+            Wire::Msg(room::Msg::RequestVote {
+                pre: true,
+                epoch: 3,
+                last: (2, 6),
+                commit: 5,
+            }),
+        ),
+        (
+            "vote",
+            Wire::Msg(room::Msg::Vote {
+                pre: false,
+                epoch: 3,
+                granted: true,
+                last: (2, 6),
+                tail: vec![room::Entry {
+                    epoch: 2,
+                    body: text(1, "hello, room"),
+                }],
+            }),
+        ),
+        ("ineligible", Wire::Msg(room::Msg::Ineligible { epoch: 3 })),
+    ]
+}
+
 /// Chat frames (u32-framed, on the chat stream between two peers).
 pub fn chat_vectors() -> Vec<(&'static str, Frame)> {
     vec![
@@ -711,6 +799,17 @@ pub fn vector_files() -> Vec<VectorFile> {
                 GENERATED,
             ],
             vectors: framed(named(chat_vectors())),
+        },
+        VectorFile {
+            name: "room.txt",
+            header: &[
+                "Room-link frames (chatd::client::room::Wire, room::Msg inside): NAME HEX, each",
+                "a complete frame: u32 big-endian length (at most 9437184, ROOM_FRAME_MAX),",
+                "postcard body. SPEC §11.10.",
+                KEYS,
+                GENERATED,
+            ],
+            vectors: framed(named(room_vectors())),
         },
         VectorFile {
             name: "relay.txt",

@@ -231,6 +231,45 @@ fn chat_frames_decode_and_reencode_byte_for_byte() {
 }
 
 #[test]
+fn room_frames_decode_and_reencode_byte_for_byte() {
+    use chatd::client::room::{ROOM_FRAME_MAX, Wire};
+    let d = check_framed("room.txt", &owned(app::room_vectors()), ROOM_FRAME_MAX);
+    // The link's own tags (2 = the chat stream's Hello) and every room
+    // message inside tag 5.
+    let mut msgs = [false; 8];
+    for (w, body) in &d {
+        let tag = match w {
+            Wire::Hello => 2,
+            Wire::Room { .. } => 4,
+            Wire::Msg(m) => {
+                let t: u8 = match m {
+                    room::Msg::Append(_) => 0,
+                    room::Msg::Appended { .. } => 1,
+                    room::Msg::Post { .. } => 2,
+                    room::Msg::Delays(_) => 3,
+                    room::Msg::Hello { .. } => 4,
+                    room::Msg::RequestVote { .. } => 5,
+                    room::Msg::Vote { .. } => 6,
+                    room::Msg::Ineligible { .. } => 7,
+                };
+                assert_eq!(body.get(1), Some(&t), "room.txt: room message tag {t}");
+                msgs[usize::from(t)] = true;
+                5
+            }
+            other => panic!("room.txt: {other:?} is not sent on a room link"),
+        };
+        assert_eq!(body.first(), Some(&tag), "room.txt: tag byte {tag}");
+    }
+    assert!(msgs.iter().all(|s| *s), "room.txt: a vector per room message");
+}
+
+#[test]
+fn malformed_room_frames_fail_with_their_kind() {
+    use chatd::client::room::{ROOM_FRAME_MAX, Wire};
+    check_framed_malformed::<Wire>("room-malformed.txt", ROOM_FRAME_MAX);
+}
+
+#[test]
 fn payloads_decode_and_reencode_byte_for_byte() {
     let vectors = file("payload.txt", false);
     let canonical = owned(app::payload_vectors());

@@ -57,7 +57,7 @@ pub const MAX_ROOM_NAME: usize = 64;
 /// Longest frame on a room link: a vote's tail ([`room::MAX_TAIL`]
 /// entries of up to [`room::MAX_CHARS`] characters, 4 bytes each at
 /// most) with room to spare. Only a member's proven key gets a link.
-const ROOM_FRAME_MAX: usize = 9 << 20;
+pub const ROOM_FRAME_MAX: usize = 9 << 20;
 /// The first wait between invitations (meet requests) to a member, and
 /// the longest.
 const INVITE_FIRST: Duration = Duration::from_secs(1);
@@ -73,11 +73,11 @@ const START_HOLD: Duration = Duration::from_secs(30);
 /// Messages queued for one link; more are dropped (the core resends).
 const LINK_QUEUE: usize = 256;
 
-/// A frame on a room link. The variant numbers continue the chat
-/// stream's (`chat::Frame`): the side that opened the path sends
+/// A frame on a room link (SPEC §11.10). The variant numbers continue the
+/// chat stream's (`chat::Frame`): the side that opened the path sends
 /// `Frame::Hello` (variant 2) first, read here as [`Wire::Hello`].
-#[derive(Serialize, Deserialize, Debug)]
-enum Wire {
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub enum Wire {
     /// A chat message: not on a room link.
     NotRoom0,
     /// A chat acknowledgement: not on a room link.
