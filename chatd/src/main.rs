@@ -353,11 +353,13 @@ fn chat(args: ChatArgs) -> anyhow::Result<()> {
 }
 
 fn room(args: RoomArgs) -> anyhow::Result<()> {
+    let members: Vec<_> = args.members.into_iter().map(friend_ref).collect();
+    // Before any key is made: the arguments make a room.
+    chatd::client::room::check(&args.room, &args.name, &members)?;
     let me = Me::open(args.data_dir, args.key, args.direct_timeout)?;
     let bind = args
         .bind
         .unwrap_or_else(|| chatd::client::any_addr_for(args.servers[0].addr));
-    let members = args.members.into_iter().map(friend_ref).collect();
     let opts = chatd::client::room::RoomOptions {
         room: args.room,
         members,

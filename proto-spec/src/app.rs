@@ -434,7 +434,12 @@ pub fn room_vectors() -> Vec<(&'static str, Wire)> {
     };
     vec![
         ("hello", Wire::Hello),
-        ("room", Wire::Room { room: "team".into() }),
+        (
+            "room",
+            Wire::Room {
+                room: "team".into(),
+            },
+        ),
         (
             "append",
             Wire::Msg(room::Msg::Append(room::Append {

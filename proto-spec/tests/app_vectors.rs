@@ -260,7 +260,10 @@ fn room_frames_decode_and_reencode_byte_for_byte() {
         };
         assert_eq!(body.first(), Some(&tag), "room.txt: tag byte {tag}");
     }
-    assert!(msgs.iter().all(|s| *s), "room.txt: a vector per room message");
+    assert!(
+        msgs.iter().all(|s| *s),
+        "room.txt: a vector per room message"
+    );
 }
 
 #[test]

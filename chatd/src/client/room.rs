@@ -157,7 +157,7 @@ pub async fn run(opts: RoomOptions) -> anyhow::Result<()> {
 
 /// The arguments make sense: a room name, members other than us, each
 /// once, not too many.
-fn check(room: &str, name: &str, members: &[FriendRef]) -> anyhow::Result<()> {
+pub fn check(room: &str, name: &str, members: &[FriendRef]) -> anyhow::Result<()> {
     if room.is_empty() || room.len() > MAX_ROOM_NAME {
         anyhow::bail!("the room's name must be 1 to {MAX_ROOM_NAME} bytes");
     }
