@@ -120,6 +120,16 @@ struct ChatArgs {
     /// chat).
     #[arg(long)]
     to: String,
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Seconds to wait for the friend to come online.
+    #[arg(long, default_value_t = 120)]
+    wait: u64,
+}
+
+/// What every client command (chat, room) takes.
+#[derive(clap::Args, Debug)]
+struct ClientArgs {
     /// A server to use, ID@HOST:PORT (repeat: the next is tried when one
     /// does not answer; servers they list are used too, e.g. when your
     /// server dies mid-chat).
@@ -132,17 +142,14 @@ struct ChatArgs {
     /// Your key file, created if missing [default: DATA_DIR/client.key].
     #[arg(long)]
     key: Option<PathBuf>,
-    /// Talk to the friend even if its name now maps to another key than
-    /// the one pinned, and pin the new key.
+    /// Talk to a friend (or member) even if its name now maps to another
+    /// key than the one pinned, and pin the new key.
     #[arg(long)]
     accept_new_key: bool,
     /// Local UDP address (one socket for server, punching and chat)
     /// [default: 0.0.0.0:0, or [::]:0 when the first server is IPv6].
     #[arg(long)]
     bind: Option<SocketAddr>,
-    /// Seconds to wait for the friend to come online.
-    #[arg(long, default_value_t = 120)]
-    wait: u64,
     /// Seconds to try a direct path before relaying through a server.
     #[arg(long, default_value_t = 5.0)]
     direct_timeout: f64,
@@ -159,28 +166,11 @@ struct RoomArgs {
     /// connected); repeat for each.
     #[arg(long = "member", value_name = "FRIEND", required = true)]
     members: Vec<String>,
-    /// A server to use, ID@HOST:PORT (repeat: fallbacks).
-    #[arg(long = "server", value_name = "ID@HOST:PORT", required = true)]
-    servers: Vec<ServerAddr>,
-    /// Where your key and known friends live [default: $XDG_DATA_HOME/chatd,
-    /// else ~/.local/share/chatd].
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// Your key file, created if missing [default: DATA_DIR/client.key].
-    #[arg(long)]
-    key: Option<PathBuf>,
-    /// Accept members whose names now map to other keys than pinned.
-    #[arg(long)]
-    accept_new_key: bool,
-    /// Local UDP address [default: 0.0.0.0:0, or [::]:0 for IPv6 servers].
-    #[arg(long)]
-    bind: Option<SocketAddr>,
+    #[command(flatten)]
+    client: ClientArgs,
     /// Seconds to keep inviting a member that is not online.
     #[arg(long, default_value_t = 600)]
     wait: u64,
-    /// Seconds to try a direct path to a member (beside the relay).
-    #[arg(long, default_value_t = 5.0)]
-    direct_timeout: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -331,24 +321,10 @@ fn status(admin: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn chat(args: ChatArgs) -> anyhow::Result<()> {
-    let me = Me::open(args.data_dir, args.key, args.direct_timeout)?;
     let friend = friend_ref(args.to);
-    let bind = args
-        .bind
-        .unwrap_or_else(|| chatd::client::any_addr_for(args.servers[0].addr));
-    let opts = chatd::client::run::Options {
-        name: args.name,
-        friend,
-        servers: args.servers,
-        keypair: me.keypair,
-        bind,
-        wait: Duration::from_secs(args.wait),
-        direct_timeout: me.direct_timeout,
-        known: me.known,
-        accept_new_key: args.accept_new_key,
-    };
+    let (opts, lock) = client_options(args.client, args.name, friend, args.wait)?;
     let res = in_runtime(chatd::client::run::run(opts));
-    drop(me.lock);
+    drop(lock);
     res
 }
 
@@ -356,28 +332,43 @@ fn room(args: RoomArgs) -> anyhow::Result<()> {
     let members: Vec<_> = args.members.into_iter().map(friend_ref).collect();
     // Before any key is made: the arguments make a room.
     chatd::client::room::check(&args.room, &args.name, &members)?;
-    let me = Me::open(args.data_dir, args.key, args.direct_timeout)?;
-    let bind = args
-        .bind
-        .unwrap_or_else(|| chatd::client::any_addr_for(args.servers[0].addr));
+    // (A room's `friend` is not used.)
+    let me = rendezvous::FriendRef::Name(args.name.clone());
+    let (chat, lock) = client_options(args.client, args.name, me, args.wait)?;
     let opts = chatd::client::room::RoomOptions {
         room: args.room,
         members,
-        chat: chatd::client::run::Options {
-            name: args.name.clone(),
-            friend: rendezvous::FriendRef::Name(args.name),
-            servers: args.servers,
-            keypair: me.keypair,
-            bind,
-            wait: Duration::from_secs(args.wait),
-            direct_timeout: me.direct_timeout,
-            known: me.known,
-            accept_new_key: args.accept_new_key,
-        },
+        chat,
     };
     let res = in_runtime(chatd::client::room::run(opts));
-    drop(me.lock);
+    drop(lock);
     res
+}
+
+/// A client's options from its flags: the key opened (and locked: keep
+/// the file until the client ends), the bind address defaulted.
+fn client_options(
+    c: ClientArgs,
+    name: String,
+    friend: rendezvous::FriendRef,
+    wait: u64,
+) -> anyhow::Result<(chatd::client::run::Options, std::fs::File)> {
+    let me = Me::open(c.data_dir, c.key, c.direct_timeout)?;
+    let bind = c
+        .bind
+        .unwrap_or_else(|| chatd::client::any_addr_for(c.servers[0].addr));
+    let opts = chatd::client::run::Options {
+        name,
+        friend,
+        servers: c.servers,
+        keypair: me.keypair,
+        bind,
+        wait: Duration::from_secs(wait),
+        direct_timeout: me.direct_timeout,
+        known: me.known,
+        accept_new_key: c.accept_new_key,
+    };
+    Ok((opts, me.lock))
 }
 
 /// A peer id, or else a name.

@@ -216,6 +216,44 @@ async fn accept_loop(endpoint: quinn::Endpoint, accepts: Arc<std::sync::Mutex<Ac
     }
 }
 
+/// Stdin, line by line.
+pub(crate) fn stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    tokio::spawn(async move {
+        let mut stdin =
+            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+        while let Ok(Some(line)) = stdin.next_line().await {
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Ctrl-C and SIGTERM, one `()` each (while the receiver lives).
+pub(crate) fn interrupts() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            let terminate = async {
+                match term.as_mut() {
+                    Some(t) => t.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => if r.is_err() { return },
+                _ = terminate => {}
+            }
+            let _ = tx.try_send(());
+        }
+    });
+    rx
+}
+
 impl Client {
     /// A client with `keypair`, bound to `bind` (use port 0 for any).
     pub fn new(keypair: Keypair, bind: SocketAddr) -> anyhow::Result<Client> {

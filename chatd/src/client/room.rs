@@ -37,7 +37,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 /// What `chatd room` was asked to do.
@@ -268,10 +267,10 @@ async fn in_room(ctx: &Arc<Ctx>, members: Vec<FriendRef>) -> anyhow::Result<()> 
     names.insert(me, ctx.opts.name.clone());
     let mut paths: BTreeMap<PeerId, mpsc::Sender<room::Msg<PeerId>>> = BTreeMap::new();
     let mut rtts: BTreeMap<PeerId, Duration> = BTreeMap::new();
-    let mut lines = stdin_lines();
+    let mut lines = crate::client::stdin_lines();
     let mut input_open = true;
     let mut leave_by: Option<tokio::time::Instant> = None;
-    let mut interrupts = interrupts();
+    let mut interrupts = crate::client::interrupts();
     let mut delays = tokio::time::interval(DELAYS_EVERY);
     let mut shown = Shown::default();
     // Members online whose paths are not up yet: while there are any (for
@@ -452,43 +451,6 @@ impl Shown {
             room::Event::Refused(why) => status(&format!("not sent: {why}")),
         }
     }
-}
-
-/// Stdin, line by line.
-fn stdin_lines() -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel::<String>(64);
-    tokio::spawn(async move {
-        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = stdin.next_line().await {
-            if tx.send(line).await.is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Ctrl-C and SIGTERM.
-fn interrupts() -> mpsc::Receiver<()> {
-    let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        loop {
-            let terminate = async {
-                match term.as_mut() {
-                    Some(t) => t.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                r = tokio::signal::ctrl_c() => if r.is_err() { return },
-                _ = terminate => {}
-            }
-            let _ = tx.try_send(());
-        }
-    });
-    rx
 }
 
 /// One other member: meet, connect, carry room messages, again after a

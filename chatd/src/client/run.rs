@@ -40,7 +40,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncBufReadExt;
 
 /// What `chatd chat` was asked to do.
 pub struct Options {
@@ -1763,33 +1762,17 @@ struct Input {
 
 impl Input {
     fn stdin(endpoint: quinn::Endpoint) -> Input {
-        let (tx, lines) = tokio::sync::mpsc::channel::<String>(64);
-        tokio::spawn(async move {
-            let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-            while let Ok(Some(line)) = stdin.next_line().await {
-                if tx.send(line).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let lines = crate::client::stdin_lines();
         let chatting = Arc::new(AtomicBool::new(false));
         let pending: Arc<Mutex<Vec<String>>> = Arc::default();
         let (stop_tx, stop) = tokio::sync::mpsc::channel(1);
         let (in_chat, unacked) = (chatting.clone(), pending.clone());
+        let mut interrupts = crate::client::interrupts();
         tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             let mut times = 0;
             loop {
-                let terminate = async {
-                    match term.as_mut() {
-                        Some(t) => t.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    r = tokio::signal::ctrl_c() => if r.is_err() { return },
-                    _ = terminate => {}
+                if interrupts.recv().await.is_none() {
+                    return;
                 }
                 times += 1;
                 if times > 1 || !in_chat.load(Ordering::SeqCst) {
