@@ -194,16 +194,13 @@ async fn accept_loop(endpoint: quinn::Endpoint, accepts: Arc<std::sync::Mutex<Ac
             let Ok(Ok(conn)) = tokio::time::timeout(ACCEPT_TIMEOUT, incoming).await else {
                 return;
             };
-            let waiter = (tls::alpn_of(&conn).as_deref() == Some(CHAT_ALPN))
-                .then(|| tls::peer_of(&conn))
-                .flatten()
-                .and_then(|peer| {
-                    crate::net::lock(&accepts)
-                        .waiters
-                        .iter()
-                        .find(|(f, _)| *f == peer)
-                        .map(|(_, tx)| tx.clone())
-                });
+            let waiter = chat_peer(&conn).and_then(|peer| {
+                crate::net::lock(&accepts)
+                    .waiters
+                    .iter()
+                    .find(|(f, _)| *f == peer)
+                    .map(|(_, tx)| tx.clone())
+            });
             match waiter {
                 Some(tx) => {
                     if let Err(e) = tx.send(conn).await {
@@ -214,6 +211,14 @@ async fn accept_loop(endpoint: quinn::Endpoint, accepts: Arc<std::sync::Mutex<Ac
             }
         });
     }
+}
+
+/// The peer of a chat connection (the chat ALPN, its key proven); `None`
+/// for anything else.
+pub(crate) fn chat_peer(conn: &quinn::Connection) -> Option<PeerId> {
+    (tls::alpn_of(conn).as_deref() == Some(CHAT_ALPN))
+        .then(|| tls::peer_of(conn))
+        .flatten()
 }
 
 /// Stdin, line by line.

@@ -6,7 +6,7 @@
 
 use crate::client::chat::Frame;
 use crate::client::status;
-use crate::client::{CHAT_ALPN, Client};
+use crate::client::Client;
 use crate::net::framing::write_msg;
 use overlay::PeerId;
 use rand::RngExt;
@@ -194,8 +194,7 @@ pub(crate) async fn accept_friend(
 }
 
 fn is_friend(conn: &quinn::Connection, fid: PeerId) -> bool {
-    crate::net::tls::alpn_of(conn).as_deref() == Some(CHAT_ALPN)
-        && crate::net::tls::peer_of(conn) == Some(fid)
+    crate::client::chat_peer(conn) == Some(fid)
 }
 
 /// Probe rounds: one datagram to every candidate every `PUNCH_EVERY`, at

@@ -24,11 +24,11 @@
 #![allow(clippy::print_stdout)] // the room's messages are the command's output
 
 use super::run::{
-    Early, Home, Homes, Live, Options, Path, REFRESH_CHECK, REHOME_RETRY, Tagged, connect,
-    establish_first, friend_matches,
+    Asked, Early, Home, Homes, Live, Options, Path, REFRESH_CHECK, REHOME_RETRY, Tagged, ask_meet,
+    connect, describe, establish_first, friend_matches, pin_name, resolve,
 };
-use crate::client::friends::{KnownFriends, Pin};
-use crate::client::{Client, Meeting, Refused, status};
+use crate::client::friends::KnownFriends;
+use crate::client::{Client, status};
 use crate::net::framing::write_msg;
 use crate::net::identity::Id;
 use overlay::{PeerId, Time};
@@ -180,13 +180,6 @@ pub fn check(room: &str, name: &str, members: &[FriendRef]) -> anyhow::Result<()
     Ok(())
 }
 
-fn describe(f: &FriendRef) -> String {
-    match f {
-        FriendRef::Id(id) => Id(*id).to_string(),
-        FriendRef::Name(n) => n.clone(),
-    }
-}
-
 /// Keeps a home server: moves to another when it dies, refreshes the
 /// record and the RTTs as a chat does. Runs until aborted.
 async fn keep_home(ctx: Arc<Ctx>, tx: tokio::sync::watch::Sender<Home>) {
@@ -221,21 +214,14 @@ async fn keep_home(ctx: Arc<Ctx>, tx: tokio::sync::watch::Sender<Home>) {
     }
 }
 
-/// Our name for a member as listed: the pinned key of a name we know.
-fn resolve(ctx: &Ctx, m: &FriendRef) -> FriendRef {
-    let FriendRef::Name(name) = m else {
-        return m.clone();
-    };
-    match crate::net::lock(&ctx.known).pin(name) {
-        Pin::Known(id) if !ctx.opts.accept_new_key => FriendRef::Id(id),
-        _ => m.clone(),
-    }
-}
-
 /// The room core, fed by the links, stdin and time.
 async fn in_room(ctx: &Arc<Ctx>, members: Vec<FriendRef>) -> anyhow::Result<()> {
     let me = ctx.client.id();
-    let wanted: Vec<FriendRef> = members.iter().map(|m| resolve(ctx, m)).collect();
+    let wanted: Vec<FriendRef> = {
+        let known = crate::net::lock(&ctx.known);
+        let accept = ctx.opts.accept_new_key;
+        members.iter().map(|m| resolve(&known, accept, m)).collect()
+    };
     let ids: Vec<PeerId> = wanted
         .iter()
         .filter_map(|m| match m {
@@ -520,22 +506,8 @@ async fn link(
 
 /// After a path proved a member's key: pin the name it was listed by.
 fn pin(ctx: &Ctx, listed: &FriendRef, friend: &PeerRecord) {
-    let FriendRef::Name(name) = listed else {
-        return;
-    };
-    let id = friend.body.peer;
-    let mut known = crate::net::lock(&ctx.known);
-    let was = known.pin(name);
-    if was == Pin::Known(id) {
-        return;
-    }
-    match known.remember(name, id) {
-        Ok(()) => status(&format!(
-            "{name} is now known as {} (pinned in {})",
-            Id(id),
-            known.path().display()
-        )),
-        Err(e) => status(&format!("could not pin {name}'s key: {e:#}")),
+    if let FriendRef::Name(name) = listed {
+        pin_name(&mut crate::net::lock(&ctx.known), name, friend);
     }
 }
 
@@ -566,32 +538,13 @@ async fn meet(
             let _ = tokio::time::timeout(REHOME_RETRY, home_rx.changed()).await;
             continue;
         }
-        home.inbox.forget_relay(wanted);
-        match home.session.meet(wanted.clone()).await {
-            Ok(Meeting::Found(r, start_in)) if r.body.seq > seen_seq => {
-                super::run::say_found(&r);
-                return Ok((r, start_in));
+        match ask_meet(&home, wanted, seen_seq).await? {
+            Asked::Found(r, start_in) => return Ok((r, start_in)),
+            Asked::NotYet => {}
+            Asked::RateLimited(wait, _) => {
+                backoff = backoff.max(wait.unwrap_or(backoff)).min(INVITE_MAX);
             }
-            Ok(Meeting::Ambiguous(candidates)) => {
-                return Err(super::run::ambiguous(wanted, &candidates));
-            }
-            Ok(_) => {}
-            Err(e)
-                if e.downcast_ref::<Refused>()
-                    .is_some_and(|r| r.code() == rendezvous::ErrorCode::RateLimited) =>
-            {
-                let wait = e
-                    .downcast_ref::<Refused>()
-                    .and_then(Refused::retry_after)
-                    .unwrap_or(backoff);
-                backoff = backoff.max(wait).min(INVITE_MAX);
-            }
-            Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
-            Err(e) => {
-                tracing::debug!(error = %e, "meet failed");
-                home.session.close();
-                continue;
-            }
+            Asked::NoAnswer => continue,
         }
         if !said_waiting {
             said_waiting = true;

@@ -290,43 +290,54 @@ const ESTABLISH_TRIES: u32 = 3;
 /// key only (unless `--accept-new-key`); an unknown name meets whoever
 /// uses it (then it is pinned once the chat connects).
 fn resolve_friend(opts: &Options) -> anyhow::Result<FriendRef> {
-    let FriendRef::Name(name) = &opts.friend else {
-        return Ok(opts.friend.clone());
+    Ok(resolve(&opts.known, opts.accept_new_key, &opts.friend))
+}
+
+/// `f` as it is met: a name pinned to a key (and not `accept_new_key`)
+/// is that key (said on stderr); anything else as given.
+pub(super) fn resolve(known: &KnownFriends, accept_new_key: bool, f: &FriendRef) -> FriendRef {
+    let FriendRef::Name(name) = f else {
+        return f.clone();
     };
-    match opts.known.pin(name) {
-        Pin::Known(id) if !opts.accept_new_key => {
+    match known.pin(name) {
+        Pin::Known(id) if !accept_new_key => {
             status(&format!(
                 "{name} is {} (pinned in {})",
                 Id(id),
-                opts.known.path().display()
+                known.path().display()
             ));
-            Ok(FriendRef::Id(id))
+            FriendRef::Id(id)
         }
-        _ => Ok(FriendRef::Name(name.clone())),
+        _ => f.clone(),
     }
 }
 
 /// After a chat with `friend` connected (its key proven): pin its name.
 fn pin_friend(opts: &mut Options, friend: &PeerRecord) {
-    let FriendRef::Name(name) = &opts.friend else {
-        return;
-    };
-    let name = name.clone();
+    if let FriendRef::Name(name) = &opts.friend {
+        let name = name.clone();
+        pin_name(&mut opts.known, &name, friend);
+    }
+}
+
+/// Pins `name` to `friend`'s key (proven by a path), saying so when that
+/// is new or a change.
+pub(super) fn pin_name(known: &mut KnownFriends, name: &str, friend: &PeerRecord) {
     let id = friend.body.peer;
-    let was = opts.known.pin(&name);
+    let was = known.pin(name);
     if was == Pin::Known(id) {
         return;
     }
-    match opts.known.remember(&name, id) {
+    match known.remember(name, id) {
         Ok(()) if was == Pin::Unknown => status(&format!(
             "{name} is now known as {} (pinned in {})",
             Id(id),
-            opts.known.path().display()
+            known.path().display()
         )),
         Ok(()) => status(&format!(
             "{name}'s key changed to {} (accepted with --accept-new-key; pinned in {})",
             Id(id),
-            opts.known.path().display()
+            known.path().display()
         )),
         Err(e) => status(&format!("could not pin {name}'s key: {e:#}")),
     }
@@ -997,38 +1008,18 @@ async fn find_friend(
             home.session.close();
             continue;
         }
-        home.inbox.forget_relay(wanted);
-        match home.session.meet(wanted.clone()).await {
-            Ok(Meeting::Found(r, start_in)) if r.body.seq > seen_seq => {
-                say_found(&r);
-                return Ok((r, start_in));
-            }
-            Ok(Meeting::Ambiguous(candidates)) => {
-                return Err(ambiguous(wanted, &candidates));
-            }
-            Ok(_) => {}
-            Err(e)
-                if e.downcast_ref::<Refused>()
-                    .is_some_and(|r| r.code() == rendezvous::ErrorCode::RateLimited) =>
-            {
+        match ask_meet(home, wanted, seen_seq).await? {
+            Asked::Found(r, start_in) => return Ok((r, start_in)),
+            Asked::NotYet => {}
+            Asked::RateLimited(retry_after, e) => {
                 // Asked too often (by us or by others): wait as told, within
                 // the deadline, and ask again.
-                let wait = e
-                    .downcast_ref::<Refused>()
-                    .and_then(Refused::retry_after)
-                    .unwrap_or(MEET_POLL)
-                    .min(MEET_POLL * 4);
+                let wait = retry_after.unwrap_or(MEET_POLL).min(MEET_POLL * 4);
                 status(&format!("{e:#}; asking again in {wait:?}"));
                 tokio::time::sleep_until((tokio::time::Instant::now() + wait).min(deadline)).await;
                 continue;
             }
-            Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
-            Err(e) => {
-                // No answer: treat the server as gone.
-                tracing::debug!(error = %e, "meet failed");
-                home.session.close();
-                continue;
-            }
+            Asked::NoAnswer => continue,
         }
         if !said_waiting {
             said_waiting = true;
@@ -1053,6 +1044,51 @@ async fn find_friend(
             Ok(None) => {}
             // The server connection ended: the loop's top moves on.
             Err(()) => home.session.close(),
+        }
+    }
+}
+
+/// What one meet request at the home server came to (for the loops that
+/// wait for a friend: a chat's, a room member's).
+pub(super) enum Asked {
+    /// Online with a record newer than the one seen: met (said on stderr).
+    Found(PeerRecord, Duration),
+    /// Not online yet (or only the record already seen): a notice follows.
+    NotYet,
+    /// Refused as too frequent: the server's wait, if it said one.
+    RateLimited(Option<Duration>, anyhow::Error),
+    /// No answer: the home session is closed (the caller moves on).
+    NoAnswer,
+}
+
+/// Asks `home` to meet `wanted` (a record newer than `seen_seq`). An
+/// ambiguous name or another refusal is an error.
+pub(super) async fn ask_meet(
+    home: &Home,
+    wanted: &FriendRef,
+    seen_seq: u64,
+) -> anyhow::Result<Asked> {
+    home.inbox.forget_relay(wanted);
+    match home.session.meet(wanted.clone()).await {
+        Ok(Meeting::Found(r, start_in)) if r.body.seq > seen_seq => {
+            say_found(&r);
+            Ok(Asked::Found(r, start_in))
+        }
+        Ok(Meeting::Ambiguous(candidates)) => Err(ambiguous(wanted, &candidates)),
+        Ok(_) => Ok(Asked::NotYet),
+        Err(e) => {
+            let refused = e
+                .downcast_ref::<Refused>()
+                .map(|r| (r.code(), r.retry_after()));
+            match refused {
+                Some((rendezvous::ErrorCode::RateLimited, wait)) => Ok(Asked::RateLimited(wait, e)),
+                Some(_) => Err(e),
+                None => {
+                    tracing::debug!(error = %e, "meet failed");
+                    home.session.close();
+                    Ok(Asked::NoAnswer)
+                }
+            }
         }
     }
 }
@@ -1279,7 +1315,7 @@ fn label(opts: &Options, wanted: &FriendRef) -> String {
     }
 }
 
-fn describe(f: &FriendRef) -> String {
+pub(super) fn describe(f: &FriendRef) -> String {
     match f {
         FriendRef::Id(id) => Id(*id).to_string(),
         FriendRef::Name(n) => n.clone(),
