@@ -4,9 +4,9 @@
 //! method when exactly one side's NAT maps per destination; and the rule by
 //! which the two sides agree on one connection and its chat stream.
 
+use crate::client::Client;
 use crate::client::chat::Frame;
 use crate::client::status;
-use crate::client::Client;
 use crate::net::framing::write_msg;
 use overlay::PeerId;
 use rand::RngExt;
