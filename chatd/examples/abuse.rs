@@ -251,6 +251,8 @@ fn response_name(r: &Response) -> &'static str {
         Response::Records(r) if r.is_empty() => "NoRecords",
         Response::Records(_) => "Records",
         Response::Noted => "Noted",
+        Response::Deposited { .. } => "Deposited",
+        Response::Letters { .. } => "Letters",
     }
 }
 

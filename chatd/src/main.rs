@@ -91,6 +91,27 @@ enum Command {
     /// room's order (at most 15 s later), or on Ctrl-C.
     #[command(verbatim_doc_comment)]
     Room(RoomArgs),
+    /// Leave messages for a friend (offline or not): each stdin line is
+    /// sealed to the friend's key and kept by two servers until the friend
+    /// collects it (at most 7 days); an online friend gets it at once.
+    ///
+    /// Example:
+    ///
+    ///     printf 'call me\nwhen back\n' | chatd send --name alice --to bob --server ID@HOST:7000
+    ///
+    /// The friend sees them with `chatd inbox` (or in `chatd chat` and
+    /// `chatd room`, whenever it registers); servers hold only ciphertext,
+    /// the friend's id and the letter's id — not who sent it. When the
+    /// friend has them you are told so (a sealed receipt) at your next
+    /// inbox, chat or room. An offline friend is given by id, or by a name
+    /// pinned here after a chat. Exits 1 when a line could not be left
+    /// (the rest are listed).
+    #[command(verbatim_doc_comment)]
+    Send(SendArgs),
+    /// Print the messages friends left for you (SENDER<TAB>TEXT on stdout,
+    /// each once, oldest first) and exit; receipts for the messages you
+    /// left go to stderr.
+    Inbox(InboxArgs),
     /// Ask a server, as a client would: which server to use (least loaded
     /// live server first), or where a peer is (--peer / --name).
     Lookup {
@@ -153,6 +174,29 @@ struct ClientArgs {
     /// Seconds to try a direct path before relaying through a server.
     #[arg(long, default_value_t = 5.0)]
     direct_timeout: f64,
+}
+
+#[derive(clap::Args, Debug)]
+struct SendArgs {
+    /// Your name (shown to the friend; names are not verified).
+    #[arg(long)]
+    name: String,
+    /// The friend: a peer id, or a name (pinned here after a chat, or
+    /// online now).
+    #[arg(long)]
+    to: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct InboxArgs {
+    /// Your name (the one your friends left messages to is your key; the
+    /// name goes into the receipts you send).
+    #[arg(long)]
+    name: String,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -288,6 +332,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { admin } => status(admin),
         Command::Chat(args) => chat(args),
         Command::Room(args) => room(args),
+        Command::Send(args) => send(args),
+        Command::Inbox(args) => inbox(args),
         Command::Lookup {
             servers,
             peer,
@@ -345,6 +391,29 @@ fn room(args: RoomArgs) -> anyhow::Result<()> {
     res
 }
 
+fn send(args: SendArgs) -> anyhow::Result<()> {
+    let friend = friend_ref(args.to);
+    if let rendezvous::FriendRef::Name(n) = &friend {
+        rendezvous::record::check_name(n).map_err(|e| anyhow::anyhow!("--to {n:?}: {e}"))?;
+    }
+    let lines = chatd::client::mail::read_lines(std::io::stdin().lock())?;
+    if lines.is_empty() {
+        anyhow::bail!("nothing to send: stdin had no lines");
+    }
+    let (opts, lock) = client_options(args.client, args.name, friend, 0)?;
+    let res = in_runtime(chatd::client::mail::run_send(opts, lines));
+    drop(lock);
+    res
+}
+
+fn inbox(args: InboxArgs) -> anyhow::Result<()> {
+    let me = rendezvous::FriendRef::Name(args.name.clone());
+    let (opts, lock) = client_options(args.client, args.name, me, 0)?;
+    let res = in_runtime(chatd::client::mail::run_inbox(opts));
+    drop(lock);
+    res
+}
+
 /// A client's options from its flags: the key opened (and locked: keep
 /// the file until the client ends), the bind address defaulted.
 fn client_options(
@@ -357,7 +426,13 @@ fn client_options(
     let bind = c
         .bind
         .unwrap_or_else(|| chatd::client::any_addr_for(c.servers[0].addr));
+    let mail = chatd::client::mail::Mailroom::new(
+        me.keypair.signing_key().clone(),
+        name.clone(),
+        &me.data_dir,
+    )?;
     let opts = chatd::client::run::Options {
+        mail: Arc::new(mail),
         name,
         friend,
         servers: c.servers,
@@ -395,6 +470,7 @@ fn in_runtime(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyho
 /// friends.
 struct Me {
     keypair: Keypair,
+    data_dir: PathBuf,
     known: chatd::client::friends::KnownFriends,
     direct_timeout: Duration,
     lock: std::fs::File,
@@ -453,6 +529,7 @@ impl Me {
         )?;
         Ok(Me {
             keypair,
+            data_dir,
             known,
             direct_timeout: Duration::from_secs_f64(direct_timeout),
             lock,

@@ -172,6 +172,9 @@ pub const ERROR_CODES: &[(u16, &str)] = &[
     (21, "too_many_connections"),
     (22, "wrong_stream"),
     (23, "replaced"),
+    (24, "mailbox_full"),
+    (25, "mail_quota"),
+    (26, "mail_storage_full"),
 ];
 
 /// Client requests (u32-framed, one per bidirectional stream).
@@ -195,6 +198,12 @@ pub fn request_vectors() -> Vec<(&'static str, Request)> {
         ("find-name", Request::FindName("alice".into())),
         ("latency", Request::Latency(latency())),
         ("rearrange", Request::Rearrange(id(BOB))),
+        ("deposit", Request::Deposit(letter_to_bob())),
+        ("collect", Request::Collect),
+        (
+            "delivered",
+            Request::Delivered(vec![letter_to_bob().id, [0x22; 16]]),
+        ),
     ]
 }
 
@@ -209,7 +218,7 @@ fn refusal_for(n: u16, label: &str) -> Refusal {
     let retry_after_ms = match label {
         "rate_limited" => 1_500,
         "quota_new_ids" => 60_000,
-        "not_replicated" => 1_000,
+        "not_replicated" | "mail_storage_full" => 1_000,
         _ => 0,
     };
     Refusal {
@@ -266,6 +275,21 @@ pub fn response_vectors() -> Vec<(String, Response)> {
         ("records".into(), Response::Records(vec![alice(), carol()])),
         ("records-empty".into(), Response::Records(vec![])),
         ("noted".into(), Response::Noted),
+        ("deposited".into(), Response::Deposited { copies: 2 }),
+        (
+            "letters".into(),
+            Response::Letters {
+                letters: vec![letter_to_bob()],
+                more: true,
+            },
+        ),
+        (
+            "letters-none".into(),
+            Response::Letters {
+                letters: vec![],
+                more: false,
+            },
+        ),
     ]);
     v
 }
@@ -302,6 +326,7 @@ pub fn notice_vectors() -> Vec<(&'static str, Notice)> {
                 relays: vec![],
             },
         ),
+        ("mail", Notice::Mail),
     ]
 }
 
@@ -418,7 +443,115 @@ pub fn server_vectors() -> Vec<(&'static str, ServerMsg)> {
                 latency: latency(),
             },
         ),
+        (
+            "keep",
+            ServerMsg::Keep {
+                token: 8,
+                letter: letter_to_bob(),
+                sender: id(ALICE),
+                source: "203.0.113.7".parse().expect("an address"),
+            },
+        ),
+        (
+            "kept",
+            ServerMsg::Kept {
+                token: 8,
+                refused: None,
+            },
+        ),
+        (
+            "kept-refused",
+            ServerMsg::Kept {
+                token: 8,
+                refused: Some(ErrorCode::MailboxFull),
+            },
+        ),
+        (
+            "fetch",
+            ServerMsg::Fetch {
+                token: 9,
+                to: id(BOB),
+            },
+        ),
+        (
+            "held",
+            ServerMsg::Held {
+                token: 9,
+                letters: vec![letter_to_bob()],
+                more: false,
+            },
+        ),
+        (
+            "discard",
+            ServerMsg::Discard {
+                to: id(BOB),
+                ids: vec![letter_to_bob().id],
+            },
+        ),
+        ("mail-for", ServerMsg::MailFor { to: id(BOB) }),
     ]
+}
+
+/// One letter vector (SPEC §12): who seals what to whom.
+pub struct LetterVector {
+    /// Its name in `letter.txt`.
+    pub name: &'static str,
+    /// The sender's key seed.
+    pub from: u8,
+    /// The recipient's key seed.
+    pub to: u8,
+    /// The letter's id.
+    pub id: rendezvous::LetterId,
+    /// The letter's own X25519 secret.
+    pub ephemeral: [u8; 32],
+    /// What it says.
+    pub body: chatd::client::letter::Body,
+}
+
+/// Letters: alice's line to bob, bob's receipt for it.
+pub fn letter_vectors() -> Vec<LetterVector> {
+    use chatd::client::letter::Body;
+    vec![
+        LetterVector {
+            name: "alice-to-bob",
+            from: ALICE,
+            to: BOB,
+            id: [0x11; 16],
+            ephemeral: [5; 32],
+            body: Body::Text {
+                name: "alice".into(),
+                sent_ms: NOW_MS,
+                seq: 0,
+                text: "call me when you are back".into(),
+            },
+        },
+        LetterVector {
+            name: "bob-receipt-to-alice",
+            from: BOB,
+            to: ALICE,
+            id: [0x33; 16],
+            ephemeral: [6; 32],
+            body: Body::Receipt {
+                ids: vec![[0x11; 16]],
+            },
+        },
+    ]
+}
+
+/// The first letter vector, sealed, as a server carries it.
+pub fn letter_to_bob() -> rendezvous::Letter {
+    let v = &letter_vectors()[0];
+    rendezvous::Letter {
+        to: id(v.to),
+        id: v.id,
+        sealed: seal_letter(v),
+    }
+}
+
+/// Seals a letter vector.
+pub fn seal_letter(v: &LetterVector) -> Vec<u8> {
+    chatd::client::letter::seal(&key(v.from), &id(v.to), &v.id, &v.body, v.ephemeral)
+        .expect("the fixture seals")
 }
 
 /// Room-link frames (SPEC §11.10): alice's room "team" with bob.
@@ -849,6 +982,22 @@ pub fn vector_files() -> Vec<VectorFile> {
                             .expect("the fixture seals");
                     (v.name.to_string(), sealed)
                 })
+                .collect(),
+        },
+        VectorFile {
+            name: "letter.txt",
+            header: &[
+                "Letters (chatd::client::letter, SPEC §12): NAME HEX, the sealed bytes a",
+                "Letter carries. alice-to-bob: alice's key seals Body::Text { name \"alice\",",
+                "sent_ms 1700000000000, seq 0, text \"call me when you are back\" } to bob as",
+                "letter id [0x11; 16], ephemeral [5; 32]; bob-receipt-to-alice: bob's key seals",
+                "Body::Receipt { ids [[0x11; 16]] } to alice as id [0x33; 16], ephemeral [6; 32].",
+                KEYS,
+                GENERATED,
+            ],
+            vectors: letter_vectors()
+                .iter()
+                .map(|v| (v.name.to_string(), seal_letter(v)))
                 .collect(),
         },
         VectorFile {

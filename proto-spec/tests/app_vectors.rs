@@ -116,6 +116,9 @@ fn request_tag(r: &Request) -> u8 {
         Request::FindName(_) => 8,
         Request::Latency(_) => 9,
         Request::Rearrange(_) => 10,
+        Request::Deposit(_) => 11,
+        Request::Collect => 12,
+        Request::Delivered(_) => 13,
     }
 }
 
@@ -131,6 +134,8 @@ fn response_tag(r: &Response) -> u8 {
         Response::Relaying => 7,
         Response::Records(_) => 8,
         Response::Noted => 9,
+        Response::Deposited { .. } => 10,
+        Response::Letters { .. } => 11,
     }
 }
 
@@ -146,6 +151,12 @@ fn server_tag(m: &ServerMsg) -> u8 {
         ServerMsg::Meeting { .. } => 7,
         ServerMsg::RelayChoice { .. } => 8,
         ServerMsg::Rearrange { .. } => 9,
+        ServerMsg::Keep { .. } => 10,
+        ServerMsg::Kept { .. } => 11,
+        ServerMsg::Fetch { .. } => 12,
+        ServerMsg::Held { .. } => 13,
+        ServerMsg::Discard { .. } => 14,
+        ServerMsg::MailFor { .. } => 15,
     }
 }
 
@@ -162,6 +173,7 @@ fn notice_tag(n: &Notice) -> u8 {
     match n {
         Notice::Friend { .. } => 0,
         Notice::Relay { .. } => 1,
+        Notice::Mail => 2,
     }
 }
 
@@ -195,13 +207,13 @@ fn client_requests_decode_and_reencode_byte_for_byte() {
         &owned(app::request_vectors()),
         MAX_REQUEST,
     );
-    check_tags("client-request.txt", &d, request_tag, 11);
+    check_tags("client-request.txt", &d, request_tag, 14);
 }
 
 #[test]
 fn client_responses_decode_and_reencode_byte_for_byte() {
     let d = check_framed("client-response.txt", &app::response_vectors(), MAX_FRAME);
-    check_tags("client-response.txt", &d, response_tag, 10);
+    check_tags("client-response.txt", &d, response_tag, 12);
 }
 
 #[test]
@@ -211,7 +223,7 @@ fn notices_decode_and_reencode_byte_for_byte() {
         &owned(app::notice_vectors()),
         MAX_FRAME,
     );
-    check_tags("client-notice.txt", &d, notice_tag, 2);
+    check_tags("client-notice.txt", &d, notice_tag, 3);
 }
 
 #[test]
@@ -221,7 +233,7 @@ fn server_messages_decode_and_reencode_byte_for_byte() {
         &owned(app::server_vectors()),
         MAX_SERVER_FRAME,
     );
-    check_tags("server.txt", &d, server_tag, 10);
+    check_tags("server.txt", &d, server_tag, 16);
 }
 
 #[test]
@@ -351,6 +363,41 @@ fn malformed_early_frames_fail_with_their_kind() {
     let e = &app::early_vectors()[0];
     for v in file("early-malformed.txt", true) {
         let got = early::open(&app::key(e.to), &e.meeting, &v.bytes)
+            .map(|_| ())
+            .map_err(|e| e.kind());
+        assert_eq!(got, Err(v.expect.as_deref().unwrap()), "{}", v.name);
+    }
+}
+
+#[test]
+fn letters_open_to_their_body_and_seal_byte_for_byte() {
+    use chatd::client::letter;
+    let vectors = file("letter.txt", false);
+    let canonical = app::letter_vectors();
+    assert_eq!(vectors.len(), canonical.len());
+    for (v, l) in vectors.iter().zip(&canonical) {
+        assert_eq!(v.name, l.name);
+        let opened = letter::open(&app::key(l.to), &l.id, &v.bytes)
+            .unwrap_or_else(|e| panic!("{}: {e}", l.name));
+        assert_eq!(
+            opened.from,
+            app::id(l.from),
+            "{}: the sealed sender",
+            l.name
+        );
+        assert_eq!(opened.body, l.body, "{}", l.name);
+        assert_eq!(app::seal_letter(l), v.bytes, "{}", l.name);
+        // Not by the sender, nor under another id.
+        assert!(letter::open(&app::key(l.from), &l.id, &v.bytes).is_err());
+        assert!(letter::open(&app::key(l.to), &[0xee; 16], &v.bytes).is_err());
+    }
+}
+
+#[test]
+fn malformed_letters_fail_with_their_kind() {
+    // Every one is opened by bob as letter [0x11; 16].
+    for v in file("letter-malformed.txt", true) {
+        let got = chatd::client::letter::open(&app::key(app::BOB), &[0x11; 16], &v.bytes)
             .map(|_| ())
             .map_err(|e| e.kind());
         assert_eq!(got, Err(v.expect.as_deref().unwrap()), "{}", v.name);

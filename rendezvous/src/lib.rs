@@ -15,6 +15,8 @@
 //! - [`proto`]: the wire types: client requests and responses with typed
 //!   error codes, notices, broadcast payloads, server-to-server messages.
 //! - [`limit`]: token buckets.
+//! - [`mailbox`]: offline messages: sealed letters kept by two servers
+//!   until collected, every quota, where they live (rendezvous hashing).
 //! - [`latency`]: latency-aware choices as pure rules: the relay for a
 //!   pair (min–max RTT), the home, the probe sample, when moving pays.
 //! - [`server`]: the [`Server`]: inputs in, outputs out, every quota.
@@ -34,6 +36,7 @@
 
 pub mod latency;
 pub mod limit;
+pub mod mailbox;
 pub mod members;
 pub mod proto;
 pub mod record;
@@ -41,6 +44,7 @@ pub mod server;
 pub mod table;
 
 pub use latency::LatencyVector;
+pub use mailbox::{Letter, LetterId, MailLimits};
 pub use members::{Liveness, Members, Msg, ServerRecord};
 pub use proto::{ErrorCode, FriendRef, Notice, Payload, Refusal, Request, Response, ServerMsg};
 pub use record::{NatMapping, PeerRecord, RecordBody, RecordError};

@@ -7,6 +7,7 @@
 //! message) is the driver's; the limits are here.
 
 use crate::latency::LatencyVector;
+use crate::mailbox::{Letter, LetterId};
 use crate::members::{Msg, ServerRecord};
 use crate::record::PeerRecord;
 use bytes::Bytes;
@@ -67,6 +68,18 @@ pub enum Request {
     /// server appeared): both of us get a new [`Notice::Relay`]. We must
     /// have met through this server recently; answered [`Response::Noted`].
     Rearrange(PeerId),
+    /// Keep this letter for `letter.to` (offline messages, SPEC §12), from
+    /// me (the connection's key; no registration needed); answered
+    /// [`Response::Deposited`] once [`crate::mailbox::MAIL_HOLDERS`]
+    /// servers keep it (one when this server is alone).
+    Deposit(Letter),
+    /// The letters kept for me (the connection's key), oldest first, a
+    /// page at a time: answered [`Response::Letters`].
+    Collect,
+    /// I have these letters of mine (from `Collect`): forget them
+    /// everywhere; answered [`Response::Noted`]. At most
+    /// [`crate::mailbox::MAX_DELIVERED_IDS`].
+    Delivered(Vec<LetterId>),
 }
 
 /// A friend, by id (authenticated) or by name (a label anyone can claim).
@@ -108,6 +121,18 @@ pub enum Response {
     Records(Vec<PeerRecord>),
     /// The report was kept.
     Noted,
+    /// The letter is kept by this many servers.
+    Deposited {
+        /// Servers that keep it.
+        copies: u8,
+    },
+    /// Letters for you, oldest first.
+    Letters {
+        /// This page.
+        letters: Vec<Letter>,
+        /// More are waiting: collect again after `Delivered`.
+        more: bool,
+    },
 }
 
 /// A refused request: what went wrong, in a code a program can act on and
@@ -237,6 +262,12 @@ error_codes! {
     WrongStream = 22, "wrong_stream";
     /// A newer request of the same kind replaced this one.
     Replaced = 23, "replaced";
+    /// The recipient's mailbox is full (it has not collected for a while).
+    MailboxFull = 24, "mailbox_full";
+    /// You (or your address) have too many letters waiting to be collected.
+    MailQuota = 25, "mail_quota";
+    /// This server's mail storage is full.
+    MailStorageFull = 26, "mail_storage_full";
 }
 
 /// What a server pushes to a client, on a stream it opens.
@@ -263,6 +294,8 @@ pub enum Notice {
         /// no choice.
         relays: Vec<(PeerId, u32)>,
     },
+    /// Letters are waiting for you: collect them ([`Request::Collect`]).
+    Mail,
 }
 
 /// A broadcast payload: its first byte is the tag, the rest postcard.
@@ -402,6 +435,54 @@ pub enum ServerMsg {
         from: PeerId,
         /// `from`'s RTTs to servers.
         latency: LatencyVector,
+    },
+    /// Keep this letter (you rank among its holders): a client of mine
+    /// deposited it. Answered [`ServerMsg::Kept`].
+    Keep {
+        /// Echoed in [`ServerMsg::Kept`].
+        token: u64,
+        /// The letter.
+        letter: Letter,
+        /// Who deposited it (for your quota tag; not stored).
+        sender: PeerId,
+        /// From where (for your quota tag; not stored).
+        source: std::net::IpAddr,
+    },
+    /// The letter of `token` is kept here, or why not.
+    Kept {
+        /// From [`ServerMsg::Keep`].
+        token: u64,
+        /// `None`: kept; else the refusal's code.
+        refused: Option<ErrorCode>,
+    },
+    /// Send me the letters you keep for `to` (my client is collecting).
+    Fetch {
+        /// Echoed in [`ServerMsg::Held`].
+        token: u64,
+        /// The recipient.
+        to: PeerId,
+    },
+    /// The letters kept here for the collection of `token`, oldest first.
+    Held {
+        /// From [`ServerMsg::Fetch`].
+        token: u64,
+        /// A page of them.
+        letters: Vec<Letter>,
+        /// More are kept here.
+        more: bool,
+    },
+    /// `to` has these letters: forget them.
+    Discard {
+        /// The recipient.
+        to: PeerId,
+        /// Its letters collected.
+        ids: Vec<LetterId>,
+    },
+    /// To the home server of `to`: letters are waiting for it (tell it
+    /// with [`Notice::Mail`]).
+    MailFor {
+        /// The recipient.
+        to: PeerId,
     },
 }
 

@@ -16,6 +16,7 @@
 //! | waiting meets | `max_waits_per_conn`, `max_waits` | `TooManyWaits` |
 //! | relay halves and sessions | per client, per address, per server; only after a meeting | `RelayLimit`, `RelayFull`, `RelayNotMet` |
 //! | notices | one bounded writer per connection (the driver's) | dropped, counted |
+//! | letters (offline messages) | `mail`: per recipient, per sender, per address, letters and bytes in all, a week each; 8 deposits and 1 collection in flight per connection | `MailboxFull`, `MailQuota`, `MailStorageFull`, `TooManyWaits` |
 //!
 //! Presence is the connection: a live record is registered with its
 //! withdrawal ([`Request::RegisterLive`]), published when the connection
@@ -30,8 +31,11 @@
 //! `sync_retry`, so tables of any size converge, and records learned this
 //! way trigger digests to the other neighbors (an epidemic push).
 
+mod mail;
+
 use crate::latency::LatencyVector;
 use crate::limit::TokenBucket;
+use crate::mailbox::{MailLimits, Mailbox};
 use crate::members::{Liveness, Members, Msg, Reply, ServerRecord};
 use crate::proto::{
     ErrorCode, FriendRef, MAX_NAME_MATCHES, MAX_SERVERS_LISTED, Notice, Payload, Refusal, Request,
@@ -250,6 +254,8 @@ pub struct Config {
     pub server_hop: Duration,
     /// Longest start delay handed out.
     pub max_start_delay: Duration,
+    /// Offline messages: what this server keeps, and how long.
+    pub mail: MailLimits,
 }
 
 impl Default for Config {
@@ -302,6 +308,7 @@ impl Default for Config {
             advertise: Vec::new(),
             server_hop: Duration::from_millis(50),
             max_start_delay: Duration::from_secs(1),
+            mail: MailLimits::default(),
         }
     }
 }
@@ -569,6 +576,9 @@ struct Conn {
     latency: Option<(Time, LatencyVector)>,
     /// When the client last asked to rearrange a relay.
     rearranged: Option<Time>,
+    /// It collected letters on this connection, so it understands
+    /// `Notice::Mail` (an older client would not decode it).
+    reads_mail: bool,
 }
 
 impl Conn {
@@ -675,6 +685,9 @@ pub struct Server {
     next_session: SessionId,
     acks: BTreeMap<u64, Ack>,
     next_token: u64,
+    mailbox: Mailbox,
+    deposits: BTreeMap<u64, mail::Deposit>,
+    collects: BTreeMap<u64, mail::Collecting>,
     neighbors: BTreeSet<PeerId>,
     next_sync: BTreeMap<PeerId, Time>,
     sync_cursor: u8,
@@ -729,11 +742,20 @@ pub fn start_delay(start_at_ms: u64, now_ms: u64, one_way: Duration, max: Durati
     u32::try_from(start_at_ms.saturating_sub(arrives).min(millis(max))).unwrap_or(u32::MAX)
 }
 
+/// The secret of a server's quota tags ([`Mailbox`]): derived from its
+/// key and seed, so the same server with the same seed tags the same way.
+fn mail_key(key: &SigningKey, seed: u64) -> [u8; 32] {
+    let mut material = key.to_bytes().to_vec();
+    material.extend_from_slice(&seed.to_le_bytes());
+    blake3::derive_key("chatd 2026 mail quota tags", &material)
+}
+
 impl Server {
     /// A server `me` (signing its announces with `key`), started at `now`;
     /// `seed` drives its only random choices (which server to copy a
     /// registration to, the phase of its announces).
     pub fn new(me: PeerId, key: SigningKey, cfg: Config, now: Now, seed: u64) -> Server {
+        let mailbox = Mailbox::new(mail_key(&key, seed), cfg.mail.clone());
         let my_record = ServerRecord {
             id: me,
             addrs: cfg.advertise.clone(),
@@ -771,6 +793,9 @@ impl Server {
             next_session: 1,
             acks: BTreeMap::new(),
             next_token: 1,
+            mailbox,
+            deposits: BTreeMap::new(),
+            collects: BTreeMap::new(),
             neighbors: BTreeSet::new(),
             next_sync: BTreeMap::new(),
             sync_cursor: 0,
@@ -1002,6 +1027,7 @@ impl Server {
                 closing: false,
                 latency: None,
                 rearranged: None,
+                reads_mail: false,
             },
         );
         // A registered connection of the same client keeps its notices.
@@ -1131,6 +1157,7 @@ impl Server {
             self.end_session(s, true);
         }
         self.acks.retain(|_, a| a.conn != conn);
+        self.mail_closed(conn);
         // Presence is the connection: its record goes offline everywhere.
         let owns = self.presence.get(&c.peer).is_some_and(|p| p.conn == conn);
         if owns && let Some(p) = self.presence.remove(&c.peer) {
@@ -1220,6 +1247,9 @@ impl Server {
                 | Request::RegisterLive { .. }
                 | Request::Meet(_)
                 | Request::Relay(_)
+                | Request::Deposit(_)
+                | Request::Collect
+                | Request::Delivered(_)
         );
         if costly && let Err(r) = self.charge(now, conn) {
             self.refuse(conn, req, r);
@@ -1266,6 +1296,9 @@ impl Server {
             // Kept per connection: one report, whoever registers on it.
             Request::Latency(v) => self.latency_report(now, conn, req, v),
             Request::Rearrange(friend) => self.rearrange(now, conn, req, peer, friend),
+            Request::Deposit(letter) => self.deposit(now, conn, req, peer, letter),
+            Request::Collect => self.collect(now, conn, req, peer),
+            Request::Delivered(ids) => self.delivered(conn, req, peer, ids),
         }
     }
 
@@ -2237,6 +2270,12 @@ impl Server {
 
     fn server_message(&mut self, now: Now, from: PeerId, msg: ServerMsg) {
         match msg {
+            m @ (ServerMsg::Keep { .. }
+            | ServerMsg::Kept { .. }
+            | ServerMsg::Fetch { .. }
+            | ServerMsg::Held { .. }
+            | ServerMsg::Discard { .. }
+            | ServerMsg::MailFor { .. }) => self.mail_message(now, from, m),
             ServerMsg::Digest(d) => {
                 let Ok(d) = <Digest>::try_from(d.as_slice()) else {
                     self.reject("bad_digest");
@@ -2612,5 +2651,6 @@ impl Server {
                 self.replicate(now, a.conn, a.req, a.record, a.tried, a.attempts);
             }
         }
+        self.mail_sweep(now);
     }
 }

@@ -547,6 +547,12 @@ fn msg_kind(m: &ServerMsg) -> &'static str {
         ServerMsg::Rendezvous { .. } | ServerMsg::Meeting { .. } => "rendezvous",
         ServerMsg::RelayChoice { .. } => "relay_choice",
         ServerMsg::Rearrange { .. } => "rearrange",
+        ServerMsg::Keep { .. }
+        | ServerMsg::Kept { .. }
+        | ServerMsg::Fetch { .. }
+        | ServerMsg::Held { .. }
+        | ServerMsg::Discard { .. }
+        | ServerMsg::MailFor { .. } => "mail",
     }
 }
 

@@ -98,14 +98,14 @@ impl EarlyError {
     }
 }
 
-fn montgomery(peer: &PeerId) -> Result<[u8; 32], EarlyError> {
+pub(super) fn montgomery(peer: &PeerId) -> Result<[u8; 32], EarlyError> {
     let key = VerifyingKey::from_bytes(peer.as_bytes()).map_err(|_| EarlyError::Key)?;
     Ok(key.to_montgomery().to_bytes())
 }
 
 /// X25519 of a secret (clamped) and a public key; an all-zero result (a
 /// low-order public key) is refused.
-fn dh(secret: [u8; 32], public: [u8; 32]) -> Result<[u8; 32], EarlyError> {
+pub(super) fn dh(secret: [u8; 32], public: [u8; 32]) -> Result<[u8; 32], EarlyError> {
     let shared = curve25519_dalek::MontgomeryPoint(public)
         .mul_clamped(secret)
         .to_bytes();
@@ -121,9 +121,14 @@ fn key(es: [u8; 32], ss: [u8; 32], m: &Meeting, e: &[u8; 32]) -> LessSafeKey {
     ikm[32..].copy_from_slice(&ss);
     let (from_seq, to_seq) = (m.from_seq.to_be_bytes(), m.to_seq.to_be_bytes());
     let info: [&[u8]; 5] = [m.from.as_bytes(), m.to.as_bytes(), &from_seq, &to_seq, e];
-    let prk = Salt::new(HKDF_SHA256, SALT).extract(&ikm);
+    hkdf_key(SALT, &ikm, &info)
+}
+
+/// A ChaCha20-Poly1305 key: HKDF-SHA256(salt, ikm, info parts joined).
+pub(super) fn hkdf_key(salt: &[u8], ikm: &[u8], info: &[&[u8]]) -> LessSafeKey {
+    let prk = Salt::new(HKDF_SHA256, salt).extract(ikm);
     let okm = prk
-        .expand(&info, &CHACHA20_POLY1305)
+        .expand(info, &CHACHA20_POLY1305)
         .expect("32 bytes is a valid HKDF-SHA256 length");
     LessSafeKey::new(UnboundKey::from(okm))
 }

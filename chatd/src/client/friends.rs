@@ -78,6 +78,14 @@ impl KnownFriends {
         }
     }
 
+    /// The name pinned to `id`, if any.
+    pub fn name_of(&self, id: &PeerId) -> Option<&str> {
+        self.by_name
+            .iter()
+            .find(|(_, i)| *i == id)
+            .map(|(n, _)| n.as_str())
+    }
+
     /// Pins `name` to `id` (replacing an older pin) and writes the file:
     /// re-read first (another chat with this data dir may have pinned
     /// someone meanwhile), then a temp file of this process renamed over it.

@@ -14,6 +14,8 @@
 pub mod chat;
 pub mod early;
 pub mod friends;
+pub mod letter;
+pub mod mail;
 pub mod punch;
 pub mod relay;
 pub mod room;
@@ -812,6 +814,31 @@ impl Session {
     pub async fn servers(&self) -> anyhow::Result<Vec<ServerRecord>> {
         match self.request(&Request::Servers).await? {
             Response::Servers(s) => Ok(s),
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Leaves a sealed letter for its recipient: how many servers keep
+    /// it once this returns (see [`crate::client::mail`]).
+    pub async fn deposit(&self, letter: rendezvous::Letter) -> anyhow::Result<u8> {
+        match self.request(&Request::Deposit(letter)).await? {
+            Response::Deposited { copies } => Ok(copies),
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// A page of the letters kept for us, and whether more wait.
+    pub async fn collect(&self) -> anyhow::Result<(Vec<rendezvous::Letter>, bool)> {
+        match self.request(&Request::Collect).await? {
+            Response::Letters { letters, more } => Ok((letters, more)),
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Tells the servers we have these letters: they forget them.
+    pub async fn delivered(&self, ids: Vec<rendezvous::LetterId>) -> anyhow::Result<()> {
+        match self.request(&Request::Delivered(ids)).await? {
+            Response::Noted => Ok(()),
             other => anyhow::bail!("unexpected answer {other:?}"),
         }
     }

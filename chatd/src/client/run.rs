@@ -61,6 +61,8 @@ pub struct Options {
     pub known: KnownFriends,
     /// Talk to a friend whose name now maps to another key (and re-pin it).
     pub accept_new_key: bool,
+    /// Letters left for us while we were away: collected at every home.
+    pub mail: Arc<crate::client::mail::Mailroom>,
 }
 
 use crate::client::status;
@@ -432,6 +434,8 @@ pub(super) struct Home {
     /// The watch on the server ([`ClientSession::watch`]), stopped when
     /// the last copy of this home goes.
     _watch: Arc<Watch>,
+    /// The letter collector on this home ([`crate::client::mail::watch`]).
+    _mail: Arc<Watch>,
 }
 
 /// A task aborted when dropped.
@@ -457,6 +461,8 @@ pub(super) struct Inbox {
     /// The latest ranking per friend, oldest first.
     relays: Arc<Mutex<Vec<(PeerId, Ranking)>>>,
     relay_heard: Arc<tokio::sync::Notify>,
+    /// `Notice::Mail`: letters wait for us (one permit kept).
+    pub(super) mail: Arc<tokio::sync::Notify>,
 }
 
 /// The relays the servers ranked for us and a friend (best first, each
@@ -491,6 +497,8 @@ impl Inbox {
         let relay_heard = Arc::new(tokio::sync::Notify::new());
         let (board, heard) = (relays.clone(), relay_heard.clone());
         let (met, met_heard) = (friends.clone(), friend_heard.clone());
+        let mail = Arc::new(tokio::sync::Notify::new());
+        let mail_heard = mail.clone();
         tokio::spawn(async move {
             while let Some(n) = raw.recv().await {
                 match n {
@@ -522,6 +530,7 @@ impl Inbox {
                         drop(f);
                         met_heard.notify_waiters();
                     }
+                    Notice::Mail => mail_heard.notify_one(),
                 }
             }
             crate::net::lock(&met).ended = true;
@@ -532,6 +541,7 @@ impl Inbox {
             friend_heard,
             relays,
             relay_heard,
+            mail,
         }
     }
 
@@ -743,13 +753,21 @@ impl Homes {
         let nat = nat_mapping(client, &session, usable, public, &probes).await;
         drop(probes);
         let watch = Arc::new(Watch(session.watch()));
-        let home = Home {
+        let mut home = Home {
             session,
             nat,
             inbox,
             _watch: watch,
+            _mail: Arc::new(Watch(tokio::spawn(async {}))),
         };
         self.register(client, opts, &home, public).await?;
+        // Registered: letters left while we were away come now.
+        let collector = crate::client::mail::watch(
+            home.session.clone(),
+            home.inbox.mail.clone(),
+            opts.mail.clone(),
+        );
+        home._mail = Arc::new(Watch(tokio::spawn(collector)));
         Ok(home)
     }
 

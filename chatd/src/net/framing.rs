@@ -16,6 +16,12 @@ pub const MAX_REQUEST: usize = 2 * 1024;
 
 const _: () = assert!(2 * rendezvous::record::MAX_RECORD_BYTES + 64 <= MAX_REQUEST);
 
+/// Largest client request that carries a letter (`Request::Deposit`): a
+/// sealed letter of at most `MAX_LETTER` bytes, its recipient and id, and
+/// framing. A server reads at most one request over [`MAX_REQUEST`] per
+/// connection at a time.
+pub const MAX_LETTER_REQUEST: usize = rendezvous::mailbox::MAX_LETTER + 128;
+
 /// How much is read at once.
 const CHUNK: usize = 16 * 1024;
 
@@ -77,9 +83,24 @@ impl FrameError {
 
 /// Reads one frame body of at most `max` bytes.
 pub async fn read_frame(r: &mut quinn::RecvStream, max: usize) -> Result<Vec<u8>, FrameError> {
+    let len = read_len(r).await?;
+    read_body(r, len, max).await
+}
+
+/// Reads a frame's length header.
+pub async fn read_len(r: &mut quinn::RecvStream) -> Result<usize, FrameError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
+    Ok(u32::from_be_bytes(len) as usize)
+}
+
+/// Reads the `len`-byte body of a frame whose header [`read_len`] read,
+/// refusing a length over `max` before anything is read.
+pub async fn read_body(
+    r: &mut quinn::RecvStream,
+    len: usize,
+    max: usize,
+) -> Result<Vec<u8>, FrameError> {
     if len > max {
         return Err(TooLarge { len, max }.into());
     }

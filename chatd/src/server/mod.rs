@@ -5,7 +5,8 @@
 //! its numbers: client connections, streams waiting for an answer, relay
 //! sessions, links to other servers. Around it:
 //! - per client connection: a reader task (one request per bidirectional
-//!   stream, read within 10 s, at most [`MAX_REQUEST`] bytes, buffered as
+//!   stream, read within 10 s, at most [`MAX_REQUEST`] bytes — one at a
+//!   time may be up to [`MAX_LETTER_REQUEST`], a letter — buffered as
 //!   the bytes arrive) and a notice writer with a bounded queue and a write
 //!   timeout — a client that stops reading loses notices (counted) and is
 //!   closed, it cannot grow server memory;
@@ -21,18 +22,22 @@
 //! case one client connection pins: ~33 KiB of QUIC and TLS state (quinn's
 //! connection, its event channel, packet keys; measured with heaptrack on
 //! 3,000 idle connections), 16 KiB of QUIC receive buffer, 8 × 2 KiB of
-//! half-sent requests, 16 queued notices (boxed, ~300 bytes each) and its
-//! share of the core's per-connection state (under 1 KiB) — about 70 KiB.
-//! The core bounds how many: `max_connections` (20,000, ~1.4 GB worst
-//! case), `per_ip_connections` (64, ~4.5 MB per address),
-//! `per_peer_connections` (4) and `max_anonymous` (1,024 that never
-//! registered, ~70 MB worst case, ~34 MB idle; each closed after 30 s
-//! without a request).
+//! half-sent requests (one of them up to 9.1 KiB, a letter), 16 queued
+//! notices (boxed, ~300 bytes each) and its share of the core's
+//! per-connection state (under 1 KiB) — about 77 KiB. The core bounds how
+//! many: `max_connections` (20,000, ~1.5 GB worst case),
+//! `per_ip_connections` (64, ~4.9 MB per address), `per_peer_connections`
+//! (4) and `max_anonymous` (1,024 that never registered, ~77 MB worst
+//! case, ~34 MB idle; each closed after 30 s without a request). Letters
+//! kept are the core's (`rendezvous::mailbox`: 128 MiB at most).
 
 pub mod admin;
 
 use crate::net::driver::{Node, NodeEvent};
-use crate::net::framing::{MAX_REQUEST, MAX_SERVER_FRAME, read_msg_max, write_msg};
+use crate::net::framing::{
+    FrameError, MAX_LETTER_REQUEST, MAX_REQUEST, MAX_SERVER_FRAME, read_body, read_len,
+    read_msg_max, write_msg,
+};
 use crate::net::identity::Id;
 use overlay::{PeerId, Time};
 use rendezvous::server::{ConnId, Input, Malformed, Now, Output, RelayLimits, ReqId, SessionId};
@@ -540,19 +545,27 @@ async fn recv_or_pending<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
 /// core task; reports the connection's end.
 async fn read_requests(conn_id: ConnId, conn: quinn::Connection, events: mpsc::Sender<Event>) {
     let mut next_req: ReqId = 1;
+    // One request over MAX_REQUEST (a letter) is read at a time.
+    let large = Arc::new(tokio::sync::Semaphore::new(1));
     while let Ok((send, mut recv)) = conn.accept_bi().await {
         let req = next_req;
         next_req += 1;
         let events = events.clone();
         let conn = conn.clone();
+        let large = large.clone();
         // The stream limit (8 per connection) bounds these tasks.
         tokio::spawn(async move {
-            let request = match tokio::time::timeout(
-                REQUEST_TIMEOUT,
-                read_msg_max::<Request>(&mut recv, MAX_REQUEST),
-            )
-            .await
-            {
+            let read = async {
+                let len = read_len(&mut recv).await?;
+                let _permit = if len > MAX_REQUEST {
+                    large.acquire().await.ok()
+                } else {
+                    None
+                };
+                let body = read_body(&mut recv, len, MAX_LETTER_REQUEST).await?;
+                Ok::<Request, FrameError>(postcard::from_bytes(&body)?)
+            };
+            let request = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
                 Ok(Ok(r)) => Ok(Box::new(r)),
                 // Reset by the client, or the connection is gone.
                 Ok(Err(e)) if e.is_cancelled() => return,
@@ -791,4 +804,7 @@ fn export_metrics(core: &rendezvous::Server, status: &Status) {
     metrics::gauge!("chatd_relay_sessions").set(status.relay_sessions as f64);
     metrics::gauge!("chatd_waiting_meets").set(core.waiting() as f64);
     metrics::gauge!("chatd_pending_acks").set(core.pending_acks() as f64);
+    let (letters, bytes) = core.letters_kept();
+    metrics::gauge!("chatd_letters_kept").set(letters as f64);
+    metrics::gauge!("chatd_letter_bytes_kept").set(bytes as f64);
 }

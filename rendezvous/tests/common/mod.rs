@@ -256,7 +256,7 @@ impl Net {
             .filter(|(s, conn, _)| *s == c.server && *conn == c.conn)
             .filter_map(|(_, _, n)| match n {
                 Notice::Friend { record, .. } => Some(record.clone()),
-                Notice::Relay { .. } => None,
+                Notice::Relay { .. } | Notice::Mail => None,
             })
             .collect()
     }
@@ -276,9 +276,17 @@ impl Net {
             .filter(|(s, conn, _)| *s == c.server && *conn == c.conn)
             .filter_map(|(_, _, n)| match n {
                 Notice::Relay { friend, relays } => Some((*friend, relays.clone())),
-                Notice::Friend { .. } => None,
+                Notice::Friend { .. } | Notice::Mail => None,
             })
             .collect()
+    }
+
+    /// How many `Notice::Mail` `c` was sent.
+    pub fn mail_notices_of(&self, c: &Client) -> usize {
+        self.notices
+            .iter()
+            .filter(|(s, conn, n)| *s == c.server && *conn == c.conn && *n == Notice::Mail)
+            .count()
     }
 
     pub fn close(&mut self, c: &Client) {
