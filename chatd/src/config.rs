@@ -29,6 +29,27 @@ pub struct File {
     /// `[limits]`
     #[serde(default)]
     pub limits: LimitsSection,
+    /// `[mail]`
+    #[serde(default)]
+    pub mail: MailSection,
+}
+
+/// `[mail]`: the letters (offline messages) this server keeps for clients.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailSection {
+    /// Letters kept for one recipient (default 256).
+    pub per_recipient: Option<usize>,
+    /// Letters kept from one sender (default 256).
+    pub per_sender: Option<usize>,
+    /// Letters kept from one sender address or IPv6 /64 (default 1024).
+    pub per_source: Option<usize>,
+    /// Letters kept in all (default 100000; 0 keeps none).
+    pub max_letters: Option<usize>,
+    /// Sealed bytes kept in all, MiB (default 128).
+    pub max_mib: Option<usize>,
+    /// Hours a letter is kept when nobody collects it (default 168).
+    pub ttl_hours: Option<u64>,
 }
 
 /// `[limits]`: what anonymous clients may make the server hold.
@@ -116,7 +137,7 @@ pub struct OverlaySection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelaySection {
-    /// Relay streams one client may have open or waiting (default 2).
+    /// Relay streams one client may have open or waiting (default 8).
     pub max_per_client: Option<usize>,
     /// Relay sessions carried at once (default 1000; 0 turns relaying off).
     pub max_sessions: Option<usize>,
@@ -233,6 +254,32 @@ impl File {
                 "{origin}: relay.wait_secs: {w} is not within 1..=300"
             );
             core.relay_wait = std::time::Duration::from_secs(w);
+        }
+        let m = self.mail;
+        for (value, key, slot) in [
+            (
+                m.per_recipient,
+                "per_recipient",
+                &mut core.mail.per_recipient,
+            ),
+            (m.per_sender, "per_sender", &mut core.mail.per_sender),
+            (m.per_source, "per_source", &mut core.mail.per_source),
+        ] {
+            if let Some(n) = value {
+                anyhow::ensure!(n >= 1, "{origin}: mail.{key}: must be at least 1");
+                *slot = n;
+            }
+        }
+        core.mail.max_letters = m.max_letters.unwrap_or(core.mail.max_letters);
+        if let Some(mib) = m.max_mib {
+            core.mail.max_bytes = mib.saturating_mul(1024 * 1024);
+        }
+        if let Some(h) = m.ttl_hours {
+            anyhow::ensure!(
+                (1..=24 * 30).contains(&h),
+                "{origin}: mail.ttl_hours: {h} is not within 1..=720"
+            );
+            core.mail.ttl = std::time::Duration::from_secs(h * 3_600);
         }
         if let Some(c) = s.capacity {
             anyhow::ensure!(c >= 1, "{origin}: server.capacity: must be at least 1");
@@ -354,6 +401,8 @@ mod tests {
         assert_eq!(c.core.per_peer_connections, d.per_peer_connections);
         assert_eq!(c.core.max_anonymous, d.max_anonymous);
         assert_eq!(c.core.anonymous_idle, d.anonymous_idle);
+        assert_eq!(c.core.relay_per_client, d.relay_per_client);
+        assert_eq!(c.core.mail, d.mail);
         let n = crate::net::driver::NodeConfig::new(DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(c.handshakes, (n.handshakes, n.handshakes_per_ip));
         assert!(!c.open_cluster);

@@ -11,7 +11,8 @@
 //! | connections that never registered | `max_anonymous` (a new one closes the one idle longest), each closed after `anonymous_idle` without a request | `TooManyConnections`, closed |
 //! | live registrations | `capacity` here, `per_ip_records` per address, `max_records` in the table, and per home server on replicated records | `ServerFull`, `QuotaAddress`, `TableFull` |
 //! | new identities | `new_ids_per_min` per address | `QuotaNewIds` |
-//! | costly requests (register, meet, relay) | a token bucket per connection and per address | `RateLimited` with retry-after |
+//! | costly requests (register, meet, relay, collect) | a token bucket per connection and per address | `RateLimited` with retry-after |
+//! | deposits of letters | `mail_rate`: a token bucket per connection and per address | `RateLimited` with retry-after |
 //! | broadcasts clients cause | a token bucket for the whole server | `RateLimited` |
 //! | waiting meets | `max_waits_per_conn`, `max_waits` | `TooManyWaits` |
 //! | relay halves and sessions | per client, per address, per server; only after a meeting | `RelayLimit`, `RelayFull`, `RelayNotMet` |
@@ -256,6 +257,10 @@ pub struct Config {
     pub max_start_delay: Duration,
     /// Offline messages: what this server keeps, and how long.
     pub mail: MailLimits,
+    /// Letters one connection may deposit per second, and the burst (a
+    /// `chatd send` of up to 256 lines goes in one burst); the same bucket
+    /// per address. Beyond it `Deposit` is refused `RateLimited`.
+    pub mail_rate: (f64, f64),
 }
 
 impl Default for Config {
@@ -309,6 +314,7 @@ impl Default for Config {
             server_hop: Duration::from_millis(50),
             max_start_delay: Duration::from_secs(1),
             mail: MailLimits::default(),
+            mail_rate: (20.0, 256.0),
         }
     }
 }
@@ -669,6 +675,9 @@ pub struct Server {
     anonymous: BTreeSet<(Time, ConnId)>,
     live_per_source: BTreeMap<Source, u32>,
     costly_per_source: BTreeMap<Source, TokenBucket>,
+    /// Deposits per connection and per address (`mail_rate`).
+    mail_per_conn: BTreeMap<ConnId, TokenBucket>,
+    mail_per_source: BTreeMap<Source, TokenBucket>,
     new_ids_per_source: BTreeMap<Source, TokenBucket>,
     /// Introductions per peer met (`introductions_per_peer`).
     introductions: BTreeMap<PeerId, TokenBucket>,
@@ -780,6 +789,8 @@ impl Server {
             anonymous: BTreeSet::new(),
             live_per_source: BTreeMap::new(),
             costly_per_source: BTreeMap::new(),
+            mail_per_conn: BTreeMap::new(),
+            mail_per_source: BTreeMap::new(),
             new_ids_per_source: BTreeMap::new(),
             introductions: BTreeMap::new(),
             waits_by_id: BTreeMap::new(),
@@ -1247,7 +1258,6 @@ impl Server {
                 | Request::RegisterLive { .. }
                 | Request::Meet(_)
                 | Request::Relay(_)
-                | Request::Deposit(_)
                 | Request::Collect
                 | Request::Delivered(_)
         );
@@ -2605,6 +2615,8 @@ impl Server {
         let mono = now.mono;
         let conns = &self.conns_per_source;
         self.costly_per_source
+            .retain(|s, b| conns.contains_key(s) || !b.is_full(mono));
+        self.mail_per_source
             .retain(|s, b| conns.contains_key(s) || !b.is_full(mono));
         self.new_ids_per_source.retain(|_, b| !b.is_full(mono));
         self.introductions.retain(|_, b| !b.is_full(mono));

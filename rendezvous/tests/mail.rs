@@ -315,3 +315,22 @@ fn pages_of_letters_stay_under_the_client_frame() {
     }
     assert_eq!(seen, (0..20).collect::<Vec<u8>>());
 }
+
+#[test]
+fn a_burst_of_deposits_beyond_the_mail_rate_is_told_when_to_retry() {
+    let mut net = Net::new(2, Config::default());
+    let alice = net.connect(0, 1, "198.51.100.1");
+    let burst = Config::default().mail_rate.1 as usize;
+    let mut refused = Vec::new();
+    for n in 0..burst + 1 {
+        // Each to its own recipient: no mailbox quota in the way.
+        let to = common::key(1_000 + n as u64).1;
+        if let Some(Response::Error(r)) = deposit(&mut net, &alice, letter(to, 1)) {
+            refused.push((n, r.code, r.retry_after_ms));
+        }
+    }
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let (n, code, retry) = refused[0];
+    assert_eq!((n, code), (burst, ErrorCode::RateLimited));
+    assert!(retry > 0 && retry <= 100, "{retry} ms");
+}

@@ -302,7 +302,7 @@ impl Mailroom {
                             ids: chunk.to_vec(),
                         },
                     )?;
-                    if let Err(e) = deposit(session, receipt).await {
+                    if let Err(e) = deposit(session, receipt, &mut Duration::default()).await {
                         tracing::debug!(error = %e, "receipt not left");
                     }
                 }
@@ -324,10 +324,11 @@ impl Mailroom {
         lines: &[String],
     ) -> (usize, u8, Option<anyhow::Error>) {
         let mut fewest = u8::MAX;
+        let mut pace = Duration::ZERO;
         for (i, line) in lines.iter().enumerate() {
             let seq = u32::try_from(i).unwrap_or(u32::MAX);
             let res = match self.seal_text(to, seq, line) {
-                Ok(letter) => deposit(session, letter).await,
+                Ok(letter) => deposit(session, letter, &mut pace).await,
                 Err(e) => Err(e),
             };
             match res {
@@ -340,11 +341,17 @@ impl Mailroom {
 }
 
 /// Deposits `letter`, waiting as the server says when it is busy (rate
-/// limited, copies not made in time, storage full for now).
-async fn deposit(session: &Session, letter: Letter) -> anyhow::Result<u8> {
+/// limited, copies not made in time, storage full for now). `pace` is
+/// the wait before each deposit: once rate limited, the hint — so a long
+/// run keeps to the server's rate instead of collecting refusals (which
+/// close a connection that gets too many).
+async fn deposit(session: &Session, letter: Letter, pace: &mut Duration) -> anyhow::Result<u8> {
     let mut tries = 0;
     loop {
         tries += 1;
+        if !pace.is_zero() {
+            tokio::time::sleep(*pace).await;
+        }
         match session.deposit(letter.clone()).await {
             Ok(copies) => return Ok(copies),
             Err(e) => {
@@ -360,8 +367,17 @@ async fn deposit(session: &Session, letter: Letter) -> anyhow::Result<u8> {
                     })
                     .and_then(Refused::retry_after)
                     .filter(|w| *w <= Duration::from_secs(5));
+                let limited = e
+                    .downcast_ref::<Refused>()
+                    .is_some_and(|r| r.code() == ErrorCode::RateLimited);
                 match wait {
-                    Some(w) if tries < DEPOSIT_TRIES => tokio::time::sleep(w).await,
+                    Some(w) if tries < DEPOSIT_TRIES => {
+                        if limited {
+                            *pace = w.min(Duration::from_secs(1));
+                        } else {
+                            tokio::time::sleep(w).await;
+                        }
+                    }
                     _ => return Err(e),
                 }
             }

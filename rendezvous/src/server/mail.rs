@@ -7,10 +7,12 @@
 //! (the [`crate::mailbox::MailLimits`] quotas per recipient, sender,
 //! address and in all, each with its refusal code), deposits in flight
 //! ([`MAX_DEPOSITS_PER_CONN`] per connection, `TooManyWaits`), one
-//! collection in flight per connection (`TooManyWaits`); every one of
-//! them is a costly request (the connection's and address's buckets).
+//! collection in flight per connection (`TooManyWaits`); deposits take
+//! their own buckets (`mail_rate`, per connection and per address),
+//! collections and acknowledgements the costly-request ones.
 
 use super::Server;
+use crate::limit::TokenBucket;
 use crate::mailbox::{
     HELD_BYTES, Letter, LetterId, MAIL_FETCH, MAIL_HOLDERS, MAX_DELIVERED_IDS, MailRefusal,
     PAGE_BYTES, rank,
@@ -62,6 +64,18 @@ fn code_of(r: MailRefusal) -> ErrorCode {
     }
 }
 
+/// A holder's refusal in words (it sends only the code).
+fn words_of(code: ErrorCode) -> String {
+    let r = match code {
+        ErrorCode::MailboxFull => MailRefusal::Recipient,
+        ErrorCode::MailQuota => MailRefusal::Sender,
+        ErrorCode::MailStorageFull => MailRefusal::Full,
+        ErrorCode::Invalid => MailRefusal::Size,
+        other => return format!("a server keeping the letter refused it ({})", other.label()),
+    };
+    r.to_string()
+}
+
 fn refusal_of(code: ErrorCode, detail: impl Into<String>) -> Refusal {
     let mut r = Refusal::new(code, detail);
     if code == ErrorCode::MailStorageFull || code == ErrorCode::NotReplicated {
@@ -104,7 +118,7 @@ impl Server {
         } else {
             None
         };
-        if let Some(r) = refusal {
+        if let Some(r) = refusal.or_else(|| self.charge_mail(now, conn).err()) {
             self.refuse(conn, req, r);
             return;
         }
@@ -166,6 +180,30 @@ impl Server {
                 source,
             },
         );
+    }
+
+    /// Takes one deposit from the connection's and its address's mail
+    /// buckets (`mail_rate`).
+    fn charge_mail(&mut self, now: Now, conn: ConnId) -> Result<(), Refusal> {
+        let (rate, burst) = self.cfg.mail_rate;
+        let Some(source) = self.conns.get(&conn).map(|c| c.source) else {
+            return Err(Refusal::new(ErrorCode::Malformed, "no such connection"));
+        };
+        let per_conn = self
+            .mail_per_conn
+            .entry(conn)
+            .or_insert_with(|| TokenBucket::new(rate, burst, now.mono))
+            .take(1.0, now.mono);
+        let per_source = self
+            .mail_per_source
+            .entry(source)
+            .or_insert_with(|| TokenBucket::new(rate, burst, now.mono))
+            .take(1.0, now.mono);
+        per_conn.and(per_source).map_err(|wait| Refusal {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: super::as_ms32(wait),
+            detail: format!("rate limited: at most {rate} letters per second (bursts of {burst})"),
+        })
     }
 
     /// Every copy there is to make is made: acknowledge, and tell the
@@ -390,14 +428,7 @@ impl Server {
                 // A holder's quota speaks for the cluster: the letter is
                 // refused (a copy made elsewhere expires, or is collected).
                 if let Some(d) = self.deposits.remove(&token) {
-                    self.refuse(
-                        d.conn,
-                        d.req,
-                        refusal_of(
-                            code,
-                            format!("a holder of the letter refused it: {}", code.label()),
-                        ),
-                    );
+                    self.refuse(d.conn, d.req, refusal_of(code, words_of(code)));
                 }
             }
         }
@@ -460,6 +491,7 @@ impl Server {
 
     /// A connection closed: its deposits and collections are dropped.
     pub(super) fn mail_closed(&mut self, conn: ConnId) {
+        self.mail_per_conn.remove(&conn);
         self.deposits.retain(|_, d| d.conn != conn);
         self.collects.retain(|_, c| c.conn != conn);
     }
