@@ -45,63 +45,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import labproc  # noqa: E402 (the lab scripts' shared helpers, beside this file)
+from natlabproc import NATLAB, Servers, chatd_binary, lab_up, natlab  # noqa: E402 (the NAT lab's two servers)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NATLAB = os.path.join(ROOT, "scripts", "natlab.sh")
 MODES = ["full-cone", "addr-restricted", "port-restricted", "symmetric"]
-SRV = {"srv1": "10.200.0.11:7000", "srv2": "10.200.0.12:7000"}
 RUN_TIMEOUT = 45.0
 SETTLE_TIMEOUT = 12.0
 SETTLED = re.compile(r"connected direct|upgraded to direct|the chat stays relayed")
-
-
-def natlab(*args):
-    subprocess.run([NATLAB, *args], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.PIPE, timeout=120)
-
-
-class Servers:
-    """Two chatd servers in nl-srv1 and nl-srv2, stopped by PID on exit."""
-
-    def __init__(self, binary, work):
-        self.procs = []
-        self.addrs = {}
-        for name in ("srv1", "srv2"):
-            key = os.path.join(work, f"{name}.key")
-            out = subprocess.run([binary, "keygen", "--out", key], check=True,
-                                 capture_output=True, text=True, timeout=30)
-            self.addrs[name] = f"{out.stdout.split()[-1]}@{SRV[name]}"
-        for name in ("srv1", "srv2"):
-            args = ["ip", "netns", "exec", f"nl-{name}", binary, "serve",
-                    "--listen", SRV[name], "--admin", "127.0.0.1:9100",
-                    "--data-dir", work, "--key", os.path.join(work, f"{name}.key"),
-                    "--preset", "local"]
-            for other in ("srv1", "srv2"):
-                args += ["--allow", self.addrs[other].split("@")[0]]
-            if name == "srv2":
-                args += ["--bootstrap", self.addrs["srv1"]]
-            log = open(os.path.join(work, f"{name}.log"), "w")
-            self.procs.append(subprocess.Popen(args, stdout=log, stderr=log))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if all(self.live(binary, ns) == 2 for ns in ("srv1", "srv2")):
-                return
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError("the two servers did not see each other within 20 s")
-
-    @staticmethod
-    def live(binary, ns):
-        try:
-            out = subprocess.run(["ip", "netns", "exec", f"nl-{ns}", binary, "status",
-                                  "--admin", "127.0.0.1:9100"],
-                                 capture_output=True, text=True, timeout=5)
-            return len(json.loads(out.stdout).get("servers", []))
-        except (ValueError, subprocess.TimeoutExpired):
-            return 0
-
-    def stop(self):
-        labproc.stop(self.procs)
 
 
 def chat_pair(binary, servers, ns_a, ns_b, tag, lines, break_path=None):
@@ -374,12 +324,7 @@ def main():
         sys.exit("punch-lab.py: must run as root (network namespaces)")
     if not (1 <= args.runs <= 1000 and 1 <= args.lines <= 1000 and 0 <= args.loss <= 50):
         sys.exit("punch-lab.py: --runs and --lines must be 1..1000, --loss 0..50")
-    binary = args.bin
-    if not binary:
-        subprocess.run(["cargo", "build", "-q", "--release", "-p", "chatd"], cwd=ROOT,
-                       check=True)
-        binary = os.path.join(ROOT, "target", "release", "chatd")
-    binary = os.path.abspath(binary)
+    binary = chatd_binary(args.bin)
     netem_bin = args.netem
     if args.rtt > 0 and not netem_bin:
         subprocess.run(["cargo", "build", "-q", "--release", "-p", "netem"], cwd=ROOT,
@@ -392,11 +337,7 @@ def main():
     servers = None
     netem = None
     rows = []
-    try:
-        natlab("up")
-    except subprocess.CalledProcessError as e:
-        sys.exit(f"punch-lab.py: the NAT lab did not come up (is it up already? then "
-                 f"`scripts/natlab.sh down`):\n{e.stderr.decode(errors='replace')}")
+    lab_up("punch-lab.py")
     try:
         if args.rtt > 0:
             # Bounded: the whole matrix at its slowest, then it stops itself.
