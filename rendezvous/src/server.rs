@@ -568,6 +568,8 @@ struct Conn {
     source: Source,
     rtt: Duration,
     costly: TokenBucket,
+    /// Letters it may still deposit (`mail_rate`).
+    mail: TokenBucket,
     waits: Vec<FriendRef>,
     /// Never registered on this connection: (last request, id) is in
     /// `anonymous`. `None` once registered or being closed.
@@ -675,8 +677,7 @@ pub struct Server {
     anonymous: BTreeSet<(Time, ConnId)>,
     live_per_source: BTreeMap<Source, u32>,
     costly_per_source: BTreeMap<Source, TokenBucket>,
-    /// Deposits per connection and per address (`mail_rate`).
-    mail_per_conn: BTreeMap<ConnId, TokenBucket>,
+    /// Deposits per address (`mail_rate`; per connection: [`Conn`]).
     mail_per_source: BTreeMap<Source, TokenBucket>,
     new_ids_per_source: BTreeMap<Source, TokenBucket>,
     /// Introductions per peer met (`introductions_per_peer`).
@@ -731,6 +732,14 @@ fn spaced(last: Option<Time>, spacing: Duration, now: Now, what: &str) -> Result
         }),
         _ => Ok(()),
     }
+}
+
+/// The keys of `map` whose deadline (`at` of the value) has come.
+fn due<K: Copy + Ord, V>(map: &BTreeMap<K, V>, now: Time, at: impl Fn(&V) -> Time) -> Vec<K> {
+    map.iter()
+        .filter(|(_, v)| at(v) <= now)
+        .map(|(k, _)| *k)
+        .collect()
 }
 
 fn pair(a: PeerId, b: PeerId) -> (PeerId, PeerId) {
@@ -789,7 +798,6 @@ impl Server {
             anonymous: BTreeSet::new(),
             live_per_source: BTreeMap::new(),
             costly_per_source: BTreeMap::new(),
-            mail_per_conn: BTreeMap::new(),
             mail_per_source: BTreeMap::new(),
             new_ids_per_source: BTreeMap::new(),
             introductions: BTreeMap::new(),
@@ -1027,6 +1035,7 @@ impl Server {
                 source,
                 rtt: Duration::ZERO,
                 costly: TokenBucket::new(rate, burst, now.mono),
+                mail: TokenBucket::new(self.cfg.mail_rate.0, self.cfg.mail_rate.1, now.mono),
                 waits: Vec::new(),
                 anonymous_since: Some(now.mono),
                 undecodable: 0,
@@ -2622,13 +2631,7 @@ impl Server {
         self.introductions.retain(|_, b| !b.is_full(mono));
         // Relay halves whose friend never came.
         let wait = self.cfg.relay_wait;
-        let late: Vec<(PeerId, PeerId)> = self
-            .relay_pending
-            .iter()
-            .filter(|(_, h)| now.mono.saturating_since(h.since) >= wait)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in late {
+        for k in due(&self.relay_pending, now.mono, |h| h.since + wait) {
             if let Some(h) = self.relay_pending.remove(&k) {
                 self.release_relay(k.0, h.source);
                 let detail = format!("the friend did not join the relay within {wait:?}");
@@ -2640,24 +2643,12 @@ impl Server {
             }
         }
         let lifetime = self.cfg.relay_lifetime;
-        let old: Vec<SessionId> = self
-            .relay_sessions
-            .iter()
-            .filter(|(_, s)| now.mono.saturating_since(s.started) >= lifetime)
-            .map(|(id, _)| *id)
-            .collect();
-        for s in old {
+        for s in due(&self.relay_sessions, now.mono, |s| s.started + lifetime) {
             self.stats.count("relay_sessions_expired");
             self.end_session(s, true);
         }
         // Registrations whose copy was not acknowledged: another server.
-        let late: Vec<u64> = self
-            .acks
-            .iter()
-            .filter(|(_, a)| a.deadline <= now.mono)
-            .map(|(t, _)| *t)
-            .collect();
-        for t in late {
+        for t in due(&self.acks, now.mono, |a| a.deadline) {
             if let Some(a) = self.acks.remove(&t) {
                 self.stats.count("store_timeouts");
                 self.replicate(now, a.conn, a.req, a.record, a.tried, a.attempts);

@@ -16,7 +16,7 @@
 use crate::client::friends::KnownFriends;
 use crate::client::letter::{self, Body, MAX_RECEIPT_IDS};
 use crate::client::run::Options;
-use crate::client::{Client, Refused, Session, status};
+use crate::client::{Client, Refused, Session, short_id, status};
 use anyhow::Context;
 use ed25519_dalek::SigningKey;
 use overlay::PeerId;
@@ -156,12 +156,6 @@ pub struct Mailroom {
     known: PathBuf,
 }
 
-/// The first 8 characters of an id.
-fn short(id: &PeerId) -> String {
-    let s = crate::net::identity::Id(*id).to_string();
-    s.chars().take(8).collect()
-}
-
 /// How a sender is shown: its pinned name; else the name it gave (with
 /// its short id if that name is pinned to another key, or empty).
 fn label(known: &KnownFriends, from: &PeerId, claimed: &str) -> String {
@@ -170,8 +164,8 @@ fn label(known: &KnownFriends, from: &PeerId, claimed: &str) -> String {
     }
     let clean: String = claimed.chars().filter(|c| !c.is_control()).collect();
     match known.pin(&clean) {
-        crate::client::friends::Pin::Known(_) => format!("{clean}~{}", short(from)),
-        crate::client::friends::Pin::Unknown if clean.is_empty() => short(from),
+        crate::client::friends::Pin::Known(_) => format!("{clean}~{}", short_id(from)),
+        crate::client::friends::Pin::Unknown if clean.is_empty() => short_id(from),
         crate::client::friends::Pin::Unknown => clean,
     }
 }
@@ -268,7 +262,7 @@ impl Mailroom {
             for (from, n) in got {
                 let who = known
                     .name_of(&from)
-                    .map_or_else(|| short(&from), str::to_string);
+                    .map_or_else(|| short_id(&from), str::to_string);
                 out.receipts.push((who, n));
             }
             let ids: Vec<LetterId> = page.iter().map(|l| l.id).collect();
@@ -428,7 +422,7 @@ pub async fn run_send(mut opts: Options, lines: Vec<String>) -> anyhow::Result<(
         Ok(session) => send_on(&session, &mut opts, &lines).await,
         Err(e) => Err(e),
     };
-    close(&client).await;
+    client.close_all().await;
     res
 }
 
@@ -439,7 +433,7 @@ async fn send_on(session: &Session, opts: &mut Options, lines: &[String]) -> any
             let shown = opts
                 .known
                 .name_of(&id)
-                .map_or_else(|| short(&id), str::to_string);
+                .map_or_else(|| short_id(&id), str::to_string);
             (id, shown)
         }
         FriendRef::Name(name) => {
@@ -501,7 +495,7 @@ pub async fn run_inbox(opts: Options) -> anyhow::Result<()> {
         }
         Err(e) => Err(e),
     };
-    close(&client).await;
+    client.close_all().await;
     let c = res?;
     match c.letters {
         0 => status("no messages"),
@@ -509,12 +503,6 @@ pub async fn run_inbox(opts: Options) -> anyhow::Result<()> {
     }
     tell(&c);
     Ok(())
-}
-
-/// Closes every connection and lets the closes go out.
-async fn close(client: &Client) {
-    client.endpoint().close(0u32.into(), b"bye");
-    let _ = tokio::time::timeout(Duration::from_secs(1), client.endpoint().wait_idle()).await;
 }
 
 /// Reads the lines to leave from stdin (to its end): empty ones skipped,

@@ -111,6 +111,13 @@ impl Refused {
 
 pub use crate::net::unix_millis;
 
+/// The first 8 characters of an id, for people (a name's stand-in).
+pub(crate) fn short_id(id: &PeerId) -> String {
+    let mut s = crate::net::identity::Id(*id).to_string();
+    s.truncate(8);
+    s
+}
+
 /// One status line for the user (stderr).
 #[allow(clippy::print_stderr)] // the chat client talks to its user here
 pub(crate) fn status(line: &str) {
@@ -431,6 +438,13 @@ impl Client {
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
         cfg.transport_config(Arc::new(transport));
         Ok(cfg)
+    }
+
+    /// Closes every connection (servers, relays, friends) so nothing waits
+    /// for an idle timeout, and lets the closes go out (at most 1 s).
+    pub async fn close_all(&self) {
+        self.endpoint.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
     /// This client's id.

@@ -30,7 +30,6 @@ use super::run::{
 use crate::client::friends::KnownFriends;
 use crate::client::{Client, status};
 use crate::net::framing::write_msg;
-use crate::net::identity::Id;
 use overlay::{PeerId, Time};
 use rendezvous::{FriendRef, PeerRecord};
 use serde::{Deserialize, Serialize};
@@ -148,9 +147,7 @@ pub async fn run(opts: RoomOptions) -> anyhow::Result<()> {
     let keeper = tokio::spawn(keep_home(ctx.clone(), home_tx));
     let res = in_room(&ctx, members).await;
     keeper.abort();
-    let endpoint = ctx.client.endpoint();
-    endpoint.close(0u32.into(), b"bye");
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    ctx.client.close_all().await;
     res
 }
 
@@ -379,14 +376,10 @@ fn summary(m: &room::Msg<PeerId>) -> String {
 }
 
 fn name_of(names: &BTreeMap<PeerId, String>, id: PeerId) -> String {
-    match names.get(&id) {
-        Some(n) => n.clone(),
-        None => {
-            let mut s = Id(id).to_string();
-            s.truncate(8);
-            s
-        }
-    }
+    names
+        .get(&id)
+        .cloned()
+        .unwrap_or_else(|| crate::client::short_id(&id))
 }
 
 /// The room's events in words, each state said once.

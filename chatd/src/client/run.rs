@@ -124,10 +124,7 @@ pub async fn run(mut opts: Options) -> anyhow::Result<()> {
             status(&format!("  not delivered: {text}"));
         }
     }
-    // Close every connection (server, relay) so nothing waits for an idle
-    // timeout, and let the closes go out.
-    client.endpoint().close(0u32.into(), b"bye");
-    let _ = tokio::time::timeout(Duration::from_secs(1), client.endpoint().wait_idle()).await;
+    client.close_all().await;
     res
 }
 

@@ -557,7 +557,8 @@ async fn read_requests(conn_id: ConnId, conn: quinn::Connection, events: mpsc::S
         tokio::spawn(async move {
             let read = async {
                 let len = read_len(&mut recv).await?;
-                let _permit = if len > MAX_REQUEST {
+                // (One over MAX_LETTER_REQUEST is refused at once, below.)
+                let _permit = if (MAX_REQUEST + 1..=MAX_LETTER_REQUEST).contains(&len) {
                     large.acquire().await.ok()
                 } else {
                     None

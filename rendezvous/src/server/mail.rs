@@ -11,7 +11,7 @@
 //! their own buckets (`mail_rate`, per connection and per address),
 //! collections and acknowledgements the costly-request ones.
 
-use super::Server;
+use super::{Server, due};
 use crate::limit::TokenBucket;
 use crate::mailbox::{
     HELD_BYTES, Letter, LetterId, MAIL_FETCH, MAIL_HOLDERS, MAX_DELIVERED_IDS, MailRefusal,
@@ -129,18 +129,11 @@ impl Server {
         let holders: Vec<PeerId> = ranked.drain(..MAIL_HOLDERS.min(ranked.len())).collect();
         let mut copies = 0;
         if holders.contains(&self.me) {
-            match self.mailbox.keep(letter.clone(), &peer, source, now.unix()) {
-                Ok(new) => {
-                    if new {
-                        self.stats.count("letters_kept");
-                    }
-                    copies = 1;
-                }
-                Err(e) => {
-                    self.refuse(conn, req, refusal_of(code_of(e), e.to_string()));
-                    return;
-                }
+            if let Err(e) = self.keep_here(now, letter.clone(), &peer, source) {
+                self.refuse(conn, req, refusal_of(code_of(e), e.to_string()));
+                return;
             }
+            copies = 1;
         }
         let asked: Vec<PeerId> = holders.into_iter().filter(|h| *h != self.me).collect();
         let spare = ranked.into_iter().filter(|h| *h != self.me).collect();
@@ -170,6 +163,20 @@ impl Server {
         }
     }
 
+    /// Keeps a letter in this server's mailbox (counted when new).
+    fn keep_here(
+        &mut self,
+        now: Now,
+        letter: Letter,
+        sender: &PeerId,
+        source: IpAddr,
+    ) -> Result<(), MailRefusal> {
+        if self.mailbox.keep(letter, sender, source, now.unix())? {
+            self.stats.count("letters_kept");
+        }
+        Ok(())
+    }
+
     fn keep_at(&mut self, to: PeerId, token: u64, letter: &Letter, sender: PeerId, source: IpAddr) {
         self.send_server(
             to,
@@ -186,14 +193,11 @@ impl Server {
     /// buckets (`mail_rate`).
     fn charge_mail(&mut self, now: Now, conn: ConnId) -> Result<(), Refusal> {
         let (rate, burst) = self.cfg.mail_rate;
-        let Some(source) = self.conns.get(&conn).map(|c| c.source) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return Err(Refusal::new(ErrorCode::Malformed, "no such connection"));
         };
-        let per_conn = self
-            .mail_per_conn
-            .entry(conn)
-            .or_insert_with(|| TokenBucket::new(rate, burst, now.mono))
-            .take(1.0, now.mono);
+        let per_conn = c.mail.take(1.0, now.mono);
+        let source = c.source;
         let per_source = self
             .mail_per_source
             .entry(source)
@@ -340,18 +344,14 @@ impl Server {
                 sender,
                 source,
             } => {
-                let refused = match self.mailbox.keep(letter, &sender, source, now.unix()) {
-                    Ok(new) => {
-                        if new {
-                            self.stats.count("letters_kept");
-                        }
-                        None
-                    }
-                    Err(e) => {
-                        self.stats.count("letters_refused");
-                        Some(code_of(e))
-                    }
-                };
+                let refused = self
+                    .keep_here(now, letter, &sender, source)
+                    .err()
+                    .map(code_of);
+                if refused.is_some() {
+                    // Refused for another server's client.
+                    self.stats.count("letters_refused");
+                }
                 self.send_server(from, ServerMsg::Kept { token, refused });
             }
             ServerMsg::Kept { token, refused } => self.kept(now, token, from, refused),
@@ -440,13 +440,7 @@ impl Server {
     pub(super) fn mail_sweep(&mut self, now: Now) {
         let forgotten = self.mailbox.expire(now.unix());
         self.stats.add("letters_expired", forgotten as u64);
-        let late: Vec<u64> = self
-            .deposits
-            .iter()
-            .filter(|(_, d)| d.deadline <= now.mono)
-            .map(|(t, _)| *t)
-            .collect();
-        for token in late {
+        for token in due(&self.deposits, now.mono, |d| d.deadline) {
             let Some(mut d) = self.deposits.remove(&token) else {
                 continue;
             };
@@ -475,13 +469,7 @@ impl Server {
                 self.deposits.insert(token, d);
             }
         }
-        let late: Vec<u64> = self
-            .collects
-            .iter()
-            .filter(|(_, c)| c.deadline <= now.mono)
-            .map(|(t, _)| *t)
-            .collect();
-        for token in late {
+        for token in due(&self.collects, now.mono, |c| c.deadline) {
             if let Some(c) = self.collects.remove(&token) {
                 self.stats.count("collections_partial");
                 self.collected(c);
@@ -491,7 +479,6 @@ impl Server {
 
     /// A connection closed: its deposits and collections are dropped.
     pub(super) fn mail_closed(&mut self, conn: ConnId) {
-        self.mail_per_conn.remove(&conn);
         self.deposits.retain(|_, d| d.conn != conn);
         self.collects.retain(|_, c| c.conn != conn);
     }
