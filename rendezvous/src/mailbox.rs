@@ -45,9 +45,11 @@ pub const MAX_DELIVERED_IDS: usize = 64;
 /// Most bytes of letters in one answer to a client (under the 64 KiB
 /// client frame).
 pub const PAGE_BYTES: usize = 48 * 1024;
-/// Most bytes of letters one server sends another for a collection (under
-/// the 256 KiB server frame).
-pub const HELD_BYTES: usize = 192 * 1024;
+/// Most bytes of letters one server sends another for a collection: one
+/// client page, since that is all the collection can hand out. (More
+/// would let a client that never acknowledges make every collection cost
+/// the cluster several times what it is sent.)
+pub const HELD_BYTES: usize = PAGE_BYTES;
 
 /// A sealed letter as it travels and is stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
