@@ -168,6 +168,10 @@ enum Role<M> {
     Candidate {
         epoch: Epoch,
         started: Time,
+        /// When we last asked those who have not granted (again every
+        /// quarter of the turn: a request lost on a path coming up again
+        /// must not cost the turn).
+        asked: Time,
         /// Still asking whether a majority would vote (the pre-vote).
         pre: bool,
         /// The commit we asked with.
@@ -233,6 +237,11 @@ pub struct Room<M> {
     synced: bool,
     /// Do not start a new room ([`Room::hold_start`]).
     hold: bool,
+    /// Vote requests refused only because we still heard the host (one
+    /// per member, the latest): answered again the moment we miss it too,
+    /// so a candidate whose timer ran out a little before ours is not
+    /// refused for that and made to give way.
+    deferred: BTreeMap<M, (Time, bool, Epoch, Index)>,
     out: VecDeque<Output<M>>,
 }
 
@@ -271,6 +280,7 @@ impl<M: Ord + Copy + Debug> Room<M> {
             cursor: None,
             synced: false,
             hold: false,
+            deferred: BTreeMap::new(),
             out: VecDeque::new(),
         };
         room.hello_all(now);
@@ -320,7 +330,9 @@ impl<M: Ord + Copy + Debug> Room<M> {
         self.out.pop_front()
     }
 
-    /// When to [`Input::Tick`] next at the latest.
+    /// When to [`Input::Tick`] next at the latest: the failover's
+    /// deadlines exactly (a missed host, a candidate's turn, the next
+    /// heartbeat), everything else within a quarter of a second.
     pub fn poll_timeout(&self, now: Time) -> Time {
         let step = self
             .cfg
@@ -328,7 +340,27 @@ impl<M: Ord + Copy + Debug> Room<M> {
             .min(self.cfg.retry)
             .min(self.cfg.heartbeat)
             / 2;
-        now + step.max(Duration::from_millis(10))
+        let mut at = now + step.max(Duration::from_millis(10));
+        match &self.role {
+            Role::Host {
+                last_beat: Some(t), ..
+            } => at = at.min(*t + self.cfg.heartbeat),
+            Role::Host { .. } => at = now,
+            Role::Candidate { started, asked, .. } => {
+                at = at
+                    .min(*started + self.cfg.vote_timeout)
+                    .min(*asked + self.cfg.vote_timeout / 4);
+            }
+            Role::Follower => {
+                if self.host.is_some() {
+                    at = at.min(self.heard + self.cfg.host_timeout);
+                }
+                if let Some(f) = &self.failover {
+                    at = at.min(f.slot + self.cfg.vote_timeout);
+                }
+            }
+        }
+        at.max(now + Duration::from_millis(1))
     }
 
     /// Feeds one input at `now`.
@@ -493,8 +525,15 @@ impl<M: Ord + Copy + Debug> Room<M> {
     fn tick(&mut self, now: Time) {
         match &self.role {
             Role::Host { .. } => self.host_tick(now),
-            Role::Candidate { epoch, started, .. } => {
-                let epoch = *epoch;
+            Role::Candidate {
+                epoch,
+                started,
+                asked,
+                pre,
+                ..
+            } => {
+                let (epoch, pre) = (*epoch, *pre);
+                let again = now.saturating_since(*asked) >= self.cfg.vote_timeout / 4;
                 if now.saturating_since(*started) >= self.cfg.vote_timeout {
                     for m in self.others(&self.active) {
                         self.send(m, Msg::Ineligible { epoch });
@@ -506,6 +545,11 @@ impl<M: Ord + Copy + Debug> Room<M> {
                         f.slot = now;
                         f.tried = false;
                     }
+                } else if again {
+                    if let Role::Candidate { asked, .. } = &mut self.role {
+                        *asked = now;
+                    }
+                    self.ask_votes(pre, epoch);
                 }
             }
             Role::Follower => {}
@@ -534,6 +578,14 @@ impl<M: Ord + Copy + Debug> Room<M> {
                 slot: now,
                 tried: false,
             });
+            // Those who asked while we still heard the host: answer now
+            // (within their turn only; an older request is stale).
+            let asked = std::mem::take(&mut self.deferred);
+            for (from, (at, pre, epoch, commit)) in asked {
+                if now.saturating_since(at) < self.cfg.vote_timeout {
+                    self.on_request_vote(now, from, pre, epoch, commit);
+                }
+            }
         }
         if self.host.is_none() && self.failover.is_none() {
             self.join_tick(now);
@@ -771,6 +823,7 @@ impl<M: Ord + Copy + Debug> Room<M> {
         self.role = Role::Candidate {
             epoch,
             started: now,
+            asked: now,
             pre: true,
             commit: self.commit,
             votes: BTreeMap::new(),
@@ -779,6 +832,7 @@ impl<M: Ord + Copy + Debug> Room<M> {
         self.check_votes(now);
     }
 
+    /// Asks every active member that has not granted this round yet.
     fn ask_votes(&mut self, pre: bool, epoch: Epoch) {
         let msg = Msg::RequestVote {
             pre,
@@ -786,8 +840,14 @@ impl<M: Ord + Copy + Debug> Room<M> {
             last: self.last(),
             commit: self.commit,
         };
+        let granted: BTreeSet<M> = match &self.role {
+            Role::Candidate { votes, .. } => votes.keys().copied().collect(),
+            _ => BTreeSet::new(),
+        };
         for m in self.others(&self.active) {
-            self.send(m, msg.clone());
+            if !granted.contains(&m) {
+                self.send(m, msg.clone());
+            }
         }
     }
 
@@ -804,8 +864,12 @@ impl<M: Ord + Copy + Debug> Room<M> {
         }
         if pre {
             // A majority would: now the election, for real.
-            if let Role::Candidate { pre, votes, .. } = &mut self.role {
+            if let Role::Candidate {
+                pre, votes, asked, ..
+            } = &mut self.role
+            {
                 *pre = false;
+                *asked = now;
                 votes.clear();
             }
             self.epoch = epoch;
@@ -1188,7 +1252,13 @@ impl<M: Ord + Copy + Debug> Room<M> {
                 .host
                 .is_some_and(|_| now.saturating_since(self.heard) < self.cfg.host_timeout),
         };
-        let grant = epoch > self.voted && self.synced && self.active.contains(&from) && !hears_host;
+        let eligible = epoch > self.voted && self.synced && self.active.contains(&from);
+        let grant = eligible && !hears_host;
+        if eligible && hears_host && !matches!(self.role, Role::Host { .. }) {
+            self.deferred.insert(from, (now, pre, epoch, commit));
+        } else {
+            self.deferred.remove(&from);
+        }
         let tail = if grant && !pre {
             self.voted = epoch;
             self.epoch = self.epoch.max(epoch);

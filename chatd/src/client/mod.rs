@@ -53,6 +53,8 @@ pub struct Client {
 struct Accepts {
     waiters: Vec<(PeerId, tokio::sync::mpsc::Sender<quinn::Connection>)>,
     running: bool,
+    /// Told whenever a waiter is added (a parked connection may be its).
+    added: Arc<tokio::sync::Notify>,
 }
 
 /// Incoming handshakes in flight at once (a stranger's too: who it is is
@@ -60,6 +62,11 @@ struct Accepts {
 const MAX_ACCEPTING: usize = 16;
 /// How long an incoming handshake may take.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a chat connection from a peer nobody waits for yet is kept
+/// (within the [`MAX_ACCEPTING`] in flight): the friend may have met us a
+/// moment sooner than we met it and dialled before we wait for it; refused,
+/// it would take that connection for the chat while we never see it.
+const PARK_WAIT: Duration = Duration::from_secs(5);
 
 /// Stops passing on connections from a friend when dropped.
 pub(crate) struct AcceptGuard {
@@ -203,20 +210,35 @@ async fn accept_loop(endpoint: quinn::Endpoint, accepts: Arc<std::sync::Mutex<Ac
             let Ok(Ok(conn)) = tokio::time::timeout(ACCEPT_TIMEOUT, incoming).await else {
                 return;
             };
-            let waiter = chat_peer(&conn).and_then(|peer| {
-                crate::net::lock(&accepts)
+            let Some(peer) = chat_peer(&conn) else {
+                conn.close(1u32.into(), b"not expected");
+                return;
+            };
+            let until = tokio::time::Instant::now() + PARK_WAIT;
+            let added = crate::net::lock(&accepts).added.clone();
+            loop {
+                // Armed before looking, so a waiter added in between wakes us.
+                let notified = added.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let waiter = crate::net::lock(&accepts)
                     .waiters
                     .iter()
                     .find(|(f, _)| *f == peer)
-                    .map(|(_, tx)| tx.clone())
-            });
-            match waiter {
-                Some(tx) => {
+                    .map(|(_, tx)| tx.clone());
+                if conn.close_reason().is_some() {
+                    return;
+                }
+                if let Some(tx) = waiter {
                     if let Err(e) = tx.send(conn).await {
                         e.0.close(1u32.into(), b"not expected");
                     }
+                    return;
                 }
-                None => conn.close(1u32.into(), b"not expected"),
+                if tokio::time::timeout_at(until, notified).await.is_err() {
+                    conn.close(1u32.into(), b"not expected");
+                    return;
+                }
             }
         });
     }
@@ -319,6 +341,7 @@ impl Client {
         let mut a = crate::net::lock(&self.accepts);
         a.waiters.retain(|(f, _)| *f != fid);
         a.waiters.push((fid, tx.clone()));
+        a.added.notify_waiters();
         if !a.running {
             a.running = true;
             tokio::spawn(accept_loop(self.endpoint.clone(), self.accepts.clone()));

@@ -35,6 +35,7 @@ pub(crate) async fn direct(
     own_nat: NatMapping,
     friend: &PeerRecord,
     budget: Duration,
+    incoming: &mut Incoming,
 ) -> anyhow::Result<Chat> {
     let me = client.id();
     let fid = friend.body.peer;
@@ -47,7 +48,7 @@ pub(crate) async fn direct(
     candidates.retain(|a| seen.insert(*a));
     let sent = Arc::new(AtomicU32::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    let (tx, rx) = tokio::sync::mpsc::channel::<quinn::Connection>(8);
+    let tx = incoming.tx.clone();
     let cfg = client.friend_config(fid)?;
     let friend_hard = friend.body.nat == NatMapping::Dependent;
     let me_hard = own_nat == NatMapping::Dependent;
@@ -98,9 +99,14 @@ pub(crate) async fn direct(
             }
         });
     }
-    let accepting = client.accept_from(fid, tx);
-    let chat = agree(me, fid, rx, tokio::time::Instant::now() + budget).await;
-    drop(accepting);
+    drop(tx);
+    let chat = agree(
+        me,
+        fid,
+        &mut incoming.rx,
+        tokio::time::Instant::now() + budget,
+    )
+    .await;
     tasks.abort_all();
     tracing::debug!(
         probes = sent.load(Ordering::Relaxed),
@@ -109,13 +115,51 @@ pub(crate) async fn direct(
     chat
 }
 
+/// The friend's direct connections, taken from the moment we know of it
+/// (before the common start instant: a friend that starts sooner must not
+/// be refused) until dropped, and our own dials' connections.
+pub(crate) struct Incoming {
+    tx: tokio::sync::mpsc::Sender<quinn::Connection>,
+    rx: tokio::sync::mpsc::Receiver<quinn::Connection>,
+    fid: PeerId,
+    _accepting: crate::client::AcceptGuard,
+}
+
+impl Incoming {
+    pub(crate) fn new(client: &Client, fid: PeerId) -> Incoming {
+        let (tx, rx) = tokio::sync::mpsc::channel::<quinn::Connection>(8);
+        let accepting = client.accept_from(fid, tx.clone());
+        Incoming {
+            tx,
+            rx,
+            fid,
+            _accepting: accepting,
+        }
+    }
+
+    /// After our own attempts ran out: the friend's connections only, for
+    /// `budget` more. The friend may have started later than we did (it
+    /// met us later) and complete a connection after our deadline;
+    /// refused, it would take that connection for the chat while we wait
+    /// for a relay it never comes to.
+    pub(crate) async fn late(&mut self, me: PeerId, budget: Duration) -> anyhow::Result<Chat> {
+        agree(
+            me,
+            self.fid,
+            &mut self.rx,
+            tokio::time::Instant::now() + budget,
+        )
+        .await
+    }
+}
+
 /// Agrees with the friend on one connection from `conns` and opens the
 /// chat stream on it: the lower id takes the first connection and opens
 /// the stream; the higher id takes the connection the stream arrives on.
 pub(crate) async fn agree(
     me: PeerId,
     fid: PeerId,
-    conns: tokio::sync::mpsc::Receiver<quinn::Connection>,
+    conns: &mut tokio::sync::mpsc::Receiver<quinn::Connection>,
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<Chat> {
     if me < fid {
@@ -127,12 +171,23 @@ pub(crate) async fn agree(
 
 /// Opens the chat stream on the first connection and says hello on it.
 async fn open_on_first(
-    mut conns: tokio::sync::mpsc::Receiver<quinn::Connection>,
+    conns: &mut tokio::sync::mpsc::Receiver<quinn::Connection>,
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<Chat> {
-    match tokio::time::timeout_at(deadline, conns.recv()).await {
-        Ok(Some(conn)) => open_chat(conn).await,
-        _ => anyhow::bail!("the friend could not be reached"),
+    // A connection that closed meanwhile (a parked one the friend gave up)
+    // does not end the attempt: the next may come.
+    let mut last = None;
+    loop {
+        match tokio::time::timeout_at(deadline, conns.recv()).await {
+            Ok(Some(conn)) => match open_chat(conn).await {
+                Ok(chat) => return Ok(chat),
+                Err(e) => last = Some(e),
+            },
+            _ => match last {
+                Some(e) => return Err(e.context("the friend could not be reached")),
+                None => anyhow::bail!("the friend could not be reached"),
+            },
+        }
     }
 }
 
@@ -145,7 +200,7 @@ async fn open_chat(conn: quinn::Connection) -> anyhow::Result<Chat> {
 }
 
 async fn accept_on_any(
-    mut conns: tokio::sync::mpsc::Receiver<quinn::Connection>,
+    conns: &mut tokio::sync::mpsc::Receiver<quinn::Connection>,
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<Chat> {
     let mut streams = tokio::task::JoinSet::new();

@@ -1495,24 +1495,39 @@ pub(super) async fn connect<'a>(
     if budget.is_zero() {
         return Ok((relay(client, homes, home, friend, early).await?, None));
     }
-    let mut direct: Upgrade<'a> = Box::pin(async move {
+    let mut incoming = crate::client::punch::Incoming::new(client, friend.body.peer);
+    let mut direct = Box::pin(async move {
         tokio::time::sleep(start_in).await;
-        direct_path(client, own_nat, friend, budget).await
+        let path = direct_path_on(client, own_nat, friend, budget, &mut incoming).await;
+        (path, incoming)
     });
     let mut relayed: Upgrade<'_> = Box::pin(relay(client, homes, home, friend, early));
     tokio::select! {
-        d = &mut direct => match d {
+        (d, mut incoming) = &mut direct => match d {
             Ok(path) => Ok((path, None)),
             Err(e) => {
                 status(&format!("no direct path: {e}; waiting for the relay"));
-                Ok((relayed.await?, None))
+                // A connection the friend completes late is still taken.
+                let late = async {
+                    match incoming.late(client.id(), budget).await {
+                        Ok(chat) => path_of(chat, friend),
+                        Err(_) => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = &mut relayed => Ok((r?, None)),
+                    path = late => {
+                        status("the friend's direct connection came late: taking it");
+                        Ok((path, None))
+                    }
+                }
             }
         },
         r = &mut relayed => match r {
-            Ok(path) => Ok((path, Some(direct))),
+            Ok(path) => Ok((path, Some(Box::pin(async move { direct.await.0 })))),
             Err(e) => {
                 status(&format!("no relay: {e:#}; waiting for a direct path"));
-                Ok((direct.await?, None))
+                Ok((direct.await.0?, None))
             }
         },
     }
@@ -1536,13 +1551,31 @@ async fn direct_path(
     friend: &PeerRecord,
     budget: Duration,
 ) -> anyhow::Result<Path> {
-    let (conn, send, recv) = crate::client::punch::direct(client, own_nat, friend, budget).await?;
+    let mut incoming = crate::client::punch::Incoming::new(client, friend.body.peer);
+    direct_path_on(client, own_nat, friend, budget, &mut incoming).await
+}
+
+/// [`direct_path`], the friend's connections taken by `incoming`.
+async fn direct_path_on(
+    client: &Client,
+    own_nat: NatMapping,
+    friend: &PeerRecord,
+    budget: Duration,
+    incoming: &mut crate::client::punch::Incoming,
+) -> anyhow::Result<Path> {
+    let chat = crate::client::punch::direct(client, own_nat, friend, budget, incoming).await?;
+    Ok(path_of(chat, friend))
+}
+
+/// The path of a direct chat connection (LAN when it runs to one of the
+/// friend's private addresses).
+fn path_of((conn, send, recv): crate::client::punch::Chat, friend: &PeerRecord) -> Path {
     let kind = if friend.body.private_addrs.contains(&conn.remote_address()) {
         PathKind::Lan
     } else {
         PathKind::Wan
     };
-    Ok(Path {
+    Path {
         conn,
         send,
         recv,
@@ -1550,7 +1583,7 @@ async fn direct_path(
         relay_closed: None,
         relay_session: None,
         ranking: Ranking::default(),
-    })
+    }
 }
 
 /// The relayed path: both peers ask the relay the servers chose for them
@@ -1715,7 +1748,7 @@ async fn chat_through(
     // that ranked it (a message that may still be on its way): until then
     // it says `relay_not_met`; ask again, for a bounded time.
     let grant_by = tokio::time::Instant::now() + RELAY_GRANT_WAIT;
-    let (rx, closed, task) = loop {
+    let (mut rx, closed, task) = loop {
         let crate::client::RelayLink {
             endpoint,
             closed,
@@ -1791,7 +1824,7 @@ async fn chat_through(
         }
     };
     let deadline = tokio::time::Instant::now() + RELAY_HANDSHAKE_TIMEOUT;
-    let chat = crate::client::punch::agree(me, fid, rx, deadline).await;
+    let chat = crate::client::punch::agree(me, fid, &mut rx, deadline).await;
     task.abort();
     Ok((chat.context("no chat through the relay")?, closed))
 }
