@@ -68,6 +68,152 @@ pub struct Network {
     pub detect_delay: Duration,
 }
 
+impl Network {
+    /// The one-way latency of link {a, b} in a run seeded `seed`: the same
+    /// for every protocol simulated on this network.
+    pub fn link_latency(&self, seed: u64, a: NodeId, b: NodeId) -> Duration {
+        match self.latency {
+            Latency::Static(d) => d,
+            Latency::Uniform { min, max } => {
+                let (x, y) = (a.min(b), a.max(b));
+                let h = splitmix(seed ^ splitmix(u64::from(x) << 32 | u64::from(y)));
+                let span = u64::try_from((max - min).as_micros()).unwrap_or(u64::MAX);
+                min + Duration::from_micros(if span == 0 { 0 } else { h % (span + 1) })
+            }
+        }
+    }
+
+    /// Whether a message is lost, drawn from `rng`.
+    pub fn lost(&self, rng: &mut Xoshiro256PlusPlus) -> bool {
+        self.loss > 0.0 && (rng.next_u64() as f64 / u64::MAX as f64) < self.loss
+    }
+}
+
+/// What a scenario needs of a simulated protocol: the same network model
+/// (latency per link, loss, crash and partition notices after the
+/// detection delay), the same broadcast records and traffic counts, for
+/// this project's overlay ([`Sim`]) and, with the `iroh` feature,
+/// iroh-gossip's (`crate::iroh::IrohSim`), so both run one scenario with one
+/// seed and are measured by one piece of code.
+pub trait Engine {
+    /// Current simulated time.
+    fn now(&self) -> Time;
+    /// Processes events up to and including `until`; time is then `until`.
+    fn run_until(&mut self, until: Time);
+    /// Runs for `d` of simulated time.
+    fn run_for(&mut self, d: Duration) {
+        let until = self.now() + d;
+        self.run_until(until);
+    }
+    /// Node slots (alive or not).
+    fn len(&self) -> usize;
+    /// Whether no node was ever created.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Whether `n` is running.
+    fn is_alive(&self, n: NodeId) -> bool;
+    /// Running nodes, in index order.
+    fn alive(&self) -> Box<dyn Iterator<Item = NodeId> + '_>;
+    /// `n`'s active view into `out` (cleared first; empty if `n` is not
+    /// running): a buffer the caller reuses, since snapshots walk every node.
+    fn active_view(&self, n: NodeId, out: &mut Vec<NodeId>);
+    /// `n`'s passive view size, where the protocol shows it.
+    fn passive_len(&self, n: NodeId) -> Option<usize>;
+    /// The configured active view size.
+    fn active_capacity(&self) -> usize;
+    /// The network RNG (scenario choices are drawn from it).
+    fn rng(&mut self) -> &mut Xoshiro256PlusPlus;
+    /// Messages and bytes sent so far, by type.
+    fn traffic(&self) -> Traffic;
+    /// Events processed so far.
+    fn events(&self) -> u64;
+    /// Creates a node and has it join through `contacts` now.
+    fn start_node(&mut self, contacts: &[NodeId]) -> NodeId;
+    /// Crashes `n`; its neighbors notice after the detection delay.
+    fn crash(&mut self, n: NodeId);
+    /// Splits the nodes into two groups (`side(n)` is 0 or 1).
+    fn partition(&mut self, side: &dyn Fn(NodeId) -> u8);
+    /// Ends the partition.
+    fn heal(&mut self);
+    /// Whether a partition is in effect.
+    fn is_partitioned(&self) -> bool;
+    /// Partition group of `n`.
+    fn group(&self, n: NodeId) -> u8;
+    /// When `n` was started.
+    fn started_at(&self, n: NodeId) -> Time;
+    /// Broadcasts `payload` from `origin` now, tracking its deliveries.
+    fn broadcast(&mut self, origin: NodeId, payload: Bytes) -> Option<MessageId>;
+    /// Takes the record of a broadcast (stop tracking it).
+    fn take_broadcast(&mut self, id: &MessageId) -> Option<Broadcast>;
+}
+
+impl Engine for Sim {
+    fn now(&self) -> Time {
+        Sim::now(self)
+    }
+    fn run_until(&mut self, until: Time) {
+        Sim::run_until(self, until);
+    }
+    fn len(&self) -> usize {
+        Sim::len(self)
+    }
+    fn is_alive(&self, n: NodeId) -> bool {
+        Sim::is_alive(self, n)
+    }
+    fn alive(&self) -> Box<dyn Iterator<Item = NodeId> + '_> {
+        Box::new(Sim::alive(self))
+    }
+    fn active_view(&self, n: NodeId, out: &mut Vec<NodeId>) {
+        out.clear();
+        if let Some(node) = self.node(n) {
+            out.extend(node.active_view());
+        }
+    }
+    fn passive_len(&self, n: NodeId) -> Option<usize> {
+        self.node(n).map(|node| node.passive_len())
+    }
+    fn active_capacity(&self) -> usize {
+        self.config.hyparview.active_view_capacity
+    }
+    fn rng(&mut self) -> &mut Xoshiro256PlusPlus {
+        Sim::rng(self)
+    }
+    fn traffic(&self) -> Traffic {
+        Sim::traffic(self)
+    }
+    fn events(&self) -> u64 {
+        Sim::events(self)
+    }
+    fn start_node(&mut self, contacts: &[NodeId]) -> NodeId {
+        Sim::start_node(self, contacts)
+    }
+    fn crash(&mut self, n: NodeId) {
+        Sim::crash(self, n);
+    }
+    fn partition(&mut self, side: &dyn Fn(NodeId) -> u8) {
+        Sim::partition(self, side);
+    }
+    fn heal(&mut self) {
+        Sim::heal(self);
+    }
+    fn is_partitioned(&self) -> bool {
+        Sim::is_partitioned(self)
+    }
+    fn group(&self, n: NodeId) -> u8 {
+        Sim::group(self, n)
+    }
+    fn started_at(&self, n: NodeId) -> Time {
+        Sim::started_at(self, n)
+    }
+    fn broadcast(&mut self, origin: NodeId, payload: Bytes) -> Option<MessageId> {
+        Sim::broadcast(self, origin, payload)
+    }
+    fn take_broadcast(&mut self, id: &MessageId) -> Option<Broadcast> {
+        Sim::take_broadcast(self, id)
+    }
+}
+
 /// What happened to one broadcast, for the metrics.
 #[derive(Clone, Debug, Default)]
 pub struct Broadcast {
@@ -286,7 +432,7 @@ impl Interned {
 
 /// Things in flight that do not fit in an event, by slot; free slots are
 /// reused.
-struct Slab<T> {
+pub(crate) struct Slab<T> {
     slots: Vec<Option<T>>,
     free: Vec<u32>,
 }
@@ -301,7 +447,7 @@ impl<T> Default for Slab<T> {
 }
 
 impl<T> Slab<T> {
-    fn put(&mut self, msg: T) -> u32 {
+    pub(crate) fn put(&mut self, msg: T) -> u32 {
         match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = Some(msg);
@@ -314,7 +460,7 @@ impl<T> Slab<T> {
         }
     }
 
-    fn take(&mut self, slot: u32) -> Option<T> {
+    pub(crate) fn take(&mut self, slot: u32) -> Option<T> {
         let msg = self.slots.get_mut(slot as usize)?.take();
         self.free.push(slot);
         msg
@@ -324,7 +470,7 @@ impl<T> Slab<T> {
 // The queue's footprint per event: time, sequence number and this.
 const _: () = assert!(core::mem::size_of::<Ev>() == 16);
 
-fn splitmix(mut x: u64) -> u64 {
+pub(crate) fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -507,15 +653,7 @@ impl Sim {
 
     /// The one-way latency of link {a, b}.
     pub fn link_latency(&self, a: NodeId, b: NodeId) -> Duration {
-        match self.net.latency {
-            Latency::Static(d) => d,
-            Latency::Uniform { min, max } => {
-                let (x, y) = (a.min(b), a.max(b));
-                let h = splitmix(self.seed ^ splitmix(u64::from(x) << 32 | u64::from(y)));
-                let span = u64::try_from((max - min).as_micros()).unwrap_or(u64::MAX);
-                min + Duration::from_micros(if span == 0 { 0 } else { h % (span + 1) })
-            }
-        }
+        self.net.link_latency(self.seed, a, b)
     }
 
     /// Creates a node and has it join through `contacts` now. Returns its id.
@@ -763,7 +901,7 @@ impl Sim {
         self.traffic.messages[t] += 1;
         self.traffic.bytes[t] += self.scratch.len() as u64 + 4;
         let bytes = self.scratch.len() as u64 + 4;
-        if self.net.loss > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < self.net.loss {
+        if self.net.lost(&mut self.rng) {
             if self.signals.is_some() {
                 self.count_lost(&msg, t, bytes);
             }

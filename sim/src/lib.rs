@@ -5,7 +5,10 @@
 //! partitions, measured round by round (delivery, RMR, LDH, latency,
 //! components, view fill, traffic by message type).
 //!
-//! - [`engine`]: simulated time, event queue, network model.
+//! - [`engine`]: simulated time, event queue, network model, and the
+//!   [`engine::Engine`] trait every simulated protocol implements.
+//! - `iroh` (feature `iroh`, on by default): iroh-gossip's protocol state
+//!   machine in the same engine, for matched comparisons.
 //! - `queue`: the engine's event queue (bucketed by time, exact order).
 //! - [`metrics`]: snapshots of the overlay and per-round figures.
 //! - [`scenario`]: join, single, multi, failure, churn, partition.
@@ -18,11 +21,13 @@
 //! documented in `sim/README.md`.
 
 pub mod engine;
+#[cfg(feature = "iroh")]
+pub mod iroh;
 pub mod metrics;
 mod queue;
 pub mod report;
 pub mod scenario;
 pub mod servers;
 
-pub use scenario::{Params, Preset, Report, Scenario, Summary, run};
+pub use scenario::{Params, Preset, Protocol, Report, Scenario, Summary, run};
 pub use servers::{ServersParams, ServersSummary};

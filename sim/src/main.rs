@@ -4,7 +4,7 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use sim::engine::Latency;
-use sim::{Params, Preset, Scenario};
+use sim::{Params, Preset, Protocol, Scenario};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use std::time::Duration;
 ///   sim failure --kill 0.8 --rounds 8 --out target/sim-failure
 ///   sim partition --for 60 --rounds 40
 ///   sim servers --servers 1000 --loss 5
+///   sim multi --nodes 1000 --sender-pool 0 --protocol iroh
 #[derive(Parser, Debug)]
 #[command(name = "sim", version, verbatim_doc_comment)]
 struct Args {
@@ -91,6 +92,11 @@ struct Args {
     /// Overlay parameter preset.
     #[arg(long, value_enum, default_value_t = Preset::Lan)]
     preset: Preset,
+    /// The protocol the nodes run: this project's overlay, or iroh-gossip's
+    /// state machine (its own defaults; --preset and --set do not apply) on
+    /// the same network, failures and seed. Not for `servers`.
+    #[arg(long, value_enum, default_value_t = Protocol::Chatd)]
+    protocol: Protocol,
     /// Payload bytes per broadcast.
     #[arg(long, default_value_t = 64)]
     payload: usize,
@@ -240,7 +246,14 @@ fn params(a: &Args) -> anyhow::Result<Params> {
     p.contacts = a.contacts;
     p.detect_secs = a.detect_secs;
     p.preset = a.preset;
+    p.protocol = a.protocol;
     p.payload = a.payload;
+    if p.protocol != Protocol::Chatd && !a.set.is_empty() {
+        bail!("--set changes this project's overlay; iroh-gossip runs its own defaults");
+    }
+    if p.protocol != Protocol::Chatd && a.scenario == Scenario::Servers {
+        bail!("servers runs rendezvous::Server on this project's overlay only");
+    }
     let mut config = p.preset.config();
     for kv in &a.set {
         let (k, v) = kv

@@ -2,7 +2,7 @@
 //! ([`Snapshot`]) and what happened to the broadcasts of one round
 //! ([`Round`]). Pure functions over the engine's state.
 
-use crate::engine::{Broadcast, NodeId, Sim, Traffic};
+use crate::engine::{Broadcast, Engine, NodeId, Traffic};
 use overlay::MessageType;
 use serde::Serialize;
 
@@ -21,16 +21,17 @@ pub struct Snapshot {
     pub active_full: f64,
     /// Mean active view size.
     pub mean_active: f64,
-    /// Mean passive view size.
+    /// Mean passive view size (NaN, written as null, where the protocol
+    /// does not show its passive view: iroh-gossip).
     pub mean_passive: f64,
     /// Active view sizes: `degrees[k]` nodes have k neighbors.
     pub degrees: Vec<usize>,
 }
 
 /// Takes a snapshot of the overlay.
-pub fn snapshot(sim: &Sim) -> Snapshot {
+pub fn snapshot<E: Engine + ?Sized>(sim: &E) -> Snapshot {
     let n = sim.len();
-    let cap = sim.config().hyparview.active_view_capacity;
+    let cap = sim.active_capacity();
     // Union-find over active links between running nodes.
     let mut parent: Vec<u32> = (0..n as u32).collect();
     fn find(p: &mut [u32], mut x: u32) -> u32 {
@@ -41,21 +42,23 @@ pub fn snapshot(sim: &Sim) -> Snapshot {
         x
     }
     let mut degrees = vec![0usize; cap + 2];
-    let (mut alive, mut isolated, mut full, mut act, mut pas) = (0usize, 0, 0, 0usize, 0usize);
+    let (mut alive, mut isolated, mut full, mut act) = (0usize, 0, 0, 0usize);
+    let mut pas = Some(0usize);
+    let mut view = Vec::new();
     for a in sim.alive() {
-        let Some(node) = sim.node(a) else { continue };
+        sim.active_view(a, &mut view);
         alive += 1;
-        let k = node.active_len();
+        let k = view.len();
         degrees[k.min(cap + 1)] += 1;
         act += k;
-        pas += node.passive_len();
+        pas = pas.zip(sim.passive_len(a)).map(|(s, p)| s + p);
         if k == 0 {
             isolated += 1;
         }
         if k >= cap {
             full += 1;
         }
-        for b in node.active_view() {
+        for &b in &view {
             if sim.is_alive(b) {
                 let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
                 if ra != rb {
@@ -76,7 +79,7 @@ pub fn snapshot(sim: &Sim) -> Snapshot {
         isolated,
         active_full: full as f64 / div,
         mean_active: act as f64 / div,
-        mean_passive: pas as f64 / div,
+        mean_passive: pas.map_or(f64::NAN, |p| p as f64 / div),
         degrees,
     }
 }
@@ -200,16 +203,17 @@ pub fn round(
 
 /// Hop distance from `origin` to the farthest running node it can reach
 /// over active links: the smallest LDH any broadcast tree could achieve.
-pub fn eccentricity(sim: &Sim, origin: NodeId) -> u16 {
+pub fn eccentricity<E: Engine + ?Sized>(sim: &E, origin: NodeId) -> u16 {
     let mut dist = vec![u16::MAX; sim.len()];
     let mut queue = std::collections::VecDeque::from([origin]);
+    let mut view = Vec::new();
     dist[origin as usize] = 0;
     let mut far = 0;
     while let Some(a) = queue.pop_front() {
         let d = dist[a as usize];
         far = far.max(d);
-        let Some(node) = sim.node(a) else { continue };
-        for b in node.active_view() {
+        sim.active_view(a, &mut view);
+        for &b in &view {
             if sim.is_alive(b) && dist[b as usize] == u16::MAX {
                 dist[b as usize] = d + 1;
                 queue.push_back(b);

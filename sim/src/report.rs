@@ -56,16 +56,8 @@ pub fn write_dir(report: &Report, dir: &Path) -> std::io::Result<()> {
     let t = |f: &dyn Fn(&crate::metrics::Snapshot) -> f64| -> Vec<(f64, f64)> {
         report.timeline.iter().map(|s| (s.t_s, f(s))).collect()
     };
-    let views = vec![
+    let mut views = vec![
         ("share with full active view", t(&|s| s.active_full)),
-        ("mean passive / capacity", {
-            let cap = report
-                .timeline
-                .iter()
-                .map(|s| s.mean_passive)
-                .fold(1.0, f64::max);
-            t(&|s| s.mean_passive / cap)
-        }),
         (
             "isolated share",
             t(&|s| s.isolated as f64 / s.alive.max(1) as f64),
@@ -75,6 +67,15 @@ pub fn write_dir(report: &Report, dir: &Path) -> std::io::Result<()> {
             t(&|s| if s.components > 1 { 1.0 } else { 0.0 }),
         ),
     ];
+    // Only where the protocol shows its passive view (not iroh-gossip).
+    if report.timeline.iter().all(|s| s.mean_passive.is_finite()) {
+        let cap = report
+            .timeline
+            .iter()
+            .map(|s| s.mean_passive)
+            .fold(1.0, f64::max);
+        views.insert(1, ("mean passive / capacity", t(&|s| s.mean_passive / cap)));
+    }
     std::fs::write(
         dir.join("views.svg"),
         line_chart(

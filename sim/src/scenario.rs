@@ -8,10 +8,10 @@
 //! Plumtree prune the initial flood into a tree and are reported but not
 //! summarised.
 
-use crate::engine::{Broadcast, Latency, Network, NodeId, Sim};
+use crate::engine::{Broadcast, Engine, Latency, Network, NodeId, Sim, Traffic};
 use crate::metrics::{self, Round, Snapshot};
 use bytes::Bytes;
-use overlay::{Config, Time};
+use overlay::{Config, MessageType, Time};
 use rand::Rng;
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -35,6 +35,18 @@ pub enum Scenario {
     /// A `rendezvous::Server` on every node, with clients, a crash and a
     /// partition: run it with [`crate::servers::run`] (here it is `join`).
     Servers,
+}
+
+/// Which protocol the nodes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// This project's overlay (`overlay::State`, the preset's config).
+    Chatd,
+    /// iroh-gossip's protocol state machine (`iroh_gossip::proto::State`,
+    /// its default config, one topic), from crates.io, unchanged.
+    #[cfg(feature = "iroh")]
+    Iroh,
 }
 
 /// Overlay parameter preset.
@@ -106,6 +118,9 @@ pub struct Params {
     pub payload: usize,
     /// Overlay parameters overriding the preset.
     pub config: Option<Config>,
+    /// The protocol simulated (`preset` and `config` are this project's
+    /// overlay's; iroh-gossip runs its own defaults).
+    pub protocol: Protocol,
 }
 
 impl Params {
@@ -135,6 +150,7 @@ impl Params {
             preset: Preset::Lan,
             payload: 64,
             config: None,
+            protocol: Protocol::Chatd,
         }
     }
 }
@@ -144,6 +160,8 @@ impl Params {
 pub struct Summary {
     /// Scenario name.
     pub scenario: Scenario,
+    /// The protocol simulated.
+    pub protocol: Protocol,
     /// Nodes in the join phase.
     pub nodes: usize,
     /// Seed.
@@ -156,8 +174,21 @@ pub struct Summary {
     pub delivery: Option<f64>,
     /// Delivery ratio of the first measured round.
     pub delivery_first_round: Option<f64>,
-    /// Mean RMR over measured rounds.
+    /// Mean RMR over measured rounds (the steady state).
     pub rmr: Option<f64>,
+    /// Mean RMR over every round, warm-up (the first flood) included.
+    pub rmr_all: Option<f64>,
+    /// Messages of every type (membership maintenance included) sent from
+    /// the first round's start to the end, per first delivery of a
+    /// payload in that time (every round's).
+    pub msgs_per_delivery: Option<f64>,
+    /// The same for bytes.
+    pub bytes_per_delivery: Option<f64>,
+    /// Messages in that time by kind: gossip, ihave, graft, prune and
+    /// hyparview (every membership message).
+    pub messages_by_kind: Kinds,
+    /// Bytes in that time by kind.
+    pub bytes_by_kind: Kinds,
     /// Largest LDH over measured rounds.
     pub ldh_max: Option<u16>,
     /// Mean of the rounds' mean hop counts.
@@ -195,6 +226,39 @@ pub struct Summary {
     pub loss: f64,
 }
 
+/// Traffic by kind: Plumtree's four message types and HyParView's all
+/// together (the two protocols name their membership messages differently).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Kinds {
+    /// Payloads pushed.
+    pub gossip: u64,
+    /// Lazy announcements.
+    pub ihave: u64,
+    /// Requests for a missing payload.
+    pub graft: u64,
+    /// Eager links turned lazy.
+    pub prune: u64,
+    /// Membership: join, forward join, neighbor, disconnect, shuffle.
+    pub hyparview: u64,
+}
+
+impl Kinds {
+    fn of(counts: &[u64; MessageType::COUNT]) -> Kinds {
+        let mut k = Kinds::default();
+        for t in MessageType::ALL {
+            let n = counts[t.index()];
+            match t {
+                MessageType::Gossip => k.gossip += n,
+                MessageType::IHave => k.ihave += n,
+                MessageType::Graft => k.graft += n,
+                MessageType::Prune => k.prune += n,
+                _ => k.hyparview += n,
+            }
+        }
+        k
+    }
+}
+
 /// Everything a run produced.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -215,7 +279,7 @@ fn time_s(s: f64) -> Time {
 }
 
 /// A uniformly random running node, other than those in `exclude`.
-fn random_alive(sim: &mut Sim, exclude: &[NodeId]) -> Option<NodeId> {
+fn random_alive<E: Engine>(sim: &mut E, exclude: &[NodeId]) -> Option<NodeId> {
     let alive: Vec<NodeId> = sim.alive().filter(|n| !exclude.contains(n)).collect();
     if alive.is_empty() {
         return None;
@@ -232,8 +296,27 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(String)) -> Report {
         loss: p.loss,
         detect_delay: secs(p.detect_secs),
     };
-    let config = p.config.clone().unwrap_or_else(|| p.preset.config());
-    let mut sim = Sim::new(config, net, p.seed);
+    match p.protocol {
+        Protocol::Chatd => {
+            let config = p.config.clone().unwrap_or_else(|| p.preset.config());
+            run_on(Sim::new(config, net, p.seed), p, wall, progress)
+        }
+        #[cfg(feature = "iroh")]
+        Protocol::Iroh => run_on(
+            crate::iroh::IrohSim::new(Default::default(), net, p.seed),
+            p,
+            wall,
+            progress,
+        ),
+    }
+}
+
+fn run_on<E: Engine>(
+    mut sim: E,
+    p: &Params,
+    wall: Instant,
+    progress: &mut dyn FnMut(String),
+) -> Report {
     let mut timeline = Vec::new();
     let mut next_snap = 1.0;
 
@@ -283,7 +366,12 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(String)) -> Report {
     let mut pool: Vec<NodeId> = Vec::new();
     let mut churn_debt = 0.0f64;
     let step = 0.1;
+    let mut rounds_from: Option<Traffic> = None;
+    let mut first_deliveries = 0u64;
     for r in 0..rounds_total {
+        if r == 0 {
+            rounds_from = Some(sim.traffic());
+        }
         if r == p.warmup {
             let event_at = sim.now();
             heal_at = time_s(event_at.as_micros() as f64 / 1e6 + p.partition_secs);
@@ -304,7 +392,7 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(String)) -> Report {
                 }
                 Scenario::Partition => {
                     let seed = p.seed;
-                    sim.partition(move |n| {
+                    sim.partition(&move |n| {
                         ((seed ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 63) as u8
                     });
                     progress(format!(
@@ -421,6 +509,10 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(String)) -> Report {
             }
         }
         let records: Vec<Broadcast> = ids.iter().filter_map(|id| sim.take_broadcast(id)).collect();
+        first_deliveries += records
+            .iter()
+            .map(|b| b.deliveries.len() as u64)
+            .sum::<u64>();
         let eligible = |b: &Broadcast, n: NodeId| {
             n != b.origin
                 && sim.is_alive(n)
@@ -492,8 +584,13 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(String)) -> Report {
     };
     let last = metrics::snapshot(&sim);
     let traffic = sim.traffic();
+    let paid = rounds_from.map(|t| traffic.since(&t)).unwrap_or_default();
+    let per_delivery = |x: u64| {
+        (rounds_total > 0 && first_deliveries > 0).then(|| x as f64 / first_deliveries as f64)
+    };
     let summary = Summary {
         scenario: p.scenario,
+        protocol: p.protocol,
         nodes: p.nodes,
         seed: p.seed,
         rounds: if rounds_total == 0 { 0 } else { p.rounds },
@@ -501,6 +598,12 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(String)) -> Report {
         delivery: any.then(|| measured.iter().map(|r| r.delivery).fold(1.0, f64::min)),
         delivery_first_round: measured.first().map(|r| r.delivery),
         rmr: any.then(|| mean(&|r| r.rmr)),
+        rmr_all: (!rounds.is_empty())
+            .then(|| rounds.iter().map(|r| r.rmr).sum::<f64>() / rounds.len() as f64),
+        msgs_per_delivery: per_delivery(paid.total_messages()),
+        bytes_per_delivery: per_delivery(paid.total_bytes()),
+        messages_by_kind: Kinds::of(&paid.messages),
+        bytes_by_kind: Kinds::of(&paid.bytes),
         ldh_max: measured.iter().map(|r| r.ldh_max).max(),
         ldh_mean: any.then(|| mean(&|r| r.ldh_mean)),
         latency_mean_ms: any.then(|| mean(&|r| r.latency_mean_ms)),
