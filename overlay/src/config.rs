@@ -28,6 +28,15 @@ pub struct HyParViewConfig {
     /// Mean period between shuffles (jittered ±50%). Default 10 s (DESIGN:
     /// 10–60 s; the paper's cycle-based simulation shuffles every cycle).
     pub shuffle_interval: Duration,
+    /// Longest period between shuffles. A node whose views are full and
+    /// whose active view is unchanged since its last shuffle doubles its
+    /// period, up to this; any change of its active view brings it back to
+    /// `shuffle_interval` (a lost neighbor at once: the next shuffle comes
+    /// within `shuffle_interval`). A stable overlay has nothing new to mix,
+    /// and the shuffles were a third of its messages per delivery (`sim`).
+    /// Default 60 s (iroh-gossip's fixed period); equal to
+    /// `shuffle_interval`, the period never grows.
+    pub shuffle_interval_max: Duration,
     /// Active-view entries in a SHUFFLE sample (ka). Default 3 (paper §4.4).
     pub shuffle_active_count: usize,
     /// Passive-view entries in a SHUFFLE sample (kp). Default 4 (paper §4.4).
@@ -164,6 +173,7 @@ impl Config {
                 active_random_walk_length: 6,
                 passive_random_walk_length: 3,
                 shuffle_interval: Duration::from_secs(10),
+                shuffle_interval_max: Duration::from_secs(60),
                 shuffle_active_count: 3,
                 shuffle_passive_count: 4,
                 shuffle_ttl: 6,
@@ -207,6 +217,7 @@ impl Config {
     pub fn wan() -> Self {
         let mut c = Config::lan();
         c.hyparview.shuffle_interval = Duration::from_secs(30);
+        c.hyparview.shuffle_interval_max = Duration::from_secs(120);
         c.hyparview.neighbor_request_timeout = Duration::from_secs(10);
         c.hyparview.repair_interval = Duration::from_secs(2);
         c.hyparview.restore_interval = Duration::from_secs(20);
@@ -223,6 +234,7 @@ impl Config {
     pub fn local() -> Self {
         let mut c = Config::lan();
         c.hyparview.shuffle_interval = Duration::from_secs(2);
+        c.hyparview.shuffle_interval_max = Duration::from_secs(2);
         c.hyparview.neighbor_request_timeout = Duration::from_secs(2);
         c.hyparview.repair_interval = Duration::from_millis(250);
         c.hyparview.candidate_backoff_base = Duration::from_millis(250);
@@ -281,6 +293,11 @@ impl Config {
         nonzero("hyparview.candidate_backoff_base", h.candidate_backoff_base)?;
         nonzero("hyparview.rejoin_backoff_base", h.rejoin_backoff_base)?;
         nonzero("hyparview.restore_interval", h.restore_interval)?;
+        at_least(
+            "hyparview.shuffle_interval_max",
+            h.shuffle_interval_max >= h.shuffle_interval,
+            "must be at least shuffle_interval",
+        )?;
         at_least(
             "hyparview.candidate_backoff_max",
             h.candidate_backoff_max >= h.candidate_backoff_base,
@@ -364,6 +381,7 @@ impl Config {
         }
         for (field, d) in [
             ("hyparview.shuffle_interval", h.shuffle_interval),
+            ("hyparview.shuffle_interval_max", h.shuffle_interval_max),
             (
                 "hyparview.neighbor_request_timeout",
                 h.neighbor_request_timeout,
@@ -549,6 +567,7 @@ impl Config {
             hyparview.active_random_walk_length: u8,
             hyparview.passive_random_walk_length: u8,
             hyparview.shuffle_interval: duration,
+            hyparview.shuffle_interval_max: duration,
             hyparview.shuffle_active_count: usize,
             hyparview.shuffle_passive_count: usize,
             hyparview.shuffle_ttl: u8,

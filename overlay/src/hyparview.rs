@@ -82,6 +82,10 @@ pub(crate) struct HyParView<PI> {
     isolated_since: Option<Time>,
     repair_at: Option<Time>,
     next_shuffle: Option<Time>,
+    /// The period the next shuffle is scheduled with (zero until the first).
+    shuffle_period: Duration,
+    /// The active view changed since the last shuffle.
+    view_changed: bool,
     last_shuffle: Vec<PI>,
     /// Active-view changes not yet seen by the broadcast layer.
     pub(crate) changes: Vec<NeighborChange<PI>>,
@@ -110,6 +114,8 @@ impl<PI: PeerIdentity> HyParView<PI> {
             isolated_since: None,
             repair_at: None,
             next_shuffle: None,
+            shuffle_period: Duration::ZERO,
+            view_changed: false,
             last_shuffle: Vec::new(),
             changes: Vec::new(),
         }
@@ -510,7 +516,21 @@ impl<PI: PeerIdentity> HyParView<PI> {
         if self.next_shuffle.is_some_and(|at| io.now < at) {
             return; // a stale or duplicate firing
         }
-        let at = io.now + jitter(io.rng, io.config.hyparview.shuffle_interval);
+        let cfg = &io.config.hyparview;
+        // Stable: both views full, the active one as it was last time.
+        let stable = !self.view_changed
+            && self.active.len() >= cfg.active_view_capacity
+            && self.passive.len() >= cfg.passive_view_capacity;
+        self.shuffle_period = if stable {
+            self.shuffle_period
+                .max(cfg.shuffle_interval)
+                .saturating_mul(2)
+                .min(cfg.shuffle_interval_max.max(cfg.shuffle_interval))
+        } else {
+            cfg.shuffle_interval
+        };
+        self.view_changed = false;
+        let at = io.now + jitter(io.rng, self.shuffle_period);
         self.next_shuffle = Some(at);
         io.timer_at(at, Timer::Shuffle);
         if self.left {
@@ -811,6 +831,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
         self.take_pending(&info.id);
         let id = info.id;
         self.active.push(info);
+        self.view_changed = true;
         self.changes.push(NeighborChange::Up(id));
         io.stats.neighbors_up += 1;
         io.event(Event::NeighborUp(id));
@@ -818,6 +839,22 @@ impl<PI: PeerIdentity> HyParView<PI> {
         self.isolated_since = None;
         self.had_neighbors = true;
         true
+    }
+
+    /// A neighbor was lost: a shuffle scheduled with a long (stable)
+    /// period is brought forward to within `shuffle_interval`, since the
+    /// views are changing again. (The timer already set stays: a firing
+    /// before `next_shuffle` is ignored.)
+    fn shuffle_soon<R: Rng>(&mut self, io: &mut Io<'_, PI, R>) {
+        let base = io.config.hyparview.shuffle_interval;
+        if self.left || self.shuffle_period <= base {
+            return;
+        }
+        let at = io.now + jitter(io.rng, base);
+        if self.next_shuffle.is_some_and(|next| next > at) {
+            self.next_shuffle = Some(at);
+            io.timer_at(at, Timer::Shuffle);
+        }
     }
 
     /// Removes `peer` from the active view, telling it why if `notify` is
@@ -830,6 +867,8 @@ impl<PI: PeerIdentity> HyParView<PI> {
     ) -> Option<PeerInfo<PI>> {
         let pos = self.active.iter().position(|p| p.id == peer)?;
         let info = self.active.remove(pos);
+        self.view_changed = true;
+        self.shuffle_soon(io);
         if let Some(alive) = notify {
             io.send(peer, Message::Disconnect(Disconnect { alive }));
         }

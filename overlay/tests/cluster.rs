@@ -328,3 +328,48 @@ fn a_healed_partition_merges_into_one_component() {
     broadcast_to_all(&mut c, 0, b"together");
     broadcast_to_all(&mut c, 1, b"again");
 }
+
+/// A settled overlay shuffles less and less, down to one shuffle per
+/// `shuffle_interval_max` per node; the nodes next to a crash shuffle at
+/// `shuffle_interval` again while their views change.
+#[test]
+fn a_stable_overlay_shuffles_rarely_and_a_changed_view_shuffles_again() {
+    let mut c = joined_cluster(4);
+    let cfg = c.config.hyparview.clone();
+    // Settled for another 5 minutes: periods 10 → 20 → 40 → 60 s.
+    c.run_for(Duration::from_secs(300));
+    let before = c.total_stats().shuffles_sent;
+    let window = Duration::from_secs(300);
+    c.run_for(window);
+    let quiet = c.total_stats().shuffles_sent - before;
+    let at_base = (N as u64) * window.as_secs() / cfg.shuffle_interval.as_secs();
+    let at_max = (N as u64) * window.as_secs() / cfg.shuffle_interval_max.as_secs();
+    eprintln!(
+        "stable: {quiet} shuffles in {window:?} (every node at the base period: {at_base}, at the longest: {at_max})"
+    );
+    assert!(quiet > 0, "nodes still shuffle");
+    assert!(
+        quiet * 2 <= at_max * 3,
+        "a stable overlay should shuffle about once a {:?} per node: {quiet} (at most {})",
+        cfg.shuffle_interval_max,
+        at_max * 3 / 2
+    );
+    // A tenth of the nodes crash: their neighbors' views change, and those
+    // neighbors go back to the short period.
+    for n in (0..N as u32).step_by(10) {
+        c.crash(n);
+    }
+    let before = c.total_stats().shuffles_sent;
+    c.run_for(Duration::from_secs(60));
+    let after_crash = c.total_stats().shuffles_sent - before;
+    let quiet_per_minute = quiet / 5;
+    eprintln!("after the crash: {after_crash} shuffles in 60 s (stable: {quiet_per_minute})");
+    assert!(
+        after_crash > quiet_per_minute,
+        "views that changed shuffle more often: {after_crash} vs {quiet_per_minute}"
+    );
+    // And the overlay is whole again.
+    assert_eq!(c.components(), 1);
+    let id = broadcast_to_all(&mut c, 1, b"after the crash");
+    assert!(c.missed(&id, 1).is_empty());
+}
