@@ -764,14 +764,7 @@ impl Sim {
     /// turn before the next event.
     pub fn run_until_with(&mut self, until: Time, on: &mut dyn FnMut(&mut Sim, Signal)) {
         self.drain_signals(on);
-        while self
-            .queue
-            .peek_at()
-            .is_some_and(|at| at <= until.as_micros())
-        {
-            let Some((at, ev)) = self.queue.pop() else {
-                break;
-            };
+        while let Some((at, ev)) = self.queue.pop_due(until.as_micros()) {
             self.now = Time::from_micros(at);
             self.events += 1;
             self.step(ev);

@@ -273,14 +273,7 @@ impl Engine for IrohSim {
     }
 
     fn run_until(&mut self, until: Time) {
-        while self
-            .queue
-            .peek_at()
-            .is_some_and(|at| at <= until.as_micros())
-        {
-            let Some((at, ev)) = self.queue.pop() else {
-                break;
-            };
+        while let Some((at, ev)) = self.queue.pop_due(until.as_micros()) {
             self.now = Time::from_micros(at);
             self.events += 1;
             self.step(ev);

@@ -106,6 +106,15 @@ impl<T> Queue<T> {
         self.current.last().map(|i| i.at)
     }
 
+    /// The earliest item if it is due at or before `until` (µs).
+    pub(crate) fn pop_due(&mut self, until: u64) -> Option<(u64, T)> {
+        if self.peek_at()? <= until {
+            self.pop()
+        } else {
+            None
+        }
+    }
+
     /// Takes the earliest item: its time and value.
     pub(crate) fn pop(&mut self) -> Option<(u64, T)> {
         self.fill();
