@@ -50,6 +50,13 @@ args_of() {
   esac
 }
 
+IFS=, read -ra ns <<< "$nodes"
+IFS=, read -ra cs <<< "$cases"
+for c in "${cs[@]}"; do args_of "$c" > /dev/null || exit 2; done
+for n in "${ns[@]}"; do
+  case "$n" in ''|*[!0-9]*) echo "bench-vs-iroh.sh: --nodes takes numbers, comma-separated" >&2; exit 2 ;; esac
+done
+
 cargo build --release -q -p sim
 sim=target/release/sim
 out=target/bench-vs-iroh
@@ -58,8 +65,6 @@ mkdir -p "$out"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 runs=()
-IFS=, read -ra ns <<< "$nodes"
-IFS=, read -ra cs <<< "$cases"
 for n in "${ns[@]}"; do
   for c in "${cs[@]}"; do
     a=$(args_of "$c")
@@ -95,7 +100,7 @@ for (case, n, proto), ds in rows.items():
     dl = [d["delivery"] for d in ds if d["delivery"] is not None]
     ldh = [d["ldh_max"] for d in ds if d["ldh_max"] is not None]
     print("| " + " | ".join([
-        case, f"{n // 1000}k", proto,
+        case, f"{n // 1000}k" if n % 1000 == 0 else str(n), proto,
         f(min(dl) if dl else None, ".4f"),
         f(mean([d["rmr_all"] for d in ds]), ".3f"),
         f(mean([d["rmr"] for d in ds]), ".4f"),
