@@ -89,6 +89,67 @@ impl Network {
     }
 }
 
+/// The failure model both engines share: which side of a partition each
+/// node is on, and which "peer is down" notices are already on their way
+/// (one per (node, peer) at a time).
+#[derive(Default)]
+pub(crate) struct Faults {
+    group: Vec<u8>,
+    partitioned: bool,
+    pending_down: HashSet<(NodeId, NodeId)>,
+}
+
+impl Faults {
+    /// A new node, on side 0.
+    pub(crate) fn add_node(&mut self) {
+        self.group.push(0);
+    }
+
+    /// Puts every node on `side(n)` (0 or 1) and starts the partition.
+    pub(crate) fn split(&mut self, side: &dyn Fn(NodeId) -> u8) {
+        for (i, g) in self.group.iter_mut().enumerate() {
+            *g = side(i as NodeId);
+        }
+        self.partitioned = true;
+    }
+
+    /// Ends the partition.
+    pub(crate) fn heal(&mut self) {
+        self.partitioned = false;
+    }
+
+    /// Whether a partition is in effect.
+    pub(crate) fn is_partitioned(&self) -> bool {
+        self.partitioned
+    }
+
+    /// Partition group of `n`.
+    pub(crate) fn group(&self, n: NodeId) -> u8 {
+        self.group[n as usize]
+    }
+
+    /// Whether a message from `a` to `b` would cross the partition now.
+    pub(crate) fn crosses(&self, a: NodeId, b: NodeId) -> bool {
+        self.partitioned && self.group[a as usize] != self.group[b as usize]
+    }
+
+    /// Whether `node` is to be told that `peer` is down (false if that
+    /// notice is already on its way).
+    pub(crate) fn notice(&mut self, node: NodeId, peer: NodeId) -> bool {
+        self.pending_down.insert((node, peer))
+    }
+
+    /// The notice reached `node`.
+    pub(crate) fn noticed(&mut self, node: NodeId, peer: NodeId) {
+        self.pending_down.remove(&(node, peer));
+    }
+}
+
+/// The seed of node `id`'s RNG in a run seeded `seed` (both engines).
+pub(crate) fn node_seed(seed: u64, id: NodeId) -> u64 {
+    splitmix(seed ^ (u64::from(id) << 24))
+}
+
 /// What a scenario needs of a simulated protocol: the same network model
 /// (latency per link, loss, crash and partition notices after the
 /// detection delay), the same broadcast records and traffic counts, for
@@ -486,8 +547,7 @@ pub struct Sim {
     net: Network,
     nodes: Vec<Option<Node>>,
     started: Vec<Time>,
-    group: Vec<u8>,
-    partitioned: bool,
+    faults: Faults,
     queue: Queue<Ev>,
     seq: u64,
     interned: Interned,
@@ -495,7 +555,6 @@ pub struct Sim {
     /// Entries of IHAVEs in flight: interned message and hops.
     ihaves: Slab<Vec<(u32, u16)>>,
     rng: Xoshiro256PlusPlus,
-    pending_down: HashSet<(NodeId, NodeId)>,
     broadcasts: HashMap<MessageId, Broadcast>,
     traffic: Traffic,
     /// Traffic by broadcast class, when [`Sim::collect_signals`] is on.
@@ -516,15 +575,13 @@ impl Sim {
             net,
             nodes: Vec::new(),
             started: Vec::new(),
-            group: Vec::new(),
-            partitioned: false,
+            faults: Faults::default(),
             queue: Queue::new(),
             seq: 0,
             interned: Interned::default(),
             slab: Slab::default(),
             ihaves: Slab::default(),
             rng: Xoshiro256PlusPlus::seed_from_u64(splitmix(seed)),
-            pending_down: HashSet::new(),
             broadcasts: HashMap::new(),
             traffic: Traffic::default(),
             class_traffic: [Traffic::default(); CLASSES],
@@ -638,12 +695,12 @@ impl Sim {
 
     /// Partition group of `n` (meaningful while partitioned).
     pub fn group(&self, n: NodeId) -> u8 {
-        self.group[n as usize]
+        self.faults.group(n)
     }
 
     /// Whether a partition is in effect.
     pub fn is_partitioned(&self) -> bool {
-        self.partitioned
+        self.faults.is_partitioned()
     }
 
     fn schedule(&mut self, at: Time, ev: Ev) {
@@ -659,11 +716,11 @@ impl Sim {
     /// Creates a node and has it join through `contacts` now. Returns its id.
     pub fn start_node(&mut self, contacts: &[NodeId]) -> NodeId {
         let id = self.nodes.len() as NodeId;
-        let rng = Xoshiro256PlusPlus::seed_from_u64(splitmix(self.seed ^ (u64::from(id) << 24)));
+        let rng = Xoshiro256PlusPlus::seed_from_u64(node_seed(self.seed, id));
         self.nodes
             .push(Some(State::new(id, self.config.clone(), rng)));
         self.started.push(self.now);
-        self.group.push(0);
+        self.faults.add_node();
         let contacts = contacts
             .iter()
             .copied()
@@ -689,17 +746,14 @@ impl Sim {
     /// Splits the nodes into two groups (`side(n)` is 0 or 1). Links across
     /// break on both ends; new ones cannot form until [`Sim::heal`].
     pub fn partition(&mut self, side: impl Fn(NodeId) -> u8) {
-        for i in 0..self.nodes.len() {
-            self.group[i] = side(i as NodeId);
-        }
-        self.partitioned = true;
+        self.faults.split(&side);
         let alive: Vec<NodeId> = self.alive().collect();
         for a in alive {
             let crossing: Vec<NodeId> = self.nodes[a as usize]
                 .as_ref()
                 .map(|n| {
                     n.active_view()
-                        .filter(|b| self.group[*b as usize] != self.group[a as usize])
+                        .filter(|b| self.faults.crosses(a, *b))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -711,17 +765,17 @@ impl Sim {
 
     /// Ends the partition.
     pub fn heal(&mut self) {
-        self.partitioned = false;
+        self.faults.heal();
     }
 
     /// Whether a message from `a` to `b` would cross the partition now.
     pub fn crosses(&self, a: NodeId, b: NodeId) -> bool {
-        self.partitioned && self.group[a as usize] != self.group[b as usize]
+        self.faults.crosses(a, b)
     }
 
     /// `node` will be told that `peer` is unreachable after the detection delay.
     fn notice_down(&mut self, node: NodeId, peer: NodeId) {
-        if self.is_alive(node) && self.pending_down.insert((node, peer)) {
+        if self.is_alive(node) && self.faults.notice(node, peer) {
             let at = self.now + self.net.detect_delay;
             self.schedule(at, Ev::Down { node, peer });
         }
@@ -827,7 +881,7 @@ impl Sim {
                 self.input(node, Input::Timer(timer));
             }
             Ev::Down { node, peer } => {
-                self.pending_down.remove(&(node, peer));
+                self.faults.noticed(node, peer);
                 if self.is_alive(node) {
                     self.input(node, Input::PeerDown(peer));
                     self.signal(Signal::PeerDown { node, peer });

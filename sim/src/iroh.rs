@@ -24,7 +24,9 @@
 //! view from its NeighborUp/NeighborDown events; passive views are not
 //! known (`passive_len` is `None`).
 
-use crate::engine::{Broadcast, Engine, Network, NodeId, Slab, Traffic, splitmix};
+use crate::engine::{
+    Broadcast, Engine, Faults, Network, NodeId, Slab, Traffic, node_seed, splitmix,
+};
 use crate::queue::Queue;
 use bytes::Bytes;
 use iroh_gossip::proto::{
@@ -76,8 +78,7 @@ pub struct IrohSim {
     /// Active views, from the nodes' neighbor events.
     active: Vec<Vec<NodeId>>,
     started: Vec<Time>,
-    group: Vec<u8>,
-    partitioned: bool,
+    faults: Faults,
     /// Connections a message went over, as (lower, higher) index.
     conns: HashSet<(NodeId, NodeId)>,
     queue: Queue<Ev>,
@@ -86,7 +87,6 @@ pub struct IrohSim {
     msgs: Slab<(Message<NodeId>, Option<MessageId>)>,
     timers: Slab<Timer<NodeId>>,
     rng: Xoshiro256PlusPlus,
-    pending_down: HashSet<(NodeId, NodeId)>,
     broadcasts: HashMap<MessageId, Broadcast>,
     traffic: Traffic,
     scratch: Vec<u8>,
@@ -119,10 +119,14 @@ fn message_type(bytes: &[u8]) -> MessageType {
 /// origin's neighbors, this project's hop count 1, so round + 1.
 fn hops(scope: &DeliveryScope) -> u16 {
     match scope {
-        DeliveryScope::Swarm(round) => postcard::to_allocvec(round)
-            .ok()
-            .and_then(|b| postcard::from_bytes::<u16>(&b).ok())
-            .map_or(0, |r| r.saturating_add(1)),
+        DeliveryScope::Swarm(round) => {
+            // `Round`'s u16 is private; its encoding (a varint) is not.
+            let mut buf = [0u8; 3];
+            postcard::to_slice(round, &mut buf)
+                .ok()
+                .and_then(|b| postcard::from_bytes::<u16>(b).ok())
+                .map_or(0, |r| r.saturating_add(1))
+        }
         DeliveryScope::Neighbors => 1,
     }
 }
@@ -140,15 +144,13 @@ impl IrohSim {
             nodes: Vec::new(),
             active: Vec::new(),
             started: Vec::new(),
-            group: Vec::new(),
-            partitioned: false,
+            faults: Faults::default(),
             conns: HashSet::new(),
             queue: Queue::new(),
             seq: 0,
             msgs: Slab::default(),
             timers: Slab::default(),
             rng: Xoshiro256PlusPlus::seed_from_u64(splitmix(seed)),
-            pending_down: HashSet::new(),
             broadcasts: HashMap::new(),
             traffic: Traffic::default(),
             scratch: Vec::new(),
@@ -161,12 +163,8 @@ impl IrohSim {
         self.queue.push(at.max(self.now).as_micros(), self.seq, ev);
     }
 
-    fn crosses(&self, a: NodeId, b: NodeId) -> bool {
-        self.partitioned && self.group[a as usize] != self.group[b as usize]
-    }
-
     fn notice_down(&mut self, node: NodeId, peer: NodeId) {
-        if self.is_alive(node) && self.pending_down.insert((node, peer)) {
+        if self.is_alive(node) && self.faults.notice(node, peer) {
             let at = self.now + self.net.detect_delay;
             self.schedule(at, Ev::Down { node, peer });
         }
@@ -244,7 +242,7 @@ impl IrohSim {
                 let Some((message, gossip)) = self.msgs.take(slot) else {
                     return;
                 };
-                if !self.is_alive(to) || self.crosses(from, to) {
+                if !self.is_alive(to) || self.faults.crosses(from, to) {
                     self.notice_down(from, to);
                     return;
                 }
@@ -260,7 +258,7 @@ impl IrohSim {
                 }
             }
             Ev::Down { node, peer } => {
-                self.pending_down.remove(&(node, peer));
+                self.faults.noticed(node, peer);
                 self.input(node, InEvent::PeerDisconnected(peer));
             }
         }
@@ -328,7 +326,7 @@ impl Engine for IrohSim {
 
     fn start_node(&mut self, contacts: &[NodeId]) -> NodeId {
         let id = self.nodes.len() as NodeId;
-        let rng = Xoshiro256PlusPlus::seed_from_u64(splitmix(self.seed ^ (u64::from(id) << 24)));
+        let rng = Xoshiro256PlusPlus::seed_from_u64(node_seed(self.seed, id));
         self.nodes.push(Some(State::new(
             id,
             PeerData::default(),
@@ -337,7 +335,7 @@ impl Engine for IrohSim {
         )));
         self.active.push(Vec::new());
         self.started.push(self.now);
-        self.group.push(0);
+        self.faults.add_node();
         let contacts = contacts.iter().copied().filter(|c| *c != id).collect();
         self.input(id, InEvent::Command(self.topic, Command::Join(contacts)));
         id
@@ -358,16 +356,13 @@ impl Engine for IrohSim {
     }
 
     fn partition(&mut self, side: &dyn Fn(NodeId) -> u8) {
-        for i in 0..self.nodes.len() {
-            self.group[i] = side(i as NodeId);
-        }
-        self.partitioned = true;
+        self.faults.split(side);
         let alive: Vec<NodeId> = self.alive().collect();
         for a in alive {
             let crossing: Vec<NodeId> = self.active[a as usize]
                 .iter()
                 .copied()
-                .filter(|b| self.group[*b as usize] != self.group[a as usize])
+                .filter(|b| self.faults.crosses(a, *b))
                 .collect();
             for b in crossing {
                 self.notice_down(a, b);
@@ -376,15 +371,15 @@ impl Engine for IrohSim {
     }
 
     fn heal(&mut self) {
-        self.partitioned = false;
+        self.faults.heal();
     }
 
     fn is_partitioned(&self) -> bool {
-        self.partitioned
+        self.faults.is_partitioned()
     }
 
     fn group(&self, n: NodeId) -> u8 {
-        self.group[n as usize]
+        self.faults.group(n)
     }
 
     fn started_at(&self, n: NodeId) -> Time {
