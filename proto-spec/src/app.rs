@@ -674,6 +674,12 @@ pub fn chat_vectors() -> Vec<(&'static str, Frame)> {
         ),
         ("hello", Frame::Hello),
         ("bye", Frame::Bye),
+        (
+            "moving",
+            Frame::Moving {
+                relay: overlay::PeerId([0x11; 32]),
+            },
+        ),
     ]
 }
 

@@ -166,6 +166,7 @@ fn chat_tag(f: &Frame) -> u8 {
         Frame::Ack { .. } => 1,
         Frame::Hello => 2,
         Frame::Bye => 3,
+        Frame::Moving { .. } => 4,
     }
 }
 
@@ -239,7 +240,7 @@ fn server_messages_decode_and_reencode_byte_for_byte() {
 #[test]
 fn chat_frames_decode_and_reencode_byte_for_byte() {
     let d = check_framed("chat.txt", &owned(app::chat_vectors()), MAX_FRAME);
-    check_tags("chat.txt", &d, chat_tag, 4);
+    check_tags("chat.txt", &d, chat_tag, 5);
 }
 
 #[test]

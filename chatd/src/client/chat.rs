@@ -47,6 +47,15 @@ pub enum Frame {
     /// the receiver has every message of ours. Repeated until the peer says
     /// it too; then either side may close without losing a message.
     Bye,
+    /// "I am moving this relayed chat to relay server `relay`": the friend
+    /// follows (a path frame: the chat session ignores it). The two sides
+    /// rank relays from the same reports but may act on different rankings
+    /// (they arrive in different orders, with RTTs measured a moment
+    /// apart): without it one side could move while the other stays.
+    Moving {
+        /// The relay server's id.
+        relay: overlay::PeerId,
+    },
 }
 
 /// Why a message was refused.
@@ -222,7 +231,7 @@ impl Session {
     /// in order, each exactly once.
     pub fn on_frame(&mut self, frame: Frame) -> Vec<String> {
         match frame {
-            Frame::Hello => Vec::new(),
+            Frame::Hello | Frame::Moving { .. } => Vec::new(),
             Frame::Bye => {
                 self.peer_done = true;
                 Vec::new()

@@ -2109,6 +2109,25 @@ fn relocation(
     rendezvous::latency::better_enough(now_us, best_us).then_some(best)
 }
 
+/// Whether a relayed chat follows the friend's [`Frame::Moving`] to
+/// `relay`: on a relay (`current`) other than it, not heading there
+/// already, not to a relay that failed this chat — and, when heading
+/// elsewhere (`heading`), only if the friend has the lower id (`we_lower`
+/// false): the lower id's choice stands, and the other side applies the
+/// same rule to our frame, so the two meet on one server.
+fn follows(
+    relay: PeerId,
+    current: Option<PeerId>,
+    heading: Option<PeerId>,
+    we_lower: bool,
+    failed: &[PeerId],
+) -> bool {
+    current.is_some_and(|c| c != relay)
+        && heading != Some(relay)
+        && !(heading.is_some() && we_lower)
+        && !failed.contains(&relay)
+}
+
 /// The conversation: stdin → messages, messages → stdout, on the path in
 /// use. A direct path that comes up (`upgrade`) takes over from the relay
 /// at once; a relayed chat moves to the next ranked relay when its relay
@@ -2145,6 +2164,19 @@ async fn converse<'a>(
     let target = |ranking: &Ranking, current: Option<PeerId>, dead: bool, failed: &[PeerId]| {
         relocation(ranking, current, dead, failed).and_then(|id| Some((id, homes.addr_of(id)?)))
     };
+    // A move of the relayed chat to relay `to`, carried by our home
+    // session when `to` is our home server.
+    let move_via = |home: ClientSession, to: ServerAddr, ranking: Ranking| -> Upgrade<'a> {
+        Box::pin(relay_via(
+            client,
+            homes,
+            Some(home),
+            to,
+            friend,
+            ranking,
+            Early::default(),
+        ))
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut refresh = tokio::time::interval(RELAYED_CHECK);
     let mut last_upkeep: Option<Instant> = None;
@@ -2163,6 +2195,27 @@ async fn converse<'a>(
             Some(()) = input.stop.recv(), if input.open => input.close(session),
             Some(f) = early_in.rx.recv() => early_in.take(client, session, &f),
             Some((id, frame)) = frames.recv() => match frame {
+                Some(Frame::Moving { relay }) => {
+                    // The friend moves the relayed chat: follow, unless we
+                    // are there or going there, or going elsewhere with the
+                    // lower id (the lower id's choice stands; it ignores
+                    // the other's frame the same way).
+                    let current = cur.as_ref().and_then(Live::relay).map(|c| c.id.0);
+                    let heading = moving.as_ref().map(|(to, ..)| *to);
+                    if follows(relay, current, heading, client.id() < friend, &failed) {
+                        match homes.addr_of(relay) {
+                            Some(to) => {
+                                status(&format!("the friend is moving the chat to relay {}: following", to.addr));
+                                let ranking = home.inbox.ranking(friend).unwrap_or_default();
+                                moving = Some((relay, Instant::now(), move_via(home.session.clone(), to, ranking)));
+                            }
+                            None => status(&format!(
+                                "the friend is moving the chat to relay {}, a server we do not know: the chat stays",
+                                Id(relay)
+                            )),
+                        }
+                    }
+                }
                 Some(f) => {
                     for text in session.on_frame(f) {
                         println!("{text}");
@@ -2186,7 +2239,7 @@ async fn converse<'a>(
                                     "relay {} is gone ({why}); moving the chat to relay {}",
                                     dead.addr, to.addr
                                 ));
-                                moving = Some((id, Instant::now(), Box::pin(relay_via(client, homes, Some(home.session.clone()), to, friend, ranking, Early::default()))));
+                                moving = Some((id, Instant::now(), move_via(home.session.clone(), to, ranking)));
                             }
                             None => break End::Broke(why),
                         }
@@ -2292,7 +2345,12 @@ async fn converse<'a>(
                             to.addr,
                             current.map(|c| c.addr.to_string()).unwrap_or_default()
                         ));
-                        moving = Some((id, Instant::now(), Box::pin(relay_via(client, homes, Some(home.session.clone()), to, friend, ranking, Early::default()))));
+                        moving = Some((id, Instant::now(), move_via(home.session.clone(), to, ranking)));
+                        // The friend may have acted on another ranking:
+                        // tell it where we go ([`Frame::Moving`]).
+                        if let Some(c) = cur.as_mut() {
+                            let _ = write_msg(&mut c.send, &Frame::Moving { relay: id }).await;
+                        }
                     }
                 }
                 let Some(c) = cur.as_mut() else { continue };
@@ -2359,5 +2417,51 @@ fn why_closed(conn: &quinn::Connection) -> End {
         Some(e) => End::Broke(e.to_string()),
         // The stream ended but the connection is open: the friend finished.
         None => End::FriendLeft,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(b: u8) -> PeerId {
+        PeerId([b; 32])
+    }
+
+    #[test]
+    fn a_moving_friend_is_followed_once_and_the_lower_ids_choice_stands() {
+        let (s1, s2, s3) = (id(1), id(2), id(3));
+        // On s3, going nowhere: follow to s1.
+        assert!(follows(s1, Some(s3), None, true, &[]));
+        assert!(follows(s1, Some(s3), None, false, &[]));
+        // Already there, or going there: nothing to do.
+        assert!(!follows(s1, Some(s1), None, false, &[]));
+        assert!(!follows(s1, Some(s3), Some(s1), false, &[]));
+        // Not relayed (a direct path is better than any relay).
+        assert!(!follows(s1, None, None, false, &[]));
+        // A relay that failed this chat is not tried again.
+        assert!(!follows(s1, Some(s3), None, false, &[s1]));
+        // Both move, to different relays: exactly one side gives way.
+        let lower_follows = follows(s1, Some(s3), Some(s2), true, &[]);
+        let higher_follows = follows(s2, Some(s3), Some(s1), false, &[]);
+        assert!(!lower_follows && higher_follows);
+    }
+
+    #[test]
+    fn a_relayed_chat_moves_only_to_a_relay_better_enough_or_after_a_death() {
+        let (s1, s2, s3) = (id(1), id(2), id(3));
+        let ranking = |relays: Vec<(PeerId, u32)>| Ranking { relays, number: 1 };
+        // s1 at 40 ms against s3 at 60: better by 20 ms and a third.
+        let r = ranking(vec![(s1, 40_000), (s3, 60_000), (s2, 80_000)]);
+        assert_eq!(relocation(&r, Some(s3), false, &[]), Some(s1));
+        assert_eq!(relocation(&r, Some(s1), false, &[]), None);
+        assert_eq!(relocation(&r, Some(s3), false, &[s1]), None);
+        // 55 ms against 60: noise, not a move.
+        let r = ranking(vec![(s1, 55_000), (s3, 60_000)]);
+        assert_eq!(relocation(&r, Some(s3), false, &[]), None);
+        // s3 died: the next ranked one that has not failed.
+        let r = ranking(vec![(s3, 60_000), (s1, 61_000), (s2, 80_000)]);
+        assert_eq!(relocation(&r, Some(s3), true, &[s3]), Some(s1));
+        assert_eq!(relocation(&r, Some(s3), true, &[s3, s1]), Some(s2));
     }
 }
