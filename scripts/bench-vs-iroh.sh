@@ -8,6 +8,7 @@
 #   scripts/bench-vs-iroh.sh                       # n = 1k, 10k, 50k, 4 seeds (hours)
 #   scripts/bench-vs-iroh.sh --nodes 1000          # one size (~3 min)
 #   scripts/bench-vs-iroh.sh --nodes 1000 --seeds 2 --cases single,any-sender
+#   scripts/bench-vs-iroh.sh --nodes 10000 --protocols chatd   # our side only
 #
 # Workload: nodes start over 10 s through 5 contacts, settle 20 s, then 30
 # broadcasts of 64 bytes, one per 3 s round (failure rows: 5 s rounds), the
@@ -25,12 +26,14 @@ cd "$(dirname "$0")/.."
 nodes="1000,10000,50000"
 seeds=4
 cases="single,any-sender,pool-10,static-50,failure-50,failure-80,churn-1"
+protocols="chatd,iroh"
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes=$2; shift 2 ;;
     --seeds) seeds=$2; shift 2 ;;
     --cases) cases=$2; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --protocols) protocols=$2; shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-vs-iroh.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -52,6 +55,10 @@ args_of() {
 
 IFS=, read -ra ns <<< "$nodes"
 IFS=, read -ra cs <<< "$cases"
+IFS=, read -ra ps <<< "$protocols"
+for p in "${ps[@]}"; do
+  case "$p" in chatd|iroh) ;; *) echo "bench-vs-iroh.sh: --protocols takes chatd and/or iroh" >&2; exit 2 ;; esac
+done
 for c in "${cs[@]}"; do args_of "$c" > /dev/null || exit 2; done
 for n in "${ns[@]}"; do
   case "$n" in ''|*[!0-9]*) echo "bench-vs-iroh.sh: --nodes takes numbers, comma-separated" >&2; exit 2 ;; esac
@@ -68,7 +75,7 @@ runs=()
 for n in "${ns[@]}"; do
   for c in "${cs[@]}"; do
     a=$(args_of "$c")
-    for p in chatd iroh; do
+    for p in "${ps[@]}"; do
       for s in $(seq 1 "$seeds"); do
         f="$out/$c-$n-$p-$s.json"
         echo "running sim $a --nodes $n --seed $s --protocol $p" >&2

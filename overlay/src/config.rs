@@ -83,6 +83,14 @@ pub struct PlumtreeConfig {
     /// batch per lazy peer. Default 10 ms (DESIGN: "every few ms"; batching
     /// trades a little repair latency for far fewer packets).
     pub ihave_interval: Duration,
+    /// On each lazy link the side with the higher id holds its IHAVE this
+    /// long (the other sends after `ihave_interval`) and drops it if the
+    /// other's arrives first: then the peer has the message. Receipts at
+    /// the two ends of a link are at most about its one-way latency apart,
+    /// so a defer above twice the largest link latency halves the IHAVEs;
+    /// repair through the deferring side starts this much later. Default
+    /// 150 ms; 0 makes both sides announce after `ihave_interval`.
+    pub ihave_defer: Duration,
     /// Most entries in one IHAVE message; larger batches are split.
     /// Default 256 (≈ 9 KiB, under one QUIC stream flush).
     pub ihave_max_entries: usize,
@@ -189,6 +197,7 @@ impl Config {
             },
             plumtree: PlumtreeConfig {
                 ihave_interval: Duration::from_millis(10),
+                ihave_defer: Duration::from_millis(150),
                 ihave_max_entries: 256,
                 graft_timeout_1: Duration::from_millis(200),
                 graft_timeout_2: Duration::from_millis(80),
@@ -222,6 +231,7 @@ impl Config {
         c.hyparview.repair_interval = Duration::from_secs(2);
         c.hyparview.restore_interval = Duration::from_secs(20);
         c.plumtree.ihave_interval = Duration::from_millis(25);
+        c.plumtree.ihave_defer = Duration::from_millis(600);
         c.plumtree.graft_timeout_1 = Duration::from_secs(1);
         c.plumtree.graft_timeout_2 = Duration::from_millis(500);
         c.plumtree.message_cache_retention = Duration::from_secs(60);
@@ -244,6 +254,7 @@ impl Config {
         c.hyparview.restore_interval = Duration::from_secs(2);
         c.hyparview.restore_max_age = Duration::from_secs(60);
         c.plumtree.ihave_interval = Duration::from_millis(5);
+        c.plumtree.ihave_defer = Duration::from_millis(20);
         c.plumtree.graft_timeout_1 = Duration::from_millis(30);
         c.plumtree.graft_timeout_2 = Duration::from_millis(15);
         c
@@ -392,6 +403,7 @@ impl Config {
             ("hyparview.restore_interval", h.restore_interval),
             ("hyparview.restore_max_age", h.restore_max_age),
             ("plumtree.ihave_interval", p.ihave_interval),
+            ("plumtree.ihave_defer", p.ihave_defer),
             ("plumtree.graft_timeout_1", p.graft_timeout_1),
             ("plumtree.graft_timeout_2", p.graft_timeout_2),
             (
@@ -581,6 +593,7 @@ impl Config {
             hyparview.restore_interval: duration,
             hyparview.restore_max_age: duration,
             plumtree.ihave_interval: duration,
+            plumtree.ihave_defer: duration,
             plumtree.ihave_max_entries: usize,
             plumtree.graft_timeout_1: duration,
             plumtree.graft_timeout_2: duration,

@@ -694,18 +694,32 @@ impl<PI: PeerIdentity> HyParView<PI> {
         self.lost.retain(|l| {
             now.saturating_since(l.since) < max_age && !active.iter().any(|a| a.id == l.info.id)
         });
-        let mut due = Vec::new();
-        for l in &mut self.lost {
-            if l.next_try <= now {
-                // Due: try again in one interval either way. If a request to
-                // it is already in flight, that one counts as this attempt.
+        // One attempt per interval, round-robin over the lost links: one
+        // link across a healed cut is enough (shuffles mix the rest), and
+        // after a mass crash, where every lost peer is dead, a request to
+        // each of them every interval was most of the repair traffic.
+        let rounds = u32::try_from(self.lost.len().max(1)).unwrap_or(u32::MAX);
+        let Some(next) = self
+            .lost
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.next_try <= now)
+            .min_by_key(|(_, l)| l.next_try)
+            .map(|(i, _)| i)
+        else {
+            return;
+        };
+        for (i, l) in self.lost.iter_mut().enumerate() {
+            if i == next {
+                l.next_try = now + interval.saturating_mul(rounds);
+            } else if l.next_try <= now {
                 l.next_try = now + interval;
-                if !self.pending.iter().any(|p| p.info.id == l.info.id) {
-                    due.push(l.info.clone());
-                }
             }
         }
-        for info in due {
+        // If a request to it is already in flight, that one counts as this
+        // attempt.
+        let info = self.lost[next].info.clone();
+        if !self.pending.iter().any(|p| p.info.id == info.id) {
             self.request_neighbor(io, info, Priority::High);
         }
     }

@@ -57,6 +57,14 @@ struct Missing<PI> {
     next_graft: Time,
 }
 
+/// Announcements queued for one lazy peer.
+#[derive(Clone, Debug)]
+struct IHaveBatch<PI> {
+    peer: PI,
+    entries: Vec<IHaveEntry>,
+    due: Time,
+}
+
 /// One origin's eager set.
 #[derive(Clone, Copy, Debug)]
 struct Tree {
@@ -94,8 +102,12 @@ pub(crate) struct Plumtree<PI> {
     store: Store<PI>,
     /// Usually empty or nearly: a few entries while a broadcast spreads.
     missing: VecMap<MessageId, Missing<PI>>,
-    ihave_queue: Vec<(PI, Vec<IHaveEntry>)>,
-    ihave_timer: bool,
+    /// IHAVE batches waiting, one per lazy peer: its entries and when the
+    /// batch goes out (`ihave_interval` after its first entry, or
+    /// `ihave_defer` towards a peer with a lower id).
+    ihave_queue: Vec<IHaveBatch<PI>>,
+    /// The earliest IHAVE timer set and not yet fired.
+    ihave_timer: Option<Time>,
     /// When the expiry sweep is due (`None`: not scheduled).
     expiry_at: Option<Time>,
 }
@@ -131,7 +143,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
             store: Store::new(hash_seed),
             missing: VecMap::new(),
             ihave_queue: Vec::new(),
-            ihave_timer: false,
+            ihave_timer: None,
             expiry_at: None,
         }
     }
@@ -339,7 +351,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
                 t.lost = t.lost.saturating_add(1);
             }
         }
-        self.ihave_queue.retain(|(p, _)| *p != peer);
+        self.ihave_queue.retain(|b| b.peer != peer);
         for (id, m) in self.missing.iter_mut() {
             m.announcers.retain(|(p, _)| *p != peer);
             if m.grafted == Some(peer) {
@@ -375,7 +387,7 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         self.tree(io, me);
         let gossip = Gossip::new(id, me, 0, &payload);
         self.remember(io, id, me, 0, None, gossip.body().clone());
-        self.push(io, id, &gossip, None);
+        self.push(io, id, &gossip, None, &[]);
         Ok(id)
     }
 
@@ -401,13 +413,16 @@ impl<PI: PeerIdentity> Plumtree<PI> {
     }
 
     /// Eager push of `gossip` (message `id`, `hops` already ours) to its
-    /// origin's eager peers, lazy announcement to the rest.
+    /// origin's eager peers, lazy announcement to the rest but those in
+    /// `announced` (they have it, at the hops given) that would not take
+    /// us as their parent.
     fn push<R: Rng>(
         &mut self,
         io: &mut Io<'_, PI, R>,
         id: MessageId,
         gossip: &Gossip<PI>,
         except: Option<PI>,
+        announced: &[(PI, u16)],
     ) {
         let hops = gossip.hops;
         let mask = self.eager_mask(&gossip.origin);
@@ -420,20 +435,57 @@ impl<PI: PeerIdentity> Plumtree<PI> {
             }
             if mask & (1 << i) != 0 {
                 io.send(peer, Message::Gossip(gossip.clone()));
-            } else {
+            } else if !announced
+                .iter()
+                .any(|&(p, h)| p == peer && !Self::would_take(io, h, hops))
+            {
                 self.queue_ihave(io, peer, IHaveEntry { id, hops });
             }
         }
     }
 
+    /// Whether a peer that has a message at `their_hops` would make us its
+    /// parent on hearing we have it at `our_hops` (the tree optimisation of
+    /// [`Plumtree::maybe_optimize`]): only then is our IHAVE worth sending
+    /// to a peer known to have the message.
+    fn would_take<R>(io: &Io<'_, PI, R>, their_hops: u16, our_hops: u16) -> bool {
+        let threshold = io.config.plumtree.optimization_threshold.max(1);
+        their_hops >= our_hops.saturating_add(1).saturating_add(threshold)
+    }
+
+    /// Queues `entry` for `peer`'s next batch. On every lazy link one side
+    /// announces at once (`ihave_interval`) and the other, the one with the
+    /// higher id, after `ihave_defer`: when both have the message (the
+    /// usual case: receipts on the two ends of a link are at most its
+    /// latency apart), the first announcement reaches the deferring side
+    /// before its own is due, and that one is dropped (`on_ihave`). Half the
+    /// IHAVEs, for a repair that starts `ihave_defer` later on the links
+    /// where only the deferring side has the message.
     fn queue_ihave<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, peer: PI, entry: IHaveEntry) {
-        match self.ihave_queue.iter_mut().find(|(p, _)| *p == peer) {
-            Some((_, entries)) => entries.push(entry),
-            None => self.ihave_queue.push((peer, vec![entry])),
-        }
-        if !self.ihave_timer {
-            self.ihave_timer = true;
-            io.timer(io.config.plumtree.ihave_interval, Timer::IHave);
+        let cfg = &io.config.plumtree;
+        let delay = if io.me > peer {
+            cfg.ihave_defer.max(cfg.ihave_interval)
+        } else {
+            cfg.ihave_interval
+        };
+        let due = match self.ihave_queue.iter_mut().find(|b| b.peer == peer) {
+            Some(b) => {
+                b.entries.push(entry);
+                b.due
+            }
+            None => {
+                let due = io.now + delay;
+                self.ihave_queue.push(IHaveBatch {
+                    peer,
+                    entries: vec![entry],
+                    due,
+                });
+                due
+            }
+        };
+        if self.ihave_timer.is_none_or(|at| due < at) {
+            self.ihave_timer = Some(due);
+            io.timer_at(due, Timer::IHave);
         }
     }
 
@@ -475,9 +527,14 @@ impl<PI: PeerIdentity> Plumtree<PI> {
             from,
             payload: msg.payload(),
         }));
-        // Passed on with our hop count.
+        // Passed on with our hop count; not announced to the neighbors
+        // that announced it to us.
         msg.hops = hops;
-        self.push(io, id, &msg, Some(from));
+        let announced: Vec<(PI, u16)> = missing
+            .as_ref()
+            .map(|m| m.announcers.iter().copied().collect())
+            .unwrap_or_default();
+        self.push(io, id, &msg, Some(from), &announced);
         // An announcement that arrived before the payload may show a
         // shorter path than the one the payload took.
         let best = missing.and_then(|m| {
@@ -498,9 +555,16 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         }
         let cfg = &io.config.plumtree;
         for entry in msg.entries {
-            if let Some(parent) = self.store.get(&entry.id).map(|k| k.from) {
+            if let Some((parent, ours)) = self.store.get(&entry.id).map(|k| (k.from, k.hops)) {
                 if let Some(parent) = parent {
                     self.maybe_optimize(io, entry.id, parent, from, entry.hops);
+                }
+                // It has it: our announcement, if still queued, tells it
+                // nothing (unless it would shorten its path through us).
+                if !Self::would_take(io, entry.hops, ours)
+                    && let Some(b) = self.ihave_queue.iter_mut().find(|b| b.peer == from)
+                {
+                    b.entries.retain(|e| e.id != entry.id);
                 }
                 continue;
             }
@@ -629,10 +693,23 @@ impl<PI: PeerIdentity> Plumtree<PI> {
 
     /// The IHAVE batch timer fired: send every queued announcement.
     pub(crate) fn on_ihave_timer<R: Rng>(&mut self, io: &mut Io<'_, PI, R>) {
-        self.ihave_timer = false;
+        let now = io.now;
+        if self.ihave_timer.is_some_and(|at| at <= now) {
+            self.ihave_timer = None;
+        }
         let max = io.config.plumtree.ihave_max_entries.max(1);
-        for (peer, entries) in core::mem::take(&mut self.ihave_queue) {
-            if !self.is_neighbor(&peer) {
+        let (due, later): (Vec<_>, Vec<_>) = core::mem::take(&mut self.ihave_queue)
+            .into_iter()
+            .partition(|b| b.due <= now);
+        self.ihave_queue = later;
+        if let Some(next) = self.ihave_queue.iter().map(|b| b.due).min()
+            && self.ihave_timer.is_none_or(|at| next < at)
+        {
+            self.ihave_timer = Some(next);
+            io.timer_at(next, Timer::IHave);
+        }
+        for IHaveBatch { peer, entries, .. } in due {
+            if entries.is_empty() || !self.is_neighbor(&peer) {
                 continue;
             }
             io.stats.ihave_entries_sent += entries.len() as u64;

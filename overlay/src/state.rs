@@ -18,7 +18,6 @@ use crate::stats::Stats;
 use crate::time::Time;
 use crate::wire::{DecodeError, Message};
 use bytes::Bytes;
-use core::time::Duration;
 use rand::Rng;
 use std::sync::Arc;
 
@@ -163,11 +162,6 @@ impl<PI, R> Io<'_, PI, R> {
 
     pub(crate) fn event(&mut self, event: Event<PI>) {
         self.out.push(Output::Event(event));
-    }
-
-    pub(crate) fn timer(&mut self, after: Duration, timer: Timer) {
-        let at = self.now + after;
-        self.timer_at(at, timer);
     }
 
     pub(crate) fn timer_at(&mut self, at: Time, timer: Timer) {

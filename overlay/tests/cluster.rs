@@ -373,3 +373,41 @@ fn a_stable_overlay_shuffles_rarely_and_a_changed_view_shuffles_again() {
     let id = broadcast_to_all(&mut c, 1, b"after the crash");
     assert!(c.missed(&id, 1).is_empty());
 }
+
+/// IHAVEs per broadcast once the tree has formed, and the lazy links
+/// (active links that are not tree edges) they could go on.
+fn ihaves_per_broadcast(config: Config) -> (f64, f64) {
+    let mut c = Cluster::new(N, config, 21);
+    c.join_all(5, Duration::from_millis(100));
+    c.run_for(Duration::from_secs(120));
+    for i in 0..5u8 {
+        broadcast_to_all(&mut c, 9, &[i]);
+    }
+    let before = c.total_stats().ihave_entries_sent;
+    let rounds = 5u8;
+    for i in 0..rounds {
+        broadcast_to_all(&mut c, 9, &[b'm', i]);
+    }
+    let sent = (c.total_stats().ihave_entries_sent - before) as f64 / f64::from(rounds);
+    let links: usize = c.alive_nodes().map(|n| c.active(n).len()).sum::<usize>() / 2;
+    let lazy = (links - (N - 1)) as f64;
+    (sent, lazy)
+}
+
+#[test]
+fn one_ihave_per_lazy_link_when_both_ends_have_the_message() {
+    // On every lazy link the higher id defers its announcement and drops it
+    // when the other's arrives first: about one IHAVE per lazy link.
+    let (sent, lazy) = ihaves_per_broadcast(Config::lan());
+    eprintln!("IHAVE entries per broadcast {sent:.0} over {lazy:.0} lazy links");
+    assert!(sent <= 1.15 * lazy, "{sent} IHAVEs for {lazy} lazy links");
+    // Without the defer both ends announce on most lazy links.
+    let mut eager = Config::lan();
+    eager.plumtree.ihave_defer = Duration::ZERO;
+    let (sent0, lazy0) = ihaves_per_broadcast(eager);
+    eprintln!("without ihave_defer: {sent0:.0} over {lazy0:.0} lazy links");
+    assert!(
+        sent0 >= 1.5 * lazy0,
+        "{sent0} IHAVEs for {lazy0} lazy links"
+    );
+}
