@@ -513,7 +513,29 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         }
         // First receipt: the origin gets a tree of its own (a snapshot of
         // the reference, so later changes there do not leak into it), and
-        // the sender is our parent in it.
+        // the sender is our parent in it. A node with no tree at all that
+        // fetched the payload with GRAFT is one that joined a running
+        // overlay and is catching up on the ids its new neighbors announced:
+        // they have those messages, so its tree starts with the parent only
+        // (flooding them would be a duplicate on every other link). Only
+        // the first broadcast of a fresh overlay floods, and it arrives by
+        // eager push, not by GRAFT.
+        let fetched = self
+            .missing
+            .get(&id)
+            .is_some_and(|m| m.grafted == Some(from));
+        if fetched && self.trees.is_empty() {
+            self.trees.insert(
+                msg.origin,
+                Tree {
+                    eager: 0,
+                    used: io.now,
+                    lost: 0,
+                },
+            );
+            self.reference_origin = Some(msg.origin);
+            self.trees_oldest_used = Some(io.now);
+        }
         self.tree(io, msg.origin);
         self.set_eager(io, msg.origin, &from, true);
         self.remember(io, id, msg.origin, hops, Some(from), msg.body().clone());

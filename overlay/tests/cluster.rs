@@ -411,3 +411,44 @@ fn one_ihave_per_lazy_link_when_both_ends_have_the_message() {
         "{sent0} IHAVEs for {lazy0} lazy links"
     );
 }
+
+#[test]
+fn a_late_joiner_catches_up_on_recent_messages_without_flooding_them() {
+    // 200 nodes join and settle; the last one joins only after five
+    // broadcasts are cached around it.
+    let mut c = Cluster::new(N + 1, Config::lan(), 23);
+    for i in 0..N as u32 {
+        let contacts: Vec<u32> = (0..5).filter(|k| *k != i).collect();
+        c.join_at(
+            i,
+            contacts,
+            overlay::Time::ZERO + Duration::from_millis(100) * i,
+        );
+    }
+    c.run_for(Duration::from_secs(120));
+    let mut ids = Vec::new();
+    for i in 0..5u8 {
+        let id = c.broadcast(7, &[b'r', i]);
+        c.run_for(Duration::from_secs(2));
+        ids.push(id);
+    }
+    let late = N as u32;
+    let dups_before = c.total_stats().duplicates;
+    let at = c.now;
+    c.join_at(late, vec![0, 1, 2], at);
+    c.run_for(Duration::from_secs(10));
+    // It fetched what its new neighbors announced...
+    let caught_up = ids
+        .iter()
+        .filter(|id| c.deliveries[*id].contains_key(&late))
+        .count();
+    // ...and did not push those old messages on to neighbors that have
+    // them (a node with no tree used to flood each one: a duplicate on
+    // every other link, ~4 per message).
+    let dups = c.total_stats().duplicates - dups_before;
+    eprintln!("late joiner: {caught_up}/5 recent messages fetched, {dups} duplicates");
+    assert_eq!(caught_up, 5, "the late joiner catches up");
+    assert!(dups <= 3, "{dups} duplicates while one node caught up");
+    // And it is in the tree for what comes next.
+    broadcast_to_all(&mut c, 7, b"after");
+}
