@@ -725,7 +725,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
     }
 
     /// Sends NEIGHBOR requests to random ready passive candidates: up to two
-    /// per free active slot in flight. Candidates that are dead take a full
+    /// per free active slot in flight (one when only one slot is free). Candidates that are dead take a full
     /// dial timeout to fail; after a mass failure most are, and one request
     /// per slot would fill the view at the pace of those timeouts. Surplus
     /// acceptances are undone with DISCONNECT (see `on_neighbor_reply`).
@@ -737,7 +737,12 @@ impl<PI: PeerIdentity> HyParView<PI> {
             .filter(|p| matches!(p.kind, RequestKind::Neighbor(_)))
             .count();
         let free = cap.saturating_sub(self.active.len());
-        let want = (2 * free)
+        // One free slot (a neighbor left or crashed: churn) takes one
+        // request: the passive view is mostly alive then, and a second
+        // acceptance would be undone with DISCONNECT. Two or more free
+        // slots look like a mass failure: two requests per slot.
+        let per_slot = if free >= 2 { 2 } else { 1 };
+        let want = (per_slot * free)
             .min(Self::max_pending(&io.config.hyparview))
             .saturating_sub(requested);
         if want == 0 {

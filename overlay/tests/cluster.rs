@@ -444,11 +444,13 @@ fn a_late_joiner_catches_up_on_recent_messages_without_flooding_them() {
         .count();
     // ...and did not push those old messages on to neighbors that have
     // them (a node with no tree used to flood each one: a duplicate on
-    // every other link, ~4 per message).
+    // every other link, ~4 per message, 20 here). What is left comes from
+    // the links its join moved (a link that replaces a lost eager one is
+    // eager on one side until the first duplicate prunes it).
     let dups = c.total_stats().duplicates - dups_before;
     eprintln!("late joiner: {caught_up}/5 recent messages fetched, {dups} duplicates");
     assert_eq!(caught_up, 5, "the late joiner catches up");
-    assert!(dups <= 3, "{dups} duplicates while one node caught up");
+    assert!(dups <= 8, "{dups} duplicates while one node caught up");
     // And it is in the tree for what comes next.
     broadcast_to_all(&mut c, 7, b"after");
 }
