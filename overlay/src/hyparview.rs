@@ -76,6 +76,8 @@ pub(crate) struct HyParView<PI> {
     joined: bool,
     left: bool,
     had_neighbors: bool,
+    /// The active view was full at least once (the join is over).
+    was_full: bool,
     next_contact: usize,
     rejoin_attempts: u32,
     next_rejoin: Time,
@@ -108,6 +110,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
             joined: false,
             left: false,
             had_neighbors: false,
+            was_full: false,
             next_contact: 0,
             rejoin_attempts: 0,
             next_rejoin: Time::ZERO,
@@ -737,11 +740,12 @@ impl<PI: PeerIdentity> HyParView<PI> {
             .filter(|p| matches!(p.kind, RequestKind::Neighbor(_)))
             .count();
         let free = cap.saturating_sub(self.active.len());
-        // One free slot (a neighbor left or crashed: churn) takes one
-        // request: the passive view is mostly alive then, and a second
-        // acceptance would be undone with DISCONNECT. Two or more free
-        // slots look like a mass failure: two requests per slot.
-        let per_slot = if free >= 2 { 2 } else { 1 };
+        // One free slot in a view that was full (a neighbor left or
+        // crashed: churn) takes one request: the passive view is mostly
+        // alive then, and a second acceptance would be undone with
+        // DISCONNECT. Two or more free slots look like a mass failure, and
+        // a joining node fills fast: two requests per slot.
+        let per_slot = if free >= 2 || !self.was_full { 2 } else { 1 };
         let want = (per_slot * free)
             .min(Self::max_pending(&io.config.hyparview))
             .saturating_sub(requested);
@@ -857,6 +861,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
         self.rejoin_attempts = 0;
         self.isolated_since = None;
         self.had_neighbors = true;
+        self.was_full |= self.active.len() >= io.config.hyparview.active_view_capacity;
         true
     }
 
