@@ -13,6 +13,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `chatd --version`: the crate version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CHATD_COMMIT"),
+    ")"
+);
+
 /// chatd: rendezvous servers that form a HyParView/Plumtree overlay.
 ///
 /// Start one local server with built-in defaults:
@@ -24,7 +32,7 @@ use std::time::Duration;
 ///     chatd status --admin 127.0.0.1:9100
 ///     chatd lookup --server ID@127.0.0.1:7000
 #[derive(Parser, Debug)]
-#[command(name = "chatd", version, verbatim_doc_comment)]
+#[command(name = "chatd", version = VERSION, verbatim_doc_comment)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -483,3 +483,24 @@ fn chat_help_shows_each_example_on_its_own_line() {
         "{out}"
     );
 }
+
+/// `chatd --version` names the crate version and the commit it was built
+/// from (a hexadecimal id, maybe `-dirty`, or "unknown" outside a git
+/// checkout), so an operator can tell which build a server runs.
+#[test]
+fn version_names_the_commit() {
+    let tmp = TempDir::new("version");
+    let (status, out, err) = finish(chatd(tmp.path(), &["--version"]));
+    assert!(status.success(), "{err}");
+    let line = out.trim();
+    let want = format!("chatd {} (commit ", env!("CARGO_PKG_VERSION"));
+    let commit = line
+        .strip_prefix(&want)
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{line:?} is not {want:?}COMMIT)"));
+    let id = commit.strip_suffix("-dirty").unwrap_or(commit);
+    assert!(
+        id == "unknown" || (id.len() >= 7 && id.chars().all(|c| c.is_ascii_hexdigit())),
+        "commit {commit:?}"
+    );
+}
