@@ -138,6 +138,18 @@ enum Command {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+    /// Print a shell completion script, e.g.
+    ///     chatd completions bash > /etc/bash_completion.d/chatd
+    ///     chatd completions zsh > "${fpath[1]}/_chatd"
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g.
+    ///     chatd man > /usr/local/share/man/man1/chatd.1
+    #[command(verbatim_doc_comment)]
+    Man,
 }
 
 #[derive(clap::Args, Debug)]
@@ -325,6 +337,17 @@ fn error_line(e: &anyhow::Error) -> String {
     line
 }
 
+/// Writes `bytes` to stdout; a reader that stops early (`| head`) is not
+/// an error.
+fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keygen { out } => {
@@ -338,6 +361,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { admin } => status(admin),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "chatd", &mut out);
+            print_all(&out)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            print_all(&out)
+        }
         Command::Chat(args) => chat(args),
         Command::Room(args) => room(args),
         Command::Send(args) => send(args),

@@ -504,3 +504,42 @@ fn version_names_the_commit() {
         "commit {commit:?}"
     );
 }
+
+/// `chatd completions SHELL` prints a completion script for that shell and
+/// `chatd man` the manual page; an unknown shell is refused with the list,
+/// and a reader that stops early (`| head -1`) is no error.
+#[test]
+fn completions_and_man_page_are_printed() {
+    let tmp = TempDir::new("completions");
+    for (shell, marker) in [
+        ("bash", "complete -F _chatd"),
+        ("zsh", "#compdef chatd"),
+        ("fish", "complete -c chatd"),
+    ] {
+        let (status, out, err) = finish(chatd(tmp.path(), &["completions", shell]));
+        assert!(status.success(), "{shell}: {err}");
+        assert!(out.contains(marker), "{shell}: no {marker:?} in\n{out}");
+        assert!(
+            out.contains("chat") && out.contains("serve"),
+            "{shell}: subcommands"
+        );
+    }
+    let (status, out, err) = finish(chatd(tmp.path(), &["man"]));
+    assert!(status.success(), "{err}");
+    assert!(out.contains(".TH chatd 1"), "{out}");
+    assert!(out.contains(".SH SUBCOMMANDS"), "{out}");
+    let (status, _, err) = finish(chatd(tmp.path(), &["completions", "nope"]));
+    assert!(!status.success());
+    assert!(err.contains("bash") && err.contains("zsh"), "{err}");
+    // A pipe closed after the first line: the rest is dropped quietly.
+    let mut child = chatd(tmp.path(), &["completions", "zsh"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chatd");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for chatd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "closed pipe: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
