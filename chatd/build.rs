@@ -9,6 +9,15 @@
 use std::path::Path;
 use std::process::Command;
 
+/// Has cargo run this script again when `path` changes, if it exists.
+fn watch(path: &Path) -> bool {
+    let exists = path.exists();
+    if exists {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    exists
+}
+
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git").args(args).output().ok()?;
     out.status
@@ -35,25 +44,15 @@ fn main() {
     let mut watched = false;
     if let Some(dir) = git_dir {
         let head = dir.join("HEAD");
-        if head.exists() {
-            println!("cargo:rerun-if-changed={}", head.display());
+        if watch(&head) {
             watched = true;
             if let Ok(h) = std::fs::read_to_string(&head)
                 && let Some(r) = h.strip_prefix("ref: ")
             {
-                let r = dir.join(r.trim());
-                if r.exists() {
-                    println!("cargo:rerun-if-changed={}", r.display());
-                }
+                watch(&dir.join(r.trim()));
             }
-            let packed = dir.join("packed-refs");
-            if packed.exists() {
-                println!("cargo:rerun-if-changed={}", packed.display());
-            }
-            let index = dir.join("index");
-            if Path::new(&index).exists() {
-                println!("cargo:rerun-if-changed={}", index.display());
-            }
+            watch(&dir.join("packed-refs"));
+            watch(&dir.join("index"));
         }
     }
     if !watched {

@@ -728,8 +728,9 @@ impl<PI: PeerIdentity> HyParView<PI> {
     }
 
     /// Sends NEIGHBOR requests to random ready passive candidates: up to two
-    /// per free active slot in flight (one when only one slot is free). Candidates that are dead take a full
-    /// dial timeout to fail; after a mass failure most are, and one request
+    /// per free active slot in flight (one when a single slot of a view that
+    /// was full is free). Candidates that are dead take a full dial timeout
+    /// to fail; after a mass failure most are, and one request
     /// per slot would fill the view at the pace of those timeouts. Surplus
     /// acceptances are undone with DISCONNECT (see `on_neighbor_reply`).
     fn fill<R: Rng>(&mut self, io: &mut Io<'_, PI, R>) {

@@ -184,12 +184,23 @@ impl<PI: PeerIdentity> Plumtree<PI> {
     /// beyond `max_origins`, evicting the least recently used (never the
     /// reference itself, which every node must agree on).
     fn tree<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, origin: PI) -> &mut Tree {
+        self.tree_from(io, origin, None)
+    }
+
+    /// [`Plumtree::tree`], a new tree starting with `eager` instead of the
+    /// reference's eager set when given.
+    fn tree_from<R: Rng>(
+        &mut self,
+        io: &mut Io<'_, PI, R>,
+        origin: PI,
+        eager: Option<u64>,
+    ) -> &mut Tree {
         if !self.trees.contains_key(&origin) {
             let max = io.config.plumtree.max_origins.max(1);
             if self.trees.len() >= max {
                 self.evict_oldest_trees(max);
             }
-            let eager = self.reference();
+            let eager = eager.unwrap_or_else(|| self.reference());
             self.trees.insert(
                 origin,
                 Tree {
@@ -524,19 +535,8 @@ impl<PI: PeerIdentity> Plumtree<PI> {
             .missing
             .get(&id)
             .is_some_and(|m| m.grafted == Some(from));
-        if fetched && self.trees.is_empty() {
-            self.trees.insert(
-                msg.origin,
-                Tree {
-                    eager: 0,
-                    used: io.now,
-                    lost: 0,
-                },
-            );
-            self.reference_origin = Some(msg.origin);
-            self.trees_oldest_used = Some(io.now);
-        }
-        self.tree(io, msg.origin);
+        let parent_only = (fetched && self.trees.is_empty()).then_some(0);
+        self.tree_from(io, msg.origin, parent_only);
         self.set_eager(io, msg.origin, &from, true);
         self.remember(io, id, msg.origin, hops, Some(from), msg.body().clone());
         let missing = self.missing.remove(&id);
@@ -632,12 +632,10 @@ impl<PI: PeerIdentity> Plumtree<PI> {
             return;
         };
         let via_announcer = announcer_hops.saturating_add(1);
-        let threshold = io.config.plumtree.optimization_threshold.max(1);
         let announcer_lazy = self
             .slot(&announcer)
             .is_some_and(|i| self.eager_mask(&origin) & (1 << i) == 0);
-        if announcer == parent || hops < via_announcer.saturating_add(threshold) || !announcer_lazy
-        {
+        if announcer == parent || !Self::would_take(io, hops, announcer_hops) || !announcer_lazy {
             return;
         }
         // Later announcements for this message compare against the new path.
