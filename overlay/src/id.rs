@@ -9,6 +9,7 @@ use core::fmt;
 use core::hash::Hash;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// What the core needs of a peer identity. Implemented for every type with
 /// these bounds; the wire encodes it with serde/postcard.
@@ -117,7 +118,85 @@ impl fmt::Display for MessageId {
 
 /// Opaque data a peer publishes about itself, typically its dialable
 /// addresses. The core stores and forwards it; the driver interprets it.
-pub type PeerData = Bytes;
+///
+/// One pointer wide, shared on clone, and nothing allocated when empty: a
+/// node keeps it for dozens of peers (30 passive entries), a simulator for
+/// a million nodes. On the wire it is a byte string, like [`Bytes`].
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerData(Option<Arc<Bytes>>);
+
+impl PeerData {
+    /// No data.
+    pub const fn new() -> Self {
+        PeerData(None)
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_deref().map_or(&[], |b| b)
+    }
+
+    /// The bytes as a (shared) [`Bytes`].
+    pub fn to_bytes(&self) -> Bytes {
+        self.0.as_deref().cloned().unwrap_or_default()
+    }
+}
+
+impl From<Bytes> for PeerData {
+    fn from(b: Bytes) -> Self {
+        // Empty data is always `None`, so equality compares the bytes.
+        PeerData((!b.is_empty()).then(|| Arc::new(b)))
+    }
+}
+
+impl From<Vec<u8>> for PeerData {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes::from(v).into()
+    }
+}
+
+impl From<&'static [u8]> for PeerData {
+    fn from(s: &'static [u8]) -> Self {
+        Bytes::from_static(s).into()
+    }
+}
+
+impl<const N: usize> From<&'static [u8; N]> for PeerData {
+    fn from(s: &'static [u8; N]) -> Self {
+        Bytes::from_static(s).into()
+    }
+}
+
+impl core::ops::Deref for PeerData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl AsRef<[u8]> for PeerData {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl fmt::Debug for PeerData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_bytes(), f)
+    }
+}
+
+impl Serialize for PeerData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.as_bytes())
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerData {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Bytes::deserialize(d).map(PeerData::from)
+    }
+}
 
 /// A peer identity with the data needed to reach it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,7 +212,7 @@ impl<PI> PeerInfo<PI> {
     pub fn bare(id: PI) -> Self {
         PeerInfo {
             id,
-            data: Bytes::new(),
+            data: PeerData::new(),
         }
     }
 }

@@ -296,29 +296,58 @@ impl<PI: PeerIdentity, R: Rng> State<PI, R> {
     /// Broadcasts `payload` to every node; returns its id. Refuses payloads
     /// above `limits.max_payload_size` (nothing is sent).
     pub fn broadcast(&mut self, now: Time, payload: Bytes) -> Result<MessageId, BroadcastError> {
+        let mut out = core::mem::take(&mut self.outputs);
+        let r = self.broadcast_into(now, payload, &mut out);
+        self.outputs = out;
+        r
+    }
+
+    /// [`State::broadcast`], appending the outputs to `out` instead of the
+    /// node's own queue (see [`State::handle_into`]).
+    pub fn broadcast_into(
+        &mut self,
+        now: Time,
+        payload: Bytes,
+        out: &mut Vec<Output<PI>>,
+    ) -> Result<MessageId, BroadcastError> {
         if self.hpv.has_left() {
             return Err(BroadcastError::Left);
         }
-        let (mut io, _, plum) = self.parts(now);
+        let (mut io, _, plum) = self.parts(now, out);
         plum.broadcast(&mut io, payload)
     }
 
     /// Splits the node into what a handler needs and the two protocols.
-    fn parts(&mut self, now: Time) -> (Io<'_, PI, R>, &mut HyParView<PI>, &mut Plumtree<PI>) {
+    fn parts<'a>(
+        &'a mut self,
+        now: Time,
+        out: &'a mut Vec<Output<PI>>,
+    ) -> (Io<'a, PI, R>, &'a mut HyParView<PI>, &'a mut Plumtree<PI>) {
         let io = Io {
             now,
             me: self.me,
             config: &self.config,
             rng: &mut self.rng,
-            out: &mut self.outputs,
+            out,
             stats: &mut self.stats,
         };
         (io, &mut self.hpv, &mut self.plum)
     }
 
-    /// Feeds one input.
+    /// Feeds one input; its outputs wait in the node's queue for
+    /// [`State::drain_outputs`].
     pub fn handle(&mut self, now: Time, input: Input<PI>) {
-        let (mut io, hpv, plum) = self.parts(now);
+        let mut out = core::mem::take(&mut self.outputs);
+        self.handle_into(now, input, &mut out);
+        self.outputs = out;
+    }
+
+    /// Feeds one input and appends its outputs to `out`, in the order
+    /// produced, instead of the node's own queue. A driver of many nodes
+    /// (the simulator) passes one buffer for all of them, so no node keeps
+    /// an output queue of its own.
+    pub fn handle_into(&mut self, now: Time, input: Input<PI>, out: &mut Vec<Output<PI>>) {
+        let (mut io, hpv, plum) = self.parts(now, out);
         match input {
             Input::Join(contacts) => hpv.join(&mut io, contacts),
             Input::Leave => hpv.leave(&mut io),

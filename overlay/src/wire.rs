@@ -513,6 +513,26 @@ impl<PI: Serialize> Message<PI> {
         debug_assert!(res.is_ok(), "postcard encoding into a Vec failed");
     }
 
+    /// The length of the body [`Message::encode_body`] writes, without
+    /// writing it (a simulator counting bytes on the wire).
+    pub fn body_len(&self) -> usize {
+        let res = match self {
+            Message::Join(m) => size(m),
+            Message::ForwardJoin(m) => size(m),
+            Message::Neighbor(m) => size(m),
+            Message::NeighborReply(m) => size(m),
+            Message::Disconnect(m) => size(m),
+            Message::Shuffle(m) => size(m),
+            Message::ShuffleReply(m) => size(m),
+            Message::Gossip(m) => size(m),
+            Message::IHave(m) => size(m),
+            Message::Graft(m) => size(m),
+            Message::Prune(m) => size(m),
+        };
+        debug_assert!(res.is_ok(), "postcard sizing failed");
+        1 + res.unwrap_or(0)
+    }
+
     /// The body as a new vector.
     pub fn to_body(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -545,6 +565,14 @@ fn extend<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), postcard::Er
     Ok(())
 }
 
+/// The postcard encoding's length.
+fn size<T: Serialize>(value: &T) -> Result<usize, postcard::Error> {
+    postcard::serialize_with_flavor::<T, postcard::ser_flavors::Size, usize>(
+        value,
+        postcard::ser_flavors::Size::default(),
+    )
+}
+
 fn body<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (value, rest) = postcard::take_from_bytes::<T>(bytes)?;
     if !rest.is_empty() {
@@ -552,11 +580,7 @@ fn body<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, DecodeError>
     }
     // The canonical form is the unique shortest one; a longer body that
     // decoded must contain an over-long varint.
-    let size = postcard::serialize_with_flavor::<T, postcard::ser_flavors::Size, usize>(
-        &value,
-        postcard::ser_flavors::Size::default(),
-    );
-    if size.ok() != Some(bytes.len()) {
+    if size(&value).ok() != Some(bytes.len()) {
         return Err(DecodeError::InvalidField("non-canonical varint"));
     }
     Ok(value)

@@ -3,12 +3,11 @@
 //! re-encodes to exactly the same bytes. (No nightly here, so proptest stands
 //! in for cargo-fuzz.)
 
-use bytes::Bytes;
 use overlay::wire::{
     Disconnect, ForwardJoin, Gossip, Graft, IHave, IHaveEntry, Join, Neighbor, NeighborReply,
     Priority, Prune, Shuffle, ShuffleReply, split_frame,
 };
-use overlay::{Config, DecodeError, Message, MessageId, PeerId, PeerInfo, WireLimits};
+use overlay::{Config, DecodeError, Message, MessageId, PeerData, PeerId, PeerInfo, WireLimits};
 use proptest::prelude::*;
 
 fn limits() -> WireLimits {
@@ -18,7 +17,7 @@ fn limits() -> WireLimits {
 fn info(n: u8) -> PeerInfo<PeerId> {
     PeerInfo {
         id: PeerId([n; 32]),
-        data: Bytes::from(vec![n; usize::from(n % 7)]),
+        data: PeerData::from(vec![n; usize::from(n % 7)]),
     }
 }
 
@@ -26,7 +25,7 @@ fn info(n: u8) -> PeerInfo<PeerId> {
 fn samples() -> Vec<Message<PeerId>> {
     vec![
         Message::Join(Join {
-            data: Bytes::from_static(b"10.0.0.1:4433"),
+            data: PeerData::from(b"10.0.0.1:4433"),
         }),
         Message::ForwardJoin(ForwardJoin {
             peer: info(3),
@@ -34,11 +33,11 @@ fn samples() -> Vec<Message<PeerId>> {
         }),
         Message::Neighbor(Neighbor {
             priority: Priority::High,
-            data: Bytes::new(),
+            data: PeerData::new(),
         }),
         Message::NeighborReply(NeighborReply {
             accepted: true,
-            data: Bytes::from_static(b"x"),
+            data: PeerData::from(b"x"),
         }),
         Message::Disconnect(Disconnect { alive: false }),
         Message::Shuffle(Shuffle {
@@ -82,7 +81,10 @@ fn samples() -> Vec<Message<PeerId>> {
 fn check(body: &[u8]) {
     let l = limits();
     match Message::<PeerId>::decode(body, &l) {
-        Ok(m) => assert_eq!(m.to_body(), body, "accepted a non-canonical body"),
+        Ok(m) => {
+            assert_eq!(m.to_body(), body, "accepted a non-canonical body");
+            assert_eq!(m.body_len(), body.len());
+        }
         Err(e) => assert!(!e.kind().is_empty() && !e.to_string().is_empty()),
     }
     if let Ok(m) = Message::<u32>::decode(body, &l) {
@@ -144,6 +146,7 @@ proptest! {
 fn every_sample_round_trips_through_a_frame() {
     for m in samples() {
         let frame = m.to_frame(&limits()).unwrap();
+        assert_eq!(m.body_len() + 4, frame.len(), "{m:?}");
         let (body, used) = split_frame(&frame, limits().max_frame_size)
             .unwrap()
             .unwrap();
@@ -156,6 +159,14 @@ fn every_sample_round_trips_through_a_frame() {
                 "{m:?} cut at {cut}"
             );
         }
+    }
+}
+
+#[test]
+fn body_len_is_the_encoded_length_for_small_identities_too() {
+    for origin in [0u32, 127, 128, 300, u32::MAX] {
+        let m = Message::<u32>::Prune(Prune { origin });
+        assert_eq!(m.body_len(), m.to_body().len(), "{origin}");
     }
 }
 
@@ -174,7 +185,7 @@ fn a_huge_length_prefix_inside_a_field_does_not_allocate_it() {
 fn limits_on_fields_are_enforced() {
     let l = limits();
     let big = Message::<PeerId>::Join(Join {
-        data: Bytes::from(vec![0; l.max_peer_data_size + 1]),
+        data: PeerData::from(vec![0; l.max_peer_data_size + 1]),
     });
     assert!(matches!(
         Message::<PeerId>::decode(&big.to_body(), &l),

@@ -5,7 +5,8 @@ use overlay::wire::{
     Disconnect, Gossip, Graft, IHave, IHaveEntry, Join, Neighbor, NeighborReply, Priority, Prune,
 };
 use overlay::{
-    Config, Event, Input, Message, MessageId, MessageType, Output, PeerInfo, State, Time, Timer,
+    Config, Event, Input, Message, MessageId, MessageType, Output, PeerData, PeerInfo, State, Time,
+    Timer,
 };
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
@@ -37,7 +38,7 @@ fn sends(node: &mut Node) -> Vec<(u32, Message<u32>)> {
 fn neighbor_req(priority: Priority) -> Message<u32> {
     Message::Neighbor(Neighbor {
         priority,
-        data: Bytes::new(),
+        data: PeerData::new(),
     })
 }
 
@@ -68,7 +69,7 @@ fn low_priority_request_is_refused_when_full_and_high_priority_evicts() {
             6,
             Message::NeighborReply(NeighborReply {
                 accepted: false,
-                data: Bytes::new()
+                data: PeerData::new()
             })
         )]
     );
@@ -136,7 +137,7 @@ fn a_join_is_accepted_and_walks_to_every_other_neighbor() {
         Time::ZERO,
         9,
         Message::Join(Join {
-            data: Bytes::from_static(b"addr9"),
+            data: PeerData::from(b"addr9"),
         }),
     );
     let out = sends(&mut n);
@@ -145,7 +146,7 @@ fn a_join_is_accepted_and_walks_to_every_other_neighbor() {
         9,
         Message::NeighborReply(NeighborReply {
             accepted: true,
-            data: Bytes::new()
+            data: PeerData::new()
         })
     )));
     let walks: Vec<u32> = out
@@ -504,7 +505,7 @@ fn a_node_that_left_tells_neighbors_and_refuses_requests() {
             3,
             Message::NeighborReply(NeighborReply {
                 accepted: false,
-                data: Bytes::new()
+                data: PeerData::new()
             })
         )]
     );

@@ -24,12 +24,11 @@
 
 pub mod app;
 
-use bytes::Bytes;
 use overlay::wire::{
     Disconnect, ForwardJoin, Gossip, Graft, IHave, IHaveEntry, Join, Neighbor, NeighborReply,
     Priority, Prune, Shuffle, ShuffleReply,
 };
-use overlay::{Message, MessageId, PeerId, PeerInfo};
+use overlay::{Message, MessageId, PeerData, PeerId, PeerInfo};
 
 /// A peer id made of one repeated byte (readable in hex dumps).
 pub fn peer(b: u8) -> PeerId {
@@ -39,7 +38,7 @@ pub fn peer(b: u8) -> PeerId {
 fn info(b: u8, data: &'static [u8]) -> PeerInfo<PeerId> {
     PeerInfo {
         id: peer(b),
-        data: Bytes::from_static(data),
+        data: PeerData::from(data),
     }
 }
 
@@ -49,10 +48,15 @@ pub fn valid_vectors() -> Vec<(&'static str, Message<PeerId>)> {
         (
             "join",
             Message::Join(Join {
-                data: Bytes::from_static(b"127.0.0.1:7000"),
+                data: PeerData::from(b"127.0.0.1:7000"),
             }),
         ),
-        ("join-no-data", Message::Join(Join { data: Bytes::new() })),
+        (
+            "join-no-data",
+            Message::Join(Join {
+                data: PeerData::new(),
+            }),
+        ),
         (
             "forward-join",
             Message::ForwardJoin(ForwardJoin {
@@ -64,28 +68,28 @@ pub fn valid_vectors() -> Vec<(&'static str, Message<PeerId>)> {
             "neighbor-high",
             Message::Neighbor(Neighbor {
                 priority: Priority::High,
-                data: Bytes::from_static(b"x"),
+                data: PeerData::from(b"x"),
             }),
         ),
         (
             "neighbor-low",
             Message::Neighbor(Neighbor {
                 priority: Priority::Low,
-                data: Bytes::new(),
+                data: PeerData::new(),
             }),
         ),
         (
             "neighbor-reply-accepted",
             Message::NeighborReply(NeighborReply {
                 accepted: true,
-                data: Bytes::from_static(b"yz"),
+                data: PeerData::from(b"yz"),
             }),
         ),
         (
             "neighbor-reply-refused",
             Message::NeighborReply(NeighborReply {
                 accepted: false,
-                data: Bytes::new(),
+                data: PeerData::new(),
             }),
         ),
         (

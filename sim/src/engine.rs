@@ -191,6 +191,9 @@ pub trait Engine {
     fn events(&self) -> u64;
     /// Creates a node and has it join through `contacts` now.
     fn start_node(&mut self, contacts: &[NodeId]) -> NodeId;
+    /// Makes room for `more` nodes at once (at a million nodes, growing the
+    /// node table by doubling would hold both copies at its last step).
+    fn reserve(&mut self, _more: usize) {}
     /// Crashes `n`; its neighbors notice after the detection delay.
     fn crash(&mut self, n: NodeId);
     /// Splits the nodes into two groups (`side(n)` is 0 or 1).
@@ -248,6 +251,9 @@ impl Engine for Sim {
     }
     fn start_node(&mut self, contacts: &[NodeId]) -> NodeId {
         Sim::start_node(self, contacts)
+    }
+    fn reserve(&mut self, more: usize) {
+        Sim::reserve(self, more);
     }
     fn crash(&mut self, n: NodeId) {
         Sim::crash(self, n);
@@ -561,7 +567,8 @@ pub struct Sim {
     class_traffic: [Traffic; CLASSES],
     /// Signals for the application, when it asked for them.
     signals: Option<std::collections::VecDeque<Signal>>,
-    scratch: Vec<u8>,
+    /// The output buffer every node's handler appends to.
+    out: Vec<Output<NodeId>>,
     events: u64,
 }
 
@@ -586,7 +593,7 @@ impl Sim {
             traffic: Traffic::default(),
             class_traffic: [Traffic::default(); CLASSES],
             signals: None,
-            scratch: Vec::new(),
+            out: Vec::new(),
             events: 0,
         }
     }
@@ -621,17 +628,30 @@ impl Sim {
         payload: Bytes,
         class: u8,
     ) -> Option<MessageId> {
+        self.originate(origin, payload, |sim, id| {
+            let i = sim.interned.id(id);
+            sim.interned.classes[i as usize] = class.min(CLASSES as u8 - 1);
+        })
+    }
+
+    /// Has `origin` broadcast `payload` now; `before` sees the id before
+    /// any of the broadcast's messages leave.
+    fn originate(
+        &mut self,
+        origin: NodeId,
+        payload: Bytes,
+        before: impl FnOnce(&mut Self, &MessageId),
+    ) -> Option<MessageId> {
         let now = self.now;
-        let id = self
-            .nodes
-            .get_mut(origin as usize)?
-            .as_mut()?
-            .broadcast(now, payload)
-            .ok()?;
-        let i = self.interned.id(&id);
-        self.interned.classes[i as usize] = class.min(CLASSES as u8 - 1);
-        self.flush(origin);
-        Some(id)
+        let node = self.nodes.get_mut(origin as usize)?.as_mut()?;
+        let mut out = std::mem::take(&mut self.out);
+        let id = node.broadcast_into(now, payload, &mut out);
+        if let Ok(id) = &id {
+            before(self, id);
+        }
+        self.flush(origin, &mut out);
+        self.out = out;
+        id.ok()
     }
 
     /// Current simulated time.
@@ -713,6 +733,13 @@ impl Sim {
         self.net.link_latency(self.seed, a, b)
     }
 
+    /// Makes room for `more` nodes without regrowing the node table.
+    pub fn reserve(&mut self, more: usize) {
+        self.nodes.reserve_exact(more);
+        self.started.reserve_exact(more);
+        self.faults.group.reserve_exact(more);
+    }
+
     /// Creates a node and has it join through `contacts` now. Returns its id.
     pub fn start_node(&mut self, contacts: &[NodeId]) -> NodeId {
         let id = self.nodes.len() as NodeId;
@@ -784,22 +811,16 @@ impl Sim {
     /// Broadcasts `payload` from `origin` now.
     pub fn broadcast(&mut self, origin: NodeId, payload: Bytes) -> Option<MessageId> {
         let now = self.now;
-        let id = self
-            .nodes
-            .get_mut(origin as usize)?
-            .as_mut()?
-            .broadcast(now, payload)
-            .ok()?;
-        self.broadcasts.insert(
-            id,
-            Broadcast {
-                origin,
-                sent_at: now,
-                ..Broadcast::default()
-            },
-        );
-        self.flush(origin);
-        Some(id)
+        self.originate(origin, payload, |sim, id| {
+            sim.broadcasts.insert(
+                *id,
+                Broadcast {
+                    origin,
+                    sent_at: now,
+                    ..Broadcast::default()
+                },
+            );
+        })
     }
 
     /// Takes the record of a broadcast (stop tracking it).
@@ -894,17 +915,17 @@ impl Sim {
     fn input(&mut self, n: NodeId, input: Input<NodeId>) {
         let now = self.now;
         if let Some(node) = self.nodes.get_mut(n as usize).and_then(|x| x.as_mut()) {
-            node.handle(now, input);
-            self.flush(n);
+            let mut out = std::mem::take(&mut self.out);
+            node.handle_into(now, input, &mut out);
+            self.flush(n, &mut out);
+            self.out = out;
         }
     }
 
-    fn flush(&mut self, n: NodeId) {
-        let Some(node) = self.nodes.get_mut(n as usize).and_then(|x| x.as_mut()) else {
-            return;
-        };
-        let outputs: Vec<Output<NodeId>> = node.drain_outputs().collect();
-        for out in outputs {
+    /// Acts on `n`'s outputs (leaving `outputs` empty, its capacity kept
+    /// for the next node).
+    fn flush(&mut self, n: NodeId, outputs: &mut Vec<Output<NodeId>>) {
+        for out in outputs.drain(..) {
             match out {
                 Output::Send { to, message } => self.send(n, to, message),
                 Output::SetTimer { at, timer } => {
@@ -943,11 +964,9 @@ impl Sim {
 
     fn send(&mut self, from: NodeId, to: NodeId, msg: Message<NodeId>) {
         let t = msg.message_type().index();
-        self.scratch.clear();
-        msg.encode_body(&mut self.scratch);
+        let bytes = msg.body_len() as u64 + 4;
         self.traffic.messages[t] += 1;
-        self.traffic.bytes[t] += self.scratch.len() as u64 + 4;
-        let bytes = self.scratch.len() as u64 + 4;
+        self.traffic.bytes[t] += bytes;
         if self.net.lost(&mut self.rng) {
             if self.signals.is_some() {
                 self.count_lost(&msg, t, bytes);

@@ -67,15 +67,13 @@ pub fn snapshot<E: Engine + ?Sized>(sim: &E) -> Snapshot {
             }
         }
     }
-    let mut sizes: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
-    for a in sim.alive() {
-        *sizes.entry(find(&mut parent, a)).or_default() += 1;
-    }
+    // Each component has one root, a running node that is its own parent.
+    let components = sim.alive().filter(|&a| parent[a as usize] == a).count();
     let div = alive.max(1) as f64;
     Snapshot {
         t_s: sim.now().as_micros() as f64 / 1e6,
         alive,
-        components: sizes.len(),
+        components,
         isolated,
         active_full: full as f64 / div,
         mean_active: act as f64 / div,

@@ -323,6 +323,7 @@ fn run_on<E: Engine>(
     // --- join phase ---
     let contacts: Vec<NodeId> = (0..p.contacts.min(p.nodes) as NodeId).collect();
     let spacing = p.join_secs / p.nodes.max(1) as f64;
+    sim.reserve(p.nodes);
     for i in 0..p.nodes {
         let at = i as f64 * spacing;
         while next_snap <= at {
@@ -347,6 +348,18 @@ fn run_on<E: Engine>(
         next_snap += 1.0;
     }
     sim.run_until(time_s(settled));
+    let joined = sim.traffic();
+    progress(format!(
+        "[join] settled at t={settled:.0}s: {} messages, {} events ({})",
+        joined.total_messages(),
+        sim.events(),
+        MessageType::ALL
+            .iter()
+            .filter(|t| joined.messages[t.index()] > 0)
+            .map(|t| format!("{} {}", t.name(), joined.messages[t.index()]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
 
     // --- the event ---
     let rounds_total = if matches!(p.scenario, Scenario::Join | Scenario::Servers) {

@@ -19,8 +19,8 @@ use crate::net::identity::{Id, Keypair, ServerAddr};
 use crate::net::tls::{self, Admission, Credentials, DialError, DialFailure, SharedAdmission};
 use bytes::Bytes;
 use overlay::{
-    BroadcastError, Config, Delivery, Event, Input, MessageId, Output, PeerId, PeerInfo, State,
-    Stats, Time, Timer,
+    BroadcastError, Config, Delivery, Event, Input, MessageId, Output, PeerData, PeerId, PeerInfo,
+    State, Stats, Time, Timer,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -596,8 +596,8 @@ fn raise_to_server_limits(conn: &quinn::Connection) {
 }
 
 /// Peer data on the wire: the server's dialable addresses, postcard-encoded.
-fn encode_addrs(addrs: &[SocketAddr]) -> Bytes {
-    Bytes::from(postcard::to_allocvec(addrs).unwrap_or_default())
+fn encode_addrs(addrs: &[SocketAddr]) -> PeerData {
+    PeerData::from(postcard::to_allocvec(addrs).unwrap_or_default())
 }
 
 fn decode_addrs(data: &[u8]) -> Option<Vec<SocketAddr>> {
