@@ -34,9 +34,12 @@ pub(crate) enum NeighborChange<PI> {
     Down(PI),
 }
 
+/// A passive entry that failed or refused lately. Kept beside the passive
+/// view, not in it: most entries never fail, and a simulator holds 30
+/// entries for each of a million nodes.
 #[derive(Clone, Debug)]
-struct PassiveEntry<PI> {
-    info: PeerInfo<PI>,
+struct Backoff<PI> {
+    id: PI,
     /// Consecutive failures to connect.
     failures: u8,
     /// Not tried again before this instant.
@@ -69,7 +72,9 @@ struct Pending<PI> {
 pub(crate) struct HyParView<PI> {
     data: PeerData,
     active: Vec<PeerInfo<PI>>,
-    passive: Vec<PassiveEntry<PI>>,
+    passive: Vec<PeerInfo<PI>>,
+    /// Backoff of passive entries, at most one per entry.
+    backoff: Vec<Backoff<PI>>,
     pending: Vec<Pending<PI>>,
     lost: Vec<Lost<PI>>,
     contacts: Vec<PeerInfo<PI>>,
@@ -104,6 +109,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
             data: PeerData::new(),
             active: Vec::new(),
             passive: Vec::new(),
+            backoff: Vec::new(),
             pending: Vec::new(),
             lost: Vec::new(),
             contacts: Vec::new(),
@@ -137,7 +143,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
     }
 
     pub(crate) fn passive(&self) -> impl Iterator<Item = PI> + '_ {
-        self.passive.iter().map(|p| p.info.id)
+        self.passive.iter().map(|p| p.id)
     }
 
     pub(crate) fn passive_len(&self) -> usize {
@@ -157,7 +163,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
         self.active
             .iter()
             .find(|p| p.id == *peer)
-            .or_else(|| self.passive.iter().map(|e| &e.info).find(|p| p.id == *peer))
+            .or_else(|| self.passive.iter().find(|p| p.id == *peer))
             .or_else(|| self.pending.iter().map(|e| &e.info).find(|p| p.id == *peer))
             .or_else(|| self.contacts.iter().find(|p| p.id == *peer))
             .map(|p| &p.data)
@@ -395,12 +401,13 @@ impl<PI: PeerIdentity> HyParView<PI> {
             }
             // Alive but full: try it again later, without counting a failure.
             let retry = io.now + io.config.hyparview.candidate_backoff_base;
-            if let Some(e) = self.passive.iter_mut().find(|e| e.info.id == from) {
-                e.retry_at = e.retry_at.max(retry);
+            if self.is_passive(&from) {
+                let b = self.backoff_of(from);
+                b.retry_at = b.retry_at.max(retry);
             } else if pending.is_some() {
                 self.add_passive(io, info);
-                if let Some(e) = self.passive.iter_mut().find(|e| e.info.id == from) {
-                    e.retry_at = retry;
+                if self.is_passive(&from) {
+                    self.backoff_of(from).retry_at = retry;
                 }
             }
             // Try another candidate at the next repair tick, not at once:
@@ -450,7 +457,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
                 self.add_passive(io, info);
             }
         } else {
-            self.passive.retain(|e| e.info.id != from);
+            self.remove_passive(&from);
         }
     }
 
@@ -486,8 +493,8 @@ impl<PI: PeerIdentity> HyParView<PI> {
         let candidates: Vec<PeerInfo<PI>> = self
             .passive
             .iter()
-            .filter(|e| !excluded(&e.info.id))
-            .map(|e| e.info.clone())
+            .filter(|e| !excluded(&e.id))
+            .cloned()
             .collect();
         let reply = sample(io.rng, candidates, msg.nodes.len().max(1));
         let sent: Vec<PI> = reply.iter().map(|p| p.id).collect();
@@ -551,7 +558,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
             .filter(|p| p.id != target)
             .cloned()
             .collect();
-        let passives: Vec<PeerInfo<PI>> = self.passive.iter().map(|e| e.info.clone()).collect();
+        let passives: Vec<PeerInfo<PI>> = self.passive.clone();
         let mut nodes = sample(io.rng, actives, ka);
         nodes.extend(sample(io.rng, passives, kp));
         self.last_shuffle = nodes.iter().map(|p| p.id).collect();
@@ -599,7 +606,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
         let starved = self.active.len() < cap
             && self.pending.is_empty()
             && contact_elsewhere
-            && self.passive.iter().all(|e| e.failures > 0);
+            && self.passive.iter().all(|e| self.failures(&e.id) > 0);
         let since = if isolated || starved {
             *self.isolated_since.get_or_insert(now)
         } else {
@@ -754,11 +761,18 @@ impl<PI: PeerIdentity> HyParView<PI> {
             return;
         }
         let now = io.now;
+        // A refusal's backoff that has passed leaves nothing to remember.
+        self.backoff.retain(|b| b.failures > 0 || b.retry_at > now);
+        let ready = |id: &PI| {
+            self.backoff
+                .iter()
+                .all(|b| b.id != *id || b.retry_at <= now)
+        };
         let candidates: Vec<PeerInfo<PI>> = self
             .passive
             .iter()
-            .filter(|e| e.retry_at <= now && !self.pending.iter().any(|p| p.info.id == e.info.id))
-            .map(|e| e.info.clone())
+            .filter(|e| ready(&e.id) && !self.pending.iter().any(|p| p.info.id == e.id))
+            .cloned()
             .collect();
         let chosen = sample(io.rng, candidates, want);
         // Below half a view, requests must be accepted (priority High), as
@@ -850,10 +864,13 @@ impl<PI: PeerIdentity> HyParView<PI> {
                 }
             }
         }
-        self.passive.retain(|e| e.info.id != info.id);
+        self.remove_passive(&info.id);
         self.lost.retain(|l| l.info.id != info.id);
         self.take_pending(&info.id);
         let id = info.id;
+        if self.active.capacity() == 0 {
+            self.active.reserve_exact(cap);
+        }
         self.active.push(info);
         self.view_changed = true;
         self.changes.push(NeighborChange::Up(id));
@@ -910,6 +927,39 @@ impl<PI: PeerIdentity> HyParView<PI> {
         Some(info)
     }
 
+    fn is_passive(&self, peer: &PI) -> bool {
+        self.passive.iter().any(|e| e.id == *peer)
+    }
+
+    /// Consecutive failures of passive entry `peer`.
+    fn failures(&self, peer: &PI) -> u8 {
+        self.backoff
+            .iter()
+            .find(|b| b.id == *peer)
+            .map_or(0, |b| b.failures)
+    }
+
+    /// The backoff record of passive entry `peer`, made if it has none.
+    fn backoff_of(&mut self, peer: PI) -> &mut Backoff<PI> {
+        let i = match self.backoff.iter().position(|b| b.id == peer) {
+            Some(i) => i,
+            None => {
+                self.backoff.push(Backoff {
+                    id: peer,
+                    failures: 0,
+                    retry_at: Time::ZERO,
+                });
+                self.backoff.len() - 1
+            }
+        };
+        &mut self.backoff[i]
+    }
+
+    fn remove_passive(&mut self, peer: &PI) {
+        self.passive.retain(|e| e.id != *peer);
+        self.backoff.retain(|b| b.id != *peer);
+    }
+
     /// Adds a peer we heard from directly (its data is authoritative).
     fn add_passive<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, info: PeerInfo<PI>) {
         self.integrate(io, vec![info], &[], true);
@@ -931,9 +981,9 @@ impl<PI: PeerIdentity> HyParView<PI> {
                 continue;
             }
             self.learn(io, &info, firsthand);
-            if let Some(e) = self.passive.iter_mut().find(|e| e.info.id == info.id) {
-                if !info.data.is_empty() && (firsthand || e.info.data.is_empty()) {
-                    e.info.data = info.data;
+            if let Some(e) = self.passive.iter_mut().find(|e| e.id == info.id) {
+                if !info.data.is_empty() && (firsthand || e.data.is_empty()) {
+                    e.data = info.data;
                 }
                 continue;
             }
@@ -941,20 +991,20 @@ impl<PI: PeerIdentity> HyParView<PI> {
                 let victim = self
                     .passive
                     .iter()
-                    .position(|e| prefer_evict.contains(&e.info.id))
+                    .position(|e| prefer_evict.contains(&e.id))
                     .or_else(|| random_index(io.rng, self.passive.len()));
                 match victim {
                     Some(v) => {
-                        self.passive.swap_remove(v);
+                        let gone = self.passive.swap_remove(v);
+                        self.backoff.retain(|b| b.id != gone.id);
                     }
                     None => continue,
                 }
             }
-            self.passive.push(PassiveEntry {
-                info,
-                failures: 0,
-                retry_at: Time::ZERO,
-            });
+            if self.passive.capacity() == 0 {
+                self.passive.reserve_exact(cap);
+            }
+            self.passive.push(info);
         }
     }
 
@@ -962,13 +1012,14 @@ impl<PI: PeerIdentity> HyParView<PI> {
     /// drop it after too many consecutive failures.
     fn candidate_failed<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, peer: &PI) {
         let cfg = &io.config.hyparview;
-        let Some(pos) = self.passive.iter().position(|e| e.info.id == *peer) else {
+        let Some(pos) = self.passive.iter().position(|e| e.id == *peer) else {
             return;
         };
-        let e = &mut self.passive[pos];
+        let e = self.backoff_of(*peer);
         e.failures = e.failures.saturating_add(1);
         if e.failures >= cfg.candidate_max_failures {
             self.passive.remove(pos);
+            self.backoff.retain(|b| b.id != *peer);
         } else {
             let delay = backoff(
                 cfg.candidate_backoff_base,

@@ -416,10 +416,13 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         let known = Known { hops, from, origin };
         self.store
             .insert(id, io.now, known, Some(body), &io.config.plumtree);
-        if self.expiry_at.is_none() {
-            let at = io.now + io.config.plumtree.expiry_interval;
-            self.expiry_at = Some(at);
-            io.timer_at(at, Timer::Expiry);
+        // The sweep wakes when this payload's retention ends, unless it
+        // is already due sooner.
+        let cfg = &io.config.plumtree;
+        let due = io.now + cfg.message_cache_retention.max(cfg.expiry_interval);
+        if self.expiry_at.is_none_or(|at| due < at) {
+            self.expiry_at = Some(due);
+            io.timer_at(due, Timer::Expiry);
         }
     }
 
@@ -773,10 +776,26 @@ impl<PI: PeerIdentity> Plumtree<PI> {
         }
         let seen_cutoff = now - cfg.plumtree.seen_retention;
         self.missing.retain(|_, m| m.first_announced > seen_cutoff);
-        self.expiry_at = None;
-        if !(self.store.is_empty() && self.missing.is_empty() && self.trees.is_empty()) {
-            let at = now + cfg.plumtree.expiry_interval;
-            self.expiry_at = Some(at);
+        // Sleep until the next retention ends (at most one sweep per
+        // interval): with one broadcast every few seconds that is one sweep
+        // per broadcast, not one per second.
+        let p = &cfg.plumtree;
+        let trees_due = match self.trees_oldest_used {
+            Some(t) => Some(t + p.seen_retention),
+            None if !self.trees.is_empty() => Some(now),
+            None => None,
+        };
+        let missing_due = self
+            .missing
+            .iter()
+            .map(|(_, m)| m.first_announced + p.seen_retention)
+            .min();
+        let due = [self.store.next_due(p), trees_due, missing_due]
+            .into_iter()
+            .flatten()
+            .min();
+        self.expiry_at = due.map(|d| d.max(now + p.expiry_interval));
+        if let Some(at) = self.expiry_at {
             io.timer_at(at, Timer::Expiry);
         }
     }

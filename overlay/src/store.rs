@@ -233,8 +233,22 @@ impl<PI: Copy> Store<PI> {
         self.cached.len()
     }
 
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.ring.is_empty()
+    }
+
+    /// When [`Store::expire`] next has something to do: the oldest id's
+    /// or the oldest cached payload's retention ends (`None`: empty).
+    pub(crate) fn next_due(&self, cfg: &PlumtreeConfig) -> Option<Time> {
+        let at = |r: &Rec<PI>| self.base + Duration::from_micros(r.offset());
+        let seen = self.ring.front().map(|r| at(r) + cfg.seen_retention);
+        let cached = (!self.cached.is_empty())
+            .then(|| self.ring.len().checked_sub(self.cached.len()))
+            .flatten()
+            .and_then(|i| self.ring.get(i))
+            .map(|r| at(r) + cfg.message_cache_retention);
+        seen.into_iter().chain(cached).min()
     }
 
     /// Records a new message that arrived at `now` (ignored if its id is
@@ -478,6 +492,26 @@ mod tests {
         check(&s);
         assert!(s.is_empty());
         assert_eq!((s.cached_len(), s.cached_bytes), (0, 0));
+    }
+
+    #[test]
+    fn the_next_sweep_is_due_when_the_oldest_retention_ends() {
+        let mut cfg = Config::lan().plumtree;
+        cfg.message_cache_retention = Duration::from_secs(10);
+        cfg.seen_retention = Duration::from_secs(100);
+        let mut s = Store::new(1);
+        assert_eq!(s.next_due(&cfg), None);
+        s.insert(id(1), secs(1), known(3), body(1, 10), &cfg);
+        s.insert(id(2), secs(5), known(3), body(2, 10), &cfg);
+        assert_eq!(s.next_due(&cfg), Some(secs(11)), "first payload");
+        s.expire(secs(11), &cfg);
+        assert_eq!(s.next_due(&cfg), Some(secs(15)), "second payload");
+        s.expire(secs(15), &cfg);
+        assert_eq!(s.next_due(&cfg), Some(secs(101)), "only ids left");
+        s.expire(secs(101), &cfg);
+        assert_eq!(s.next_due(&cfg), Some(secs(105)));
+        s.expire(secs(105), &cfg);
+        assert_eq!(s.next_due(&cfg), None);
     }
 
     #[test]

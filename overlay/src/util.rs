@@ -66,6 +66,7 @@ impl<K: Ord, V> VecMap<K, V> {
         self.0.len()
     }
 
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -102,6 +103,11 @@ impl<K: Ord, V> VecMap<K, V> {
         } else if self.0.capacity() > 4 * self.0.len().max(2) {
             self.0.shrink_to(2 * self.0.len());
         }
+    }
+
+    /// Entries in key order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
     }
 
     /// Entries in key order.
