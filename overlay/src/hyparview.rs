@@ -134,7 +134,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
         self.data = data;
     }
 
-    pub(crate) fn active(&self) -> impl Iterator<Item = PI> + '_ {
+    pub(crate) fn active(&self) -> impl Iterator<Item = PI> + Clone + '_ {
         self.active.iter().map(|p| p.id)
     }
 
@@ -337,7 +337,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
             return;
         }
         if ttl == cfg.passive_random_walk_length {
-            self.integrate(io, vec![new.clone()], &[], false);
+            self.integrate(io, [new.clone()], &[], false);
         }
         let next = choose_filtered(io.rng, self.active(), |p| *p == from || *p == new.id);
         match next {
@@ -578,10 +578,10 @@ impl<PI: PeerIdentity> HyParView<PI> {
             return;
         }
         let now = io.now;
-        let (expired, kept): (Vec<_>, Vec<_>) = core::mem::take(&mut self.pending)
-            .into_iter()
-            .partition(|p| p.deadline <= now);
-        self.pending = kept;
+        let expired: Vec<Pending<PI>> = self
+            .pending
+            .extract_if(.., |p| p.deadline <= now)
+            .collect();
         for p in expired {
             io.stats.neighbor_requests_timed_out += 1;
             self.candidate_failed(io, &p.info.id);
@@ -816,7 +816,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
             return;
         }
         if self.pending.len() >= Self::max_pending(&io.config.hyparview) {
-            self.integrate(io, vec![info], &[], false);
+            self.integrate(io, [info], &[], false);
             return;
         }
         let deadline = io.now + io.config.hyparview.neighbor_request_timeout;
@@ -962,7 +962,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
 
     /// Adds a peer we heard from directly (its data is authoritative).
     fn add_passive<R: Rng>(&mut self, io: &mut Io<'_, PI, R>, info: PeerInfo<PI>) {
-        self.integrate(io, vec![info], &[], true);
+        self.integrate(io, [info], &[], true);
     }
 
     /// Adds new entries to the passive view; when it is full, evicts first
@@ -971,7 +971,7 @@ impl<PI: PeerIdentity> HyParView<PI> {
     fn integrate<R: Rng>(
         &mut self,
         io: &mut Io<'_, PI, R>,
-        nodes: Vec<PeerInfo<PI>>,
+        nodes: impl IntoIterator<Item = PeerInfo<PI>>,
         prefer_evict: &[PI],
         firsthand: bool,
     ) {

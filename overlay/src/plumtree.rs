@@ -721,10 +721,10 @@ impl<PI: PeerIdentity> Plumtree<PI> {
             self.ihave_timer = None;
         }
         let max = io.config.plumtree.ihave_max_entries.max(1);
-        let (due, later): (Vec<_>, Vec<_>) = core::mem::take(&mut self.ihave_queue)
-            .into_iter()
-            .partition(|b| b.due <= now);
-        self.ihave_queue = later;
+        let due: Vec<IHaveBatch<PI>> = self
+            .ihave_queue
+            .extract_if(.., |b| b.due <= now)
+            .collect();
         if let Some(next) = self.ihave_queue.iter().map(|b| b.due).min()
             && self.ihave_timer.is_none_or(|at| next < at)
         {

@@ -374,12 +374,15 @@ impl<PI: PeerIdentity, R: Rng> State<PI, R> {
             },
         }
         // Let the broadcast layer follow membership changes.
-        for change in core::mem::take(&mut hpv.changes) {
+        // (The buffer goes back afterwards, so its allocation is reused.)
+        let mut changes = core::mem::take(&mut hpv.changes);
+        for change in changes.drain(..) {
             match change {
                 NeighborChange::Up(p) => plum.neighbor_up(&mut io, p),
                 NeighborChange::Down(p) => plum.neighbor_down(&mut io, p),
             }
         }
+        hpv.changes = changes;
     }
 }
 

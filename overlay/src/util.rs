@@ -14,14 +14,16 @@ pub(crate) fn random_index<R: Rng + ?Sized>(rng: &mut R, n: usize) -> Option<usi
     Some(((x * n as u128) >> 64) as usize)
 }
 
-/// A random element of `items`, skipping those `exclude` rejects.
+/// A random element of `items`, skipping those `exclude` rejects. Walks
+/// `items` twice instead of collecting them (it runs for every hop of every
+/// random walk).
 pub(crate) fn choose_filtered<T: Copy, R: Rng + ?Sized>(
     rng: &mut R,
-    items: impl Iterator<Item = T>,
+    items: impl Iterator<Item = T> + Clone,
     exclude: impl Fn(&T) -> bool,
 ) -> Option<T> {
-    let candidates: Vec<T> = items.filter(|x| !exclude(x)).collect();
-    random_index(rng, candidates.len()).map(|i| candidates[i])
+    let n = items.clone().filter(|x| !exclude(x)).count();
+    random_index(rng, n).and_then(|i| items.filter(|x| !exclude(x)).nth(i))
 }
 
 /// Up to `k` distinct random elements of `items`, in random order

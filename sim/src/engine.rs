@@ -552,6 +552,9 @@ pub struct Sim {
     config: Arc<Config>,
     net: Network,
     nodes: Vec<Option<Node>>,
+    /// `alive[n]` is `nodes[n].is_some()`, packed: liveness checks and
+    /// snapshots then touch one byte per node, not its state.
+    alive: Vec<bool>,
     started: Vec<Time>,
     faults: Faults,
     queue: Queue<Ev>,
@@ -581,6 +584,7 @@ impl Sim {
             config: Arc::new(config),
             net,
             nodes: Vec::new(),
+            alive: Vec::new(),
             started: Vec::new(),
             faults: Faults::default(),
             queue: Queue::new(),
@@ -691,7 +695,7 @@ impl Sim {
 
     /// Whether `n` is running.
     pub fn is_alive(&self, n: NodeId) -> bool {
-        self.nodes.get(n as usize).is_some_and(|x| x.is_some())
+        self.alive.get(n as usize).copied().unwrap_or(false)
     }
 
     /// When `n` was started.
@@ -706,10 +710,10 @@ impl Sim {
 
     /// Running nodes.
     pub fn alive(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.nodes
+        self.alive
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.is_some())
+            .filter(|(_, a)| **a)
             .map(|(i, _)| i as NodeId)
     }
 
@@ -736,6 +740,7 @@ impl Sim {
     /// Makes room for `more` nodes without regrowing the node table.
     pub fn reserve(&mut self, more: usize) {
         self.nodes.reserve_exact(more);
+        self.alive.reserve_exact(more);
         self.started.reserve_exact(more);
         self.faults.group.reserve_exact(more);
     }
@@ -746,6 +751,7 @@ impl Sim {
         let rng = Xoshiro256PlusPlus::seed_from_u64(node_seed(self.seed, id));
         self.nodes
             .push(Some(State::new(id, self.config.clone(), rng)));
+        self.alive.push(true);
         self.started.push(self.now);
         self.faults.add_node();
         let contacts = contacts
@@ -764,6 +770,7 @@ impl Sim {
         let Some(node) = self.nodes.get_mut(n as usize).and_then(|x| x.take()) else {
             return;
         };
+        self.alive[n as usize] = false;
         let neighbors: Vec<NodeId> = node.active_view().collect();
         for m in neighbors {
             self.notice_down(m, n);
