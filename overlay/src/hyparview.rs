@@ -19,7 +19,7 @@
 use crate::id::{PeerData, PeerIdentity, PeerInfo};
 use crate::state::{Event, Io, Output, Timer};
 use crate::time::Time;
-use crate::util::{choose_filtered, jitter, random_index, sample};
+use crate::util::{choose_filtered, jitter, random_index, release, sample};
 use crate::wire::{
     Disconnect, ForwardJoin, Join, Message, Neighbor, NeighborReply, Priority, Shuffle,
     ShuffleReply,
@@ -578,10 +578,8 @@ impl<PI: PeerIdentity> HyParView<PI> {
             return;
         }
         let now = io.now;
-        let expired: Vec<Pending<PI>> = self
-            .pending
-            .extract_if(.., |p| p.deadline <= now)
-            .collect();
+        let expired: Vec<Pending<PI>> =
+            self.pending.extract_if(.., |p| p.deadline <= now).collect();
         for p in expired {
             io.stats.neighbor_requests_timed_out += 1;
             self.candidate_failed(io, &p.info.id);
@@ -636,6 +634,11 @@ impl<PI: PeerIdentity> HyParView<PI> {
         if let Some(at) = self.lost.iter().map(|l| l.next_try).min() {
             self.schedule_repair(io, at.max(now + Duration::from_millis(1)));
         }
+        // Requests and backoffs are few and short-lived: an emptied buffer
+        // gives its memory back (a simulator holds a million nodes).
+        release(&mut self.pending);
+        release(&mut self.backoff);
+        release(&mut self.lost);
     }
 
     // ----- internals --------------------------------------------------

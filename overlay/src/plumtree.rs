@@ -37,7 +37,7 @@ use crate::id::{MessageId, PeerIdentity};
 use crate::state::{Delivery, Event, Io, Timer};
 use crate::store::{Known, Store};
 use crate::time::Time;
-use crate::util::VecMap;
+use crate::util::{VecMap, release};
 use crate::wire::{Gossip, Graft, IHave, IHaveEntry, Message, Prune};
 use bytes::Bytes;
 use rand::Rng;
@@ -721,10 +721,9 @@ impl<PI: PeerIdentity> Plumtree<PI> {
             self.ihave_timer = None;
         }
         let max = io.config.plumtree.ihave_max_entries.max(1);
-        let due: Vec<IHaveBatch<PI>> = self
-            .ihave_queue
-            .extract_if(.., |b| b.due <= now)
-            .collect();
+        let due: Vec<IHaveBatch<PI>> = self.ihave_queue.extract_if(.., |b| b.due <= now).collect();
+        // Idle between broadcasts: give the queue's memory back.
+        release(&mut self.ihave_queue);
         if let Some(next) = self.ihave_queue.iter().map(|b| b.due).min()
             && self.ihave_timer.is_none_or(|at| next < at)
         {

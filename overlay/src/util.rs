@@ -26,6 +26,13 @@ pub(crate) fn choose_filtered<T: Copy, R: Rng + ?Sized>(
     random_index(rng, n).and_then(|i| items.filter(|x| !exclude(x)).nth(i))
 }
 
+/// Frees an empty vector's buffer.
+pub(crate) fn release<T>(v: &mut Vec<T>) {
+    if v.is_empty() && v.capacity() > 0 {
+        *v = Vec::new();
+    }
+}
+
 /// Up to `k` distinct random elements of `items`, in random order
 /// (a partial Fisher–Yates shuffle).
 pub(crate) fn sample<T, R: Rng + ?Sized>(rng: &mut R, mut items: Vec<T>, k: usize) -> Vec<T> {

@@ -230,8 +230,12 @@ impl Engine for Sim {
     }
     fn active_view(&self, n: NodeId, out: &mut Vec<NodeId>) {
         out.clear();
-        if let Some(node) = self.node(n) {
-            out.extend(node.active_view());
+        if self.links.overflowed {
+            if let Some(node) = self.node(n) {
+                out.extend(node.active_view());
+            }
+        } else if self.is_alive(n) {
+            out.extend_from_slice(self.links.get(n));
         }
     }
     fn passive_len(&self, n: NodeId) -> Option<usize> {
@@ -544,6 +548,72 @@ pub(crate) fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Every node's active view as the engine saw it change (the nodes'
+/// `NeighborUp` / `NeighborDown` events), packed in one table: snapshots
+/// and BFS read a million views from here instead of from node state.
+#[derive(Debug, Default)]
+struct Links {
+    /// Slots per node: the active view capacity.
+    stride: usize,
+    peers: Vec<NodeId>,
+    len: Vec<u8>,
+    /// A view outgrew its slots (a configuration beyond `u8`, or a core
+    /// that broke its bound): from then on views are read from the nodes.
+    overflowed: bool,
+}
+
+impl Links {
+    fn new(stride: usize) -> Self {
+        Links {
+            stride: stride.clamp(1, u8::MAX as usize),
+            ..Links::default()
+        }
+    }
+
+    fn reserve(&mut self, more: usize) {
+        self.peers.reserve_exact(more * self.stride);
+        self.len.reserve_exact(more);
+    }
+
+    fn add_node(&mut self) {
+        self.peers.resize(self.peers.len() + self.stride, 0);
+        self.len.push(0);
+    }
+
+    fn get(&self, n: NodeId) -> &[NodeId] {
+        let n = n as usize;
+        let len = self.len.get(n).map_or(0, |l| *l as usize);
+        &self.peers[n * self.stride..n * self.stride + len]
+    }
+
+    fn up(&mut self, n: NodeId, peer: NodeId) {
+        let i = n as usize;
+        let len = self.len[i] as usize;
+        if len >= self.stride {
+            debug_assert!(false, "node {n}: an active view above its capacity");
+            self.overflowed = true;
+            return;
+        }
+        self.peers[i * self.stride + len] = peer;
+        self.len[i] += 1;
+    }
+
+    fn down(&mut self, n: NodeId, peer: NodeId) {
+        let i = n as usize;
+        let len = self.len[i] as usize;
+        let view = &mut self.peers[i * self.stride..i * self.stride + len];
+        if let Some(pos) = view.iter().position(|p| *p == peer) {
+            // Kept in order, as the node's own view is.
+            view.copy_within(pos + 1.., pos);
+            self.len[i] -= 1;
+        }
+    }
+
+    fn clear(&mut self, n: NodeId) {
+        self.len[n as usize] = 0;
+    }
+}
+
 /// The simulation: nodes, network and event queue.
 pub struct Sim {
     now: Time,
@@ -555,6 +625,7 @@ pub struct Sim {
     /// `alive[n]` is `nodes[n].is_some()`, packed: liveness checks and
     /// snapshots then touch one byte per node, not its state.
     alive: Vec<bool>,
+    links: Links,
     started: Vec<Time>,
     faults: Faults,
     queue: Queue<Ev>,
@@ -578,6 +649,7 @@ pub struct Sim {
 impl Sim {
     /// An empty simulation.
     pub fn new(config: Config, net: Network, seed: u64) -> Self {
+        let stride = config.hyparview.active_view_capacity;
         Sim {
             now: Time::ZERO,
             seed,
@@ -585,6 +657,7 @@ impl Sim {
             net,
             nodes: Vec::new(),
             alive: Vec::new(),
+            links: Links::new(stride),
             started: Vec::new(),
             faults: Faults::default(),
             queue: Queue::new(),
@@ -741,6 +814,7 @@ impl Sim {
     pub fn reserve(&mut self, more: usize) {
         self.nodes.reserve_exact(more);
         self.alive.reserve_exact(more);
+        self.links.reserve(more);
         self.started.reserve_exact(more);
         self.faults.group.reserve_exact(more);
     }
@@ -752,6 +826,7 @@ impl Sim {
         self.nodes
             .push(Some(State::new(id, self.config.clone(), rng)));
         self.alive.push(true);
+        self.links.add_node();
         self.started.push(self.now);
         self.faults.add_node();
         let contacts = contacts
@@ -771,6 +846,7 @@ impl Sim {
             return;
         };
         self.alive[n as usize] = false;
+        self.links.clear(n);
         let neighbors: Vec<NodeId> = node.active_view().collect();
         for m in neighbors {
             self.notice_down(m, n);
@@ -959,9 +1035,11 @@ impl Sim {
                     });
                 }
                 Output::Event(Event::NeighborUp(peer)) => {
+                    self.links.up(n, peer);
                     self.signal(Signal::NeighborUp { node: n, peer });
                 }
                 Output::Event(Event::NeighborDown(peer)) => {
+                    self.links.down(n, peer);
                     self.signal(Signal::NeighborDown { node: n, peer });
                 }
                 Output::Disconnect { .. } | Output::Event(_) => {}

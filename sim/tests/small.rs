@@ -154,3 +154,56 @@ fn paid_for_metrics_add_up_for_both_protocols() {
         assert!(s.rmr_all >= s.rmr, "{protocol:?}: {s:?}");
     }
 }
+
+/// The engine keeps every active view in a packed table, updated from the
+/// nodes' NeighborUp/NeighborDown events, for snapshots and BFS: after
+/// joins, crashes, a partition and its healing it still matches each
+/// node's own view, in order.
+#[test]
+fn the_engines_copy_of_every_view_matches_the_nodes() {
+    use overlay::Config;
+    use sim::engine::{Engine, Latency, Network, Sim};
+    use std::time::Duration;
+    let net = Network {
+        latency: Latency::Uniform {
+            min: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+        },
+        loss: 0.0,
+        detect_delay: Duration::from_millis(500),
+    };
+    let mut sim = Sim::new(Config::lan(), net, 5);
+    let check = |sim: &Sim, when: &str| {
+        let mut view = Vec::new();
+        let mut links = 0;
+        for n in 0..sim.len() as u32 {
+            Engine::active_view(sim, n, &mut view);
+            let own: Vec<u32> = sim
+                .node(n)
+                .map(|x| x.active_view().collect())
+                .unwrap_or_default();
+            assert_eq!(view, own, "node {n} {when}");
+            links += own.len();
+        }
+        assert!(links > 0, "{when}: some links");
+    };
+    for _ in 0..150 {
+        sim.start_node(&[0, 1]);
+        sim.run_for(Duration::from_millis(20));
+    }
+    sim.run_for(Duration::from_secs(10));
+    check(&sim, "after the join");
+    for n in (3..150).step_by(4) {
+        sim.crash(n);
+    }
+    sim.run_for(Duration::from_millis(300));
+    check(&sim, "while crashes are noticed");
+    sim.run_for(Duration::from_secs(10));
+    check(&sim, "after the crashes");
+    sim.partition(|n| (n % 2) as u8);
+    sim.run_for(Duration::from_secs(5));
+    check(&sim, "partitioned");
+    sim.heal();
+    sim.run_for(Duration::from_secs(10));
+    check(&sim, "healed");
+}
