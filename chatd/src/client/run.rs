@@ -2128,6 +2128,68 @@ fn follows(
         && !failed.contains(&relay)
 }
 
+/// Least time between two moves made to follow the friend's
+/// [`Frame::Moving`]: a friend that sends them in a row, naming server
+/// after server, makes us request one relay per interval instead of one per
+/// frame; its latest frame waits for the interval to pass.
+const FOLLOW_SPACING: Duration = Duration::from_secs(5);
+
+/// The friend's [`Frame::Moving`] requests, paced by [`FOLLOW_SPACING`]:
+/// only the latest waiting one counts.
+#[derive(Debug, Default)]
+struct Follower {
+    /// When we last moved to follow the friend.
+    followed_at: Option<Instant>,
+    /// The latest request not acted on yet.
+    waiting: Option<PeerId>,
+}
+
+impl Follower {
+    fn asked(&mut self, relay: PeerId) {
+        self.waiting = Some(relay);
+    }
+
+    /// The request to act on now, if one waits and the spacing has passed.
+    fn due(&mut self, now: Instant) -> Option<PeerId> {
+        let spaced = self
+            .followed_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= FOLLOW_SPACING);
+        if spaced { self.waiting.take() } else { None }
+    }
+
+    fn moved(&mut self, now: Instant) {
+        self.followed_at = Some(now);
+    }
+}
+
+/// Starts following the friend's move to `relay` when [`follows`] says so:
+/// the move (server, start, path) made by `start` from its address.
+fn follow<'a>(
+    relay: PeerId,
+    current: Option<PeerId>,
+    heading: Option<PeerId>,
+    we_lower: bool,
+    failed: &[PeerId],
+    homes: &Homes,
+    start: impl FnOnce(ServerAddr) -> Upgrade<'a>,
+) -> Option<(PeerId, Instant, Upgrade<'a>)> {
+    if !follows(relay, current, heading, we_lower, failed) {
+        return None;
+    }
+    let Some(to) = homes.addr_of(relay) else {
+        status(&format!(
+            "the friend is moving the chat to relay {}, a server we do not know: the chat stays",
+            Id(relay)
+        ));
+        return None;
+    };
+    status(&format!(
+        "the friend is moving the chat to relay {}: following",
+        to.addr
+    ));
+    Some((relay, Instant::now(), start(to)))
+}
+
 /// The conversation: stdin → messages, messages → stdout, on the path in
 /// use. A direct path that comes up (`upgrade`) takes over from the relay
 /// at once; a relayed chat moves to the next ranked relay when its relay
@@ -2159,6 +2221,7 @@ async fn converse<'a>(
     let mut moving: Option<(PeerId, Instant, Upgrade<'a>)> = None;
     // Relays that failed this chat (not moved to again).
     let mut failed: Vec<PeerId> = Vec::new();
+    let mut follower = Follower::default();
     let mut seen_ranking = cur.as_ref().map_or(0, |c| c.ranking.number);
     // Where to move a relayed chat, and that server's address.
     let target = |ranking: &Ranking, current: Option<PeerId>, dead: bool, failed: &[PeerId]| {
@@ -2195,27 +2258,10 @@ async fn converse<'a>(
             Some(()) = input.stop.recv(), if input.open => input.close(session),
             Some(f) = early_in.rx.recv() => early_in.take(client, session, &f),
             Some((id, frame)) = frames.recv() => match frame {
-                Some(Frame::Moving { relay }) => {
-                    // The friend moves the relayed chat: follow, unless we
-                    // are there or going there, or going elsewhere with the
-                    // lower id (the lower id's choice stands; it ignores
-                    // the other's frame the same way).
-                    let current = cur.as_ref().and_then(Live::relay).map(|c| c.id.0);
-                    let heading = moving.as_ref().map(|(to, ..)| *to);
-                    if follows(relay, current, heading, client.id() < friend, &failed) {
-                        match homes.addr_of(relay) {
-                            Some(to) => {
-                                status(&format!("the friend is moving the chat to relay {}: following", to.addr));
-                                let ranking = home.inbox.ranking(friend).unwrap_or_default();
-                                moving = Some((relay, Instant::now(), move_via(home.session.clone(), to, ranking)));
-                            }
-                            None => status(&format!(
-                                "the friend is moving the chat to relay {}, a server we do not know: the chat stays",
-                                Id(relay)
-                            )),
-                        }
-                    }
-                }
+                // The friend moves the relayed chat: the next tick follows
+                // (the latest frame only, at most one move per
+                // FOLLOW_SPACING).
+                Some(Frame::Moving { relay }) => follower.asked(relay),
                 Some(f) => {
                     for text in session.on_frame(f) {
                         println!("{text}");
@@ -2331,6 +2377,19 @@ async fn converse<'a>(
                 }
             }
             _ = tick.tick() => {
+                // The friend's latest move: follow, unless we are there or
+                // going there, or going elsewhere with the lower id (the
+                // lower id's choice stands; it ignores the other's frame
+                // the same way).
+                if let Some(relay) = follower.due(Instant::now()) {
+                    let current = cur.as_ref().and_then(Live::relay).map(|c| c.id.0);
+                    let heading = moving.as_ref().map(|(to, ..)| *to);
+                    let start = |to| move_via(home.session.clone(), to, home.inbox.ranking(friend).unwrap_or_default());
+                    if let Some(m) = follow(relay, current, heading, client.id() < friend, &failed, homes, start) {
+                        moving = Some(m);
+                        follower.moved(Instant::now());
+                    }
+                }
                 // A relayed chat: a better relay ranked since?
                 if relayed
                     && moving.is_none()
@@ -2443,6 +2502,18 @@ mod tests {
         assert!(!follows(s1, Some(s3), None, false, &[s1]));
         // Both move, to different relays: exactly one side gives way.
         let lower_follows = follows(s1, Some(s3), Some(s2), true, &[]);
+        // Moves made to follow are spaced; the latest request waits.
+        let t0 = Instant::now();
+        let mut f = Follower::default();
+        assert_eq!(f.due(t0), None);
+        f.asked(s1);
+        assert_eq!(f.due(t0), Some(s1));
+        f.moved(t0);
+        f.asked(s2);
+        f.asked(s3);
+        assert_eq!(f.due(t0 + FOLLOW_SPACING / 2), None, "too soon");
+        assert_eq!(f.due(t0 + FOLLOW_SPACING), Some(s3), "the latest");
+        assert_eq!(f.due(t0 + FOLLOW_SPACING * 2), None, "once");
         let higher_follows = follows(s2, Some(s3), Some(s1), false, &[]);
         assert!(!lower_follows && higher_follows);
     }
