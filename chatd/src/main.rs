@@ -54,11 +54,34 @@ enum Command {
         #[arg(long, default_value = "chatd.key")]
         key: PathBuf,
     },
-    /// Print a running server's status (from its admin endpoint).
+    /// Print a running server's status (from its admin endpoint): id,
+    /// readiness, version and uptime, overlay neighbours, live servers,
+    /// clients and records.
+    ///
+    /// Several `--admin` addresses: one table, a row per server.
     Status {
+        /// The server's admin address (repeat for a table of several).
+        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        admin: Vec<SocketAddr>,
+        /// Print the `/status` JSON document instead, one line per server
+        /// (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every server a running server knows, one row each: short id,
+    /// address, status (alive, suspect, failed, left), clients / capacity
+    /// and load. The server asked is marked `*`.
+    ///
+    /// Example:
+    ///
+    ///     chatd members --admin 127.0.0.1:9100
+    Members {
         /// The server's admin address.
         #[arg(long, default_value = config::DEFAULT_ADMIN)]
         admin: SocketAddr,
+        /// Print the `/members` JSON document instead (for scripts).
+        #[arg(long)]
+        json: bool,
     },
     /// Chat with a friend: find it through the servers, connect directly
     /// (hole punching through NATs) or through a server relay that cannot
@@ -360,7 +383,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", Keypair::load(&key)?.id());
             Ok(())
         }
-        Command::Status { admin } => status(admin),
+        Command::Status { admin, json } => match admin.as_slice() {
+            [one] => admin_show(*one, "/status", json, chatd::server::report::status_text),
+            many => status_many(many, json),
+        },
+        Command::Members { admin, json } => admin_show(
+            admin,
+            "/members",
+            json,
+            chatd::server::report::members_table,
+        ),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut out = Vec::new();
@@ -387,7 +419,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn status(admin: SocketAddr) -> anyhow::Result<()> {
+/// Fetches `path` from the admin endpoint at `admin` and prints it: as it
+/// is with `json`, else through `human`.
+fn admin_show(
+    admin: SocketAddr,
+    path: &str,
+    json: bool,
+    human: fn(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
+    let body = admin_get(admin, path)?;
+    if json {
+        print!("{body}");
+        return Ok(());
+    }
+    let doc: serde_json::Value = serde_json::from_str(&body)
+        .with_context(|| format!("{admin}{path} did not answer with JSON (an older chatd?)"))?;
+    print!("{}", human(&doc));
+    Ok(())
+}
+
+/// `chatd status` of several servers: one table (or JSON lines); fails if
+/// any did not answer, after printing what the others said.
+fn status_many(admins: &[SocketAddr], json: bool) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for a in admins {
+        let st = admin_get(*a, "/status").and_then(|body| {
+            if json {
+                print!("{body}");
+            }
+            Ok(serde_json::from_str::<serde_json::Value>(&body)?)
+        });
+        rows.push((a.to_string(), st.map_err(|e| format!("{e:#}"))));
+    }
+    if !json {
+        print!("{}", chatd::server::report::status_table(&rows));
+    }
+    let silent = rows.iter().filter(|(_, r)| r.is_err()).count();
+    if silent > 0 {
+        anyhow::bail!("{silent} of {} servers did not answer", rows.len());
+    }
+    Ok(())
+}
+
+/// The body of `GET path` at the admin endpoint `admin`.
+fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
     use std::io::{Read, Write};
     let mut s =
         std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(3)).map_err(|e| {
@@ -401,12 +476,20 @@ fn status(admin: SocketAddr) -> anyhow::Result<()> {
             )
         })?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /status HTTP/1.1\r\nhost: chatd\r\nconnection: close\r\n\r\n")?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: chatd\r\nconnection: close\r\n\r\n").as_bytes(),
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    print!("{body}");
-    Ok(())
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let code = head.split_whitespace().nth(1).unwrap_or("?");
+    if code != "200" {
+        anyhow::bail!(
+            "{admin}{path} answered {code}: {} (an older chatd without it?)",
+            body.trim()
+        );
+    }
+    Ok(body.to_string())
 }
 
 fn chat(args: ChatArgs) -> anyhow::Result<()> {

@@ -289,6 +289,41 @@ fn five_servers_see_each_other() {
         "not every server lists 5 live servers:\n{}",
         c.describe()
     );
+    // For people: `chatd members` is a table of all five, alive, the one
+    // asked marked; `chatd status` a summary; several --admin one table.
+    let admin_arg = |i: usize| format!("127.0.0.1:{}", c.servers[i].admin);
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().expect("run chatd");
+        assert!(
+            out.status.success(),
+            "chatd {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let table = run(&["members", "--admin", &admin_arg(0)]);
+    assert!(table.starts_with("ID "), "{table}");
+    for (i, s) in c.servers.iter().enumerate() {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&s.id[..8]))
+            .unwrap_or_else(|| panic!("no row for server {i}:\n{table}"));
+        assert!(
+            row.contains(" alive ") && row.contains("127.0.0.1:"),
+            "{row}"
+        );
+        assert_eq!(row.contains('*'), i == 0, "{row}");
+    }
+    assert!(table.contains("5 servers known, 5 alive"), "{table}");
+    let summary = run(&["status", "--admin", &admin_arg(1)]);
+    assert!(
+        summary.contains(&c.servers[1].id) && summary.contains("ready, up "),
+        "{summary}"
+    );
+    assert!(summary.contains("5 live servers"), "{summary}");
+    let all = run(&["status", "--admin", &admin_arg(0), "--admin", &admin_arg(2)]);
+    assert_eq!(all.lines().count(), 3, "{all}");
+    assert!(all.lines().skip(1).all(|l| l.contains(" ready ")), "{all}");
 
     // A record registered at server 1 is found at server 5 (real clients).
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -341,6 +376,23 @@ fn five_servers_see_each_other() {
     });
     assert!(exited, "server 5 did not exit within 30 s of SIGTERM");
     assert!(code.is_some_and(|c| c.success()), "exit status {code:?}");
+    // It left for good, and the others say so.
+    let gone = c.servers[4].id.clone();
+    let left = eventually_blocking(Duration::from_secs(30), || {
+        http_get(c.servers[0].admin, "/members").is_some_and(|(code, body)| {
+            let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            code == 200
+                && doc["members"].as_array().is_some_and(|m| {
+                    m.iter()
+                        .any(|x| x["id"] == gone.as_str() && x["status"] == "left")
+                })
+        })
+    });
+    assert!(
+        left,
+        "server 1 never listed server 5 as left:\n{}",
+        c.describe()
+    );
     c.servers[4].child = None;
     c.wait_full_mesh(&[0, 1, 2, 3], Duration::from_secs(30));
 }

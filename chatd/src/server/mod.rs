@@ -32,6 +32,7 @@
 //! kept are the core's (`rendezvous::mailbox`: 128 MiB at most).
 
 pub mod admin;
+pub mod report;
 
 use crate::net::driver::{Node, NodeEvent};
 use crate::net::framing::{
