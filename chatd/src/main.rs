@@ -153,13 +153,17 @@ enum Command {
         /// Find this peer by id.
         #[arg(long, conflicts_with = "name")]
         peer: Option<Id>,
-        /// Find the peers online with this name (one JSON line each, the
+        /// Find the peers online with this name (one row each, the
         /// freshest first; more than one is said on stderr).
         #[arg(long)]
         name: Option<String>,
         /// Client key file (default: a throwaway key).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// One JSON line per server or peer instead of a table (for
+        /// scripts).
+        #[arg(long)]
+        json: bool,
     },
     /// Print a shell completion script, e.g.
     ///     chatd completions bash > /etc/bash_completion.d/chatd
@@ -414,7 +418,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             peer,
             name,
             key,
-        } => lookup(servers, peer, name, key),
+            json,
+        } => lookup(servers, peer, name, key, json),
         Command::Serve(args) => serve(args),
     }
 }
@@ -668,7 +673,18 @@ fn lookup(
     peer: Option<Id>,
     name: Option<String>,
     key: Option<PathBuf>,
+    json: bool,
 ) -> anyhow::Result<()> {
+    use chatd::server::report::{peers_table, servers_table};
+    let show = |rows: Vec<serde_json::Value>, table: fn(&[serde_json::Value]) -> String| {
+        if json {
+            for r in &rows {
+                println!("{r}");
+            }
+        } else {
+            print!("{}", table(&rows));
+        }
+    };
     let keypair = match key {
         Some(path) => Keypair::load(&path)?,
         None => Keypair::generate(),
@@ -697,10 +713,10 @@ fn lookup(
         match records {
             Some(records) if records.is_empty() => anyhow::bail!("no such peer is online"),
             Some(records) => {
-                for r in records {
-                    let b = &r.body;
-                    println!(
-                        "{}",
+                let rows = records
+                    .iter()
+                    .map(|r| {
+                        let b = &r.body;
                         serde_json::json!({
                             "peer": Id(b.peer).to_string(),
                             "name": b.name,
@@ -709,22 +725,26 @@ fn lookup(
                             "private_addrs": b.private_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                             "seq": b.seq,
                         })
-                    );
-                }
+                    })
+                    .collect();
+                show(rows, peers_table);
             }
             None => {
-                for s in session.servers().await? {
-                    println!(
-                        "{}",
+                let rows = session
+                    .servers()
+                    .await?
+                    .iter()
+                    .map(|s| {
                         serde_json::json!({
                             "id": Id(s.id).to_string(),
-                            "addr": chatd::client::dial_addr(&s).map(|a| a.to_string()),
+                            "addr": chatd::client::dial_addr(s).map(|a| a.to_string()),
                             "clients": s.clients,
                             "capacity": s.capacity,
                             "load": s.load(),
                         })
-                    );
-                }
+                    })
+                    .collect();
+                show(rows, servers_table);
             }
         }
         anyhow::Ok(())

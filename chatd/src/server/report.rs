@@ -152,6 +152,52 @@ fn table<const N: usize>(head: [&str; N], rows: &[[String; N]]) -> String {
     out
 }
 
+/// `chatd lookup`'s servers, least loaded first, each with the
+/// `ID@HOST:PORT` to pass as `--server`.
+pub fn servers_table(rows: &[Value]) -> String {
+    let cells: Vec<[String; 3]> = rows
+        .iter()
+        .map(|s| {
+            [
+                match s["addr"].as_str() {
+                    Some(a) => format!("{}@{a}", s["id"].as_str().unwrap_or("?")),
+                    None => format!("{} (no address)", s["id"].as_str().unwrap_or("?")),
+                },
+                format!("{}/{}", num(s, "clients"), num(s, "capacity")),
+                format!("{:.1}%", s["load"].as_f64().unwrap_or(0.0) * 100.0),
+            ]
+        })
+        .collect();
+    table(["SERVER (--server)", "CLIENTS", "LOAD"], &cells)
+}
+
+/// `chatd lookup --peer/--name`'s records, the full id first (what
+/// `chatd chat --to` takes).
+pub fn peers_table(rows: &[Value]) -> String {
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|p| {
+            let private: Vec<&str> = p["private_addrs"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            [
+                p["peer"].as_str().unwrap_or("?").to_string(),
+                p["name"].as_str().unwrap_or("-").to_string(),
+                short(p["home_server"].as_str().unwrap_or("?")).to_string(),
+                p["public_addr"].as_str().unwrap_or("-").to_string(),
+                if private.is_empty() {
+                    "-".into()
+                } else {
+                    private.join(",")
+                },
+                num(p, "seq").to_string(),
+            ]
+        })
+        .collect();
+    table(["PEER", "NAME", "HOME", "PUBLIC", "PRIVATE", "SEQ"], &cells)
+}
+
 /// `/members` as a table, one row per server, the answering one marked.
 pub fn members_table(doc: &Value) -> String {
     let rows: Vec<[String; 5]> = doc["members"]
@@ -223,6 +269,34 @@ mod tests {
         assert_eq!(
             lines[4],
             "3 servers known, 1 alive (* = the server answering)"
+        );
+    }
+
+    #[test]
+    fn lookup_tables_keep_what_the_next_command_needs() {
+        let servers = servers_table(&[
+            serde_json::json!({"id": "sid1", "addr": "127.0.0.1:7000", "clients": 2, "capacity": 100, "load": 0.02}),
+            serde_json::json!({"id": "sid2", "addr": null, "clients": 0, "capacity": 0, "load": 1.0}),
+        ]);
+        assert!(
+            servers
+                .lines()
+                .nth(1)
+                .is_some_and(|l| l.starts_with("sid1@127.0.0.1:7000 ") && l.ends_with("2.0%")),
+            "{servers}"
+        );
+        assert!(servers.contains("sid2 (no address)"), "{servers}");
+        let peers = peers_table(&[
+            serde_json::json!({"peer": "peerid-full-52", "name": "alice",
+            "home_server": "homeserverid", "public_addr": "203.0.113.5:4000",
+            "private_addrs": ["10.0.0.2:4000", "[fd00::2]:4000"], "seq": 3}),
+        ]);
+        let row = peers.lines().nth(1).unwrap_or_default();
+        assert!(
+            row.starts_with(
+                "peerid-full-52  alice  homeserv  203.0.113.5:4000  10.0.0.2:4000,[fd00::2]:4000  3"
+            ),
+            "{peers}"
         );
     }
 

@@ -330,7 +330,7 @@ pub fn chat(data_dir: &Path, name: &str, to: &str, servers: &[&str], extra: &[&s
 /// if it failed: no such peer).
 pub fn lookup(server: &str, args: &[&str]) -> Vec<serde_json::Value> {
     let out = Command::new(BIN)
-        .args(["lookup", "--server", server])
+        .args(["lookup", "--json", "--server", server])
         .args(args)
         .env("RUST_BACKTRACE", "0")
         .output()
