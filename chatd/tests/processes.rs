@@ -506,3 +506,117 @@ fn malformed_traffic_is_refused_and_the_server_keeps_serving() {
         tail(&c.servers[0].dir.join("log"), 20)
     );
 }
+
+/// Everything one admin connection said until it closed (or 10 s passed).
+fn exchange(port: u16, parts: &[&[u8]]) -> String {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    s.set_nodelay(true).ok();
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            // Not a wait for anything: the pause makes the next part a
+            // separate segment, as a slow client's would be.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s.write_all(p).expect("write");
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn the_admin_endpoint_speaks_http_properly() {
+    let mut c = Cluster::new("http", 1);
+    c.start(0);
+    let port = c.servers[0].admin;
+    assert!(
+        eventually_blocking(Duration::from_secs(30), || http_get(port, "/healthz")
+            .is_some_and(|r| r.0 == 200)),
+        "no /healthz:\n{}",
+        c.describe()
+    );
+    // A request split across packets.
+    let split = exchange(
+        port,
+        &[
+            b"GET /heal",
+            b"thz HTTP/1.1\r\nho",
+            b"st: x\r\nconnection: close\r\n\r\n",
+        ],
+    );
+    assert!(
+        split.starts_with("HTTP/1.1 200") && split.ends_with("ok\n"),
+        "{split}"
+    );
+    // A query string: the text form chatd status prints.
+    let (code, body) = http_get(port, "/status?format=text").expect("answer");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.starts_with("server    ") && body.contains(&c.servers[0].id),
+        "{body}"
+    );
+    let (code, body) = http_get(port, "/members?format=text").expect("answer");
+    assert!(code == 200 && body.starts_with("ID "), "{body}");
+    // Pipelined requests: both answered, in order.
+    let both = exchange(
+        port,
+        &[b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGET /nothing HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"],
+    );
+    let first = both.find("HTTP/1.1 200").expect("first answered");
+    let second = both.find("HTTP/1.1 404").expect("second answered");
+    assert!(first < second, "{both}");
+    // Methods: only GET and HEAD.
+    let post = exchange(
+        port,
+        &[b"POST /status HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"],
+    );
+    assert!(
+        post.starts_with("HTTP/1.1 405") && post.to_ascii_lowercase().contains("allow: get, head"),
+        "{post}"
+    );
+    let head = exchange(
+        port,
+        &[b"HEAD /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"],
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 200") && !head.ends_with("ok\n"),
+        "{head}"
+    );
+    // A client that never finishes its request head is closed.
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut slow = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .expect("write");
+    slow.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    let mut sink = Vec::new();
+    let closed = slow.read_to_end(&mut sink);
+    assert!(closed.is_ok(), "still open after 20 s: {closed:?}");
+    // At most 64 connections at once: the 65th is closed unanswered, and
+    // once they go, requests are answered again.
+    let idle: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect"))
+        .collect();
+    let refused = exchange(
+        port,
+        &[b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"],
+    );
+    assert!(
+        refused.is_empty(),
+        "the 65th connection was served: {refused}"
+    );
+    drop(idle);
+    assert!(
+        eventually_blocking(Duration::from_secs(30), || http_get(port, "/healthz")
+            .is_some_and(|r| r.0 == 200)),
+        "not served again after the idle connections closed"
+    );
+    let (_, metrics) = http_get(port, "/metrics").expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("chatd_admin_refused_total ") && !l.ends_with(" 0")),
+        "the refusal is counted"
+    );
+}

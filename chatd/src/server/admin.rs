@@ -3,18 +3,25 @@
 //! configuration), `/status` (a JSON summary for `chatd status`) and
 //! `/members` (every server known, for `chatd members`).
 //!
-//! A deliberately small HTTP/1.1 responder: one request per connection,
-//! bounded request size and time. Must not change node state.
+//! HTTP/1.1 by hyper, with at most 64 connections at once, a 5 s limit on
+//! a request's head and 60 s on a connection. Must not change node state.
 
 use crate::net::driver::{Node, Snapshot};
 use crate::net::identity::Id;
 use crate::server::Server;
+use crate::server::report;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use rendezvous::{Liveness, ServerRecord};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// When this process began serving (its uptime counts from here).
@@ -25,8 +32,21 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     Ok(metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?)
 }
 
+/// Admin connections served at once; more are closed as they arrive (and
+/// counted in `chatd_admin_refused_total`).
+const MAX_CONNECTIONS: usize = 64;
+/// A request's head must arrive within this (a slow client is closed).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection, keep-alive included, is closed after this.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most a request head may take in the buffer.
+const MAX_HEAD: usize = 16 * 1024;
+
 /// Serves the admin endpoint on `addr` until the task is dropped. Returns
-/// the bound address (useful with port 0).
+/// the bound address (useful with port 0). HTTP/1.1 by hyper: requests
+/// split across packets, pipelined or kept alive, `GET` and `HEAD`, query
+/// strings (`?format=text` on `/status` and `/members` gives what
+/// `chatd status` / `chatd members` print).
 pub async fn serve(
     addr: SocketAddr,
     node: Arc<Node>,
@@ -46,54 +66,106 @@ pub async fn serve(
             })?;
     let bound = listener.local_addr()?;
     STARTED.get_or_init(Instant::now);
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
+            let Ok((sock, _)) = listener.accept().await else {
                 // Out of file descriptors or similar: do not spin.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let node = node.clone();
-            let members = members.clone();
-            let metrics = metrics.clone();
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                metrics::counter!("chatd_admin_refused_total").increment(1);
+                continue; // dropping `sock` closes it
+            };
+            let (node, members, metrics) = (node.clone(), members.clone(), metrics.clone());
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let n =
-                    match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                        Ok(Ok(n)) => n,
-                        _ => return,
-                    };
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let path = request.split_whitespace().nth(1).unwrap_or("/");
-                let (status, ctype, body) =
-                    respond(path, &node, &members, &metrics, alone_by_config).await;
-                let head = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let write = async {
-                    sock.write_all(head.as_bytes()).await?;
-                    sock.write_all(body.as_bytes()).await?;
-                    sock.shutdown().await
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (node, members, metrics) = (node.clone(), members.clone(), metrics.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            answer(&req, &node, &members, &metrics, alone_by_config).await,
+                        )
+                    }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .max_buf_size(MAX_HEAD)
+                    .serve_connection(TokioIo::new(sock), service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+                drop(permit);
             });
         }
     });
     Ok((bound, task))
 }
 
-async fn respond(
-    path: &str,
+/// One request's response.
+async fn answer(
+    req: &Request<Incoming>,
     node: &Node,
     members: &Server,
     metrics: &PrometheusHandle,
     alone_by_config: bool,
-) -> (&'static str, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
+) -> Response<Full<Bytes>> {
+    let reply = |code: StatusCode, ctype: &'static str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = code;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(ctype),
+        );
+        r
+    };
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut r = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "the admin endpoint answers GET and HEAD only\n".into(),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let text = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "format=text"));
+    let (code, ctype, body) = respond(
+        req.uri().path(),
+        text,
+        node,
+        members,
+        metrics,
+        alone_by_config,
+    )
+    .await;
+    reply(code, ctype, body)
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
+async fn respond(
+    path: &str,
+    text: bool,
+    node: &Node,
+    members: &Server,
+    metrics: &PrometheusHandle,
+    alone_by_config: bool,
+) -> (StatusCode, &'static str, String) {
+    let as_asked = |doc: String, human: fn(&serde_json::Value) -> String| {
+        if text {
+            let v: serde_json::Value = serde_json::from_str(&doc).unwrap_or_default();
+            (StatusCode::OK, TEXT, human(&v))
+        } else {
+            (StatusCode::OK, JSON, doc)
+        }
+    };
     match path {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        "/healthz" => ("200 OK", TEXT, "ok\n".into()),
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+        "/healthz" => (StatusCode::OK, TEXT, "ok\n".into()),
         "/members" => {
             let status = members.status();
             let mut all = status.members;
@@ -103,37 +175,30 @@ async fn respond(
             {
                 all.push((me.clone(), Liveness::Alive));
             }
-            (
-                "200 OK",
-                "application/json",
-                members_json(members.id(), &all),
-            )
+            as_asked(members_json(members.id(), &all), report::members_table)
         }
         "/readyz" | "/status" => {
             let Ok(snap) = node.snapshot().await else {
-                return ("503 Service Unavailable", TEXT, "node stopped\n".into());
+                return (StatusCode::SERVICE_UNAVAILABLE, TEXT, "node stopped\n".into());
             };
             let ready = alone_by_config || !snap.active.is_empty();
             if path == "/status" {
-                (
-                    "200 OK",
-                    "application/json",
-                    status_json(&snap, ready, &members.status()),
-                )
+                as_asked(status_json(&snap, ready, &members.status()), report::status_text)
             } else if ready {
-                ("200 OK", TEXT, "ready\n".into())
+                (StatusCode::OK, TEXT, "ready\n".into())
             } else {
                 (
-                    "503 Service Unavailable",
+                    StatusCode::SERVICE_UNAVAILABLE,
                     TEXT,
                     "not joined to the overlay yet\n".into(),
                 )
             }
         }
         _ => (
-            "404 Not Found",
+            StatusCode::NOT_FOUND,
             TEXT,
-            "try /metrics, /healthz, /readyz, /status or /members\n".into(),
+            "try /metrics, /healthz, /readyz, /status or /members (?format=text for the last two)\n"
+                .into(),
         ),
     }
 }
