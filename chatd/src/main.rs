@@ -804,6 +804,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let mut signals = Signals::install()?;
         let metrics = chatd::server::admin::install_recorder()?;
+        chatd::server::catalog::register_all();
         let mut node_cfg = NodeConfig::new(cfg.listen);
         node_cfg.advertise = cfg.advertise.clone();
         node_cfg.bootstrap = cfg.bootstrap.clone();

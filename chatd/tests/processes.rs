@@ -4,7 +4,8 @@
 //! not stop a server. Every wait has a deadline; every child is killed when
 //! its test ends, also when an assertion fails (the `Cluster` drop guard).
 //! Observes the servers only through what they print on start and through
-//! their admin endpoint (`/status`, `/healthz`, `/readyz`).
+//! their admin endpoint (`/status`, `/members`, `/metrics`, `/healthz`,
+//! `/readyz`).
 
 mod common;
 mod procs;
@@ -315,6 +316,22 @@ fn five_servers_see_each_other() {
         assert_eq!(row.contains('*'), i == 0, "{row}");
     }
     assert!(table.contains("5 servers known, 5 alive"), "{table}");
+    // The same metrics on every server, whatever each has done yet.
+    let names = |i: usize| -> Vec<String> {
+        let (_, m) = http_get(c.servers[i].admin, "/metrics").expect("metrics");
+        m.lines()
+            .filter(|l| l.starts_with("# TYPE "))
+            .map(str::to_string)
+            .collect()
+    };
+    let first = names(0);
+    for i in 1..5 {
+        assert_eq!(
+            names(i),
+            first,
+            "server {i} exports a different set of metrics"
+        );
+    }
     let summary = run(&["status", "--admin", &admin_arg(1)]);
     assert!(
         summary.contains(&c.servers[1].id) && summary.contains("ready, up "),
@@ -527,6 +544,7 @@ fn exchange(port: u16, parts: &[&[u8]]) -> String {
 }
 
 #[test]
+#[allow(clippy::print_stderr)] // the skip notice is for the person reading the test log
 fn the_admin_endpoint_speaks_http_properly() {
     let mut c = Cluster::new("http", 1);
     c.start(0);
@@ -619,4 +637,85 @@ fn the_admin_endpoint_speaks_http_properly() {
             .any(|l| l.starts_with("chatd_admin_refused_total ") && !l.ends_with(" 0")),
         "the refusal is counted"
     );
+    // /metrics: every family described, in the same order on every scrape,
+    // with the build and start time; promtool finds nothing to say.
+    let families = |m: &str| -> Vec<String> {
+        m.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap_or("").to_string())
+            .collect()
+    };
+    let (_, again) = http_get(port, "/metrics").expect("metrics");
+    assert_eq!(
+        families(&metrics),
+        families(&again),
+        "the order changed between scrapes"
+    );
+    let helped = metrics.lines().filter(|l| l.starts_with("# HELP ")).count();
+    assert_eq!(
+        helped,
+        families(&metrics).len(),
+        "a family without HELP:\n{metrics}"
+    );
+    assert!(metrics.contains("chatd_build_info{version=\""), "{metrics}");
+    assert!(
+        metrics.contains("chatd_process_start_time_seconds "),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("chatd_sync_rounds_started_total 0"),
+        "core counters registered at zero"
+    );
+    match promtool() {
+        Some(promtool) => {
+            let mut child = Command::new(promtool)
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run promtool");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(metrics.as_bytes())
+                .expect("feed promtool");
+            let out = child.wait_with_output().expect("promtool");
+            assert!(
+                out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+                "promtool check metrics: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        None => {
+            eprintln!("skipped promtool check metrics: no promtool, and it could not be installed")
+        }
+    }
+}
+
+/// promtool: on PATH, or installed from Debian's `prometheus` package when
+/// running as root with apt (as CI does); None where neither works.
+fn promtool() -> Option<&'static str> {
+    let found = || {
+        Command::new("promtool")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if found() {
+        return Some("promtool");
+    }
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    });
+    if root {
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "prometheus"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output();
+    }
+    found().then_some("promtool")
 }

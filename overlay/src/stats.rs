@@ -26,6 +26,13 @@ macro_rules! stats {
                 vec![$( (stringify!($field), self.$field), )*]
             }
 
+            /// Every scalar counter's name and its one-line description
+            /// (the field's doc), in declaration order: the daemon's
+            /// Prometheus HELP text.
+            pub fn help() -> Vec<(&'static str, &'static str)> {
+                vec![$( (stringify!($field), concat!($($doc),*).trim_ascii()), )*]
+            }
+
             /// Adds another node's counters to these (for cluster totals).
             pub fn add(&mut self, other: &Stats) {
                 for i in 0..MessageType::COUNT {

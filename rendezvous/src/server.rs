@@ -514,11 +514,55 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Every name [`Stats::counters`] can hold, so a driver can export
+    /// them all from the start (the same metrics on every server).
+    pub const COUNTERS: &'static [&'static str] = &[
+        "anonymous_closed",
+        "client_connections",
+        "clients_gone",
+        "collections_partial",
+        "latency_reports",
+        "letters_acked",
+        "letters_collected",
+        "letters_deposited",
+        "letters_expired",
+        "letters_handed_out",
+        "letters_kept",
+        "letters_refused",
+        "mail_notices",
+        "meetings",
+        "members_revived",
+        "membership_rejected",
+        "notices",
+        "protocol_violations",
+        "rearrangements",
+        "records_forgotten",
+        "records_repaired",
+        "records_stored_for_peer",
+        "refutations",
+        "registrations",
+        "registrations_acked",
+        "registrations_acked_alone",
+        "relay_choice_fallbacks",
+        "relay_choices",
+        "relay_sessions",
+        "relay_sessions_expired",
+        "rendezvous_sent",
+        "store_timeouts",
+        "sync_records_sent",
+        "sync_rounds_answered",
+        "sync_rounds_started",
+    ];
+
     fn count(&mut self, name: &'static str) {
         self.add(name, 1);
     }
 
     fn add(&mut self, name: &'static str, n: u64) {
+        debug_assert!(
+            Self::COUNTERS.contains(&name),
+            "counter {name} is missing from Stats::COUNTERS"
+        );
         *self.counters.entry(name).or_insert(0) += n;
     }
 

@@ -164,7 +164,11 @@ async fn respond(
         }
     };
     match path {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            sorted_families(&metrics.render()),
+        ),
         "/healthz" => (StatusCode::OK, TEXT, "ok\n".into()),
         "/members" => {
             let status = members.status();
@@ -201,6 +205,28 @@ async fn respond(
                 .into(),
         ),
     }
+}
+
+/// The exposition text with its metric families (blocks separated by a
+/// blank line) in name order: the exporter renders them in hash order,
+/// different on every scrape.
+fn sorted_families(text: &str) -> String {
+    let name = |block: &str| {
+        block
+            .lines()
+            .find(|l| !l.starts_with('#'))
+            .and_then(|l| l.split(['{', ' ']).next())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut blocks: Vec<&str> = text
+        .split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .collect();
+    blocks.sort_by_cached_key(|b| name(b));
+    let mut out = blocks.join("\n\n");
+    out.push('\n');
+    out
 }
 
 /// The `/status` document.
@@ -297,4 +323,18 @@ fn members_json(me: overlay::PeerId, members: &[(ServerRecord, Liveness)]) -> St
         })
         .collect();
     serde_json::json!({ "members": list }).to_string() + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_families_come_out_in_name_order() {
+        let text = "# HELP b_total B.\n# TYPE b_total counter\nb_total 1\n\n# TYPE a gauge\na{x=\"1\"} 2\na{x=\"2\"} 3\n\n";
+        assert_eq!(
+            sorted_families(text),
+            "# TYPE a gauge\na{x=\"1\"} 2\na{x=\"2\"} 3\n\n# HELP b_total B.\n# TYPE b_total counter\nb_total 1\n"
+        );
+    }
 }

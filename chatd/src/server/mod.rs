@@ -32,6 +32,7 @@
 //! kept are the core's (`rendezvous::mailbox`: 128 MiB at most).
 
 pub mod admin;
+pub mod catalog;
 pub mod report;
 
 use crate::net::driver::{Node, NodeEvent};
@@ -788,6 +789,7 @@ async fn copy(
 fn export_metrics(core: &rendezvous::Server, status: &Status) {
     let stats = core.stats();
     for (name, value) in &stats.counters {
+        crate::server::catalog::describe_core_counter(name);
         metrics::counter!(format!("chatd_{name}_total")).absolute(*value);
     }
     for (reason, value) in &stats.refused {
