@@ -666,7 +666,7 @@ fn the_admin_endpoint_speaks_http_properly() {
         metrics.contains("chatd_sync_rounds_started_total 0"),
         "core counters registered at zero"
     );
-    match promtool() {
+    match procs::promtool() {
         Some(promtool) => {
             let mut child = Command::new(promtool)
                 .args(["check", "metrics"])
@@ -693,29 +693,4 @@ fn the_admin_endpoint_speaks_http_properly() {
             eprintln!("skipped promtool check metrics: no promtool, and it could not be installed")
         }
     }
-}
-
-/// promtool: on PATH, or installed from Debian's `prometheus` package when
-/// running as root with apt (as CI does); None where neither works.
-fn promtool() -> Option<&'static str> {
-    let found = || {
-        Command::new("promtool")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if found() {
-        return Some("promtool");
-    }
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    });
-    if root {
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "prometheus"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output();
-    }
-    found().then_some("promtool")
 }

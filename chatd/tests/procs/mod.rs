@@ -388,3 +388,28 @@ pub fn end_both(alice: &mut Proc, bob: &mut Proc) {
     assert!(sa.is_some_and(|s| s.success()), "alice failed\n{}", both());
     assert!(sb.is_some_and(|s| s.success()), "bob failed\n{}", both());
 }
+
+/// promtool: on PATH, or installed from Debian's `prometheus` package when
+/// running as root with apt (as CI does); None where neither works.
+pub fn promtool() -> Option<&'static str> {
+    let found = || {
+        Command::new("promtool")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if found() {
+        return Some("promtool");
+    }
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    });
+    if root {
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "prometheus"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output();
+    }
+    found().then_some("promtool")
+}
