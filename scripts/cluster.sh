@@ -241,8 +241,10 @@ cmd_up() {
     [[ -x "$BIN" ]] || first="; the first build takes a few minutes"
     echo "cluster.sh: building chatd (${build[*]}$first)…" >&2
     # Cargo's progress goes to stderr; stdout carries only the JSON lines.
+    local t0=$SECONDS
     (cd "$ROOT" && "${build[@]}") >&2 || die "build failed: ${build[*]}"
     [[ -x "$BIN" ]] || die "no binary at $BIN after the build"
+    echo "cluster.sh: built in $((SECONDS - t0)) s" >&2
     echo "cluster.sh: starting $n server(s) in $dir" >&2
 
     mkdir -p "$dir"
