@@ -690,7 +690,9 @@ fn the_admin_endpoint_speaks_http_properly() {
             );
         }
         None => {
-            eprintln!("skipped promtool check metrics: no promtool, and it could not be installed")
+            eprintln!(
+                "skipped promtool check metrics: no promtool on PATH (apt-get install prometheus)"
+            )
         }
     }
 }

@@ -391,6 +391,17 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every [`DecodeError::kind`], so a driver can export them all from
+    /// the start.
+    pub const KINDS: [&'static str; 6] = [
+        "empty",
+        "truncated",
+        "trailing_bytes",
+        "unknown_type",
+        "too_large",
+        "invalid_field",
+    ];
+
     /// A stable snake_case name for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -709,6 +720,24 @@ mod tests {
             None
         );
         assert_eq!(split_frame(&frame[..3], 1 << 16).unwrap(), None);
+    }
+
+    #[test]
+    fn every_kind_is_listed() {
+        let errors = [
+            DecodeError::Empty,
+            DecodeError::Truncated,
+            DecodeError::TrailingBytes(1),
+            DecodeError::UnknownType(0),
+            DecodeError::TooLarge {
+                what: "frame",
+                size: 2,
+                max: 1,
+            },
+            DecodeError::InvalidField("x"),
+        ];
+        let kinds: Vec<&str> = errors.iter().map(DecodeError::kind).collect();
+        assert_eq!(kinds, DecodeError::KINDS);
     }
 
     #[test]

@@ -1267,7 +1267,10 @@ impl Core {
         metrics::gauge!("chatd_overlay_links").set(self.links.len() as f64);
         let stats = self.state.stats();
         for (name, value) in stats.counters() {
-            metrics::counter!(format!("chatd_overlay_{name}_total")).absolute(value);
+            // Decode errors are counted by kind where they happen.
+            if name != "decode_errors" {
+                metrics::counter!(format!("chatd_overlay_{name}_total")).absolute(value);
+            }
         }
         for t in overlay::MessageType::ALL {
             metrics::counter!("chatd_overlay_messages_sent_total", "type" => t.name())

@@ -5,6 +5,8 @@
 //!
 //! HTTP/1.1 by hyper, with at most 64 connections at once, a 5 s limit on
 //! a request's head and 60 s on a connection. Must not change node state.
+//! Anyone who can reach it can hold the 64 slots by reconnecting: bind it
+//! to loopback or a management network (the default is 127.0.0.1:9100).
 
 use crate::net::driver::{Node, Snapshot};
 use crate::net::identity::Id;
@@ -208,24 +210,41 @@ async fn respond(
 }
 
 /// The exposition text with its metric families (blocks separated by a
-/// blank line) in name order: the exporter renders them in hash order,
-/// different on every scrape.
+/// blank line; the exporter escapes newlines inside HELP and labels) in
+/// name order, and a counter's or gauge's samples in label order: the
+/// exporter renders both in hash order, different on every scrape.
+/// (Histogram and summary samples keep their order: `le` is numeric.)
 fn sorted_families(text: &str) -> String {
-    let name = |block: &str| {
-        block
+    let kind = |block: &str| -> (String, String) {
+        let mut t = block
             .lines()
-            .find(|l| !l.starts_with('#'))
-            .and_then(|l| l.split(['{', ' ']).next())
+            .find_map(|l| l.strip_prefix("# TYPE "))
             .unwrap_or("")
-            .to_string()
+            .split(' ');
+        let name = t.next().unwrap_or("").to_string();
+        (name, t.next().unwrap_or("").to_string())
     };
-    let mut blocks: Vec<&str> = text
+    let mut blocks: Vec<(String, String, &str)> = text
         .split("\n\n")
         .filter(|b| !b.trim().is_empty())
+        .map(|b| {
+            let (name, ty) = kind(b);
+            (name, ty, b)
+        })
         .collect();
-    blocks.sort_by_cached_key(|b| name(b));
-    let mut out = blocks.join("\n\n");
-    out.push('\n');
+    blocks.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::new();
+    for (_, ty, block) in blocks {
+        let (mut head, mut samples): (Vec<&str>, Vec<&str>) =
+            block.lines().partition(|l| l.starts_with('#'));
+        if ty == "counter" || ty == "gauge" {
+            samples.sort_unstable();
+        }
+        head.append(&mut samples);
+        out.push_str(&head.join("\n"));
+        out.push_str("\n\n");
+    }
+    out.pop();
     out
 }
 
@@ -331,10 +350,14 @@ mod tests {
 
     #[test]
     fn metric_families_come_out_in_name_order() {
-        let text = "# HELP b_total B.\n# TYPE b_total counter\nb_total 1\n\n# TYPE a gauge\na{x=\"1\"} 2\na{x=\"2\"} 3\n\n";
+        let text = "# HELP b_total B.\n# TYPE b_total counter\nb_total 1\n\n\
+                    # TYPE a gauge\na{x=\"2\"} 3\na{x=\"1\"} 2\n\n\
+                    # TYPE a_b histogram\na_b_bucket{le=\"5\"} 1\na_b_bucket{le=\"10\"} 2\na_b_sum 3\na_b_count 2\n\n";
         assert_eq!(
             sorted_families(text),
-            "# TYPE a gauge\na{x=\"1\"} 2\na{x=\"2\"} 3\n\n# HELP b_total B.\n# TYPE b_total counter\nb_total 1\n"
+            "# TYPE a gauge\na{x=\"1\"} 2\na{x=\"2\"} 3\n\n\
+             # TYPE a_b histogram\na_b_bucket{le=\"5\"} 1\na_b_bucket{le=\"10\"} 2\na_b_sum 3\na_b_count 2\n\n\
+             # HELP b_total B.\n# TYPE b_total counter\nb_total 1\n"
         );
     }
 }

@@ -158,9 +158,9 @@ const GAUGES: &[(&str, &str)] = &[
     ),
 ];
 
-/// The description of a counter the rendezvous core names at run time
-/// (`chatd_NAME_total`, from `rendezvous::Stats::counters`).
-pub fn describe_core_counter(name: &'static str) {
+/// The description of a counter the rendezvous core names
+/// (`chatd_NAME_total`, one of `rendezvous::server::Stats::COUNTERS`).
+fn describe_core_counter(name: &'static str) {
     describe_counter!(
         format!("chatd_{name}_total"),
         format!(
@@ -179,7 +179,12 @@ pub fn register_all() {
     for (name, help) in GAUGES {
         describe_gauge!(format!("chatd_{name}"), *help);
     }
-    for (name, help) in overlay::Stats::help() {
+    // (`decode_errors` is exported by kind, with the frame-length errors
+    // the driver finds: `chatd_overlay_decode_errors_total{kind}`.)
+    for (name, help) in overlay::Stats::help()
+        .into_iter()
+        .filter(|(n, _)| *n != "decode_errors")
+    {
         describe_counter!(
             format!("chatd_overlay_{name}_total"),
             format!("Overlay: {help}")
@@ -193,6 +198,9 @@ pub fn register_all() {
     for name in rendezvous::server::Stats::COUNTERS {
         describe_core_counter(name);
         metrics::counter!(format!("chatd_{name}_total")).absolute(0);
+    }
+    for kind in overlay::DecodeError::KINDS {
+        metrics::counter!("chatd_overlay_decode_errors_total", "kind" => kind).absolute(0);
     }
     for code in rendezvous::ErrorCode::ALL {
         metrics::counter!("chatd_client_requests_refused_total", "reason" => code.label())

@@ -789,7 +789,6 @@ async fn copy(
 fn export_metrics(core: &rendezvous::Server, status: &Status) {
     let stats = core.stats();
     for (name, value) in &stats.counters {
-        crate::server::catalog::describe_core_counter(name);
         metrics::counter!(format!("chatd_{name}_total")).absolute(*value);
     }
     for (reason, value) in &stats.refused {
