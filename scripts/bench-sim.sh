@@ -38,10 +38,12 @@ rows=(
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+k=0
 for row in "${rows[@]}"; do
   name=${row%%|*}
   args=${row#*|}
-  echo "running $name: sim $args" >&2
+  k=$((k + 1))
+  echo "[$k/${#rows[@]}, ${SECONDS}s] running $name: sim $args" >&2
   # shellcheck disable=SC2086
   "$sim" $args --quiet | tail -n 1 > "$out/$name.json"
 done

@@ -72,13 +72,16 @@ mkdir -p "$out"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 runs=()
+total=$(( ${#ns[@]} * ${#cs[@]} * ${#ps[@]} * seeds ))
+k=0
 for n in "${ns[@]}"; do
   for c in "${cs[@]}"; do
     a=$(args_of "$c")
     for p in "${ps[@]}"; do
       for s in $(seq 1 "$seeds"); do
         f="$out/$c-$n-$p-$s.json"
-        echo "running sim $a --nodes $n --seed $s --protocol $p" >&2
+        k=$((k + 1))
+        echo "[$k/$total, ${SECONDS}s] running sim $a --nodes $n --seed $s --protocol $p" >&2
         # shellcheck disable=SC2086
         "$sim" $a --nodes "$n" --seed "$s" --protocol "$p" --quiet | tail -n 1 > "$f"
         runs+=("$c|$n|$p|$f")
