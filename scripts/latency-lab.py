@@ -104,7 +104,7 @@ class Servers:
     def live(self, name):
         try:
             out = subprocess.run(["ip", "netns", "exec", f"nl-lat-{name}", self.binary,
-                                  "status", "--admin", "127.0.0.1:9100"],
+                                  "status", "--json", "--admin", "127.0.0.1:9100"],
                                  capture_output=True, text=True, timeout=5)
             return len(json.loads(out.stdout).get("servers", []))
         except (ValueError, subprocess.TimeoutExpired):

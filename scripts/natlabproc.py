@@ -53,7 +53,7 @@ class Servers:
     def live(binary, ns):
         try:
             out = subprocess.run(["ip", "netns", "exec", f"nl-{ns}", binary, "status",
-                                  "--admin", "127.0.0.1:9100"],
+                                  "--json", "--admin", "127.0.0.1:9100"],
                                  capture_output=True, text=True, timeout=5)
             return len(json.loads(out.stdout).get("servers", []))
         except (ValueError, subprocess.TimeoutExpired):
