@@ -28,8 +28,10 @@ const VERSION: &str = concat!(
 /// Start a second one that joins the first (its id is printed at start):
 ///     chatd serve --listen 127.0.0.1:7001 --admin 127.0.0.1:9101 \
 ///         --data-dir ./two --bootstrap ID@127.0.0.1:7000
-/// Ask a server how it is doing, and which server a client should use:
+/// Ask a server how it is doing, which servers it knows, and which server a
+/// client should use:
 ///     chatd status --admin 127.0.0.1:9100
+///     chatd members --admin 127.0.0.1:9100
 ///     chatd lookup --server ID@127.0.0.1:7000
 #[derive(Parser, Debug)]
 #[command(name = "chatd", version = VERSION, verbatim_doc_comment)]
@@ -75,6 +77,7 @@ enum Command {
     /// Example:
     ///
     ///     chatd members --admin 127.0.0.1:9100
+    #[command(verbatim_doc_comment)]
     Members {
         /// The server's admin address.
         #[arg(long, default_value = config::DEFAULT_ADMIN)]
