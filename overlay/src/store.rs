@@ -228,8 +228,21 @@ impl<PI: Copy> Store<PI> {
     /// When a known message arrived.
     #[cfg(test)]
     fn arrived(&self, id: &MessageId) -> Option<Time> {
-        self.find(key(id))
-            .map(|i| self.base + Duration::from_micros(self.ring[i].offset()))
+        self.find(key(id)).map(|i| self.at(&self.ring[i]))
+    }
+
+    /// When `r` arrived.
+    fn at(&self, r: &Rec<PI>) -> Time {
+        self.base + Duration::from_micros(r.offset())
+    }
+
+    /// The oldest record whose payload is still cached.
+    fn oldest_cached(&self) -> Option<&Rec<PI>> {
+        if self.cached.is_empty() {
+            return None;
+        }
+        self.ring
+            .get(self.ring.len().checked_sub(self.cached.len())?)
     }
 
     /// Messages remembered.
@@ -250,13 +263,10 @@ impl<PI: Copy> Store<PI> {
     /// When [`Store::expire`] next has something to do: the oldest id's
     /// or the oldest cached payload's retention ends (`None`: empty).
     pub(crate) fn next_due(&self, cfg: &PlumtreeConfig) -> Option<Time> {
-        let at = |r: &Rec<PI>| self.base + Duration::from_micros(r.offset());
-        let seen = self.ring.front().map(|r| at(r) + cfg.seen_retention);
-        let cached = (!self.cached.is_empty())
-            .then(|| self.ring.len().checked_sub(self.cached.len()))
-            .flatten()
-            .and_then(|i| self.ring.get(i))
-            .map(|r| at(r) + cfg.message_cache_retention);
+        let seen = self.ring.front().map(|r| self.at(r) + cfg.seen_retention);
+        let cached = self
+            .oldest_cached()
+            .map(|r| self.at(r) + cfg.message_cache_retention);
         seen.into_iter().chain(cached).min()
     }
 
@@ -339,21 +349,18 @@ impl<PI: Copy> Store<PI> {
     pub(crate) fn expire(&mut self, now: Time, cfg: &PlumtreeConfig) {
         // `now - at >= retention`, written so that nothing expires before
         // `retention` has passed since time zero.
-        let base = self.base;
-        let old = |r: &Rec<PI>, retention| {
-            now.saturating_since(base + Duration::from_micros(r.offset())) >= retention
-        };
+        let old = |s: &Self, r: &Rec<PI>, retention| now.saturating_since(s.at(r)) >= retention;
         while self
             .ring
             .front()
-            .is_some_and(|r| old(r, cfg.seen_retention))
+            .is_some_and(|r| old(self, r, cfg.seen_retention))
         {
             self.pop_oldest();
         }
-        while let Some(i) = self.ring.len().checked_sub(self.cached.len()) {
-            if self.cached.is_empty() || !old(&self.ring[i], cfg.message_cache_retention) {
-                break;
-            }
+        while self
+            .oldest_cached()
+            .is_some_and(|r| old(self, r, cfg.message_cache_retention))
+        {
             self.uncache_oldest();
         }
     }

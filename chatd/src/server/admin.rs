@@ -157,14 +157,6 @@ async fn respond(
     metrics: &PrometheusHandle,
     alone_by_config: bool,
 ) -> (StatusCode, &'static str, String) {
-    let as_asked = |doc: String, human: fn(&serde_json::Value) -> String| {
-        if text {
-            let v: serde_json::Value = serde_json::from_str(&doc).unwrap_or_default();
-            (StatusCode::OK, TEXT, human(&v))
-        } else {
-            (StatusCode::OK, JSON, doc)
-        }
-    };
     match path {
         "/metrics" => (
             StatusCode::OK,
@@ -181,7 +173,7 @@ async fn respond(
             {
                 all.push((me.clone(), Liveness::Alive));
             }
-            as_asked(members_json(members.id(), &all), report::members_table)
+            as_asked(text, &members_doc(members.id(), &all), report::members_table)
         }
         "/readyz" | "/status" => {
             let Ok(snap) = node.snapshot().await else {
@@ -189,7 +181,7 @@ async fn respond(
             };
             let ready = alone_by_config || !snap.active.is_empty();
             if path == "/status" {
-                as_asked(status_json(&snap, ready, &members.status()), report::status_text)
+                as_asked(text, &status_doc(&snap, ready, &members.status()), report::status_text)
             } else if ready {
                 (StatusCode::OK, TEXT, "ready\n".into())
             } else {
@@ -206,6 +198,24 @@ async fn respond(
             "try /metrics, /healthz, /readyz, /status or /members (?format=text for the last two)\n"
                 .into(),
         ),
+    }
+}
+
+/// A document as JSON, or with `text` as what the CLI prints (`human`).
+fn as_asked<T: serde::Serialize>(
+    text: bool,
+    doc: &T,
+    human: fn(&serde_json::Value) -> String,
+) -> (StatusCode, &'static str, String) {
+    if text {
+        let v = serde_json::to_value(doc).unwrap_or_default();
+        (StatusCode::OK, TEXT, human(&v))
+    } else {
+        (
+            StatusCode::OK,
+            JSON,
+            serde_json::to_string(doc).unwrap_or_default() + "\n",
+        )
     }
 }
 
@@ -271,8 +281,9 @@ struct Status {
     relay_sessions: usize,
 }
 
-fn status_json(s: &Snapshot, ready: bool, core: &crate::server::Status) -> String {
-    let status = Status {
+/// The `/status` document of this node and its core.
+fn status_doc(s: &Snapshot, ready: bool, core: &crate::server::Status) -> Status {
+    Status {
         id: Id(s.id).to_string(),
         ready,
         version: env!("CARGO_PKG_VERSION"),
@@ -289,8 +300,7 @@ fn status_json(s: &Snapshot, ready: bool, core: &crate::server::Status) -> Strin
         records: core.records,
         unexpired: core.unexpired,
         relay_sessions: core.relay_sessions,
-    };
-    serde_json::to_string(&status).unwrap_or_default() + "\n"
+    }
 }
 
 /// One server in the `/members` document.
@@ -311,7 +321,7 @@ struct Member {
 
 /// Every server this one knows: itself first, then the live ones, then the
 /// rest, each group by id.
-fn members_json(me: overlay::PeerId, members: &[(ServerRecord, Liveness)]) -> String {
+fn members_doc(me: overlay::PeerId, members: &[(ServerRecord, Liveness)]) -> serde_json::Value {
     let rank = |(r, l): &&(ServerRecord, Liveness)| {
         let group = match l {
             _ if r.id == me => 0,
@@ -341,7 +351,7 @@ fn members_json(me: overlay::PeerId, members: &[(ServerRecord, Liveness)]) -> St
             this: r.id == me,
         })
         .collect();
-    serde_json::json!({ "members": list }).to_string() + "\n"
+    serde_json::json!({ "members": list })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use metrics::{describe_counter, describe_gauge};
 
-/// Fixed-name counters: name (without `chatd_`) and description.
+/// Counters without labels: name (without `chatd_`) and description.
 const COUNTERS: &[(&str, &str)] = &[
     (
         "admin_refused_total",
@@ -26,10 +26,6 @@ const COUNTERS: &[(&str, &str)] = &[
     (
         "client_requests_malformed_total",
         "Client requests that could not be decoded.",
-    ),
-    (
-        "client_requests_refused_total",
-        "Client requests and connections refused, by reason.",
     ),
     (
         "clients_closed_not_reading_total",
@@ -60,32 +56,12 @@ const COUNTERS: &[(&str, &str)] = &[
         "Notices to clients dropped because the client's queue was full.",
     ),
     (
-        "overlay_decode_errors_total",
-        "Overlay frames that failed to decode, by kind.",
-    ),
-    (
-        "overlay_encode_errors_total",
-        "Overlay messages that could not be encoded, by type.",
-    ),
-    (
         "overlay_handshake_failures_total",
         "Overlay connections whose handshake failed.",
     ),
     (
-        "overlay_messages_received_total",
-        "Overlay messages received, by type.",
-    ),
-    (
-        "overlay_messages_sent_total",
-        "Overlay messages sent, by type.",
-    ),
-    (
         "overlay_send_dropped_total",
         "Overlay messages dropped because a peer's send queue was full.",
-    ),
-    (
-        "peer_records_rejected_total",
-        "Peer records from other servers not applied, by reason.",
     ),
     ("relay_bytes_total", "Bytes carried by relay sessions."),
     (
@@ -108,6 +84,35 @@ const COUNTERS: &[(&str, &str)] = &[
     (
         "server_streams_refused_total",
         "Streams from other servers refused (too many open).",
+    ),
+];
+
+/// Counters exported per label value (registered at zero per value
+/// below where the values are known): name and description.
+const LABELLED: &[(&str, &str)] = &[
+    (
+        "client_requests_refused_total",
+        "Client requests and connections refused, by reason.",
+    ),
+    (
+        "overlay_decode_errors_total",
+        "Overlay frames that failed to decode, by kind.",
+    ),
+    (
+        "overlay_encode_errors_total",
+        "Overlay messages that could not be encoded, by type.",
+    ),
+    (
+        "overlay_messages_received_total",
+        "Overlay messages received, by type.",
+    ),
+    (
+        "overlay_messages_sent_total",
+        "Overlay messages sent, by type.",
+    ),
+    (
+        "peer_records_rejected_total",
+        "Peer records from other servers not applied, by reason.",
     ),
 ];
 
@@ -175,9 +180,17 @@ fn describe_core_counter(name: &'static str) {
 pub fn register_all() {
     for (name, help) in COUNTERS {
         describe_counter!(format!("chatd_{name}"), *help);
+        metrics::counter!(format!("chatd_{name}")).absolute(0);
+    }
+    for (name, help) in LABELLED {
+        describe_counter!(format!("chatd_{name}"), *help);
     }
     for (name, help) in GAUGES {
         describe_gauge!(format!("chatd_{name}"), *help);
+        // (These two are set below, with their values and labels.)
+        if !matches!(*name, "build_info" | "process_start_time_seconds") {
+            metrics::gauge!(format!("chatd_{name}")).set(0.0);
+        }
     }
     // (`decode_errors` is exported by kind, with the frame-length errors
     // the driver finds: `chatd_overlay_decode_errors_total{kind}`.)
@@ -206,14 +219,6 @@ pub fn register_all() {
         metrics::counter!("chatd_client_requests_refused_total", "reason" => code.label())
             .absolute(0);
     }
-    for (name, _) in COUNTERS.iter().filter(|(n, _)| !is_labelled(n)) {
-        metrics::counter!(format!("chatd_{name}")).absolute(0);
-    }
-    for (name, _) in GAUGES {
-        if !matches!(*name, "build_info" | "process_start_time_seconds") {
-            metrics::gauge!(format!("chatd_{name}")).set(0.0);
-        }
-    }
     metrics::gauge!(
         "chatd_build_info",
         "version" => env!("CARGO_PKG_VERSION"),
@@ -224,17 +229,4 @@ pub fn register_all() {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     metrics::gauge!("chatd_process_start_time_seconds").set(started);
-}
-
-/// Counters exported only with a label (registered per label value).
-fn is_labelled(name: &str) -> bool {
-    matches!(
-        name,
-        "client_requests_refused_total"
-            | "overlay_decode_errors_total"
-            | "overlay_encode_errors_total"
-            | "overlay_messages_received_total"
-            | "overlay_messages_sent_total"
-            | "peer_records_rejected_total"
-    )
 }

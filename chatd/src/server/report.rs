@@ -26,6 +26,16 @@ fn num(v: &Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or(0)
 }
 
+/// A server's `clients/capacity`.
+fn clients(v: &Value) -> String {
+    format!("{}/{}", num(v, "clients"), num(v, "capacity"))
+}
+
+/// A server's load as a percentage.
+fn load(v: &Value) -> String {
+    format!("{:.1}%", v["load"].as_f64().unwrap_or(0.0) * 100.0)
+}
+
 /// `/status` as a few lines.
 pub fn status_text(st: &Value) -> String {
     let id = st["id"].as_str().unwrap_or("?");
@@ -163,8 +173,8 @@ pub fn servers_table(rows: &[Value]) -> String {
                     Some(a) => format!("{}@{a}", s["id"].as_str().unwrap_or("?")),
                     None => format!("{} (no address)", s["id"].as_str().unwrap_or("?")),
                 },
-                format!("{}/{}", num(s, "clients"), num(s, "capacity")),
-                format!("{:.1}%", s["load"].as_f64().unwrap_or(0.0) * 100.0),
+                clients(s),
+                load(s),
             ]
         })
         .collect();
@@ -214,8 +224,8 @@ pub fn members_table(doc: &Value) -> String {
                         format!("{}{mark}", short(m["id"].as_str().unwrap_or("?"))),
                         m["addr"].as_str().unwrap_or("-").to_string(),
                         m["status"].as_str().unwrap_or("?").to_string(),
-                        format!("{}/{}", num(m, "clients"), num(m, "capacity")),
-                        format!("{:.1}%", m["load"].as_f64().unwrap_or(0.0) * 100.0),
+                        clients(m),
+                        load(m),
                     ]
                 })
                 .collect()
